@@ -1,0 +1,1 @@
+"""SQLModel tables, API variants, settings and the frame validation schema (imports nothing above it)."""

@@ -1,0 +1,57 @@
+"""The engine: one per database URL, SQLite in WAL mode, tables created on first use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import Engine, event
+from sqlalchemy.engine import make_url
+from sqlmodel import Session, SQLModel, create_engine
+
+from models.settings import get_settings
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercised through every SQLite test
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cur.close()
+
+
+def prepare_engine(engine: Engine) -> Engine:
+    """Create the tables (idempotent) on an engine built elsewhere, e.g. by a SqlAlchemyConnector block."""
+    import models.runs  # noqa: F401  (register tables)
+    import models.users  # noqa: F401
+
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+        engine.dispose()
+    SQLModel.metadata.create_all(engine)
+    return engine
+
+
+@lru_cache(maxsize=8)
+def engine_for(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return prepare_engine(engine)
+
+
+def get_engine() -> Engine:
+    return engine_for(get_settings().database_url_value)
+
+
+def get_db() -> Iterator[Session]:
+    with Session(get_engine()) as session:
+        yield session

@@ -1,0 +1,65 @@
+"""Pipeline bookkeeping: one row per run, one checkpoint per source."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, DateTime, Text
+from sqlmodel import Field, SQLModel
+
+TZ = DateTime(timezone=True)
+
+
+class EtlRunBase(SQLModel):
+    flow_name: str = Field(default="users-etl", max_length=64, index=True)
+    status: str = Field(default="running", max_length=16, index=True)
+    started_at: datetime = Field(sa_type=TZ)
+    finished_at: datetime | None = Field(default=None, sa_type=TZ)
+    duration_seconds: float | None = None
+    extracted: int = 0
+    valid: int = 0
+    invalid: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    raw_inserted: int = 0
+    dlq_inserted: int = 0
+    delivered_files: int = 0
+    delivered_bytes: int = 0
+    error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class EtlRun(EtlRunBase, table=True):
+    __tablename__ = "etl_runs"
+    id: str = Field(primary_key=True, max_length=64)  # the Prefect flow run id
+    stage_seconds: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    delivered: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
+    files: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    dlq_reasons: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+
+
+class EtlRunPublic(EtlRunBase):
+    id: str
+    stage_seconds: dict[str, float]
+    delivered: list[dict]
+    files: dict[str, str]
+    dlq_reasons: dict[str, int]
+
+
+class EtlCheckpoint(SQLModel, table=True):
+    """Where a source's extraction stands: the next page, and the staged file it is filling."""
+
+    __tablename__ = "etl_checkpoints"
+    source: str = Field(primary_key=True, max_length=128)
+    status: str = Field(default="idle", max_length=16)  # in_progress | complete | failed
+    run_id: str | None = Field(default=None, max_length=64)
+    cursor: int = 0  # next skip
+    total: int | None = None
+    staged_path: str | None = None
+    staged_bytes: int = 0
+    staged_records: int = 0
+    fingerprint: str | None = Field(default=None, max_length=256)  # base URL + page size
+    last_success_at: datetime | None = Field(default=None, sa_type=TZ)
+    last_failure_at: datetime | None = Field(default=None, sa_type=TZ)
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    updated_at: datetime | None = Field(default=None, sa_type=TZ)

@@ -1,0 +1,115 @@
+"""The one configuration object: environment variables (and an optional `.env`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_DEPARTMENTS = PROJECT_ROOT / "data" / "departments.csv"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # users source
+    users_api_base: str | None = None
+    users_page_size: int = Field(100, ge=1, le=10_000)
+    users_batch_records: int = Field(10_000, ge=1, le=1_000_000)
+    users_csv_dir: Path | None = None
+    users_request_timeout: float = Field(30.0, gt=0)
+    extract_retries: int = Field(4, ge=0, le=20)
+    extract_retry_base_seconds: float = Field(2.0, ge=0)
+    max_retry_after_seconds: float = Field(120.0, ge=0)
+    feed_urls: Annotated[list[str], NoDecode] = []
+
+    # storage
+    database_url: SecretStr = SecretStr("sqlite:///var/app.db")
+    database_block: str | None = None
+    data_dir: Path = Path("var/data")
+    departments_csv: Path = BUNDLED_DEPARTMENTS
+
+    # orchestration
+    extract_schedule_cron: str = "0 3 * * *"
+
+    # delivery
+    sftp_host: str | None = None
+    sftp_port: int = Field(22, ge=1, le=65535)
+    sftp_username: str | None = None
+    sftp_key_path: Path | None = None
+    sftp_key_passphrase: SecretStr | None = None
+    sftp_key_passphrase_block: str | None = None
+    sftp_known_hosts: Path | None = None
+    sftp_remote_base: str = "/upload"
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    api_key: SecretStr | None = None
+    cors_origins: Annotated[list[str], NoDecode] = []
+    prefect_ui_url: str | None = None
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("users_api_base")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("feed_urls", "cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("extract_schedule_cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=v, timezone="UTC")
+        except Exception as exc:  # pydantic wraps the message with the variable name
+            raise ValueError(f"not a valid cron expression: {v!r}") from exc
+        return v
+
+    @property
+    def database_url_value(self) -> str:
+        return self.database_url.get_secret_value()
+
+    @property
+    def sftp_enabled(self) -> bool:
+        return bool(self.sftp_host)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        name = "_".join(str(p) for p in err["loc"]).upper() or "configuration"
+        value = err.get("input")
+        shown = "" if "key" in name.lower() or "passphrase" in name.lower() or "url" in name.lower() else f" (got {value!r})"
+        lines.append(f"{name}: {err['msg']}{shown}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings. A bad value raises ConfigError naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

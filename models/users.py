@@ -1,0 +1,105 @@
+"""Users: the raw layer, the processed (flattened, masked) table, and the dead-letter queue."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, DateTime, Index, Text
+from sqlmodel import Field, SQLModel
+
+TZ = DateTime(timezone=True)
+
+
+class RawUser(SQLModel, table=True):
+    """One source record as received (password removed), kept once per distinct content."""
+
+    __tablename__ = "raw_users"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True, max_length=64)
+    source: str = Field(default="dummyjson", max_length=64)
+    source_id: str | None = Field(default=None, index=True, max_length=128)
+    record_hash: str = Field(max_length=64, unique=True)
+    inserted_at: datetime = Field(sa_type=TZ)
+    data: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class UserBase(SQLModel):
+    id: int = Field(primary_key=True)
+    first_name: str = Field(max_length=200)
+    last_name: str | None = Field(default=None, max_length=200, index=True)
+    maiden_name: str | None = None
+    username: str | None = Field(default=None, max_length=200)
+    email: str = Field(max_length=320)
+    phone: str | None = None
+    age: int = Field(index=True)
+    gender: str | None = Field(default=None, max_length=32, index=True)
+    birth_date: str | None = None
+    blood_group: str | None = None
+    height: float | None = None
+    weight: float | None = None
+    eye_color: str | None = None
+    university: str | None = None
+    role: str | None = None
+    city: str | None = None
+    state: str | None = None
+    country: str | None = None
+    postal_code: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    department: str = Field(max_length=200, index=True)
+    department_code: str = Field(max_length=32, index=True)
+    company_name: str | None = None
+    company_title: str | None = None
+    ssn_masked: str | None = None
+    card_number_masked: str | None = None
+    card_type: str | None = None
+    iban_masked: str | None = None
+    source: str = Field(default="dummyjson", max_length=64, index=True)
+
+
+class ProcessedUser(UserBase, table=True):
+    __tablename__ = "processed_users"
+    __table_args__ = (Index("ix_processed_users_updated_at_id", "updated_at", "id"),)
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    record_hash: str = Field(max_length=64)
+    first_seen_at: datetime = Field(sa_type=TZ)
+    updated_at: datetime = Field(sa_type=TZ)
+    run_id: str = Field(max_length=64, index=True)
+
+
+class UserPublic(UserBase):
+    first_seen_at: datetime
+    updated_at: datetime
+    run_id: str
+
+
+class DlqBase(SQLModel):
+    run_id: str = Field(max_length=64, index=True)
+    source: str = Field(default="dummyjson", max_length=64)
+    error_reason: str = Field(sa_column=Column(Text, nullable=False))
+    data: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class DlqUser(DlqBase, table=True):
+    """A record that failed validation: every failed rule, and the record (sensitive fields masked)."""
+
+    __tablename__ = "dlq_users"
+    id: int | None = Field(default=None, primary_key=True)
+    record_hash: str = Field(max_length=64, unique=True)
+    inserted_at: datetime = Field(sa_type=TZ)
+    last_seen_at: datetime = Field(sa_type=TZ)
+
+
+class DlqPublic(SQLModel):
+    id: int
+    run_id: str
+    source: str
+    error_reason: str
+    reasons: list[str]
+    data: dict
+    inserted_at: datetime
+    last_seen_at: datetime
+
+
+# Flattened processed columns, in file/table order (the contract between transform and persist).
+PROCESSED_COLUMNS: tuple[str, ...] = tuple(UserBase.model_fields)
