@@ -55,3 +55,21 @@ def get_engine() -> Engine:
 def get_db() -> Iterator[Session]:
     with Session(get_engine()) as session:
         yield session
+
+
+_block_engines: dict[str, Engine] = {}
+
+
+def engine_from_block(block_name: str) -> Engine:
+    """The engine of a prefect-sqlalchemy `SqlAlchemyConnector` block (credentials stay in the block)."""
+    if block_name not in _block_engines:
+        from prefect_sqlalchemy import SqlAlchemyConnector
+
+        _block_engines[block_name] = prepare_engine(SqlAlchemyConnector.load(block_name).get_engine())
+    return _block_engines[block_name]
+
+
+def resolve_engine(block_name: str | None = None) -> Engine:
+    """A block named by the flow (or DATABASE_BLOCK) wins over DATABASE_URL."""
+    name = block_name or get_settings().database_block
+    return engine_from_block(name) if name else get_engine()

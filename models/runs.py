@@ -26,6 +26,7 @@ class EtlRunBase(SQLModel):
     dlq_inserted: int = 0
     delivered_files: int = 0
     delivered_bytes: int = 0
+    failed_stage: str | None = Field(default=None, max_length=32)
     error: str | None = Field(default=None, sa_column=Column(Text))
 
 

@@ -1,0 +1,54 @@
+"""`make run`: every configured flow once, then where the results are.
+
+With SFTP_HOST unset, a loopback SFTP server of the project's own (key in var/sftp) receives the delivery."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from models.settings import ConfigError, get_settings
+
+VAR_DIR = Path("var")
+
+
+def main() -> int:
+    try:
+        settings = get_settings()
+    except ConfigError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return 2
+    from flows.users_etl import users_etl
+
+    with ExitStack() as stack:
+        demo = None
+        if not settings.sftp_enabled:
+            from tasks.demo_sftp import running_demo_sftp
+
+            demo = stack.enter_context(running_demo_sftp(VAR_DIR))
+            os.environ.update(demo.env())
+            get_settings.cache_clear()
+        state = users_etl(return_state=True)
+        if not state.is_completed():
+            print(f"sluice: users-etl {state.name}: {state.message}", file=sys.stderr)
+            return 1
+        summary = state.result()
+    counts = summary["counts"]
+    print()
+    print(f"users-etl run {summary['run_id']} completed")
+    print(f"  database   {summary['database']}")
+    print("  tables     raw_users (+{raw_inserted}), processed_users (+{inserted} new, {updated} updated, "
+          "{unchanged} unchanged), dlq_users (+{dlq_inserted})".format(**counts))
+    print(f"  records    {counts['extracted']} extracted, {counts['valid']} valid, {counts['invalid']} to the DLQ")
+    for kind, path in summary["files"].items():
+        print(f"  {kind:<10} {path}")
+    for item in summary["delivered"]:
+        where = f" (on disk: {demo.root})" if demo else ""
+        print(f"  delivered  sftp:{item['remote_path']} {item['bytes']} bytes{where}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sources: one module per source; each exposes its Prefect tasks and keeps helpers private."""

@@ -1,0 +1,125 @@
+"""Write a batch to raw_users / processed_users / dlq_users in one transaction.
+
+Idempotent by construction: raw and DLQ rows are keyed by the record's content hash (a retried batch or a
+re-run adds nothing twice), processed rows by user id with a hash of their content (new rows inserted,
+changed rows updated, unchanged rows left alone)."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+
+import polars as pl
+import polars_hash  # noqa: F401
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import Connection, Engine, Table, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from models.users import PROCESSED_COLUMNS, DlqUser, ProcessedUser, RawUser
+from tasks.transform import read_dlq_span, read_processed_span, read_span
+
+IN_CHUNK = 5_000  # ids per IN (...) lookup; well under SQLite's and PostgreSQL's parameter limits
+
+
+def _insert(conn: Connection, table: Table):
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def _existing(conn: Connection, key, value, keys: list) -> pl.DataFrame:
+    """(key, value) rows already stored for `keys`."""
+    found: list[tuple] = []
+    for i in range(0, len(keys), IN_CHUNK):
+        found += conn.execute(select(key, value).where(key.in_(keys[i : i + IN_CHUNK]))).all()
+    return pl.DataFrame(found, schema={"_key": pl.Int64 if key.name == "id" else pl.String, "_stored": pl.String}, orient="row")
+
+
+def raw_frame(data: bytes) -> pl.DataFrame:
+    if not data.strip():
+        return pl.DataFrame(schema={"source_id": pl.String, "record_hash": pl.String, "data": pl.String})
+    lines = pl.read_csv(io.BytesIO(data), has_header=False, separator="\x1f", quote_char=None,
+                        new_columns=["data"], schema={"data": pl.String})
+    return lines.select(
+        pl.col("data").str.json_path_match("$.id").alias("source_id"),
+        pl.col("data").chash.sha2_256().alias("record_hash"),
+        "data",
+    ).unique(subset="record_hash", keep="first", maintain_order=True)
+
+
+def insert_raw(conn: Connection, raw: pl.DataFrame, *, run_id: str, source: str, now: datetime) -> int:
+    if raw.height == 0:
+        return 0
+    table = RawUser.__table__
+    seen = _existing(conn, table.c.record_hash, table.c.record_hash, raw.get_column("record_hash").to_list())
+    new = raw.join(seen, left_on="record_hash", right_on="_key", how="anti")
+    if new.height:
+        rows = new.with_columns(run_id=pl.lit(run_id), source=pl.lit(source)).to_dicts()
+        conn.execute(_insert(conn, table).values(inserted_at=now).on_conflict_do_nothing(index_elements=["record_hash"]), rows)
+    return new.height
+
+
+def upsert_dlq(conn: Connection, dlq: pl.DataFrame, *, run_id: str, source: str, now: datetime) -> int:
+    """New failures inserted; a failure seen before is re-stamped with this run (no second row)."""
+    if dlq.height == 0:
+        return 0
+    table = DlqUser.__table__
+    dlq = dlq.unique(subset="record_hash", keep="first", maintain_order=True)
+    seen = _existing(conn, table.c.record_hash, table.c.record_hash, dlq.get_column("record_hash").to_list())
+    stmt = _insert(conn, table).values(run_id=run_id, source=source, inserted_at=now, last_seen_at=now)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["record_hash"],
+        set_={"run_id": stmt.excluded.run_id, "last_seen_at": stmt.excluded.last_seen_at,
+              "error_reason": stmt.excluded.error_reason},
+    )
+    conn.execute(stmt, dlq.to_dicts())
+    return dlq.height - seen.height
+
+
+def upsert_processed(conn: Connection, processed: pl.DataFrame, *, run_id: str, now: datetime) -> dict[str, int]:
+    """Insert new users, update those whose content hash changed, leave the rest alone."""
+    if processed.height == 0:
+        return {"inserted": 0, "updated": 0, "unchanged": 0}
+    table = ProcessedUser.__table__
+    processed = processed.unique(subset="id", keep="last", maintain_order=True)
+    stored = _existing(conn, table.c.id, table.c.record_hash, processed.get_column("id").to_list())
+    joined = processed.join(stored, left_on="id", right_on="_key", how="left", maintain_order="left")
+    new = joined.filter(pl.col("_stored").is_null()).drop("_stored")
+    changed = joined.filter(pl.col("_stored").is_not_null() & (pl.col("_stored") != pl.col("record_hash"))).drop("_stored")
+    if new.height:
+        conn.execute(table.insert().values(first_seen_at=now, updated_at=now, run_id=run_id), new.to_dicts())
+    if changed.height:
+        cols = [*PROCESSED_COLUMNS, "record_hash"]
+        cols.remove("id")
+        stmt = (
+            update(table)
+            .where(table.c.id == bindparam("b_id"))
+            .values({c: bindparam(f"b_{c}") for c in cols} | {"updated_at": now, "run_id": run_id})
+        )
+        conn.execute(stmt, changed.select(pl.all().name.prefix("b_")).to_dicts())
+    return {"inserted": new.height, "updated": changed.height, "unchanged": joined.height - new.height - changed.height}
+
+
+def persist_frames(
+    engine: Engine, *, run_id: str, source: str, raw: pl.DataFrame, processed: pl.DataFrame, dlq: pl.DataFrame
+) -> dict[str, int]:
+    """One transaction for the whole batch: either all three tables take it or none does."""
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        counts = upsert_processed(conn, processed, run_id=run_id, now=now)
+        counts["raw_inserted"] = insert_raw(conn, raw, run_id=run_id, source=source, now=now)
+        counts["dlq_inserted"] = upsert_dlq(conn, dlq, run_id=run_id, source=source, now=now)
+    return counts
+
+
+@task(name="persist-users-batch", retries=3, retry_delay_seconds=[1, 5, 15], retry_jitter_factor=0.5, cache_policy=NO_CACHE)
+def persist_batch(engine: Engine, *, run_id: str, source: str, files: dict[str, str], spans: dict[str, list[int]]) -> dict[str, int]:
+    """Read one batch's spans of the staged raw, processed and DLQ files and store them."""
+    return persist_frames(
+        engine,
+        run_id=run_id,
+        source=source,
+        raw=raw_frame(read_span(files["raw"], *spans["raw"])),
+        processed=read_processed_span(read_span(files["processed"], *spans["processed"])),
+        dlq=read_dlq_span(read_span(files["dlq"], *spans["dlq"])),
+    )

@@ -1,0 +1,340 @@
+"""Validate, enrich and mask users with Polars: raw JSONL span in, processed + DLQ JSONL out.
+
+Pure functions underneath (`parse_raw`, `flatten`, `transform_frame`), Prefect tasks on top. Every step is
+a column expression: no per-record Python in the hot path."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+import polars_hash  # noqa: F401  (registers the .chash namespace)
+from prefect import task
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+
+from models.schema import user_rules
+from models.users import PROCESSED_COLUMNS
+
+SENSITIVE_KEYS = ("ssn", "cardNumber", "iban", "ein")
+SECRET_KEYS = ("password",)
+LINE = "_raw"
+
+# flattened column -> path in the DummyJSON record
+TEXT_FIELDS: dict[str, tuple[str, ...]] = {
+    "id_text": ("id",),
+    "first_name": ("firstName",),
+    "last_name": ("lastName",),
+    "maiden_name": ("maidenName",),
+    "username": ("username",),
+    "email": ("email",),
+    "phone": ("phone",),
+    "age_text": ("age",),
+    "gender": ("gender",),
+    "birth_date": ("birthDate",),
+    "blood_group": ("bloodGroup",),
+    "eye_color": ("eyeColor",),
+    "university": ("university",),
+    "role": ("role",),
+    "city": ("address", "city"),
+    "state": ("address", "state"),
+    "country": ("address", "country"),
+    "postal_code": ("address", "postalCode"),
+    "department": ("company", "department"),
+    "company_name": ("company", "name"),
+    "company_title": ("company", "title"),
+    "ssn": ("ssn",),
+    "card_number": ("bank", "cardNumber"),
+    "card_type": ("bank", "cardType"),
+    "iban": ("bank", "iban"),
+}
+FLOAT_FIELDS: dict[str, tuple[str, ...]] = {
+    "height": ("height",),
+    "weight": ("weight",),
+    "latitude": ("address", "coordinates", "lat"),
+    "longitude": ("address", "coordinates", "lng"),
+}
+
+PROCESSED_SCHEMA: dict[str, pl.DataType] = {
+    **{c: pl.String() for c in PROCESSED_COLUMNS},
+    "id": pl.Int64(),
+    "age": pl.Int64(),
+    "height": pl.Float64(),
+    "weight": pl.Float64(),
+    "latitude": pl.Float64(),
+    "longitude": pl.Float64(),
+    "record_hash": pl.String(),
+}
+
+
+# ---------------------------------------------------------------- files
+
+
+def read_departments(path: Path | str) -> pl.DataFrame:
+    """The departments table (department, department_code); a broken file names itself."""
+    try:
+        df = pl.read_csv(path, schema_overrides={"department": pl.String, "department_code": pl.String})
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise ValueError(f"DEPARTMENTS_CSV {path}: cannot read: {exc}") from exc
+    missing = {"department", "department_code"} - set(df.columns)
+    if missing:
+        raise ValueError(f"DEPARTMENTS_CSV {path}: missing column(s) {sorted(missing)}")
+    return (
+        df.select(pl.col("department").str.strip_chars(), pl.col("department_code").str.strip_chars())
+        .drop_nulls()
+        .unique(subset="department", keep="first")
+    )
+
+
+def file_sha256(path: Path | str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def split_spans(path: Path | str, target_bytes: int) -> list[tuple[int, int]]:
+    """Cut a JSONL file into (offset, length) spans of about `target_bytes`, each ending on a newline."""
+    size = Path(path).stat().st_size
+    spans, start = [], 0
+    with open(path, "rb") as fh:
+        while start < size:
+            fh.seek(min(start + target_bytes, size))
+            fh.readline()
+            end = min(fh.tell(), size)
+            spans.append((start, end - start))
+            start = end
+    return spans
+
+
+def read_span(path: Path | str, offset: int, length: int) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(length)
+
+
+def append_lines(path: Path | str, df: pl.DataFrame) -> tuple[int, int]:
+    """Append a frame as JSONL; returns the (offset, length) it occupies."""
+    with open(path, "ab") as fh:
+        start = fh.tell()
+        if df.height:
+            df.write_ndjson(fh)
+        return start, fh.tell() - start
+
+
+def append_text_lines(path: Path | str, lines: pl.Series) -> tuple[int, int]:
+    with open(path, "ab") as fh:
+        start = fh.tell()
+        if lines.len():
+            pl.DataFrame({"l": lines}).write_csv(fh, include_header=False, quote_style="never", separator="\x1f")
+        return start, fh.tell() - start
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def parse_raw(data: bytes) -> pl.DataFrame:
+    """JSONL bytes -> one row per record: the original line in `_raw` plus the parsed top-level fields.
+    Types are inferred over the whole span, so a field whose type drifts becomes text, never an error."""
+    lines = pl.read_csv(
+        io.BytesIO(data), has_header=False, separator="\x1f", quote_char=None,
+        new_columns=[LINE], schema={LINE: pl.String}, truncate_ragged_lines=True,
+    ) if data.strip() else pl.DataFrame(schema={LINE: pl.String})
+    if lines.height == 0:
+        return lines
+    parsed = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
+    if parsed.height != lines.height:
+        raise ValueError(f"staged span holds {lines.height} lines but {parsed.height} JSON records")
+    return parsed.with_columns(lines.get_column(LINE))
+
+
+def _field(schema: pl.Schema, path: tuple[str, ...]) -> tuple[pl.Expr, pl.DataType | None]:
+    """The value at `path`, whatever shape the batch gave it (struct, JSON text after a type drift, absent)."""
+    head, *rest = path
+    if head not in schema:
+        return pl.lit(None, pl.String), None
+    expr, dtype = pl.col(head), schema[head]
+    for i, key in enumerate(rest):
+        if isinstance(dtype, pl.Struct):
+            fields = {f.name: f.dtype for f in dtype.fields}
+            if key not in fields:
+                return pl.lit(None, pl.String), None
+            expr, dtype = expr.struct.field(key), fields[key]
+        elif dtype == pl.String:
+            return expr.str.json_path_match("$." + ".".join(rest[i:])), pl.String()
+        else:
+            return pl.lit(None, pl.String), None
+    return expr, dtype
+
+
+def _as_text(expr: pl.Expr, dtype: pl.DataType | None) -> pl.Expr:
+    if dtype is None:
+        return expr.cast(pl.String)
+    if isinstance(dtype, pl.Struct):
+        return expr.struct.json_encode()
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return pl.lit(None, pl.String)
+    if dtype == pl.Float64 or dtype == pl.Float32:
+        # 30.0 stays recognisable as an integer, 30.5 does not
+        return expr.cast(pl.String)
+    return expr.cast(pl.String)
+
+
+def flatten(df: pl.DataFrame) -> pl.DataFrame:
+    """Staging columns: every field as text (or float), the original line and its hash."""
+    schema = df.schema
+    cols = [_as_text(*_field(schema, path)).alias(name) for name, path in TEXT_FIELDS.items()]
+    cols += [_field(schema, path)[0].cast(pl.Float64, strict=False).alias(name) for name, path in FLOAT_FIELDS.items()]
+    return df.select(*cols, pl.col(LINE))
+
+
+# ---------------------------------------------------------------- masking
+
+
+def _last4(expr: pl.Expr, prefix: str, *, digits_only: bool = False) -> pl.Expr:
+    text = expr.str.replace_all(r"\D" if digits_only else r"\s", "")
+    return (
+        pl.when(text.str.len_chars() >= 8).then(pl.lit(prefix) + text.str.slice(-4))
+        .when(text.str.len_chars() > 0).then(pl.lit("****"))
+        .otherwise(None)
+    )
+
+
+def mask_json_text(expr: pl.Expr) -> pl.Expr:
+    """Mask sensitive values inside JSON text (keep the last four characters) and drop secrets."""
+    keys = "|".join(SENSITIVE_KEYS)
+    out = expr.str.replace_all(rf'"({keys})"\s*:\s*"[^"]*?([^"]{{4}})"', r'"${1}":"****${2}"')
+    out = out.str.replace_all(rf'"({keys})"\s*:\s*"[^"]{{0,3}}"', r'"${1}":"****"')
+    out = out.str.replace_all(rf'"({keys})"\s*:\s*-?[0-9][0-9.eE+-]*', r'"${1}":"****"')
+    secrets = "|".join(SECRET_KEYS)
+    out = out.str.replace_all(rf'"({secrets})"\s*:\s*("(?:[^"\\]|\\.)*"|[^,}}\]]*)\s*,?', "")
+    return out.str.replace_all(r",\s*}", "}")
+
+
+# ---------------------------------------------------------------- the transform
+
+
+def transform_frame(raw: pl.DataFrame, departments: pl.DataFrame, *, source: str = "dummyjson") -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(processed, dlq). Processed rows follow PROCESSED_SCHEMA plus record_hash; DLQ rows carry
+    error_reason (every failed rule), reasons (list) and the masked original record."""
+    if raw.height == 0:
+        return pl.DataFrame(schema=PROCESSED_SCHEMA), pl.DataFrame(
+            schema={"error_reason": pl.String, "reasons": pl.List(pl.String), "record_hash": pl.String, "record": pl.String}
+        )
+    staged = (
+        flatten(raw)
+        .with_columns(pl.col(LINE).chash.sha2_256().alias("raw_hash"))
+        .with_columns(pl.col("department").str.strip_chars().alias("department"))
+        .join(departments, on="department", how="left", maintain_order="left")
+        .with_columns(
+            pl.col("id_text").cast(pl.Float64, strict=False).cast(pl.Int64, strict=False).alias("id_int"),
+        )
+        .with_columns(
+            (pl.col("id_int").is_not_null() & ~pl.col("id_int").is_first_distinct()).alias("id_duplicate"),
+        )
+    )
+    rules = user_rules()
+    failed = [pl.when(~r.passes.fill_null(False)).then(pl.lit(r.name)) for r in rules]
+    staged = staged.with_columns(pl.concat_list(failed).list.drop_nulls().alias("reasons"))
+    ok = pl.col("reasons").list.len() == 0
+
+    processed = staged.filter(ok).select(
+        pl.col("id_int").alias("id"),
+        pl.col("first_name").str.strip_chars(),
+        "last_name", "maiden_name", "username",
+        pl.col("email").str.strip_chars().str.to_lowercase(),
+        "phone",
+        pl.col("age_text").cast(pl.Float64, strict=False).cast(pl.Int64).alias("age"),
+        "gender", "birth_date", "blood_group", "height", "weight", "eye_color", "university", "role",
+        "city", "state", "country", "postal_code", "latitude", "longitude",
+        "department", "department_code", "company_name", "company_title",
+        _last4(pl.col("ssn"), "***-**-", digits_only=True).alias("ssn_masked"),
+        _last4(pl.col("card_number"), "**** **** **** ", digits_only=True).alias("card_number_masked"),
+        "card_type",
+        _last4(pl.col("iban"), "****").alias("iban_masked"),
+        pl.lit(source).alias("source"),
+    )
+    processed = processed.with_columns(
+        pl.concat_str([pl.col(c).cast(pl.String).fill_null("\x00") for c in PROCESSED_COLUMNS], separator="\x1f")
+        .chash.sha2_256().alias("record_hash")
+    ).cast(PROCESSED_SCHEMA)
+
+    dlq = staged.filter(~ok).select(
+        pl.col("reasons").list.join("; ").alias("error_reason"),
+        "reasons",
+        pl.col("raw_hash").alias("record_hash"),
+        mask_json_text(pl.col(LINE)).alias("record"),
+    )
+    return processed, dlq
+
+
+def dlq_lines(dlq: pl.DataFrame) -> pl.Series:
+    """DLQ rows as JSONL text with the record embedded as an object (rule names never need escaping)."""
+    return dlq.select(
+        pl.concat_str(
+            pl.lit('{"error_reason":"'), pl.col("error_reason"),
+            pl.lit('","reasons":["'), pl.col("reasons").list.join('","'),
+            pl.lit('"],"record_hash":"'), pl.col("record_hash"),
+            pl.lit('","record":'), pl.col("record"), pl.lit("}"),
+        ).alias("line")
+    ).get_column("line")
+
+
+def read_dlq_span(data: bytes) -> pl.DataFrame:
+    if not data.strip():
+        return pl.DataFrame(schema={"error_reason": pl.String, "record_hash": pl.String, "data": pl.String})
+    lines = pl.read_csv(io.BytesIO(data), has_header=False, separator="\x1f", quote_char=None,
+                        new_columns=["l"], schema={"l": pl.String})
+    return lines.select(
+        pl.col("l").str.json_path_match("$.error_reason").alias("error_reason"),
+        pl.col("l").str.json_path_match("$.record_hash").alias("record_hash"),
+        pl.col("l").str.json_path_match("$.record").alias("data"),
+    )
+
+
+def read_processed_span(data: bytes) -> pl.DataFrame:
+    if not data:
+        return pl.DataFrame(schema=PROCESSED_SCHEMA)
+    return pl.read_ndjson(io.BytesIO(data), schema=PROCESSED_SCHEMA)
+
+
+# ---------------------------------------------------------------- tasks
+
+
+@task(
+    name="load-departments",
+    cache_policy=INPUTS + TASK_SOURCE,
+    cache_expiration=timedelta(days=1),
+    persist_result=True,
+)
+def load_departments(path: str, checksum: str) -> pl.DataFrame:
+    """Cached on the file's path and content hash (and this task's source) for a day."""
+    return read_departments(path)
+
+
+@task(name="transform-users-batch", cache_policy=NO_CACHE)
+def transform_batch(
+    departments: pl.DataFrame,
+    *,
+    raw_path: str,
+    offset: int,
+    length: int,
+    processed_path: str,
+    dlq_path: str,
+    source: str = "dummyjson",
+) -> dict:
+    """One span of the staged raw file through the rules; outputs appended to the run's files."""
+    processed, dlq = transform_frame(parse_raw(read_span(raw_path, offset, length)), departments, source=source)
+    p_span = append_lines(processed_path, processed)
+    d_span = append_text_lines(dlq_path, dlq_lines(dlq))
+    reasons = (
+        dlq.select(pl.col("reasons").explode().value_counts()).unnest("reasons")
+        if dlq.height else pl.DataFrame(schema={"reasons": pl.String, "count": pl.UInt32})
+    )
+    return {
+        "raw": [offset, length],
+        "processed": list(p_span),
+        "dlq": list(d_span),
+        "valid": processed.height,
+        "invalid": dlq.height,
+        "reasons": dict(zip(reasons.get_column("reasons").to_list(), reasons.get_column("count").to_list(), strict=True)),
+    }
