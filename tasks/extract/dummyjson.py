@@ -7,6 +7,7 @@ raw file and moves the checkpoint), `begin_extract` / `finish_extract` (checkpoi
 from __future__ import annotations
 
 import email.utils
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import httpx
 import orjson
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 from prefect.tasks import exponential_backoff
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -50,6 +52,14 @@ class ExtractPlan:
 # ---------------------------------------------------------------- HTTP
 
 
+def _logger():
+    """The run logger inside Prefect, a plain logger when the function is called on its own."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
 def _retry_after_seconds(value: str | None, cap: float) -> float:
     if not value:
         return min(DEFAULT_RETRY_AFTER_SECONDS, cap)
@@ -74,7 +84,7 @@ def fetch_page(client: httpx.Client, base_url: str, *, limit: int, skip: int, ma
             raise TransientSourceError(f"GET {url} failed: {type(exc).__name__}: {exc}") from exc
         if resp.status_code == 429:
             wait = _retry_after_seconds(resp.headers.get("Retry-After"), max_retry_after)
-            get_run_logger().warning("GET %s: 429 Too Many Requests, waiting %.1fs (Retry-After)", url, wait)
+            _logger().warning("GET %s: 429 Too Many Requests, waiting %.1fs (Retry-After)", url, wait)
             time.sleep(wait)
             continue
         if resp.status_code >= 500:
@@ -225,5 +235,5 @@ def fetch_batch(
     new_offset = offset + len(data)
     done = got == 0 or (total is not None and cursor >= total)
     _advance(engine, skip=cursor, total=total if total is not None else cursor, offset=new_offset, records=records_before + got)
-    get_run_logger().info("pages skip=%d..%d: %d records staged (total %s)", skip, cursor, got, total)
+    _logger().info("pages skip=%d..%d: %d records staged (total %s)", skip, cursor, got, total)
     return {"records": got, "next_skip": cursor, "total": total, "offset": new_offset, "done": done}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -103,11 +104,14 @@ class DummyJsonServer:
     """A threaded HTTP server speaking the DummyJSON `/users` contract over a fixed list of users.
 
     `faults` is a queue of `Fault`s answered (one per request) before pages are served again;
-    `requests` records every (limit, skip) asked for."""
+    `fail_when(limit, skip)` may answer a Fault for any request (a source that stays down);
+    `requests` / `request_times` record every (limit, skip) asked for and when."""
 
     def __init__(self, users: list[dict] | None = None, *, path: str = "/users", host: str = "127.0.0.1", port: int = 0):
         self.path = path
         self.faults: deque[Fault] = deque()
+        self.fail_when: Callable[[int, int], Fault | None] | None = None
+        self.request_times: list[float] = []
         self.requests: list[tuple[int, int]] = []
         self._lock = threading.Lock()
         self.set_users(users or [])
@@ -164,7 +168,10 @@ class DummyJsonServer:
                     return self._send(400, b'{"message": "limit and skip must be non-negative integers"}')
                 with server._lock:
                     server.requests.append((limit, skip))
+                    server.request_times.append(time.monotonic())
                     fault = server.faults.popleft() if server.faults else None
+                if fault is None and server.fail_when is not None:
+                    fault = server.fail_when(limit, skip)
                 if fault is not None:
                     return self._send(fault.status, fault.body, fault.headers)
                 self._send(200, server.page(limit, skip))

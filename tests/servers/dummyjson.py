@@ -1,0 +1,57 @@
+"""The DummyJSON-contract peer for tests: the product's loopback server, fed the real users from
+../shared/data (never copied into the repo), with invalid variants made at test time."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tasks.extract.sample import DummyJsonServer, Fault  # noqa: F401  (re-exported for tests)
+
+SHARED_USERS = Path(os.environ.get("SLUICE_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")) / "dummyjson" / "users.json"
+
+
+def load_real_users() -> list[dict]:
+    if not SHARED_USERS.exists():
+        pytest.fail(f"the real DummyJSON users are expected at {SHARED_USERS} (../shared beside the checkout)")
+    data = json.loads(SHARED_USERS.read_text())
+    return data["users"] if isinstance(data, dict) else data
+
+
+def break_users(users: list[dict]) -> tuple[list[dict], dict[int, set[str]]]:
+    """A copy of `users` with a share made invalid in different ways; returns it and, by position, the rule
+    names each broken record must be sent to the DLQ for."""
+    users = copy.deepcopy(users)
+    expected: dict[int, set[str]] = {}
+
+    def brk(i: int, rules: set[str], fn) -> None:
+        fn(users[i])
+        expected[i] = rules
+
+    brk(3, {"email_invalid"}, lambda u: u.update(email="not-an-email"))
+    brk(10, {"age_out_of_range"}, lambda u: u.update(age=17))
+    brk(11, {"age_out_of_range"}, lambda u: u.update(age=66))
+    brk(20, {"age_not_integer"}, lambda u: u.update(age="thirty"))
+    brk(21, {"age_not_integer"}, lambda u: u.update(age=30.5))
+    brk(30, {"first_name_missing"}, lambda u: u.update(firstName="  "))
+    brk(40, {"department_unknown"}, lambda u: u["company"].update(department="Alchemy"))
+    brk(41, {"department_missing"}, lambda u: u["company"].pop("department"))
+    brk(50, {"id_not_integer"}, lambda u: u.update(id="abc"))
+    brk(60, {"id_duplicate"}, lambda u: u.update(id=users[59]["id"]))
+    brk(70, {"email_invalid", "age_out_of_range", "first_name_missing"},
+        lambda u: u.update(email="x@", age=99, firstName=None))
+    # schema drift: a renamed field goes to the DLQ with a reason instead of crashing
+    brk(80, {"first_name_missing"}, lambda u: u.update(first_name=u.pop("firstName")))
+    brk(90, {"department_missing"}, lambda u: u.update(company="Acme Corp"))
+    return users, expected
+
+
+@pytest.fixture
+def users_api():
+    """A DummyJSON-contract server on a free loopback port, serving the real users."""
+    with DummyJsonServer(load_real_users()) as server:
+        yield server

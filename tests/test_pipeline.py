@@ -1,0 +1,146 @@
+"""users-etl end to end against a loopback DummyJSON server and real SQLite / PostgreSQL (no mocks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from sqlalchemy import text
+
+from flows.users_etl import users_etl
+from models.db import engine_for
+from tasks.extract.sample import DummyJsonServer, Fault
+from tests.servers.dummyjson import break_users, load_real_users
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def rows(url: str, sql: str) -> list:
+    with engine_for(url).connect() as conn:
+        return conn.execute(text(sql)).all()
+
+
+def count(url: str, table: str) -> int:
+    return rows(url, f"SELECT count(*) FROM {table}")[0][0]
+
+
+@pytest.fixture
+def pipeline_env(settings_env, database_url, tmp_path):
+    settings_env(database_url=database_url, users_page_size=50, extract_retries=2)
+    return database_url
+
+
+def test_real_users_with_invalid_share_give_exact_counts(pipeline_env, tmp_path):
+    url = pipeline_env
+    users, expected = break_users(load_real_users())
+    with DummyJsonServer(users) as server:
+        summary = users_etl(api_base=server.base_url, deliver_files=False)
+        assert {limit for limit, _ in server.requests} == {50}
+
+    n_bad = len(expected)
+    counts = summary["counts"]
+    assert counts["extracted"] == len(users) == 208
+    assert counts["invalid"] == n_bad and counts["valid"] == 208 - n_bad
+    assert count(url, "processed_users") == 208 - n_bad
+    assert count(url, "dlq_users") == n_bad
+    assert count(url, "raw_users") == 208
+
+    dlq = rows(url, "SELECT error_reason, data FROM dlq_users")
+    got = {frozenset(reason.split("; ")) for reason, _ in dlq}
+    assert got == {frozenset(r) for r in expected.values()}
+    assert all(reason for reason, _ in dlq)
+
+    run = rows(url, "SELECT status, extracted, valid, invalid, inserted FROM etl_runs")
+    assert run == [("completed", 208, 208 - n_bad, n_bad, 208 - n_bad)]
+
+    # no password anywhere: database tables and every staged file
+    secrets = [u["password"] for u in load_real_users()]
+    for table in ("raw_users", "processed_users", "dlq_users", "etl_runs", "etl_checkpoints"):
+        dump = " ".join(str(r) for r in rows(url, f"SELECT * FROM {table}"))
+        assert '"password"' not in dump
+        assert not [s for s in secrets if s in dump], table
+    for path in summary["files"].values():
+        content = Path(path).read_text()
+        assert not [s for s in secrets if s in content], path
+    # raw keeps the sensitive fields, processed and DLQ do not
+    ssns = [u["ssn"] for u in load_real_users()]
+    assert any(s in Path(summary["files"]["raw"]).read_text() for s in ssns)
+    for kind in ("processed", "dlq"):
+        assert not any(s in Path(summary["files"][kind]).read_text() for s in ssns)
+    assert pl.read_ndjson(summary["files"]["processed"]).height == 208 - n_bad
+
+
+def test_rerun_adds_no_duplicates_and_counts_changes(pipeline_env):
+    url = pipeline_env
+    users = load_real_users()
+    with DummyJsonServer(users) as server:
+        users_etl(api_base=server.base_url, deliver_files=False)
+        second = users_etl(api_base=server.base_url, deliver_files=False)
+        assert second["counts"]["inserted"] == 0 and second["counts"]["unchanged"] == 208
+        changed = [dict(u) for u in users]
+        changed[5] = {**changed[5], "lastName": "Renamed"}
+        server.set_users(changed + [{**users[0], "id": 9999, "email": "new.person@example.com"}])
+        third = users_etl(api_base=server.base_url, deliver_files=False)
+    assert (third["counts"]["inserted"], third["counts"]["updated"], third["counts"]["unchanged"]) == (1, 1, 207)
+    assert count(url, "processed_users") == 209
+    assert rows(url, f"SELECT last_name FROM processed_users WHERE id = {users[5]['id']}") == [("Renamed",)]
+    assert count(url, "raw_users") == 210  # two new distinct records, nothing repeated
+
+
+def test_500_then_200_is_retried(pipeline_env):
+    with DummyJsonServer(load_real_users()) as server:
+        server.faults.extend([Fault(500), Fault(502)])
+        summary = users_etl(api_base=server.base_url, deliver_files=False)
+    assert summary["counts"]["extracted"] == 208
+    assert count(pipeline_env, "processed_users") == 208
+
+
+def test_429_waits_for_retry_after(pipeline_env):
+    with DummyJsonServer(load_real_users()) as server:
+        server.faults.append(Fault(429, {"Retry-After": "1"}))
+        summary = users_etl(api_base=server.base_url, deliver_files=False)
+        gap = server.request_times[1] - server.request_times[0]
+    assert summary["counts"]["extracted"] == 208
+    assert gap >= 0.95  # the client honoured the server's Retry-After before asking again
+
+
+def test_other_4xx_fails_at_once_naming_url_and_status(pipeline_env):
+    with DummyJsonServer(load_real_users()) as server:
+        server.faults.append(Fault(404))
+        state = users_etl(api_base=server.base_url, deliver_files=False, return_state=True)
+        assert len(server.requests) == 1  # not retried
+    assert state.is_failed()
+    assert "HTTP 404" in state.message and server.base_url in state.message
+    status, stage, error = rows(pipeline_env, "SELECT status, failed_stage, error FROM etl_runs")[0]
+    assert (status, stage) == ("failed", "extract") and "HTTP 404" in error
+
+
+def test_source_down_keeps_checkpoint_and_next_run_resumes(pipeline_env):
+    url = pipeline_env
+    users = load_real_users()
+    with DummyJsonServer(users) as server:
+        server.fail_when = lambda limit, skip: Fault(503) if skip >= 100 else None
+        state = users_etl(api_base=server.base_url, batch_records=50, deliver_files=False, return_state=True)
+        assert state.is_failed() and "HTTP 503" in state.message
+        cursor, status, staged = rows(url, "SELECT cursor, status, staged_records FROM etl_checkpoints")[0]
+        assert (cursor, status, staged) == (100, "failed", 100)
+
+        server.fail_when = None
+        server.requests.clear()
+        summary = users_etl(api_base=server.base_url, batch_records=50, deliver_files=False)
+        assert server.requests[0] == (50, 100)  # resumed, did not start over
+    assert summary["counts"]["extracted"] == 208
+    assert count(url, "processed_users") == 208 and count(url, "raw_users") == 208
+    assert pl.read_ndjson(summary["files"]["raw"]).get_column("id").n_unique() == 208
+    statuses = sorted(r[0] for r in rows(url, "SELECT status FROM etl_runs"))
+    assert statuses == ["completed", "failed"]
+
+
+def test_schema_drift_goes_to_the_dlq_not_a_crash(pipeline_env):
+    users = load_real_users()
+    drifted = [{**{("given_name" if k == "firstName" else k): v for k, v in u.items()}} for u in users[:20]] + users[20:]
+    with DummyJsonServer(drifted) as server:
+        summary = users_etl(api_base=server.base_url, deliver_files=False)
+    assert summary["counts"]["invalid"] == 20
+    assert summary["dlq_reasons"] == {"first_name_missing": 20}

@@ -1,0 +1,42 @@
+import pytest
+
+from models.settings import ConfigError, get_settings
+
+
+def test_defaults_need_no_environment(settings_env):
+    s = get_settings()
+    assert s.database_url_value == "sqlite:///var/app.db"
+    assert s.extract_schedule_cron == "0 3 * * *"
+    assert s.users_api_base is None and s.users_page_size == 100
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("USERS_PAGE_SIZE", "0"),
+        ("USERS_PAGE_SIZE", "many"),
+        ("USERS_API_BASE", "ftp://example.test/users"),
+        ("EXTRACT_SCHEDULE_CRON", "every day at three"),
+        ("SFTP_PORT", "70000"),
+    ],
+)
+def test_bad_value_names_the_variable(settings_env, name, value):
+    settings_env(**{name: value})
+    with pytest.raises(ConfigError) as err:
+        get_settings()
+    assert name in str(err.value)
+
+
+def test_secrets_are_not_echoed_in_errors(settings_env):
+    settings_env(database_url="postgresql://u:hunter2@db/x", users_page_size="-1")
+    with pytest.raises(ConfigError) as err:
+        get_settings()
+    assert "hunter2" not in str(err.value)
+
+
+def test_make_run_stops_at_start_on_bad_config(settings_env, capsys):
+    from flows.run_all import main
+
+    settings_env(users_page_size="zero")
+    assert main() == 2
+    assert "USERS_PAGE_SIZE" in capsys.readouterr().err

@@ -1,0 +1,133 @@
+"""Rules, enrichment and masking, through the pure functions and the task's own body (`.fn`)."""
+
+import json
+
+import orjson
+import polars as pl
+import pytest
+
+from models.settings import BUNDLED_DEPARTMENTS
+from tasks.extract.dummyjson import _stage_lines
+from tasks.transform import dlq_lines, parse_raw, read_departments, split_spans, transform_batch, transform_frame
+from tests.servers.dummyjson import break_users, load_real_users
+
+
+@pytest.fixture(scope="module")
+def departments():
+    return read_departments(BUNDLED_DEPARTMENTS)
+
+
+def run(users, departments):
+    return transform_frame(parse_raw(_stage_lines([json.loads(json.dumps(u)) for u in users])), departments)
+
+
+def test_bundled_departments_cover_every_real_department(departments):
+    real = {u["company"]["department"] for u in load_real_users()}
+    assert real <= set(departments.get_column("department").to_list())
+
+
+def test_real_users_are_all_valid_and_flattened(departments):
+    users = load_real_users()
+    processed, dlq = run(users, departments)
+    assert dlq.height == 0 and processed.height == len(users)
+    first = processed.row(0, named=True)
+    src = users[0]
+    assert first["id"] == src["id"] and first["first_name"] == src["firstName"]
+    assert first["department"] == src["company"]["department"] and first["department_code"]
+    assert first["city"] == src["address"]["city"] and first["company_title"] == src["company"]["title"]
+    assert first["latitude"] == pytest.approx(src["address"]["coordinates"]["lat"])
+
+
+@pytest.mark.parametrize(
+    ("change", "rules"),
+    [
+        (lambda u: u.update(id="seven"), {"id_not_integer"}),
+        (lambda u: u.pop("id"), {"id_not_integer"}),
+        (lambda u: u.update(firstName=""), {"first_name_missing"}),
+        (lambda u: u.pop("firstName"), {"first_name_missing"}),
+        (lambda u: u.update(email="someone@"), {"email_invalid"}),
+        (lambda u: u.update(email="a b@example.com"), {"email_invalid"}),
+        (lambda u: u.update(age=17), {"age_out_of_range"}),
+        (lambda u: u.update(age=66), {"age_out_of_range"}),
+        (lambda u: u.update(age="old"), {"age_not_integer"}),
+        (lambda u: u.update(age=40.5), {"age_not_integer"}),
+        (lambda u: u["company"].pop("department"), {"department_missing"}),
+        (lambda u: u["company"].update(department="Sorcery"), {"department_unknown"}),
+        (lambda u: u.update(company=None), {"department_missing"}),
+        (lambda u: u.update(age=5, email="bad", firstName=None), {"age_out_of_range", "email_invalid", "first_name_missing"}),
+    ],
+)
+def test_each_rule_sends_the_record_to_the_dlq_with_every_reason(departments, change, rules):
+    users = load_real_users()[:5]
+    change(users[2])
+    processed, dlq = run(users, departments)
+    assert processed.height == 4 and dlq.height == 1
+    assert set(dlq.get_column("reasons")[0].to_list()) == rules
+    assert set(dlq.get_column("error_reason")[0].split("; ")) == rules
+
+
+def test_boundaries_are_inclusive(departments):
+    users = load_real_users()[:2]
+    users[0]["age"], users[1]["age"] = 18, 65
+    processed, dlq = run(users, departments)
+    assert processed.height == 2 and dlq.height == 0
+
+
+def test_duplicate_id_keeps_the_first(departments):
+    users = load_real_users()[:3]
+    users[2]["id"] = users[0]["id"]
+    processed, dlq = run(users, departments)
+    assert processed.get_column("id").to_list() == [users[0]["id"], users[1]["id"]]
+    assert dlq.get_column("error_reason").to_list() == ["id_duplicate"]
+
+
+def test_type_drift_in_a_nested_field_does_not_crash_the_batch(departments):
+    users = load_real_users()[:4]
+    users[1]["company"] = "Acme"  # the whole column becomes text for this batch
+    processed, dlq = run(users, departments)
+    assert processed.height == 3
+    assert processed.get_column("department").null_count() == 0
+    assert dlq.get_column("error_reason").to_list() == ["department_missing"]
+
+
+def test_sensitive_fields_are_masked_outside_the_raw_layer(departments):
+    users = load_real_users()[:3]
+    users[1]["email"] = "broken"
+    processed, dlq = run(users, departments)
+    row = processed.row(0, named=True)
+    src = users[0]
+    assert row["ssn_masked"].startswith("***") and row["ssn_masked"] != src["ssn"]
+    assert row["card_number_masked"].endswith(src["bank"]["cardNumber"][-4:]) and src["bank"]["cardNumber"] not in row["card_number_masked"]
+    assert src["bank"]["iban"] not in row["iban_masked"]
+    line = dlq_lines(dlq)[0]
+    record = orjson.loads(line)["record"]
+    bad = users[1]
+    assert record["email"] == "broken" and record["id"] == bad["id"]
+    for secret in (bad["ssn"], bad["bank"]["cardNumber"], bad["bank"]["iban"], bad["password"]):
+        assert secret not in line
+
+
+def test_password_never_reaches_a_staged_line():
+    users = load_real_users()[:10]
+    staged = _stage_lines([dict(u) for u in users]).decode()
+    assert "password" not in staged
+    assert all(u["password"] not in staged for u in users)
+
+
+def test_transform_batch_appends_outputs_and_reports_reasons(tmp_path, departments):
+    users, expected = break_users(load_real_users())
+    raw = tmp_path / "raw.jsonl"
+    raw.write_bytes(_stage_lines(users))
+    spans = split_spans(raw, 64_000)
+    assert len(spans) > 3 and sum(length for _, length in spans) == raw.stat().st_size
+    out_p, out_d = tmp_path / "p.jsonl", tmp_path / "d.jsonl"
+    results = [
+        transform_batch.fn(departments, raw_path=str(raw), offset=o, length=n, processed_path=str(out_p), dlq_path=str(out_d))
+        for o, n in spans
+    ]
+    assert sum(r["valid"] for r in results) + sum(r["invalid"] for r in results) == len(users)
+    dlq = pl.read_ndjson(out_d)
+    assert dlq.height == len(expected) == sum(r["invalid"] for r in results)
+    processed = pl.read_ndjson(out_p)
+    assert processed.height == len(users) - len(expected)
+    assert processed.get_column("id").is_unique().all()
