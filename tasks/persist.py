@@ -27,6 +27,30 @@ def _insert(conn: Connection, table: Table):
     return dialect.insert(table)
 
 
+def _stamp(conn: Connection, when: datetime) -> pl.Expr:
+    """A timestamp literal in the form each database's DateTime column reads back."""
+    if conn.dialect.name == "sqlite":
+        return pl.lit(when.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f"))
+    return pl.lit(when.isoformat())
+
+
+def bulk_insert(conn: Connection, table: Table, df: pl.DataFrame, *, ignore_conflicts: str | None = None) -> None:
+    """Columnar bulk load: COPY on PostgreSQL, one executemany of tuples on SQLite (no ORM, no dicts)."""
+    if df.height == 0:
+        return
+    cols = ", ".join(df.columns)
+    if conn.dialect.name == "postgresql":
+        buf = io.BytesIO()
+        df.write_csv(buf, include_header=False, null_value="\\N")
+        with conn.connection.driver_connection.cursor() as cur:
+            with cur.copy(f"COPY {table.name} ({cols}) FROM STDIN (FORMAT csv, NULL '\\N')") as copy:
+                copy.write(buf.getvalue())
+    else:
+        conflict = f" ON CONFLICT ({ignore_conflicts}) DO NOTHING" if ignore_conflicts else ""
+        marks = ", ".join("?" * df.width)
+        conn.exec_driver_sql(f"INSERT INTO {table.name} ({cols}) VALUES ({marks}){conflict}", df.rows())
+
+
 def _existing(conn: Connection, key, value, keys: list) -> pl.DataFrame:
     """(key, value) rows already stored for `keys`."""
     found: list[tuple] = []
@@ -48,14 +72,14 @@ def raw_frame(data: bytes) -> pl.DataFrame:
 
 
 def insert_raw(conn: Connection, raw: pl.DataFrame, *, run_id: str, source: str, now: datetime) -> int:
+    """Records whose exact content is already stored are skipped: the raw layer keeps each version once."""
     if raw.height == 0:
         return 0
     table = RawUser.__table__
     seen = _existing(conn, table.c.record_hash, table.c.record_hash, raw.get_column("record_hash").to_list())
     new = raw.join(seen, left_on="record_hash", right_on="_key", how="anti")
-    if new.height:
-        rows = new.with_columns(run_id=pl.lit(run_id), source=pl.lit(source)).to_dicts()
-        conn.execute(_insert(conn, table).values(inserted_at=now).on_conflict_do_nothing(index_elements=["record_hash"]), rows)
+    bulk_insert(conn, table, new.with_columns(run_id=pl.lit(run_id), source=pl.lit(source), inserted_at=_stamp(conn, now)),
+                ignore_conflicts="record_hash")
     return new.height
 
 
@@ -86,8 +110,8 @@ def upsert_processed(conn: Connection, processed: pl.DataFrame, *, run_id: str, 
     joined = processed.join(stored, left_on="id", right_on="_key", how="left", maintain_order="left")
     new = joined.filter(pl.col("_stored").is_null()).drop("_stored")
     changed = joined.filter(pl.col("_stored").is_not_null() & (pl.col("_stored") != pl.col("record_hash"))).drop("_stored")
-    if new.height:
-        conn.execute(table.insert().values(first_seen_at=now, updated_at=now, run_id=run_id), new.to_dicts())
+    stamp = _stamp(conn, now)
+    bulk_insert(conn, table, new.with_columns(first_seen_at=stamp, updated_at=stamp, run_id=pl.lit(run_id)))
     if changed.height:
         cols = [*PROCESSED_COLUMNS, "record_hash"]
         cols.remove("id")

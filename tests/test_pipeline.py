@@ -144,3 +144,19 @@ def test_schema_drift_goes_to_the_dlq_not_a_crash(pipeline_env):
         summary = users_etl(api_base=server.base_url, deliver_files=False)
     assert summary["counts"]["invalid"] == 20
     assert summary["dlq_reasons"] == {"first_name_missing": 20}
+
+
+def test_database_from_a_sqlalchemy_connector_block(settings_env, tmp_path):
+    """The flow can take its database from a prefect-sqlalchemy block instead of DATABASE_URL."""
+    from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector, SyncDriver
+
+    db = tmp_path / "from-block.db"
+    SqlAlchemyConnector(
+        connection_info=ConnectionComponents(driver=SyncDriver.SQLITE_PYSQLITE, database=str(db))
+    ).save("sluice-test-db", overwrite=True)
+    settings_env(database_url=f"sqlite:///{tmp_path / 'not-this-one.db'}")
+    with DummyJsonServer(load_real_users()[:40]) as server:
+        summary = users_etl(api_base=server.base_url, deliver_files=False, database_block="sluice-test-db")
+    assert summary["counts"]["inserted"] == 40
+    assert count(f"sqlite:///{db}", "processed_users") == 40
+    assert not (tmp_path / "not-this-one.db").exists() or count(f"sqlite:///{tmp_path / 'not-this-one.db'}", "processed_users") == 0
