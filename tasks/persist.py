@@ -7,6 +7,7 @@ changed rows updated, unchanged rows left alone)."""
 from __future__ import annotations
 
 import io
+import time
 from datetime import UTC, datetime
 
 import polars as pl
@@ -139,7 +140,8 @@ def persist_frames(
 @task(name="persist-users-batch", retries=3, retry_delay_seconds=[1, 5, 15], retry_jitter_factor=0.5, cache_policy=NO_CACHE)
 def persist_batch(engine: Engine, *, run_id: str, source: str, files: dict[str, str], spans: dict[str, list[int]]) -> dict[str, int]:
     """Read one batch's spans of the staged raw, processed and DLQ files and store them."""
-    return persist_frames(
+    started = time.perf_counter()
+    counts = persist_frames(
         engine,
         run_id=run_id,
         source=source,
@@ -147,3 +149,4 @@ def persist_batch(engine: Engine, *, run_id: str, source: str, files: dict[str, 
         processed=read_processed_span(read_span(files["processed"], *spans["processed"])),
         dlq=read_dlq_span(read_span(files["dlq"], *spans["dlq"])),
     )
+    return counts | {"work_seconds": time.perf_counter() - started}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -323,6 +324,7 @@ def transform_batch(
     source: str = "dummyjson",
 ) -> dict:
     """One span of the staged raw file through the rules; outputs appended to the run's files."""
+    started = time.perf_counter()
     processed, dlq = transform_frame(parse_raw(read_span(raw_path, offset, length)), departments, source=source)
     p_span = append_lines(processed_path, processed)
     d_span = append_text_lines(dlq_path, dlq_lines(dlq))
@@ -336,5 +338,6 @@ def transform_batch(
         "dlq": list(d_span),
         "valid": processed.height,
         "invalid": dlq.height,
+        "work_seconds": time.perf_counter() - started,
         "reasons": dict(zip(reasons.get_column("reasons").to_list(), reasons.get_column("count").to_list(), strict=True)),
     }
