@@ -18,6 +18,8 @@ from prefect.tasks import exponential_backoff
 from models.db import resolve_engine
 from models.settings import get_settings
 from tasks import runs
+from tasks.anomalies import AnomalyError, find_anomalies
+from tasks.drift import check_schema, describe, merge_types
 from tasks.extract import dummyjson
 from tasks.extract.constants import SOURCE
 from tasks.extract.sample import offline_users_api
@@ -80,9 +82,10 @@ def extract(run_dir: str, stamp: str, api_base: str | None = None, page_size: in
 
 @flow(name="transform")
 def transform(raw_path: str, run_dir: str, stamp: str, records: int, departments_csv: str,
-              batch_records: int = 10_000, source: str = SOURCE) -> dict:
-    """Raw JSONL -> processed + DLQ JSONL, span by span."""
-    logger = get_run_logger()
+              batch_records: int = 10_000, source: str = SOURCE, database_block: str | None = None,
+              run_id: str | None = None) -> dict:
+    """Raw JSONL -> processed + DLQ JSONL, span by span; the source's schema checked for drift."""
+    settings, logger = get_settings(), get_run_logger()
     departments = load_departments(departments_csv, file_sha256(departments_csv))
     files = {
         "raw": raw_path,
@@ -94,16 +97,23 @@ def transform(raw_path: str, run_dir: str, stamp: str, records: int, departments
         Path(files[key]).write_bytes(b"")
     size = Path(raw_path).stat().st_size
     span_bytes = max(1 << 20, (size // records if records else APPROX_RECORD_BYTES) * batch_records)
-    batches, reasons = [], Counter()
+    batches, reasons, types = [], Counter(), []
     for offset, length in split_spans(raw_path, span_bytes):
         out = transform_batch(departments, raw_path=raw_path, offset=offset, length=length,
                               processed_path=files["processed"], dlq_path=files["dlq"], source=source)
         reasons.update(out.pop("reasons"))
+        types.append(out.pop("types"))
         batches.append(out)
+    policy = settings.drift_policy(source)
+    drift = check_schema(resolve_engine(database_block), run_id=run_id or str(current_run.id),
+                         source=source, types=merge_types(types), policy=policy)
+    if drift:
+        log = logger.info if policy == "evolve" else logger.warning
+        log("schema drift in %s (policy %s): %s", source, policy, "; ".join(describe(c) for c in drift))
     valid, invalid = sum(b["valid"] for b in batches), sum(b["invalid"] for b in batches)
     logger.info("transform: %d valid, %d invalid %s", valid, invalid, dict(reasons))
     return {"files": files, "batches": [{k: b[k] for k in ("raw", "processed", "dlq")} for b in batches],
-            "valid": valid, "invalid": invalid, "reasons": dict(reasons),
+            "valid": valid, "invalid": invalid, "reasons": dict(reasons), "drift": [describe(c) for c in drift],
             "work_seconds": sum(b["work_seconds"] for b in batches)}
 
 
@@ -129,13 +139,7 @@ def deliver(files: list[str], run_date: str) -> dict:
     if not settings.sftp_enabled:
         logger.warning("SFTP_HOST is not set: delivery skipped")
         return {"delivered": [], "work_seconds": 0.0}
-    passphrase = settings.sftp_key_passphrase
-    if passphrase is None and settings.sftp_key_passphrase_block:
-        from prefect.blocks.system import Secret
-        from pydantic import SecretStr
-
-        passphrase = SecretStr(Secret.load(settings.sftp_key_passphrase_block).get())
-    target = SftpTarget.from_settings(settings, passphrase=passphrase)
+    target = SftpTarget.from_settings(settings)  # passphrase: SFTP_KEY_PASSPHRASE or its Secret block
     remote_dir = remote_dir_for(target.remote_base, datetime.fromisoformat(run_date).date())
     started = time.perf_counter()
     delivered = deliver_files_task(target, [Path(f) for f in files], remote_dir)
@@ -205,9 +209,9 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
                    database_block)
         runs.update_run(engine, run_id=run_id, extracted=ex["records"])
         tr = timed("transform", transform, ex["raw_path"], run_dir, stamp, ex["records"], str(settings.departments_csv),
-                   batch_records)
+                   batch_records, SOURCE, database_block, run_id)
         runs.update_run(engine, run_id=run_id, valid=tr["valid"], invalid=tr["invalid"], files=tr["files"],
-                        dlq_reasons=tr["reasons"])
+                        dlq_reasons=tr["reasons"], schema_drift="; ".join(tr["drift"]) or None)
         ps = timed("persist", persist, run_id, tr["files"], tr["batches"], database_block)
         runs.update_run(engine, run_id=run_id, stage_seconds=seconds, **ps)
         delivered = (timed("deliver", deliver, list(tr["files"].values()), started.date().isoformat())["delivered"]
@@ -218,8 +222,21 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
 
     counts = {"extracted": ex["records"], "valid": tr["valid"], "invalid": tr["invalid"], **ps,
               "delivered_files": len(delivered), "delivered_bytes": sum(d["bytes"] for d in delivered)}
+    anomalies = find_anomalies(
+        engine, flow_name=FLOW_NAME, run_id=run_id, extracted=ex["records"], invalid=tr["invalid"],
+        duration=(datetime.now(UTC) - started).total_seconds(), min_runs=settings.anomaly_min_runs,
+        count_tolerance=settings.anomaly_count_tolerance, invalid_rate_tolerance=settings.anomaly_invalid_rate_tolerance,
+        duration_factor=settings.anomaly_duration_factor,
+    )
+    if anomalies:
+        logger.warning("anomalous run: %s", "; ".join(anomalies))
+        runs.update_run(engine, run_id=run_id, anomalies="; ".join(anomalies))
+        if settings.anomaly_fail:
+            runs.update_run(engine, run_id=run_id, failed_stage="anomaly-check", stage_seconds=seconds, **counts)
+            raise AnomalyError("anomalous run (ANOMALY_FAIL is set): " + "; ".join(anomalies))
     runs.finish_run(engine, run_id=run_id, status="completed", stage_seconds=seconds, delivered=delivered, **counts)
     summary = {"run_id": run_id, "status": "completed", "counts": counts, "stage_seconds": seconds,
+               "anomalies": anomalies, "schema_drift": tr["drift"],
                "stage_work_seconds": work,
                "files": tr["files"], "dlq_reasons": tr["reasons"], "delivered": delivered,
                "database": engine.url.render_as_string(hide_password=True)}

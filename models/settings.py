@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     # orchestration
     extract_schedule_cron: str = "0 3 * * *"
 
+    # schema drift and run anomalies
+    schema_drift_policy: Literal["warn", "fail", "evolve"] = "warn"
+    schema_drift_policies: Annotated[dict[str, Literal["warn", "fail", "evolve"]], NoDecode] = {}
+    anomaly_min_runs: int = Field(3, ge=1)
+    anomaly_count_tolerance: float = Field(0.5, gt=0)  # relative deviation of the record count from the mean
+    anomaly_invalid_rate_tolerance: float = Field(0.1, ge=0)  # absolute rise of the invalid share over the mean
+    anomaly_duration_factor: float = Field(3.0, gt=1)  # slower than this many times the mean duration
+    anomaly_fail: bool = False
+
     # delivery
     sftp_host: str | None = None
     sftp_port: int = Field(22, ge=1, le=65535)
@@ -75,6 +84,20 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [p.strip() for p in v.split(",") if p.strip()]
         return v
+
+    @field_validator("schema_drift_policies", mode="before")
+    @classmethod
+    def _policy_map(cls, v: object) -> object:
+        """`source=policy,source=policy` (e.g. `dummyjson=fail,csv=evolve`)."""
+        if isinstance(v, str):
+            pairs = [p.split("=", 1) for p in v.split(",") if p.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError(f"expected source=policy pairs separated by commas, got {v!r}")
+            return {k.strip(): p.strip() for k, p in pairs}
+        return v
+
+    def drift_policy(self, source: str) -> str:
+        return self.schema_drift_policies.get(source, self.schema_drift_policy)
 
     @field_validator("extract_schedule_cron")
     @classmethod

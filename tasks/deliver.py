@@ -22,6 +22,7 @@ import errno
 import hashlib
 import io
 import logging
+import os
 import posixpath
 import re
 import secrets
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import paramiko
+from paramiko.sftp import CMD_STATUS
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
@@ -376,6 +378,11 @@ def _keyscan_hint(target: SftpTarget) -> str:
     return f"ssh-keyscan {port}{target.host} >> {target.known_hosts}"
 
 
+def _exc_text(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _describe_key(key: paramiko.PKey) -> str:
     try:
         return f"{key.get_name()} {key.fingerprint}"
@@ -478,9 +485,10 @@ class _Session:
                 f"{t.username!r} ({type(exc).__name__}). Add the matching public key to that "
                 "user's authorized_keys on the server, or check SFTP_USERNAME / SFTP_KEY_PATH."
             ) from None
-        except paramiko.ssh_exception.NoValidConnectionsError:
+        except paramiko.ssh_exception.NoValidConnectionsError as exc:
+            reasons = sorted({(e.strerror or str(e)).lower() for e in exc.errors.values()})
             raise SftpUnavailableError(
-                f"SFTP server {t.address} is unavailable: connection refused"
+                f"SFTP server {t.address} is unavailable: {', '.join(reasons) or 'connection refused'}"
             ) from None
         except (socket.timeout, TimeoutError):
             raise SftpUnavailableError(
@@ -497,8 +505,7 @@ class _Session:
         except (OSError, EOFError, paramiko.SSHException) as exc:
             # reset / closed during the handshake (sshd MaxStartups, restarts, ...)
             raise SftpUnavailableError(
-                f"SFTP server {t.address} is unavailable: SSH handshake failed "
-                f"({type(exc).__name__}: {exc})"
+                f"SFTP server {t.address} is unavailable: SSH handshake failed ({_exc_text(exc)})"
             ) from None
         try:
             self.sftp = client.open_sftp()
@@ -508,7 +515,7 @@ class _Session:
             ) from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise SftpConnectionLostError(
-                f"connection to {t.address} lost while opening SFTP: {type(exc).__name__}: {exc}"
+                f"connection to {t.address} lost while opening SFTP: {_exc_text(exc)}"
             ) from None
         channel = self.sftp.get_channel()
         if channel is not None:
@@ -579,12 +586,15 @@ def _await_write_acks(remote: paramiko.SFTPFile) -> None:
     turns such a status (disk full, quota, ...) into an exception.
     """
     pending = getattr(remote, "_reqs", None)
-    if pending is None:
-        return
+    expecting = getattr(remote.sftp, "_expecting", None)
+    if pending is None or expecting is None:
+        return  # a paramiko without these internals: rely on the size check alone
     while pending:
         request = pending.popleft()
+        if request not in expecting:
+            continue  # its reply was already consumed (out-of-order server); don't wait for it
         kind, _ = remote.sftp._read_response(request)
-        if kind != paramiko.sftp.CMD_STATUS:
+        if kind != CMD_STATUS:
             raise paramiko.SFTPError("unexpected reply to an SFTP write")
 
 
@@ -652,6 +662,8 @@ def _check_local_files(files: list[Path]) -> list[Path]:
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"file to deliver does not exist or is not a file: {path}")
+        if not os.access(path, os.R_OK):
+            raise PermissionError(f"file to deliver is not readable: {path}")
         if path.name in seen:
             raise ValueError(
                 f"two files to deliver share the name {path.name!r}: {seen[path.name]} and {path}"
@@ -708,11 +720,15 @@ def upload_files(target: SftpTarget, files: list[Path], remote_dir: str) -> list
                     f"SFTP server {target.address} refused while {step}: {exc}"
                 ) from None
             raise SftpConnectionLostError(
-                f"connection to {target.address} lost while {step}: {type(exc).__name__}: {exc}"
+                f"connection to {target.address} lost while {step}: {_exc_text(exc)}"
             ) from None
         except (EOFError, paramiko.SSHException) as exc:
             raise SftpConnectionLostError(
-                f"connection to {target.address} lost while {step}: {type(exc).__name__}: {exc}"
+                f"connection to {target.address} lost while {step}: {_exc_text(exc)}"
+            ) from None
+        except paramiko.SFTPError as exc:
+            raise SftpRemoteError(
+                f"SFTP server {target.address} answered unexpectedly while {step}: {exc}"
             ) from None
     return results
 

@@ -28,6 +28,9 @@ def publish_run_artifacts(summary: dict) -> None:
         lines += ["| rule | records |", "|---|---:|"] + [f"| `{r}` | {n} |" for r, n in sorted(reasons.items())]
     else:
         lines.append("No invalid records.")
+    for title, key in (("Schema drift", "schema_drift"), ("Anomalies", "anomalies")):
+        if summary.get(key):
+            lines += ["", f"## {title}", ""] + [f"- {item}" for item in summary[key]]
     lines += ["", "## Files", ""] + [f"- {kind}: `{path}`" for kind, path in summary["files"].items()]
     delivered = summary.get("delivered") or []
     lines += ["", "## Delivered", ""] + (

@@ -18,6 +18,7 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 from models.schema import user_rules
 from models.users import PROCESSED_COLUMNS
+from tasks.drift import field_types
 
 SENSITIVE_KEYS = ("ssn", "cardNumber", "iban", "ein")
 SECRET_KEYS = ("password",)
@@ -325,7 +326,8 @@ def transform_batch(
 ) -> dict:
     """One span of the staged raw file through the rules; outputs appended to the run's files."""
     started = time.perf_counter()
-    processed, dlq = transform_frame(parse_raw(read_span(raw_path, offset, length)), departments, source=source)
+    raw = parse_raw(read_span(raw_path, offset, length))
+    processed, dlq = transform_frame(raw, departments, source=source)
     p_span = append_lines(processed_path, processed)
     d_span = append_text_lines(dlq_path, dlq_lines(dlq))
     reasons = (
@@ -338,6 +340,7 @@ def transform_batch(
         "dlq": list(d_span),
         "valid": processed.height,
         "invalid": dlq.height,
+        "types": field_types(raw.schema),
         "work_seconds": time.perf_counter() - started,
         "reasons": dict(zip(reasons.get_column("reasons").to_list(), reasons.get_column("count").to_list(), strict=True)),
     }

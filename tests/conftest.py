@@ -59,7 +59,7 @@ def _reset(url: str) -> None:
 
     engine = engine_for(url)
     with engine.begin() as conn:
-        for table in ("raw_users", "processed_users", "dlq_users", "etl_runs", "etl_checkpoints"):
+        for table in ("raw_users", "processed_users", "dlq_users", "etl_runs", "etl_checkpoints", "schema_drift"):
             conn.execute(text(f"DELETE FROM {table}"))
 
 

@@ -120,7 +120,10 @@ class DummyJsonServer:
         self._thread: threading.Thread | None = None
 
     def set_users(self, users: list[dict]) -> None:
-        encoded = [orjson.dumps(u) for u in users]
+        self.set_encoded([orjson.dumps(u) for u in users])
+
+    def set_encoded(self, encoded: list[bytes]) -> None:
+        """Serve records already encoded as JSON objects (large generated sets)."""
         with self._lock:
             self._encoded = encoded
 

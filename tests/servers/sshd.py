@@ -119,7 +119,7 @@ class SshdServer:
     port: int
     username: str
     key_path: Path
-    passphrase: str
+    passphrase: str = field(repr=False)
     known_hosts: Path
     remote_base: str
     local_root: Path
@@ -275,6 +275,24 @@ def _write_config(server: SshdServer, host_key: Path, authorized_keys: Path) -> 
     os.chmod(server.config_path, 0o644)
 
 
+def _remove_abandoned(parent: Path, min_age: float = 3600.0) -> None:
+    """Delete server directories left by sessions that died without teardown."""
+    for base in parent.iterdir() if parent.is_dir() else []:
+        try:
+            if time.time() - base.stat().st_mtime < min_age:
+                continue
+            pid_file = base / "etc" / "sshd.pid"
+            if pid_file.exists():
+                try:
+                    os.kill(int(pid_file.read_text().strip()), 0)
+                    continue  # its sshd still runs
+                except (ProcessLookupError, ValueError):
+                    pass
+            shutil.rmtree(base, ignore_errors=True)
+        except OSError:
+            continue
+
+
 def _build_server() -> SshdServer:
     if not SSHD.exists():
         _unavailable(f"{SSHD} is not installed (apt-get install openssh-server)")
@@ -289,6 +307,7 @@ def _build_server() -> SshdServer:
 
     _mkdir(CHROOT_PARENT.parent)
     _mkdir(CHROOT_PARENT)
+    _remove_abandoned(CHROOT_PARENT)
     base = _mkdir(CHROOT_PARENT / secrets.token_hex(6))
     config_dir = _mkdir(base / "etc")
     chroot = _mkdir(base / "chroot")

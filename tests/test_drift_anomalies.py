@@ -1,0 +1,89 @@
+"""Schema drift under each policy and anomalous runs, through the real flow (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from flows.users_etl import users_etl
+from models.db import engine_for
+from tasks.drift import compare, field_types, merge_types
+from tasks.extract.sample import DummyJsonServer
+from tests.servers.dummyjson import load_real_users
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def rows(url, sql):
+    with engine_for(url).connect() as conn:
+        return conn.execute(text(sql)).all()
+
+
+def drifted(users):
+    """`phone` renamed to `phoneNumber` (one field missing, one added) and `age` sent as text."""
+    out = []
+    for u in users:
+        u = {("phoneNumber" if k == "phone" else k): v for k, v in u.items()}
+        out.append({**u, "age": str(u["age"])})
+    return out
+
+
+def test_compare_names_every_change():
+    before = {"a": "Int64", "b": "String", "c.d": "Float64"}
+    now = {"a": "String", "c.d": "Float64", "e": "Boolean"}
+    assert [(c["change"], c["field"]) for c in compare(before, now)] == [("added", "e"), ("missing", "b"), ("retyped", "a")]
+    assert merge_types([{"x": "Int64"}, {"x": "String"}, {"x": "Null", "y": "Null"}]) == {"x": "mixed", "y": "Null"}
+    import polars as pl
+
+    assert field_types(pl.Schema({"a": pl.Struct({"b": pl.Int64}), "_raw": pl.String})) == {"a.b": "Int64"}
+
+
+@pytest.mark.parametrize("policy", ["warn", "evolve", "fail"])
+def test_drifted_source_under_each_policy(settings_env, database_url, policy):
+    settings_env(database_url=database_url, schema_drift_policies=f"dummyjson={policy}")
+    users = load_real_users()[:60]
+    with DummyJsonServer(users) as server:
+        users_etl(api_base=server.base_url, deliver_files=False)
+        server.set_users(drifted(users))
+        state = users_etl(api_base=server.base_url, deliver_files=False, return_state=True)
+    recorded = {(f, c) for f, c, p in rows(database_url, "SELECT field, change, policy FROM schema_drift") if p == policy}
+    assert recorded == {("phone", "missing"), ("phoneNumber", "added"), ("age", "retyped")}
+    run = rows(database_url, "SELECT status, schema_drift, failed_stage FROM etl_runs ORDER BY started_at DESC")[0]
+    if policy == "fail":
+        assert state.is_failed() and "schema drift" in state.message and "phoneNumber added" in state.message
+        assert run[0] == "failed" and run[2] == "transform"
+        assert rows(database_url, "SELECT count(*) FROM processed_users")[0][0] == 60  # nothing of the drifted run stored
+    else:
+        assert state.is_completed()
+        summary = state.result()
+        assert "age retyped Int64 -> String" in summary["schema_drift"]
+        assert run[0] == "completed" and "phoneNumber added" in run[1]
+        # the new field is kept in the raw layer
+        assert rows(database_url, "SELECT count(*) FROM raw_users WHERE data LIKE '%phoneNumber%'")[0][0] == 60
+
+
+def test_unchanged_source_records_no_drift(settings_env, database_url):
+    settings_env(database_url=database_url)
+    with DummyJsonServer(load_real_users()[:30]) as server:
+        users_etl(api_base=server.base_url, deliver_files=False)
+        users_etl(api_base=server.base_url, deliver_files=False)
+    assert rows(database_url, "SELECT count(*) FROM schema_drift")[0][0] == 0
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_anomalous_run_is_flagged(settings_env, database_url, fail):
+    settings_env(database_url=database_url, anomaly_min_runs=2, anomaly_fail=str(fail).lower(),
+                 anomaly_duration_factor=1000)
+    users = load_real_users()
+    with DummyJsonServer(users) as server:
+        for _ in range(2):
+            assert not users_etl(api_base=server.base_url, deliver_files=False)["anomalies"]
+        server.set_users(users[:40])  # the source suddenly delivers a fifth of its usual volume
+        state = users_etl(api_base=server.base_url, deliver_files=False, return_state=True)
+    status, anomalies = rows(database_url, "SELECT status, anomalies FROM etl_runs ORDER BY started_at DESC")[0]
+    assert "record count 40 is 81% below the mean of the last 2 runs" in anomalies
+    if fail:
+        assert state.is_failed() and status == "failed" and "anomalous run" in state.message
+    else:
+        assert state.is_completed() and status == "completed"
+        assert state.result()["anomalies"] == [anomalies]
