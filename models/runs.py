@@ -28,6 +28,8 @@ class EtlRunBase(SQLModel):
     delivered_bytes: int = 0
     failed_stage: str | None = Field(default=None, max_length=32)
     error: str | None = Field(default=None, sa_column=Column(Text))
+    anomalies: str | None = Field(default=None, sa_column=Column(Text))  # "; "-joined findings, null when normal
+    schema_drift: str | None = Field(default=None, sa_column=Column(Text))  # "; "-joined changes, null when none
 
 
 class EtlRun(EtlRunBase, table=True):
@@ -64,3 +66,73 @@ class EtlCheckpoint(SQLModel, table=True):
     last_failure_at: datetime | None = Field(default=None, sa_type=TZ)
     last_error: str | None = Field(default=None, sa_column=Column(Text))
     updated_at: datetime | None = Field(default=None, sa_type=TZ)
+    state: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # source-specific JSON
+
+
+# ---------------------------------------------------------------- API variants (requests / responses, no tables)
+
+
+class EtlRunsPublic(SQLModel):
+    data: list[EtlRunPublic]
+    total: int
+    page: int
+    page_size: int
+    has_more: bool
+
+
+class EtlRunCreate(SQLModel):
+    """Parameter overrides for a run started through the API (anything left out: the deployment's own)."""
+
+    model_config = {"extra": "forbid"}
+    api_base: str | None = Field(default=None, min_length=8, max_length=2000,
+                                    schema_extra={"pattern": r"^https?://[^\s\x00]+$"})
+    page_size: int | None = Field(default=None, ge=1, le=10_000)
+    batch_records: int | None = Field(default=None, ge=1, le=1_000_000)
+    deliver_files: bool | None = None
+
+
+class EtlRunStarted(SQLModel):
+    flow_run_id: str
+    flow_run_name: str | None
+    deployment: str
+    state: str | None
+    parameters: dict
+    ui_url: str
+
+
+class RunBrief(SQLModel):
+    id: str
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    duration_seconds: float | None
+    failed_stage: str | None = None
+    error: str | None = None
+
+
+class DepartmentCount(SQLModel):
+    department: str
+    department_code: str
+    users: int
+
+
+class StatsPublic(SQLModel):
+    processed_users: int
+    dlq_users: int
+    raw_users: int
+    dlq_rate: float | None = Field(description="dlq_users / (processed_users + dlq_users); null when both are 0")
+    by_department: list[DepartmentCount]
+    runs_total: int
+    runs_by_status: dict[str, int]
+    last_success: RunBrief | None
+    last_failure: RunBrief | None
+    mean_duration_seconds: float | None = Field(description="over completed runs")
+    last_duration_seconds: float | None = Field(description="of the most recent finished run")
+
+
+class HealthPublic(SQLModel):
+    status: str = Field(description='"ok", "no runs yet" or "unhealthy"')
+    database: str
+    reason: str | None = None
+    last_run: RunBrief | None = None
+    last_run_age_seconds: float | None = None

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`, `make bench-api`): never part of `make test`."""
