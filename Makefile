@@ -9,8 +9,15 @@ export PREFECT_HOME ?= $(CURDIR)/var/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_UI_ENABLED ?= true
+PREFECT_HOST ?= 127.0.0.1
 PREFECT_PORT ?= 4200
-WORK_POOL ?= sluice-process
+# deploy/worker/trigger talk to PREFECT_API_URL when it is set, else to the `make server` on this machine
+PREFECT_LOCAL_API_URL = http://$(PREFECT_HOST):$(PREFECT_PORT)/api
+# the work pool prefect.yaml deploys to ({{ $SLUICE_WORK_POOL }}); WORK_POOL=... on the command line wins
+WORK_POOL ?= $(or $(SLUICE_WORK_POOL),sluice-process)
+export SLUICE_WORK_POOL := $(WORK_POOL)
+# prefect.yaml's cron: the environment's EXTRACT_SCHEDULE_CRON, else `.env`'s, else the default in models/settings.py
+SCHEDULE_CRON = $(BIN)/python -c 'from models.settings import get_settings; print(get_settings().extract_schedule_cron)'
 
 .PHONY: install run test server deploy worker trigger api bench bench-api lint clean
 
@@ -32,14 +39,18 @@ test: install
 	PREFECT_HOME=$(CURDIR)/var/prefect-test $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 server: install
-	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	$(BIN)/prefect server start --host $(PREFECT_HOST) --port $(PREFECT_PORT)
+
+deploy worker trigger: export PREFECT_API_URL ?= $(PREFECT_LOCAL_API_URL)
 
 deploy: install
-	$(BIN)/prefect work-pool inspect $(WORK_POOL) >/dev/null 2>&1 || $(BIN)/prefect work-pool create $(WORK_POOL) --type process
-	$(BIN)/prefect --no-prompt deploy --all
+	@echo "Prefect API: $$PREFECT_API_URL, work pool: $(WORK_POOL)"
+	$(BIN)/prefect work-pool inspect '$(WORK_POOL)' >/dev/null 2>&1 || $(BIN)/prefect work-pool create '$(WORK_POOL)' --type process
+	cron="$$($(SCHEDULE_CRON))" && echo "schedule: $$cron (UTC)" && \
+	  EXTRACT_SCHEDULE_CRON="$$cron" PWD="$(CURDIR)" $(BIN)/prefect --no-prompt deploy --all
 
 worker: install
-	$(BIN)/prefect worker start --pool $(WORK_POOL)
+	$(BIN)/prefect worker start --pool '$(WORK_POOL)' --type process
 
 trigger: install
 	$(BIN)/prefect deployment run 'users-etl/daily' --watch

@@ -20,16 +20,15 @@ from models.settings import get_settings
 from tasks import runs
 from tasks.anomalies import AnomalyError, find_anomalies
 from tasks.drift import check_schema, describe, merge_types
-from tasks.extract import dummyjson
+from tasks.extract import csv_drop, dummyjson
 from tasks.extract.constants import SOURCE
 from tasks.extract.sample import offline_users_api
 from tasks.persist import persist_batch
 from tasks.report import publish_run_artifacts
-from tasks.transform import file_sha256, load_departments, split_spans, transform_batch
+from tasks.transform import append_failure, file_sha256, load_departments, split_spans, transform_batch
 
 FLOW_NAME = "users-etl"
 OFFLINE_FINGERPRINT = "offline-sample"
-APPROX_RECORD_BYTES = 1_500  # only sizes transform spans before the first run has measured anything
 
 
 @contextmanager
@@ -42,16 +41,13 @@ def _users_source(api_base: str | None):
             yield url, OFFLINE_FINGERPRINT
 
 
-@flow(name="extract")
-def extract(run_dir: str, stamp: str, api_base: str | None = None, page_size: int = 100,
-            batch_records: int = 10_000, database_block: str | None = None) -> dict:
-    """Pages -> staged raw JSONL, checkpointed after every batch of pages; resumes an interrupted run."""
-    settings, logger = get_settings(), get_run_logger()
-    engine = resolve_engine(database_block)
+def _extract_api(engine, settings, logger, run_dir: str, stamp: str, api_base: str | None, page_size: int,
+                 batch_records: int) -> dict:
     fetch = dummyjson.fetch_batch.with_options(
         retries=settings.extract_retries,
         retry_delay_seconds=exponential_backoff(backoff_factor=settings.extract_retry_base_seconds),
     )
+    as_of = datetime.now(UTC).isoformat()
     with _users_source(api_base) as (base_url, fingerprint):
         plan = dummyjson.begin_extract(
             engine, run_id=str(current_run.id), fingerprint=fingerprint or f"{base_url}|{page_size}",
@@ -75,59 +71,104 @@ def extract(run_dir: str, stamp: str, api_base: str | None = None, page_size: in
             logger.error("extract stopped at skip=%d; the checkpoint keeps it for the next run", skip)
             raise
         dummyjson.finish_extract(engine)
-    logger.info("extract: %d records staged in %s", records, plan.staged_path)
-    return {"raw_path": plan.staged_path, "records": records, "resumed_from": plan.skip if plan.resumed else None,
-            "work_seconds": work}
+    logger.info("extract: %d API records staged in %s", records, plan.staged_path)
+    return {"source": SOURCE, "raw_path": plan.staged_path, "records": records, "as_of": as_of,
+            "resumed_from": plan.skip if plan.resumed else None, "work_seconds": work}
+
+
+@flow(name="extract")
+def extract(run_dir: str, stamp: str, api_base: str | None = None, page_size: int = 100,
+            batch_records: int = 10_000, database_block: str | None = None, csv_dir: str | None = None) -> dict:
+    """Sources -> staged raw JSONL files. The API is paged and checkpointed after every batch of pages (an
+    interrupted run resumes there); CSV files in `csv_dir` are staged when new or changed."""
+    settings, logger = get_settings(), get_run_logger()
+    engine = resolve_engine(database_block)
+    staged = [_extract_api(engine, settings, logger, run_dir, stamp, api_base, page_size, batch_records)]
+    work = staged[0].pop("work_seconds")
+    if csv_dir:
+        for f in csv_drop.pending_files(engine, Path(csv_dir)):
+            t0 = time.perf_counter()
+            out = csv_drop.stage_csv_file(
+                str(f.path), f.checksum, f.modified_at.isoformat(),
+                str(Path(run_dir) / "raw_users" / f"csv_{f.path.stem}_{stamp}.jsonl"),
+            )
+            work += time.perf_counter() - t0
+            if out.get("error"):
+                logger.error("CSV file rejected, sent to the DLQ: %s", out["error"])
+            staged.append(out)
+        logger.info("extract: %d CSV file(s) staged from %s", len(staged) - 1, csv_dir)
+    return {"staged": staged, "records": sum(s["records"] for s in staged), "work_seconds": work}
 
 
 @flow(name="transform")
-def transform(raw_path: str, run_dir: str, stamp: str, records: int, departments_csv: str,
-              batch_records: int = 10_000, source: str = SOURCE, database_block: str | None = None,
-              run_id: str | None = None) -> dict:
-    """Raw JSONL -> processed + DLQ JSONL, span by span; the source's schema checked for drift."""
+def transform(staged: list[dict], run_dir: str, stamp: str, departments_csv: str, batch_records: int = 10_000,
+              database_block: str | None = None, run_id: str | None = None) -> dict:
+    """Staged raw JSONL -> processed + DLQ JSONL, span by span; each source's schema checked for drift."""
     settings, logger = get_settings(), get_run_logger()
     departments = load_departments(departments_csv, file_sha256(departments_csv))
     files = {
-        "raw": raw_path,
         "processed": str(Path(run_dir) / "processed_users" / f"etl_{stamp}.jsonl"),
         "dlq": str(Path(run_dir) / "dlq" / f"invalid_users_{stamp}.jsonl"),
     }
-    for key in ("processed", "dlq"):
-        Path(files[key]).parent.mkdir(parents=True, exist_ok=True)
-        Path(files[key]).write_bytes(b"")
-    size = Path(raw_path).stat().st_size
-    span_bytes = max(1 << 20, (size // records if records else APPROX_RECORD_BYTES) * batch_records)
-    batches, reasons, types = [], Counter(), []
-    for offset, length in split_spans(raw_path, span_bytes):
-        out = transform_batch(departments, raw_path=raw_path, offset=offset, length=length,
-                              processed_path=files["processed"], dlq_path=files["dlq"], source=source)
-        reasons.update(out.pop("reasons"))
-        types.append(out.pop("types"))
-        batches.append(out)
-    policy = settings.drift_policy(source)
-    drift = check_schema(resolve_engine(database_block), run_id=run_id or str(current_run.id),
-                         source=source, types=merge_types(types), policy=policy)
-    if drift:
-        log = logger.info if policy == "evolve" else logger.warning
-        log("schema drift in %s (policy %s): %s", source, policy, "; ".join(describe(c) for c in drift))
+    for path in files.values():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(b"")
+    batches, reasons, drift, work = [], Counter(), [], 0.0
+    for entry in staged:
+        source = entry["source"]
+        meta = {"source": source, "raw_path": entry.get("raw_path"), "as_of": entry["as_of"]}
+        if entry.get("error"):  # a rejected file: one DLQ entry naming file and line
+            span = append_failure(files["dlq"], reason="csv_malformed", record=csv_drop.failure_record(entry))
+            batches.append(meta | {"raw": [0, 0], "processed": [0, 0], "dlq": list(span), "valid": 0, "invalid": 1})
+            reasons["csv_malformed"] += 1
+            continue
+        if not entry["records"]:
+            continue
+        size = Path(entry["raw_path"]).stat().st_size
+        span_bytes = max(1 << 20, size // entry["records"] * batch_records)
+        types = []
+        for offset, length in split_spans(entry["raw_path"], span_bytes):
+            out = transform_batch(departments, raw_path=entry["raw_path"], offset=offset, length=length,
+                                  processed_path=files["processed"], dlq_path=files["dlq"], source=source)
+            reasons.update(out["reasons"])
+            types.append(out["types"])
+            work += out["work_seconds"]
+            batches.append(meta | {k: out[k] for k in ("raw", "processed", "dlq", "valid", "invalid")})
+        policy = settings.drift_policy(source)
+        changes = check_schema(resolve_engine(database_block), run_id=run_id or str(current_run.id),
+                               source=source, types=merge_types(types), policy=policy)
+        if changes:
+            (logger.info if policy == "evolve" else logger.warning)(
+                "schema drift in %s (policy %s): %s", source, policy, "; ".join(describe(c) for c in changes))
+        drift += [describe(c) if source == SOURCE else f"{source}: {describe(c)}" for c in changes]
     valid, invalid = sum(b["valid"] for b in batches), sum(b["invalid"] for b in batches)
     logger.info("transform: %d valid, %d invalid %s", valid, invalid, dict(reasons))
-    return {"files": files, "batches": [{k: b[k] for k in ("raw", "processed", "dlq")} for b in batches],
-            "valid": valid, "invalid": invalid, "reasons": dict(reasons), "drift": [describe(c) for c in drift],
-            "work_seconds": sum(b["work_seconds"] for b in batches)}
+    return {"files": files, "batches": batches, "valid": valid, "invalid": invalid, "reasons": dict(reasons),
+            "drift": drift, "work_seconds": work}
 
 
 @flow(name="persist")
 def persist(run_id: str, files: dict[str, str], batches: list[dict], database_block: str | None = None,
-            source: str = SOURCE) -> dict:
-    """Staged files -> raw_users, processed_users, dlq_users; one transaction per batch."""
+            csv_files: list[dict] | None = None) -> dict:
+    """Staged files -> raw_users, processed_users, dlq_users; one transaction per batch. CSV files are
+    checkpointed (by checksum) once their rows are stored."""
     engine = resolve_engine(database_block)
     totals: Counter = Counter()
-    for spans in batches:
-        totals.update(persist_batch(engine, run_id=run_id, source=source, files=files, spans=spans))
-    counts = {k: totals.get(k, 0) for k in ("inserted", "updated", "unchanged", "raw_inserted", "dlq_inserted")}
+    per_source: dict[str, Counter] = {}
+    for b in batches:
+        counts = persist_batch(engine, run_id=run_id, source=b["source"], as_of=b["as_of"],
+                               files={"raw": b["raw_path"], **files},
+                               spans={k: b[k] for k in ("raw", "processed", "dlq")})
+        totals.update(counts)
+        per_source.setdefault(b["source"], Counter()).update(
+            {k: v for k, v in counts.items() if k in ("inserted", "updated", "unchanged")}
+            | {"failed": b["invalid"]})
+    if csv_files:
+        csv_drop.mark_files(engine, csv_files, run_id=run_id)
+    keys = ("inserted", "updated", "unchanged", "raw_inserted", "dlq_inserted")
+    counts = {k: totals.get(k, 0) for k in keys}
     get_run_logger().info("persist: %s", counts)
-    return counts | {"work_seconds": totals["work_seconds"]}
+    return counts | {"sources": {s: dict(c) for s, c in per_source.items()}, "work_seconds": totals["work_seconds"]}
 
 
 @flow(name="deliver")
@@ -177,8 +218,9 @@ def _mark_stale_runs(engine, run_id: str) -> None:
 
 @flow(name=FLOW_NAME, on_failure=[_record_failure], on_crashed=[_record_failure])
 def users_etl(api_base: str | None = None, page_size: int | None = None, batch_records: int | None = None,
-              deliver_files: bool = True, database_block: str | None = None) -> dict:
-    """Parameters override the environment (USERS_API_BASE, USERS_PAGE_SIZE, USERS_BATCH_RECORDS, DATABASE_BLOCK)."""
+              deliver_files: bool = True, database_block: str | None = None, csv_dir: str | None = None) -> dict:
+    """Parameters override the environment (USERS_API_BASE, USERS_PAGE_SIZE, USERS_BATCH_RECORDS, DATABASE_BLOCK,
+    USERS_CSV_DIR)."""
     settings, logger = get_settings(), get_run_logger()
     run_id = str(current_run.id)
     engine = resolve_engine(database_block)
@@ -206,15 +248,19 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
 
     try:
         ex = timed("extract", extract, run_dir, stamp, api_base or settings.users_api_base, page_size, batch_records,
-                   database_block)
+                   database_block, str(csv_dir or settings.users_csv_dir or "") or None)
         runs.update_run(engine, run_id=run_id, extracted=ex["records"])
-        tr = timed("transform", transform, ex["raw_path"], run_dir, stamp, ex["records"], str(settings.departments_csv),
-                   batch_records, SOURCE, database_block, run_id)
-        runs.update_run(engine, run_id=run_id, valid=tr["valid"], invalid=tr["invalid"], files=tr["files"],
+        tr = timed("transform", transform, ex["staged"], run_dir, stamp, str(settings.departments_csv),
+                   batch_records, database_block, run_id)
+        staged_files = {"raw": ex["staged"][0]["raw_path"], **tr["files"]}
+        staged_files |= {f"csv:{s['file']}": s["raw_path"] for s in ex["staged"][1:] if s.get("raw_path")}
+        runs.update_run(engine, run_id=run_id, valid=tr["valid"], invalid=tr["invalid"], files=staged_files,
                         dlq_reasons=tr["reasons"], schema_drift="; ".join(tr["drift"]) or None)
-        ps = timed("persist", persist, run_id, tr["files"], tr["batches"], database_block)
-        runs.update_run(engine, run_id=run_id, stage_seconds=seconds, **ps)
-        delivered = (timed("deliver", deliver, list(tr["files"].values()), started.date().isoformat())["delivered"]
+        ps = timed("persist", persist, run_id, tr["files"], tr["batches"], database_block,
+                   [s for s in ex["staged"] if s["source"] == csv_drop.SOURCE])
+        sources = ps.pop("sources")
+        runs.update_run(engine, run_id=run_id, stage_seconds=seconds, sources=sources, **ps)
+        delivered = (timed("deliver", deliver, list(staged_files.values()), started.date().isoformat())["delivered"]
                      if deliver_files else [])
     except BaseException:
         runs.update_run(engine, run_id=run_id, failed_stage=stage, stage_seconds=seconds)
@@ -238,7 +284,7 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
     summary = {"run_id": run_id, "status": "completed", "counts": counts, "stage_seconds": seconds,
                "anomalies": anomalies, "schema_drift": tr["drift"],
                "stage_work_seconds": work,
-               "files": tr["files"], "dlq_reasons": tr["reasons"], "delivered": delivered,
+               "files": staged_files, "sources": sources, "dlq_reasons": tr["reasons"], "delivered": delivered,
                "database": engine.url.render_as_string(hide_password=True)}
     publish_run_artifacts(summary)
     logger.info("users-etl done: %s", counts)

@@ -39,6 +39,7 @@ class EtlRun(EtlRunBase, table=True):
     delivered: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
     files: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
     dlq_reasons: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    sources: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # per-source counts
 
 
 class EtlRunPublic(EtlRunBase):

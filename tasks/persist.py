@@ -101,36 +101,80 @@ def upsert_dlq(conn: Connection, dlq: pl.DataFrame, *, run_id: str, source: str,
     return dlq.height - seen.height
 
 
+def _utc(values: list, name: str) -> pl.Series:
+    """Timestamps as UTC (SQLite hands them back naive, PostgreSQL aware)."""
+    aware = [v if v is None or v.tzinfo else v.replace(tzinfo=UTC) for v in values]
+    return pl.Series(name, aware, dtype=pl.Datetime("us", "UTC"))
+
+
+def _stamp_col(conn: Connection, col: str) -> pl.Expr:
+    fmt = "%Y-%m-%d %H:%M:%S.%f" if conn.dialect.name == "sqlite" else "%Y-%m-%dT%H:%M:%S.%f+00:00"
+    return pl.col(col).dt.convert_time_zone("UTC").dt.strftime(fmt)
+
+
 def upsert_processed(conn: Connection, processed: pl.DataFrame, *, run_id: str, now: datetime) -> dict[str, int]:
-    """Insert new users, update those whose content hash changed, leave the rest alone."""
+    """Insert new users, update those whose content changed, leave the rest alone. When sources disagree the
+    newest record wins: a row whose `_as_of` (when its source produced it) is older than the stored row's
+    `source_updated_at` does not overwrite it."""
     if processed.height == 0:
         return {"inserted": 0, "updated": 0, "unchanged": 0}
     table = ProcessedUser.__table__
     processed = processed.unique(subset="id", keep="last", maintain_order=True)
-    stored = _existing(conn, table.c.id, table.c.record_hash, processed.get_column("id").to_list())
-    joined = processed.join(stored, left_on="id", right_on="_key", how="left", maintain_order="left")
-    new = joined.filter(pl.col("_stored").is_null()).drop("_stored")
-    changed = joined.filter(pl.col("_stored").is_not_null() & (pl.col("_stored") != pl.col("record_hash"))).drop("_stored")
+    ids = processed.get_column("id").to_list()
+    found: list[tuple] = []
+    for i in range(0, len(ids), IN_CHUNK):
+        found += conn.execute(select(table.c.id, table.c.record_hash, table.c.source_updated_at)
+                              .where(table.c.id.in_(ids[i : i + IN_CHUNK]))).all()
+    stored = pl.DataFrame({"id": [r[0] for r in found], "_stored": [r[1] for r in found]},
+                          schema={"id": pl.Int64, "_stored": pl.String}).with_columns(
+        _utc([r[2] for r in found], "_stored_as_of"))
+    joined = processed.join(stored, on="id", how="left", maintain_order="left")
+    new = joined.filter(pl.col("_stored").is_null())
+    changed = joined.filter(
+        pl.col("_stored").is_not_null()
+        & (pl.col("_stored") != pl.col("record_hash"))
+        & (pl.col("_stored_as_of").is_null() | (pl.col("_as_of") >= pl.col("_stored_as_of")))
+    )
     stamp = _stamp(conn, now)
-    bulk_insert(conn, table, new.with_columns(first_seen_at=stamp, updated_at=stamp, run_id=pl.lit(run_id)))
+    bulk_insert(conn, table, new.select(
+        *PROCESSED_COLUMNS, "record_hash", _stamp_col(conn, "_as_of").alias("source_updated_at"),
+        first_seen_at=stamp, updated_at=stamp, run_id=pl.lit(run_id)))
     if changed.height:
-        cols = [*PROCESSED_COLUMNS, "record_hash"]
+        cols = [*PROCESSED_COLUMNS, "record_hash", "source_updated_at"]
         cols.remove("id")
         stmt = (
             update(table)
             .where(table.c.id == bindparam("b_id"))
             .values({c: bindparam(f"b_{c}") for c in cols} | {"updated_at": now, "run_id": run_id})
         )
-        conn.execute(stmt, changed.select(pl.all().name.prefix("b_")).to_dicts())
+        rows = changed.select(*PROCESSED_COLUMNS, "record_hash", pl.col("_as_of").alias("source_updated_at"))
+        conn.execute(stmt, rows.select(pl.all().name.prefix("b_")).to_dicts())
     return {"inserted": new.height, "updated": changed.height, "unchanged": joined.height - new.height - changed.height}
 
 
+def content_first_seen(conn: Connection, processed: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
+    """Each row's `_as_of`: when its exact source record was first stored (raw layer), else `as_of`, so an
+    unchanged record refetched today does not count as newer than a correction made since."""
+    table = RawUser.__table__
+    hashes = processed.get_column("raw_hash").drop_nulls().to_list()
+    found: list[tuple] = []
+    for i in range(0, len(hashes), IN_CHUNK):
+        found += conn.execute(select(table.c.record_hash, table.c.inserted_at)
+                              .where(table.c.record_hash.in_(hashes[i : i + IN_CHUNK]))).all()
+    first = pl.DataFrame({"raw_hash": [r[0] for r in found]}, schema={"raw_hash": pl.String}).with_columns(
+        _utc([r[1] for r in found], "_first"))
+    return processed.join(first, on="raw_hash", how="left", maintain_order="left").with_columns(
+        pl.coalesce("_first", pl.lit(as_of).dt.convert_time_zone("UTC")).alias("_as_of")).drop("_first")
+
+
 def persist_frames(
-    engine: Engine, *, run_id: str, source: str, raw: pl.DataFrame, processed: pl.DataFrame, dlq: pl.DataFrame
+    engine: Engine, *, run_id: str, source: str, raw: pl.DataFrame, processed: pl.DataFrame, dlq: pl.DataFrame,
+    as_of: datetime | None = None,
 ) -> dict[str, int]:
     """One transaction for the whole batch: either all three tables take it or none does."""
     now = datetime.now(UTC)
     with engine.begin() as conn:
+        processed = content_first_seen(conn, processed, as_of or now)
         counts = upsert_processed(conn, processed, run_id=run_id, now=now)
         counts["raw_inserted"] = insert_raw(conn, raw, run_id=run_id, source=source, now=now)
         counts["dlq_inserted"] = upsert_dlq(conn, dlq, run_id=run_id, source=source, now=now)
@@ -138,14 +182,17 @@ def persist_frames(
 
 
 @task(name="persist-users-batch", retries=3, retry_delay_seconds=[1, 5, 15], retry_jitter_factor=0.5, cache_policy=NO_CACHE)
-def persist_batch(engine: Engine, *, run_id: str, source: str, files: dict[str, str], spans: dict[str, list[int]]) -> dict[str, int]:
-    """Read one batch's spans of the staged raw, processed and DLQ files and store them."""
+def persist_batch(engine: Engine, *, run_id: str, source: str, files: dict[str, str | None], spans: dict[str, list[int]],
+                  as_of: str | None = None) -> dict[str, int]:
+    """Read one batch's spans of the staged raw, processed and DLQ files and store them. `as_of` is when the
+    source produced the records (fetch time for the API, file time for a CSV)."""
     started = time.perf_counter()
     counts = persist_frames(
         engine,
         run_id=run_id,
         source=source,
-        raw=raw_frame(read_span(files["raw"], *spans["raw"])),
+        as_of=datetime.fromisoformat(as_of) if as_of else None,
+        raw=raw_frame(read_span(files["raw"], *spans["raw"]) if files["raw"] else b""),
         processed=read_processed_span(read_span(files["processed"], *spans["processed"])),
         dlq=read_dlq_span(read_span(files["dlq"], *spans["dlq"])),
     )

@@ -52,6 +52,14 @@ TEXT_FIELDS: dict[str, tuple[str, ...]] = {
     "card_type": ("bank", "cardType"),
     "iban": ("bank", "iban"),
 }
+# the CSV drop's flat columns (anything absent is null)
+CSV_TEXT_FIELDS: dict[str, tuple[str, ...]] = {
+    "id_text": ("id",), "first_name": ("first_name",), "last_name": ("last_name",), "username": ("username",),
+    "email": ("email",), "phone": ("phone",), "age_text": ("age",), "gender": ("gender",), "city": ("city",),
+    "country": ("country",), "department": ("department",), "company_name": ("company",), "company_title": ("title",),
+}
+FIELD_MAPS = {"csv": (CSV_TEXT_FIELDS, {})}
+
 FLOAT_FIELDS: dict[str, tuple[str, ...]] = {
     "height": ("height",),
     "weight": ("weight",),
@@ -68,6 +76,7 @@ PROCESSED_SCHEMA: dict[str, pl.DataType] = {
     "latitude": pl.Float64(),
     "longitude": pl.Float64(),
     "record_hash": pl.String(),
+    "raw_hash": pl.String(),  # the source record's hash: links a processed row to its raw version
 }
 
 
@@ -181,11 +190,13 @@ def _as_text(expr: pl.Expr, dtype: pl.DataType | None) -> pl.Expr:
     return expr.cast(pl.String)
 
 
-def flatten(df: pl.DataFrame) -> pl.DataFrame:
-    """Staging columns: every field as text (or float), the original line and its hash."""
+def flatten(df: pl.DataFrame, source: str = "dummyjson") -> pl.DataFrame:
+    """Staging columns: every field as text (or float) and the original line, whatever the source's shape."""
     schema = df.schema
-    cols = [_as_text(*_field(schema, path)).alias(name) for name, path in TEXT_FIELDS.items()]
-    cols += [_field(schema, path)[0].cast(pl.Float64, strict=False).alias(name) for name, path in FLOAT_FIELDS.items()]
+    text_fields, float_fields = FIELD_MAPS.get(source, (TEXT_FIELDS, FLOAT_FIELDS))
+    cols = [_as_text(*_field(schema, text_fields.get(name, ("\x00missing",)))).alias(name) for name in TEXT_FIELDS]
+    cols += [_field(schema, float_fields.get(name, ("\x00missing",)))[0].cast(pl.Float64, strict=False).alias(name)
+             for name in FLOAT_FIELDS]
     return df.select(*cols, pl.col(LINE))
 
 
@@ -223,7 +234,7 @@ def transform_frame(raw: pl.DataFrame, departments: pl.DataFrame, *, source: str
             schema={"error_reason": pl.String, "reasons": pl.List(pl.String), "record_hash": pl.String, "record": pl.String}
         )
     staged = (
-        flatten(raw)
+        flatten(raw, source)
         .with_columns(pl.col(LINE).chash.sha2_256().alias("raw_hash"))
         .with_columns(pl.col("department").str.strip_chars().alias("department"))
         .join(departments, on="department", how="left", maintain_order="left")
@@ -254,6 +265,7 @@ def transform_frame(raw: pl.DataFrame, departments: pl.DataFrame, *, source: str
         "card_type",
         _last4(pl.col("iban"), "****").alias("iban_masked"),
         pl.lit(source).alias("source"),
+        "raw_hash",
     )
     processed = processed.with_columns(
         pl.concat_str([pl.col(c).cast(pl.String).fill_null("\x00") for c in PROCESSED_COLUMNS], separator="\x1f")
@@ -279,6 +291,15 @@ def dlq_lines(dlq: pl.DataFrame) -> pl.Series:
             pl.lit('","record":'), pl.col("record"), pl.lit("}"),
         ).alias("line")
     ).get_column("line")
+
+
+def append_failure(dlq_path: Path | str, *, reason: str, record: str) -> tuple[int, int]:
+    """A DLQ line for something that never became records (a rejected file); `record` is JSON text."""
+    import polars_hash as plh  # noqa: F401
+
+    line = pl.DataFrame({"error_reason": [reason], "reasons": [[reason]], "record": [record]}).with_columns(
+        pl.col("record").chash.sha2_256().alias("record_hash"))
+    return append_text_lines(dlq_path, dlq_lines(line))
 
 
 def read_dlq_span(data: bytes) -> pl.DataFrame:
