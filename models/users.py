@@ -62,6 +62,7 @@ class ProcessedUser(UserBase, table=True):
     __table_args__ = (Index("ix_processed_users_updated_at_id", "updated_at", "id"),)
     id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     record_hash: str = Field(max_length=64)
+    source_updated_at: datetime | None = Field(default=None, sa_type=TZ)  # newest record wins across sources
     first_seen_at: datetime = Field(sa_type=TZ)
     updated_at: datetime = Field(sa_type=TZ)
     run_id: str = Field(max_length=64, index=True)
@@ -103,3 +104,33 @@ class DlqPublic(SQLModel):
 
 # Flattened processed columns, in file/table order (the contract between transform and persist).
 PROCESSED_COLUMNS: tuple[str, ...] = tuple(UserBase.model_fields)
+
+
+# ---------------------------------------------------------------- API variants (responses only, no tables)
+
+
+class PageMeta(SQLModel):
+    request_id: str
+    api_latency_ms: float
+    filters_applied: dict[str, str | int] = {}
+
+
+class UsersPublic(SQLModel):
+    """A page of processed users: offset (`page`) or keyset (`next_cursor`) pagination."""
+
+    data: list[UserPublic]
+    total: int
+    page: int | None = Field(description="null when the page was asked for by cursor")
+    page_size: int
+    has_more: bool
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page (same filters and sort)")
+    meta: PageMeta
+
+
+class DlqListPublic(SQLModel):
+    data: list[DlqPublic]
+    total: int
+    page: int
+    page_size: int
+    has_more: bool
+    meta: PageMeta
