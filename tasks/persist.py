@@ -14,7 +14,7 @@ import polars as pl
 import polars_hash  # noqa: F401
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import Connection, Engine, Table, bindparam, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from models.users import PROCESSED_COLUMNS, DlqUser, ProcessedUser, RawUser
@@ -52,12 +52,25 @@ def bulk_insert(conn: Connection, table: Table, df: pl.DataFrame, *, ignore_conf
         conn.exec_driver_sql(f"INSERT INTO {table.name} ({cols}) VALUES ({marks}){conflict}", df.rows())
 
 
-def _existing(conn: Connection, key, value, keys: list) -> pl.DataFrame:
-    """(key, value) rows already stored for `keys`."""
+def lookup(conn: Connection, table: Table, key: str, columns: list[str], keys: list) -> list[tuple]:
+    """Rows (key, *columns) whose `key` is among `keys`: one array parameter on PostgreSQL, chunked IN lists
+    sent straight to the driver on SQLite (no per-value bind compilation)."""
+    if not keys:
+        return []
+    cols = ", ".join([key, *columns])
+    if conn.dialect.name == "postgresql":
+        return conn.exec_driver_sql(f"SELECT {cols} FROM {table.name} WHERE {key} = ANY(%s)", (list(keys),)).all()
     found: list[tuple] = []
     for i in range(0, len(keys), IN_CHUNK):
-        found += conn.execute(select(key, value).where(key.in_(keys[i : i + IN_CHUNK]))).all()
-    return pl.DataFrame(found, schema={"_key": pl.Int64 if key.name == "id" else pl.String, "_stored": pl.String}, orient="row")
+        chunk = keys[i : i + IN_CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        found += conn.exec_driver_sql(f"SELECT {cols} FROM {table.name} WHERE {key} IN ({marks})", tuple(chunk)).all()
+    return found
+
+
+def _existing(conn: Connection, table: Table, key: str, keys: list) -> pl.DataFrame:
+    """The keys among `keys` already stored."""
+    return pl.DataFrame({"_key": [r[0] for r in lookup(conn, table, key, [], keys)]}, schema={"_key": pl.String})
 
 
 def raw_frame(data: bytes) -> pl.DataFrame:
@@ -77,7 +90,7 @@ def insert_raw(conn: Connection, raw: pl.DataFrame, *, run_id: str, source: str,
     if raw.height == 0:
         return 0
     table = RawUser.__table__
-    seen = _existing(conn, table.c.record_hash, table.c.record_hash, raw.get_column("record_hash").to_list())
+    seen = _existing(conn, table, "record_hash", raw.get_column("record_hash").to_list())
     new = raw.join(seen, left_on="record_hash", right_on="_key", how="anti")
     bulk_insert(conn, table, new.with_columns(run_id=pl.lit(run_id), source=pl.lit(source), inserted_at=_stamp(conn, now)),
                 ignore_conflicts="record_hash")
@@ -90,7 +103,7 @@ def upsert_dlq(conn: Connection, dlq: pl.DataFrame, *, run_id: str, source: str,
         return 0
     table = DlqUser.__table__
     dlq = dlq.unique(subset="record_hash", keep="first", maintain_order=True)
-    seen = _existing(conn, table.c.record_hash, table.c.record_hash, dlq.get_column("record_hash").to_list())
+    seen = _existing(conn, table, "record_hash", dlq.get_column("record_hash").to_list())
     stmt = _insert(conn, table).values(run_id=run_id, source=source, inserted_at=now, last_seen_at=now)
     stmt = stmt.on_conflict_do_update(
         index_elements=["record_hash"],
@@ -101,10 +114,13 @@ def upsert_dlq(conn: Connection, dlq: pl.DataFrame, *, run_id: str, source: str,
     return dlq.height - seen.height
 
 
-def _utc(values: list, name: str) -> pl.Series:
-    """Timestamps as UTC (SQLite hands them back naive, PostgreSQL aware)."""
-    aware = [v if v is None or v.tzinfo else v.replace(tzinfo=UTC) for v in values]
-    return pl.Series(name, aware, dtype=pl.Datetime("us", "UTC"))
+def _frame(conn: Connection, rows: list[tuple], schema: dict, stamp: str) -> pl.DataFrame:
+    """Looked-up rows as a frame whose last column is a UTC timestamp (SQLite returns it as text)."""
+    raw_type = pl.String if conn.dialect.name == "sqlite" else pl.Datetime("us", "UTC")
+    df = pl.DataFrame(rows, schema={**schema, stamp: raw_type}, orient="row")
+    if conn.dialect.name == "sqlite":
+        df = df.with_columns(pl.col(stamp).str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_zone="UTC", strict=False))
+    return df
 
 
 def _stamp_col(conn: Connection, col: str) -> pl.Expr:
@@ -120,14 +136,9 @@ def upsert_processed(conn: Connection, processed: pl.DataFrame, *, run_id: str, 
         return {"inserted": 0, "updated": 0, "unchanged": 0}
     table = ProcessedUser.__table__
     processed = processed.unique(subset="id", keep="last", maintain_order=True)
-    ids = processed.get_column("id").to_list()
-    found: list[tuple] = []
-    for i in range(0, len(ids), IN_CHUNK):
-        found += conn.execute(select(table.c.id, table.c.record_hash, table.c.source_updated_at)
-                              .where(table.c.id.in_(ids[i : i + IN_CHUNK]))).all()
-    stored = pl.DataFrame({"id": [r[0] for r in found], "_stored": [r[1] for r in found]},
-                          schema={"id": pl.Int64, "_stored": pl.String}).with_columns(
-        _utc([r[2] for r in found], "_stored_as_of"))
+    stored = _frame(conn, lookup(conn, table, "id", ["record_hash", "source_updated_at"],
+                                 processed.get_column("id").to_list()),
+                    {"id": pl.Int64, "_stored": pl.String}, "_stored_as_of")
     joined = processed.join(stored, on="id", how="left", maintain_order="left")
     new = joined.filter(pl.col("_stored").is_null())
     changed = joined.filter(
@@ -156,13 +167,9 @@ def content_first_seen(conn: Connection, processed: pl.DataFrame, as_of: datetim
     """Each row's `_as_of`: when its exact source record was first stored (raw layer), else `as_of`, so an
     unchanged record refetched today does not count as newer than a correction made since."""
     table = RawUser.__table__
-    hashes = processed.get_column("raw_hash").drop_nulls().to_list()
-    found: list[tuple] = []
-    for i in range(0, len(hashes), IN_CHUNK):
-        found += conn.execute(select(table.c.record_hash, table.c.inserted_at)
-                              .where(table.c.record_hash.in_(hashes[i : i + IN_CHUNK]))).all()
-    first = pl.DataFrame({"raw_hash": [r[0] for r in found]}, schema={"raw_hash": pl.String}).with_columns(
-        _utc([r[1] for r in found], "_first"))
+    first = _frame(conn, lookup(conn, table, "record_hash", ["inserted_at"],
+                                processed.get_column("raw_hash").drop_nulls().to_list()),
+                   {"raw_hash": pl.String}, "_first")
     return processed.join(first, on="raw_hash", how="left", maintain_order="left").with_columns(
         pl.coalesce("_first", pl.lit(as_of).dt.convert_time_zone("UTC")).alias("_as_of")).drop("_first")
 
