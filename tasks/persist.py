@@ -188,7 +188,8 @@ def persist_frames(
     return counts
 
 
-@task(name="persist-users-batch", retries=3, retry_delay_seconds=[1, 5, 15], retry_jitter_factor=0.5, cache_policy=NO_CACHE)
+@task(name="persist-users-batch", tags=["sluice-db"], retries=3, retry_delay_seconds=[1, 5, 15],
+      retry_jitter_factor=0.5, cache_policy=NO_CACHE)
 def persist_batch(engine: Engine, *, run_id: str, source: str, files: dict[str, str | None], spans: dict[str, list[int]],
                   as_of: str | None = None) -> dict[str, int]:
     """Read one batch's spans of the staged raw, processed and DLQ files and store them. `as_of` is when the

@@ -1,4 +1,4 @@
-"""End to end: the README's deployment sequence (docs/deployment.md) against a real Prefect server.
+"""End to end: the README's deployment sequence (README.md, section Deployment) against a real Prefect server.
 
 `make server` on a free port with its own PREFECT_HOME, `make deploy` (PREFECT_API_URL set, as when
 deploying to a remote server), `make worker` in the background and `make trigger` (both with

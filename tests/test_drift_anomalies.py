@@ -14,6 +14,12 @@ from tests.servers.dummyjson import load_real_users
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
+@pytest.fixture
+def database_url(tmp_path):
+    """Drift and anomaly logic is database-independent (persist runs on both elsewhere): SQLite only."""
+    return f"sqlite:///{tmp_path / 'app.db'}"
+
+
 def rows(url, sql):
     with engine_for(url).connect() as conn:
         return conn.execute(text(sql)).all()
