@@ -15,7 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import msgspec
 import orjson
+import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
@@ -95,27 +97,40 @@ def fetch_page(client: httpx.Client, base_url: str, *, limit: int, skip: int, ma
     raise TransientSourceError(f"GET {url} still rate-limited (429) after {MAX_429_WAITS} waits")
 
 
+class _Page(msgspec.Struct):
+    """The envelope only: each user stays the raw JSON text the source sent (no Python objects per field)."""
+
+    users: list[msgspec.Raw]
+    total: int
+
+
+_PAGE = msgspec.json.Decoder(_Page)
+_SECRET = "|".join(SECRET_FIELDS)
+# a secret key with its value, and the comma that joined it to a neighbour
+_SECRET_BEFORE = rf'"(?:{_SECRET})"\s*:\s*(?:"(?:[^"\\]|\\.)*"|[^,{{}}\[\]"]*)\s*,'
+_SECRET_AFTER = rf',\s*"(?:{_SECRET})"\s*:\s*(?:"(?:[^"\\]|\\.)*"|[^,{{}}\[\]"]*)'
+_SECRET_ONLY = rf'"(?:{_SECRET})"\s*:\s*(?:"(?:[^"\\]|\\.)*"|[^,{{}}\[\]"]*)'
+
+
 def _parse_page(body: bytes, url: str) -> dict:
     try:
-        page = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        page = _PAGE.decode(body)
+    except msgspec.ValidationError as exc:
+        raise SourceError(f"GET {url} broke the contract: {exc}") from exc
+    except msgspec.DecodeError as exc:
         raise SourceError(f"GET {url} returned invalid JSON: {exc}") from exc
-    if not isinstance(page, dict) or not isinstance(page.get("users"), list):
-        raise SourceError(f"GET {url} broke the contract: expected an object with a 'users' list")
-    if not isinstance(page.get("total"), int):
-        raise SourceError(f"GET {url} broke the contract: 'total' is missing or not an integer")
-    return page
+    return {"users": page.users, "total": page.total}
 
 
 def _stage_lines(users: list) -> bytes:
-    """Records as JSONL, secret fields dropped (dict.pop is the cheap per-record step; no copies)."""
-    for user in users:
-        if isinstance(user, dict):
-            for key in SECRET_FIELDS:
-                user.pop(key, None)
+    """Records (raw JSON texts, or dicts) as JSONL with every secret field cut out, as one column operation."""
     if not users:
         return b""
-    return b"\n".join(map(orjson.dumps, users)) + b"\n"
+    texts = pl.Series("r", [bytes(u) if isinstance(u, msgspec.Raw) else orjson.dumps(u) for u in users],
+                      dtype=pl.Binary).cast(pl.String)
+    clean = (texts.str.replace_all(_SECRET_BEFORE, "").str.replace_all(_SECRET_AFTER, "")
+             .str.replace_all(_SECRET_ONLY, "").str.replace_all(r"[\r\n]+", " "))
+    return (clean.str.join("\n").item() + "\n").encode()
 
 
 def is_transient(_task, _task_run, state) -> bool:
