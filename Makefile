@@ -65,7 +65,7 @@ bench-api: install
 	$(BIN)/python -m bench.api
 
 lint: install
-	$(BIN)/python -m compileall -q flows tasks models api tests
+	$(BIN)/ruff check flows tasks models api bench tests
 
 clean:
 	rm -rf var .pytest_cache

@@ -20,6 +20,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return 2
+    from flows.feeds_etl import feeds_etl
     from flows.users_etl import users_etl
 
     with ExitStack() as stack:
@@ -35,6 +36,19 @@ def main() -> int:
             print(f"sluice: users-etl {state.name}: {state.message}", file=sys.stderr)
             return 1
         summary = state.result()
+        feeds = feeds_etl(return_state=True) if settings.feed_urls else None
+    report(summary, demo.root if demo else None)
+    if feeds is not None:
+        if not feeds.is_completed():
+            print(f"sluice: feeds-etl {feeds.name}: {feeds.message}", file=sys.stderr)
+            return 1
+        f = feeds.result()["counts"]
+        print(f"feeds-etl: {f['extracted']} items read, {f['inserted']} new, {f['updated']} updated, "
+              f"{f['unchanged']} unchanged, {f['invalid']} to the DLQ")
+    return 0
+
+
+def report(summary: dict, demo_root: Path | None) -> None:
     counts = summary["counts"]
     print()
     print(f"users-etl run {summary['run_id']} completed")
@@ -45,9 +59,8 @@ def main() -> int:
     for kind, path in summary["files"].items():
         print(f"  {kind:<10} {path}")
     for item in summary["delivered"]:
-        where = f" (on disk: {demo.root})" if demo else ""
+        where = f" (on disk: {demo_root})" if demo_root else ""
         print(f"  delivered  sftp:{item['remote_path']} {item['bytes']} bytes{where}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_run
 from prefect.tasks import exponential_backoff
 
+from flows.common import StageClock, deliver, mark_stale_runs, record_failure
 from models.db import resolve_engine
 from models.settings import get_settings
 from tasks import runs
@@ -171,52 +172,7 @@ def persist(run_id: str, files: dict[str, str], batches: list[dict], database_bl
     return counts | {"sources": {s: dict(c) for s, c in per_source.items()}, "work_seconds": totals["work_seconds"]}
 
 
-@flow(name="deliver")
-def deliver(files: list[str], run_date: str) -> dict:
-    """The run's JSONL files -> SFTP_REMOTE_BASE/<run date>/ (skipped, and said so, when SFTP_HOST is unset)."""
-    from tasks.deliver import SftpTarget, deliver_files_task, remote_dir_for
-
-    settings, logger = get_settings(), get_run_logger()
-    if not settings.sftp_enabled:
-        logger.warning("SFTP_HOST is not set: delivery skipped")
-        return {"delivered": [], "work_seconds": 0.0}
-    target = SftpTarget.from_settings(settings)  # passphrase: SFTP_KEY_PASSPHRASE or its Secret block
-    remote_dir = remote_dir_for(target.remote_base, datetime.fromisoformat(run_date).date())
-    started = time.perf_counter()
-    delivered = deliver_files_task(target, [Path(f) for f in files], remote_dir)
-    work = time.perf_counter() - started
-    logger.info("deliver: %d files, %d bytes to %s:%s", len(delivered), sum(d["bytes"] for d in delivered),
-                target.host, remote_dir)
-    return {"delivered": delivered, "work_seconds": work}
-
-
-def _record_failure(flow, flow_run, state) -> None:
-    """on_failure / on_crashed: the run's row says what happened, so the API sees it."""
-    engine = resolve_engine((flow_run.parameters or {}).get("database_block"))
-    status = "crashed" if state.is_crashed() else "failed"
-    runs.finish_run(engine, run_id=str(flow_run.id), status=status, error=(state.message or status)[:4000])
-
-
-def _mark_stale_runs(engine, run_id: str) -> None:
-    """Runs still 'running' in our table whose Prefect run is over (or unknown) crashed."""
-    stale = runs.open_runs(engine, flow_name=FLOW_NAME, exclude=run_id)
-    if not stale:
-        return
-    from prefect import get_client
-
-    over = []
-    with get_client(sync_client=True) as client:
-        for other in stale:
-            try:
-                state = client.read_flow_run(other).state
-            except Exception:
-                state = None
-            if state is None or state.is_final():
-                over.append(other)
-    runs.mark_crashed(engine, over, noticed_by=run_id)
-
-
-@flow(name=FLOW_NAME, on_failure=[_record_failure], on_crashed=[_record_failure])
+@flow(name=FLOW_NAME, on_failure=[record_failure], on_crashed=[record_failure])
 def users_etl(api_base: str | None = None, page_size: int | None = None, batch_records: int | None = None,
               deliver_files: bool = True, database_block: str | None = None, csv_dir: str | None = None) -> dict:
     """Parameters override the environment (USERS_API_BASE, USERS_PAGE_SIZE, USERS_BATCH_RECORDS, DATABASE_BLOCK,
@@ -225,45 +181,34 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
     run_id = str(current_run.id)
     engine = resolve_engine(database_block)
     runs.start_run(engine, run_id=run_id, flow_name=FLOW_NAME)
-    _mark_stale_runs(engine, run_id)
+    mark_stale_runs(engine, run_id=run_id, flow_name=FLOW_NAME)
 
     started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%d_%H%M%S")
     run_dir = str((settings.data_dir / "runs" / run_id).resolve())
     page_size = page_size or settings.users_page_size
     batch_records = batch_records or settings.users_batch_records
-    seconds: dict[str, float] = {}
-    work: dict[str, float] = {}
-    stage = "extract"
-
-    def timed(name, fn, *args, **kwargs):
-        """Run a stage; keep its wall time and the time its tasks spent working (the rest is orchestration)."""
-        nonlocal stage
-        stage = name
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        seconds[name] = round(time.perf_counter() - t0, 3)
-        work[name] = round(out.pop("work_seconds"), 3)
-        return out
+    clock = StageClock()
+    seconds, work = clock.seconds, clock.work
 
     try:
-        ex = timed("extract", extract, run_dir, stamp, api_base or settings.users_api_base, page_size, batch_records,
+        ex = clock.run("extract", extract, run_dir, stamp, api_base or settings.users_api_base, page_size, batch_records,
                    database_block, str(csv_dir or settings.users_csv_dir or "") or None)
         runs.update_run(engine, run_id=run_id, extracted=ex["records"])
-        tr = timed("transform", transform, ex["staged"], run_dir, stamp, str(settings.departments_csv),
+        tr = clock.run("transform", transform, ex["staged"], run_dir, stamp, str(settings.departments_csv),
                    batch_records, database_block, run_id)
         staged_files = {"raw": ex["staged"][0]["raw_path"], **tr["files"]}
         staged_files |= {f"csv:{s['file']}": s["raw_path"] for s in ex["staged"][1:] if s.get("raw_path")}
         runs.update_run(engine, run_id=run_id, valid=tr["valid"], invalid=tr["invalid"], files=staged_files,
                         dlq_reasons=tr["reasons"], schema_drift="; ".join(tr["drift"]) or None)
-        ps = timed("persist", persist, run_id, tr["files"], tr["batches"], database_block,
+        ps = clock.run("persist", persist, run_id, tr["files"], tr["batches"], database_block,
                    [s for s in ex["staged"] if s["source"] == csv_drop.SOURCE])
         sources = ps.pop("sources")
         runs.update_run(engine, run_id=run_id, stage_seconds=seconds, sources=sources, **ps)
-        delivered = (timed("deliver", deliver, list(staged_files.values()), started.date().isoformat())["delivered"]
+        delivered = (clock.run("deliver", deliver, list(staged_files.values()), started.date().isoformat())["delivered"]
                      if deliver_files else [])
     except BaseException:
-        runs.update_run(engine, run_id=run_id, failed_stage=stage, stage_seconds=seconds)
+        runs.update_run(engine, run_id=run_id, failed_stage=clock.stage, stage_seconds=seconds)
         raise
 
     counts = {"extracted": ex["records"], "valid": tr["valid"], "invalid": tr["invalid"], **ps,

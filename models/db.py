@@ -27,6 +27,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercise
 def prepare_engine(engine: Engine) -> Engine:
     """Create the tables (idempotent) on an engine built elsewhere, e.g. by a SqlAlchemyConnector block."""
     import models.drift  # noqa: F401  (register tables)
+    import models.feeds  # noqa: F401
     import models.runs  # noqa: F401
     import models.users  # noqa: F401
 

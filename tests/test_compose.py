@@ -340,11 +340,15 @@ def prefect_config() -> dict:
 
 
 def test_prefect_yaml_declares_the_daily_users_etl_deployment(prefect_config):
+    from flows.feeds_etl import feeds_etl
     from flows.users_etl import users_etl
 
-    deployments = prefect_config["deployments"]
-    assert [d["name"] for d in deployments] == ["daily"]
-    [daily] = deployments
+    deployments = {d["name"]: d for d in prefect_config["deployments"]}
+    assert sorted(deployments) == ["daily", "every-6h"]
+    daily, feeds = deployments["daily"], deployments["every-6h"]
+    assert feeds["entrypoint"] == "flows/feeds_etl.py:feeds_etl" and feeds_etl.name == "feeds-etl"
+    assert set(feeds["parameters"]) <= set(feeds_etl.parameters.properties)
+    assert [s["cron"] for s in feeds["schedules"]] == ["0 */6 * * *"]
     assert daily["entrypoint"] == "flows/users_etl.py:users_etl"
     module, function = daily["entrypoint"].split(":")
     assert (ROOT / module).is_file() and function == "users_etl" and users_etl.name == "users-etl"
@@ -355,7 +359,7 @@ def test_prefect_yaml_declares_the_daily_users_etl_deployment(prefect_config):
 def test_prefect_yaml_schedule_and_work_pool_come_from_shared_definitions(prefect_config):
     from models.settings import Settings
 
-    [daily] = prefect_config["deployments"]
+    daily = next(d for d in prefect_config["deployments"] if d["name"] == "daily")
     pools, schedules = prefect_config["definitions"]["work_pools"], prefect_config["definitions"]["schedules"]
     assert daily["work_pool"] in pools.values(), "the work pool should be a `definitions:` alias"
     assert all(s in schedules.values() for s in daily["schedules"]), "schedules should be `definitions:` aliases"

@@ -138,7 +138,7 @@ def test_delivers_byte_identical_files_under_dated_dir(
     expected = {f"{DAY}/{p.name}": p.read_bytes() for p in run_files}
     assert tree(sshd.local_root) == expected  # final names only: no temp files left
     assert [r["remote_path"] for r in results] == [f"/upload/{DAY}/{p.name}" for p in run_files]
-    for result, path in zip(results, run_files):
+    for result, path in zip(results, run_files, strict=True):
         data = path.read_bytes()
         assert result == {
             "local_path": str(path), "remote_path": f"/upload/{DAY}/{path.name}",

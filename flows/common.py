@@ -1,0 +1,73 @@
+"""What every flow shares: the deliver subflow, run bookkeeping hooks and the stage clock."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+
+from prefect import flow, get_client, get_run_logger
+
+from models.db import resolve_engine
+from models.settings import get_settings
+from tasks import runs
+from tasks.deliver import SftpTarget, deliver_files_task, remote_dir_for
+
+
+@flow(name="deliver")
+def deliver(files: list[str], run_date: str) -> dict:
+    """The run's JSONL files -> SFTP_REMOTE_BASE/<run date>/ (skipped, and said so, when SFTP_HOST is unset)."""
+    settings, logger = get_settings(), get_run_logger()
+    if not settings.sftp_enabled:
+        logger.warning("SFTP_HOST is not set: delivery skipped")
+        return {"delivered": [], "work_seconds": 0.0}
+    target = SftpTarget.from_settings(settings)  # passphrase: SFTP_KEY_PASSPHRASE or its Secret block
+    remote_dir = remote_dir_for(target.remote_base, datetime.fromisoformat(run_date).date())
+    started = time.perf_counter()
+    delivered = deliver_files_task(target, [Path(f) for f in files], remote_dir)
+    work = time.perf_counter() - started
+    logger.info("deliver: %d files, %d bytes to %s:%s", len(delivered), sum(d["bytes"] for d in delivered),
+                target.host, remote_dir)
+    return {"delivered": delivered, "work_seconds": work}
+
+
+def record_failure(flow, flow_run, state) -> None:
+    """on_failure / on_crashed: the run's row says what happened, so the API sees it."""
+    engine = resolve_engine((flow_run.parameters or {}).get("database_block"))
+    status = "crashed" if state.is_crashed() else "failed"
+    runs.finish_run(engine, run_id=str(flow_run.id), status=status, error=(state.message or status)[:4000])
+
+
+def mark_stale_runs(engine, *, run_id: str, flow_name: str) -> None:
+    """Runs of `flow_name` still 'running' in etl_runs whose Prefect run is over (or unknown) crashed."""
+    stale = runs.open_runs(engine, flow_name=flow_name, exclude=run_id)
+    if not stale:
+        return
+    over = []
+    with get_client(sync_client=True) as client:
+        for other in stale:
+            try:
+                state = client.read_flow_run(other).state
+            except Exception:  # noqa: BLE001 (unknown to this Prefect server: it cannot be running)
+                state = None
+            if state is None or state.is_final():
+                over.append(other)
+    runs.mark_crashed(engine, over, noticed_by=run_id)
+
+
+class StageClock:
+    """Runs stages, keeping each one's wall time and its tasks' own work time (the rest is orchestration),
+    and which stage is running (for the failure record)."""
+
+    def __init__(self) -> None:
+        self.stage = "start"
+        self.seconds: dict[str, float] = {}
+        self.work: dict[str, float] = {}
+
+    def run(self, name: str, fn, *args, **kwargs) -> dict:
+        self.stage = name
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.seconds[name] = round(time.perf_counter() - t0, 3)
+        self.work[name] = round(out.pop("work_seconds"), 3)
+        return out

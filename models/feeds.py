@@ -1,0 +1,112 @@
+"""RSS/Atom feed items: the raw layer, the current items, the dead-letter queue, and the item rules.
+
+An item is keyed by its feed URL and its guid (its link when it has no guid); `item_id` is the SHA-256 of
+`feed \\x1f key`, so keys of any length index well on both databases."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+from sqlalchemy import Column, DateTime, Index, Text
+from sqlmodel import Field, SQLModel
+
+from models.schema import Rule
+
+TZ = DateTime(timezone=True)
+
+
+class RawFeedItem(SQLModel, table=True):
+    """One item as extracted from its feed document, kept once per distinct content."""
+
+    __tablename__ = "raw_feed_items"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True, max_length=64)
+    feed: str = Field(sa_column=Column(Text, nullable=False, index=True))
+    record_hash: str = Field(max_length=64, unique=True)
+    inserted_at: datetime = Field(sa_type=TZ)
+    data: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class FeedItemBase(SQLModel):
+    feed: str = Field(sa_column=Column(Text, nullable=False, index=True))
+    item_key: str = Field(sa_column=Column(Text, nullable=False))  # guid, or link when there is no guid
+    guid: str | None = Field(default=None, sa_column=Column(Text))
+    title: str | None = Field(default=None, sa_column=Column(Text))
+    link: str | None = Field(default=None, sa_column=Column(Text))
+    summary: str | None = Field(default=None, sa_column=Column(Text))
+    author: str | None = Field(default=None, sa_column=Column(Text))
+    published_at: datetime | None = Field(default=None, sa_type=TZ, index=True)
+
+
+class FeedItem(FeedItemBase, table=True):
+    __tablename__ = "feed_items"
+    __table_args__ = (Index("ix_feed_items_updated_at_item_id", "updated_at", "item_id"),)
+    item_id: str = Field(primary_key=True, max_length=64)
+    categories: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))  # JSON array
+    record_hash: str = Field(max_length=64)
+    first_seen_at: datetime = Field(sa_type=TZ)
+    updated_at: datetime = Field(sa_type=TZ)
+    run_id: str = Field(max_length=64, index=True)
+
+
+class FeedItemPublic(FeedItemBase):
+    item_id: str
+    categories: list[str]
+    first_seen_at: datetime
+    updated_at: datetime
+    run_id: str
+
+
+class DlqFeedItem(SQLModel, table=True):
+    """An item that failed the rules: every failed rule, and the item as extracted."""
+
+    __tablename__ = "dlq_feed_items"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(max_length=64, index=True)
+    feed: str = Field(sa_column=Column(Text, nullable=False, index=True))
+    error_reason: str = Field(sa_column=Column(Text, nullable=False))
+    data: str = Field(sa_column=Column(Text, nullable=False))
+    record_hash: str = Field(max_length=64, unique=True)
+    inserted_at: datetime = Field(sa_type=TZ)
+    last_seen_at: datetime = Field(sa_type=TZ)
+
+
+class DlqFeedItemPublic(SQLModel):
+    id: int
+    run_id: str
+    feed: str
+    error_reason: str
+    reasons: list[str]
+    data: dict
+    inserted_at: datetime
+    last_seen_at: datetime
+
+
+class FeedItemsPublic(SQLModel):
+    data: list[FeedItemPublic]
+    total: int
+    page: int
+    page_size: int
+    has_more: bool
+
+
+# Columns of the processed file and of feed_items' content, in order (the contract between transform and
+# persist). `record_hash` is computed over these minus `item_id`.
+FEED_ITEM_COLUMNS: tuple[str, ...] = ("item_id", "feed", "item_key", "guid", "title", "link", "summary", "author",
+                                      "categories", "published_at")
+
+
+def _present(col: str) -> pl.Expr:
+    return pl.col(col).str.len_chars().fill_null(0) > 0
+
+
+def feed_item_rules() -> list[Rule]:
+    """Rules over the staging columns `title, link, item_key` (text, trimmed, empty as null) and
+    `key_duplicate` (the key was already seen earlier in the same feed document)."""
+    return [
+        Rule("title_and_link_missing", "the item has neither a title nor a link",
+             _present("title") | _present("link")),
+        Rule("key_missing", "the item has neither a guid nor a link to key it by", _present("item_key")),
+        Rule("key_duplicate", "the item's guid (or link) appears earlier in the same feed", ~pl.col("key_duplicate")),
+    ]
