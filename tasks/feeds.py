@@ -14,15 +14,15 @@ import polars_hash  # noqa: F401  (registers the .chash namespace)
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import Column, Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, update
 
 from models.feeds import FEED_ITEM_COLUMNS, DlqFeedItem, FeedItem, RawFeedItem, feed_item_rules
-from tasks.persist import _insert, _stamp, bulk_insert
-from tasks.transform import append_lines, append_text_lines, dlq_lines, read_dlq_span, read_span
+from tasks.persist import _stamp, _stamp_col, bulk_insert, insert_new_versions, stored_hashes, upsert_failures
+from tasks.persist import raw_frame as persist_raw_frame
+from tasks.transform import append_lines, append_text_lines, dlq_lines, read_dlq_span, read_lines, read_span
 
 LINE = "_raw"
 SEP = "\x1f"
-IN_CHUNK = 5_000  # keys per IN (...) lookup; well under SQLite's and PostgreSQL's parameter limits
 ISO_UTC = "%Y-%m-%dT%H:%M:%SZ"
 
 # what tasks.extract.feeds stages, one JSON object per item
@@ -45,8 +45,7 @@ def parse_staged(data: bytes) -> pl.DataFrame:
     """Staged JSONL bytes -> one row per item: the fields, plus the line as staged in `_raw`."""
     if not data.strip():
         return pl.DataFrame(schema={**STAGED_SCHEMA, LINE: pl.String()})
-    lines = pl.read_csv(io.BytesIO(data), has_header=False, separator=SEP, quote_char=None,
-                        new_columns=[LINE], schema={LINE: pl.String})
+    lines = read_lines(data, LINE)
     parsed = pl.read_ndjson(io.BytesIO(data), schema=STAGED_SCHEMA)
     if parsed.height != lines.height:
         raise ValueError(f"staged span holds {lines.height} lines but {parsed.height} JSON records")
@@ -141,61 +140,7 @@ def read_processed_span(data: bytes) -> pl.DataFrame:
 
 def raw_frame(data: bytes) -> pl.DataFrame:
     """Staged lines as raw rows: feed, content hash, the line (each distinct line once)."""
-    if not data.strip():
-        return pl.DataFrame(schema={"feed": pl.String, "record_hash": pl.String, "data": pl.String})
-    lines = pl.read_csv(io.BytesIO(data), has_header=False, separator=SEP, quote_char=None,
-                        new_columns=["data"], schema={"data": pl.String})
-    return lines.select(
-        pl.col("data").str.json_path_match("$.feed").alias("feed"),
-        pl.col("data").chash.sha2_256().alias("record_hash"),
-        "data",
-    ).unique(subset="record_hash", keep="first", maintain_order=True)
-
-
-def _stored(conn: Connection, key: Column, value: Column, keys: list[str]) -> pl.DataFrame:
-    """(`_key`, `_stored`) for the keys already in the table."""
-    found: list[tuple] = []
-    for i in range(0, len(keys), IN_CHUNK):
-        found += conn.execute(select(key, value).where(key.in_(keys[i : i + IN_CHUNK]))).all()
-    return pl.DataFrame(found, schema={"_key": pl.String, "_stored": pl.String}, orient="row")
-
-
-def _timestamp_text(conn: Connection, col: str) -> pl.Expr:
-    """A UTC datetime column as the text each database's DateTime column reads back (for bulk loads)."""
-    if conn.dialect.name == "sqlite":
-        return pl.col(col).dt.replace_time_zone(None).dt.strftime("%Y-%m-%d %H:%M:%S.%f")
-    return pl.col(col).dt.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
-
-
-def insert_raw(conn: Connection, raw: pl.DataFrame, *, run_id: str, now: datetime) -> int:
-    """Items whose exact staged content is already stored are skipped: each version is kept once."""
-    if raw.height == 0:
-        return 0
-    table = RawFeedItem.__table__
-    seen = _stored(conn, table.c.record_hash, table.c.record_hash, raw.get_column("record_hash").to_list())
-    new = raw.join(seen, left_on="record_hash", right_on="_key", how="anti")
-    bulk_insert(conn, table, new.with_columns(run_id=pl.lit(run_id), inserted_at=_stamp(conn, now)),
-                ignore_conflicts="record_hash")
-    return new.height
-
-
-def upsert_dlq(conn: Connection, dlq: pl.DataFrame, *, run_id: str, now: datetime) -> int:
-    """New failures inserted; a failure seen before is re-stamped with this run (no second row)."""
-    if dlq.height == 0:
-        return 0
-    table = DlqFeedItem.__table__
-    dlq = dlq.unique(subset="record_hash", keep="first", maintain_order=True).with_columns(
-        pl.col("data").str.json_path_match("$.feed").fill_null("").alias("feed")
-    )
-    seen = _stored(conn, table.c.record_hash, table.c.record_hash, dlq.get_column("record_hash").to_list())
-    stmt = _insert(conn, table).values(run_id=run_id, inserted_at=now, last_seen_at=now)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["record_hash"],
-        set_={"run_id": stmt.excluded.run_id, "last_seen_at": stmt.excluded.last_seen_at,
-              "error_reason": stmt.excluded.error_reason},
-    )
-    conn.execute(stmt, dlq.to_dicts())
-    return dlq.height - seen.height
+    return persist_raw_frame(data, id_path="$.feed", id_column="feed")
 
 
 def upsert_items(conn: Connection, items: pl.DataFrame, *, run_id: str, now: datetime) -> dict[str, int]:
@@ -204,12 +149,12 @@ def upsert_items(conn: Connection, items: pl.DataFrame, *, run_id: str, now: dat
         return {"inserted": 0, "updated": 0, "unchanged": 0}
     table = FeedItem.__table__
     items = items.unique(subset="item_id", keep="first", maintain_order=True)
-    stored = _stored(conn, table.c.item_id, table.c.record_hash, items.get_column("item_id").to_list())
+    stored = stored_hashes(conn, table, "item_id", items.get_column("item_id").to_list())
     joined = items.join(stored, left_on="item_id", right_on="_key", how="left", maintain_order="left")
     new = joined.filter(pl.col("_stored").is_null()).drop("_stored")
     changed = joined.filter(pl.col("_stored").is_not_null() & (pl.col("_stored") != pl.col("record_hash"))).drop("_stored")
     stamp = _stamp(conn, now)
-    bulk_insert(conn, table, new.with_columns(_timestamp_text(conn, "published_at"), first_seen_at=stamp,
+    bulk_insert(conn, table, new.with_columns(_stamp_col(conn, "published_at"), first_seen_at=stamp,
                                               updated_at=stamp, run_id=pl.lit(run_id)))
     if changed.height:
         cols = [c for c in (*FEED_ITEM_COLUMNS, "record_hash") if c != "item_id"]
@@ -228,8 +173,9 @@ def persist_frames(engine: Engine, *, run_id: str, raw: pl.DataFrame, items: pl.
     now = datetime.now(UTC)
     with engine.begin() as conn:
         counts = upsert_items(conn, items, run_id=run_id, now=now)
-        counts["raw_inserted"] = insert_raw(conn, raw, run_id=run_id, now=now)
-        counts["dlq_inserted"] = upsert_dlq(conn, dlq, run_id=run_id, now=now)
+        counts["raw_inserted"] = insert_new_versions(conn, RawFeedItem.__table__, raw, now=now, run_id=run_id)
+        dlq = dlq.with_columns(pl.col("data").str.json_path_match("$.feed").fill_null("").alias("feed"))
+        counts["dlq_inserted"] = upsert_failures(conn, DlqFeedItem.__table__, dlq, now=now, run_id=run_id)
     return counts
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, Table, bindparam, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from models.users import PROCESSED_COLUMNS, DlqUser, ProcessedUser, RawUser
-from tasks.transform import read_dlq_span, read_processed_span, read_span
+from tasks.transform import read_dlq_span, read_lines, read_processed_span, read_span
 
 IN_CHUNK = 5_000  # ids per IN (...) lookup; well under SQLite's and PostgreSQL's parameter limits
 
@@ -68,43 +68,39 @@ def lookup(conn: Connection, table: Table, key: str, columns: list[str], keys: l
     return found
 
 
-def _existing(conn: Connection, table: Table, key: str, keys: list) -> pl.DataFrame:
-    """The keys among `keys` already stored."""
-    return pl.DataFrame({"_key": [r[0] for r in lookup(conn, table, key, [], keys)]}, schema={"_key": pl.String})
+def stored_hashes(conn: Connection, table: Table, key: str, keys: list) -> pl.DataFrame:
+    """(`_key`, `_stored` record_hash) for the keys already stored."""
+    rows = lookup(conn, table, key, ["record_hash"], keys)
+    return pl.DataFrame(rows, schema={"_key": pl.String, "_stored": pl.String}, orient="row")
 
 
-def raw_frame(data: bytes) -> pl.DataFrame:
-    if not data.strip():
-        return pl.DataFrame(schema={"source_id": pl.String, "record_hash": pl.String, "data": pl.String})
-    lines = pl.read_csv(io.BytesIO(data), has_header=False, separator="\x1f", quote_char=None,
-                        new_columns=["data"], schema={"data": pl.String})
-    return lines.select(
-        pl.col("data").str.json_path_match("$.id").alias("source_id"),
+def raw_frame(data: bytes, *, id_path: str = "$.id", id_column: str = "source_id") -> pl.DataFrame:
+    """Staged lines as raw rows: the source's id, the content hash, the line (each distinct line once)."""
+    return read_lines(data, "data").select(
+        pl.col("data").str.json_path_match(id_path).alias(id_column),
         pl.col("data").chash.sha2_256().alias("record_hash"),
         "data",
     ).unique(subset="record_hash", keep="first", maintain_order=True)
 
 
-def insert_raw(conn: Connection, raw: pl.DataFrame, *, run_id: str, source: str, now: datetime) -> int:
-    """Records whose exact content is already stored are skipped: the raw layer keeps each version once."""
-    if raw.height == 0:
+def insert_new_versions(conn: Connection, table: Table, rows: pl.DataFrame, *, now: datetime, **constants) -> int:
+    """Rows whose content hash is not stored yet: the raw layer keeps each version of a record once."""
+    if rows.height == 0:
         return 0
-    table = RawUser.__table__
-    seen = _existing(conn, table, "record_hash", raw.get_column("record_hash").to_list())
-    new = raw.join(seen, left_on="record_hash", right_on="_key", how="anti")
-    bulk_insert(conn, table, new.with_columns(run_id=pl.lit(run_id), source=pl.lit(source), inserted_at=_stamp(conn, now)),
+    seen = stored_hashes(conn, table, "record_hash", rows.get_column("record_hash").to_list())
+    new = rows.join(seen, left_on="record_hash", right_on="_key", how="anti")
+    bulk_insert(conn, table, new.with_columns(inserted_at=_stamp(conn, now), **{k: pl.lit(v) for k, v in constants.items()}),
                 ignore_conflicts="record_hash")
     return new.height
 
 
-def upsert_dlq(conn: Connection, dlq: pl.DataFrame, *, run_id: str, source: str, now: datetime) -> int:
+def upsert_failures(conn: Connection, table: Table, dlq: pl.DataFrame, *, now: datetime, **constants) -> int:
     """New failures inserted; a failure seen before is re-stamped with this run (no second row)."""
     if dlq.height == 0:
         return 0
-    table = DlqUser.__table__
     dlq = dlq.unique(subset="record_hash", keep="first", maintain_order=True)
-    seen = _existing(conn, table, "record_hash", dlq.get_column("record_hash").to_list())
-    stmt = _insert(conn, table).values(run_id=run_id, source=source, inserted_at=now, last_seen_at=now)
+    seen = stored_hashes(conn, table, "record_hash", dlq.get_column("record_hash").to_list())
+    stmt = _insert(conn, table).values(inserted_at=now, last_seen_at=now, **constants)
     stmt = stmt.on_conflict_do_update(
         index_elements=["record_hash"],
         set_={"run_id": stmt.excluded.run_id, "last_seen_at": stmt.excluded.last_seen_at,
@@ -183,8 +179,8 @@ def persist_frames(
     with engine.begin() as conn:
         processed = content_first_seen(conn, processed, as_of or now)
         counts = upsert_processed(conn, processed, run_id=run_id, now=now)
-        counts["raw_inserted"] = insert_raw(conn, raw, run_id=run_id, source=source, now=now)
-        counts["dlq_inserted"] = upsert_dlq(conn, dlq, run_id=run_id, source=source, now=now)
+        counts["raw_inserted"] = insert_new_versions(conn, RawUser.__table__, raw, now=now, run_id=run_id, source=source)
+        counts["dlq_inserted"] = upsert_failures(conn, DlqUser.__table__, dlq, now=now, run_id=run_id, source=source)
     return counts
 
 

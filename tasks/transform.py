@@ -143,13 +143,19 @@ def append_text_lines(path: Path | str, lines: pl.Series) -> tuple[int, int]:
 # ---------------------------------------------------------------- parsing
 
 
+def read_lines(data: bytes, name: str = LINE) -> pl.DataFrame:
+    """JSONL bytes as one text column, a row per line, untouched (JSON escapes control characters, so the
+    unit separator never occurs inside a line)."""
+    if not data.strip():
+        return pl.DataFrame(schema={name: pl.String})
+    return pl.read_csv(io.BytesIO(data), has_header=False, separator="\x1f", quote_char=None,
+                       new_columns=[name], schema={name: pl.String}, truncate_ragged_lines=True)
+
+
 def parse_raw(data: bytes) -> pl.DataFrame:
     """JSONL bytes -> one row per record: the original line in `_raw` plus the parsed top-level fields.
     Types are inferred over the whole span, so a field whose type drifts becomes text, never an error."""
-    lines = pl.read_csv(
-        io.BytesIO(data), has_header=False, separator="\x1f", quote_char=None,
-        new_columns=[LINE], schema={LINE: pl.String}, truncate_ragged_lines=True,
-    ) if data.strip() else pl.DataFrame(schema={LINE: pl.String})
+    lines = read_lines(data)
     if lines.height == 0:
         return lines
     parsed = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
@@ -303,11 +309,7 @@ def append_failure(dlq_path: Path | str, *, reason: str, record: str) -> tuple[i
 
 
 def read_dlq_span(data: bytes) -> pl.DataFrame:
-    if not data.strip():
-        return pl.DataFrame(schema={"error_reason": pl.String, "record_hash": pl.String, "data": pl.String})
-    lines = pl.read_csv(io.BytesIO(data), has_header=False, separator="\x1f", quote_char=None,
-                        new_columns=["l"], schema={"l": pl.String})
-    return lines.select(
+    return read_lines(data, "l").select(
         pl.col("l").str.json_path_match("$.error_reason").alias("error_reason"),
         pl.col("l").str.json_path_match("$.record_hash").alias("record_hash"),
         pl.col("l").str.json_path_match("$.record").alias("data"),
