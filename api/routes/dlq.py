@@ -1,0 +1,35 @@
+"""GET /dlq: the records that failed validation, with every rule they failed."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from api import crud
+from api.deps import SessionDep, page_meta
+from models.schema import user_rules
+from models.users import DlqListPublic, DlqUser
+
+router = APIRouter(tags=["dlq"], responses={503: {"description": "the database is unavailable"}})
+
+DlqReason = StrEnum("DlqReason", {rule.name: rule.name for rule in user_rules()})
+
+
+@router.get("/dlq", response_model=DlqListPublic, summary="Dead-lettered records, newest first")
+def list_dlq(
+    request: Request,
+    session: SessionDep,
+    page: Annotated[int, Query(ge=1, le=2**31 - 1)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=500)] = 20,
+    run_id: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$")] = None,
+    reason: Annotated[DlqReason | None, Query(description="a rule name, e.g. email_invalid")] = None,
+) -> DlqListPublic:
+    filters = {k: v for k, v in {"run_id": run_id, "reason": reason and reason.value}.items() if v is not None}
+    where = crud.dlq_filters(**filters)
+    total = crud.count_rows(session=session, model=DlqUser, where=where)
+    offset = crud.page_offset(page=page, page_size=page_size)
+    rows = [] if offset is None else crud.fetch_dlq(session=session, where=where, limit=page_size + 1, offset=offset)
+    return DlqListPublic(data=[crud.dlq_public(row=r) for r in rows[:page_size]], total=total, page=page,
+                         page_size=page_size, has_more=len(rows) > page_size, meta=page_meta(request, filters))

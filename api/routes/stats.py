@@ -1,0 +1,33 @@
+"""GET /stats: what is stored, how much is rejected, and how the runs go."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api import crud
+from api.deps import SessionDep
+from models.runs import StatsPublic
+from models.users import DlqUser, RawUser
+
+router = APIRouter(tags=["stats"], responses={503: {"description": "the database is unavailable"}})
+
+
+@router.get("/stats", response_model=StatsPublic, summary="Totals, DLQ rate, runs and durations")
+def stats(session: SessionDep) -> StatsPublic:
+    processed = crud.count_users(session=session, filters={})
+    dlq = crud.count_rows(session=session, model=DlqUser)
+    by_status = crud.runs_by_status(session=session)
+    last_finished = crud.latest_run(session=session, finished=True)
+    return StatsPublic(
+        processed_users=processed,
+        dlq_users=dlq,
+        raw_users=crud.count_rows(session=session, model=RawUser),
+        dlq_rate=round(dlq / (processed + dlq), 6) if processed + dlq else None,
+        by_department=crud.department_counts(session=session),
+        runs_total=sum(by_status.values()),
+        runs_by_status=by_status,
+        last_success=crud.run_brief(run=crud.latest_run(session=session, statuses=("completed",))),
+        last_failure=crud.run_brief(run=crud.latest_run(session=session, statuses=crud.FAILED_STATUSES)),
+        mean_duration_seconds=crud.mean_duration(session=session),
+        last_duration_seconds=last_finished.duration_seconds if last_finished else None,
+    )
