@@ -18,19 +18,24 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Float,
     Select,
     String,
     bindparam,
+    cast,
     func,
+    literal,
     literal_column,
+    null,
     or_,
     select,
     type_coerce,
+    union_all,
 )
 from sqlmodel import Session, col
 from sqlmodel import select as sm_select
 
-from models.runs import DepartmentCount, EtlRun, EtlRunPublic, RunBrief
+from models.runs import CheckpointPublic, DepartmentCount, EtlCheckpoint, EtlRun, EtlRunPublic, RunBrief
 from models.users import DlqPublic, DlqUser, ProcessedUser, RawUser, UserPublic
 
 USERS = ProcessedUser.__table__
@@ -310,7 +315,7 @@ def dlq_public(*, row: DlqUser) -> DlqPublic:
 
 def run_public(*, run: EtlRun) -> EtlRunPublic:
     """The row with its JSON text columns parsed (anything unparseable reads as empty)."""
-    data = run.model_dump(exclude={"stage_seconds", "delivered", "files", "dlq_reasons"})
+    data = run.model_dump(exclude={"stage_seconds", "delivered", "files", "dlq_reasons", "sources"})
     data.update(started_at=as_utc(run.started_at), finished_at=as_utc(run.finished_at))
     stages = loads(run.stage_seconds, default={})
     files = loads(run.files, default={})
@@ -320,15 +325,24 @@ def run_public(*, run: EtlRun) -> EtlRunPublic:
         delivered=[d for d in loads(run.delivered, default=[]) if isinstance(d, dict)],
         files={k: v for k, v in files.items() if isinstance(v, str)},
         dlq_reasons={k: v for k, v in loads(run.dlq_reasons, default={}).items() if isinstance(v, int)},
+        sources={k: {n: c for n, c in v.items() if isinstance(c, int)}
+                 for k, v in loads(run.sources, default={}).items() if isinstance(v, dict)},
     )
 
 
 def run_brief(*, run: EtlRun | None) -> RunBrief | None:
     if run is None:
         return None
-    return RunBrief(id=run.id, status=run.status, started_at=as_utc(run.started_at),
+    return RunBrief(id=run.id, flow_name=run.flow_name, status=run.status, started_at=as_utc(run.started_at),
                     finished_at=as_utc(run.finished_at), duration_seconds=run.duration_seconds,
-                    failed_stage=run.failed_stage, error=run.error)
+                    failed_stage=run.failed_stage, error=run.error, extracted=run.extracted, inserted=run.inserted,
+                    updated=run.updated, unchanged=run.unchanged, invalid=run.invalid, anomalies=run.anomalies)
+
+
+def checkpoints(*, session: Session) -> list[CheckpointPublic]:
+    rows = session.exec(sm_select(EtlCheckpoint).order_by(EtlCheckpoint.source)).all()
+    return [CheckpointPublic(**r.model_dump(exclude={"state"}) | {
+        k: as_utc(getattr(r, k)) for k in ("last_success_at", "last_failure_at", "updated_at")}) for r in rows]
 
 
 def fetch_runs(*, session: Session, where: list[ColumnElement], limit: int, offset: int) -> list[EtlRun]:
@@ -381,3 +395,49 @@ def department_counts(*, session: Session) -> list[DepartmentCount]:
 
 def database_ping(*, session: Session) -> None:
     session.connection().execute(select(1)).scalar_one()
+
+
+# ---------------------------------------------------------------- unified view
+
+
+def unified_rows() -> Select:
+    """Users and feed items as (source, source_id, title, description, category, value, timestamp)."""
+    from models.feeds import FeedItem
+
+    items = FeedItem.__table__.c
+    users = select(
+        USERS.c.source.label("source"),
+        cast(USERS.c.id, String).label("source_id"),
+        (func.coalesce(USERS.c.first_name, "") + " " + func.coalesce(USERS.c.last_name, "")).label("title"),
+        (func.coalesce(USERS.c.company_title, "") + " at " + func.coalesce(USERS.c.company_name, "")).label(
+            "description"),
+        USERS.c.department.label("category"),
+        cast(USERS.c.age, Float).label("value"),
+        USERS.c.updated_at.label("timestamp"),
+    )
+    feeds = select(
+        literal("feed").label("source"), items.item_id, items.title, items.summary, items.feed,
+        cast(null(), Float), func.coalesce(items.published_at, items.updated_at),
+    )
+    return union_all(users, feeds).subquery("data")
+
+
+def unified_page(*, session: Session, limit: int, offset: int | None, source: str | None = None,
+                 category: str | None = None, search: str | None = None) -> tuple[int, list[dict]]:
+    """(total, rows) of the unified view, newest first; `search` is plain text in title or description."""
+    data = unified_rows()
+    where = [data.c.source == source] if source else []
+    if category:
+        where.append(data.c.category == category)
+    if search:
+        pattern = like_pattern(text=search.lower())
+        where.append(or_(func.lower(data.c.title).like(pattern, escape="\\"),
+                         func.lower(data.c.description).like(pattern, escape="\\")))
+    conn = session.connection()
+    total = conn.execute(select(func.count()).select_from(data).where(*where)).scalar_one()
+    if offset is None:
+        return total, []
+    stmt = (select(data).where(*where)
+            .order_by(data.c.timestamp.desc().nulls_last(), data.c.source, data.c.source_id)
+            .limit(limit).offset(offset))
+    return total, [dict(r._mapping) | {"timestamp": as_utc(r.timestamp)} for r in conn.execute(stmt)]

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import DATABASE_DOWN, database_unavailable, http_error
 from api.metrics import HttpMetrics
-from api.routes import dlq, health, metrics, runs, stats, users
+from api.routes import data, dlq, health, metrics, runs, stats, users
 from models.settings import get_settings
 
 log = logging.getLogger("api")
@@ -99,7 +99,7 @@ def create_app() -> FastAPI:
         description="Processed users, the dead-letter queue, pipeline runs and health of the users-etl pipeline.",
     )
     app.state.metrics = HttpMetrics()
-    for module in (users, dlq, runs, stats, health, metrics):
+    for module in (users, dlq, runs, stats, health, metrics, data):
         app.include_router(module.router)
     app.add_exception_handler(StarletteHTTPException, http_error)
     for exc_type in DATABASE_DOWN:

@@ -48,6 +48,7 @@ class EtlRunPublic(EtlRunBase):
     delivered: list[dict]
     files: dict[str, str]
     dlq_reasons: dict[str, int]
+    sources: dict[str, dict[str, int]] = {}  # per source: inserted, updated, unchanged, failed
 
 
 class EtlCheckpoint(SQLModel, table=True):
@@ -103,12 +104,33 @@ class EtlRunStarted(SQLModel):
 
 class RunBrief(SQLModel):
     id: str
+    flow_name: str = "users-etl"
     status: str
     started_at: datetime
     finished_at: datetime | None
     duration_seconds: float | None
     failed_stage: str | None = None
     error: str | None = None
+    extracted: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    invalid: int = 0
+    anomalies: str | None = None
+
+
+class CheckpointPublic(SQLModel):
+    """Where a source stands: API cursor, CSV file checksum, feed validators, schema snapshot."""
+
+    source: str
+    status: str
+    cursor: int
+    total: int | None
+    staged_records: int
+    last_success_at: datetime | None
+    last_failure_at: datetime | None
+    last_error: str | None
+    updated_at: datetime | None
 
 
 class DepartmentCount(SQLModel):
@@ -129,6 +151,8 @@ class StatsPublic(SQLModel):
     last_failure: RunBrief | None
     mean_duration_seconds: float | None = Field(description="over completed runs")
     last_duration_seconds: float | None = Field(description="of the most recent finished run")
+    recent_runs: list[RunBrief] = Field(default=[], description="the last 10 runs of every flow, newest first")
+    checkpoints: list[CheckpointPublic] = Field(default=[], description="per source")
 
 
 class HealthPublic(SQLModel):

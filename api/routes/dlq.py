@@ -14,7 +14,7 @@ from models.users import DlqListPublic, DlqUser
 
 router = APIRouter(tags=["dlq"], responses={503: {"description": "the database is unavailable"}})
 
-DlqReason = StrEnum("DlqReason", {rule.name: rule.name for rule in user_rules()})
+DlqReason = StrEnum("DlqReason", {name: name for name in [*(rule.name for rule in user_rules()), "csv_malformed"]})
 
 
 @router.get("/dlq", response_model=DlqListPublic, summary="Dead-lettered records, newest first")

@@ -30,4 +30,6 @@ def stats(session: SessionDep) -> StatsPublic:
         last_failure=crud.run_brief(run=crud.latest_run(session=session, statuses=crud.FAILED_STATUSES)),
         mean_duration_seconds=crud.mean_duration(session=session),
         last_duration_seconds=last_finished.duration_seconds if last_finished else None,
+        recent_runs=[crud.run_brief(run=r) for r in crud.fetch_runs(session=session, where=[], limit=10, offset=0)],
+        checkpoints=crud.checkpoints(session=session),
     )
