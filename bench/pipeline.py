@@ -27,7 +27,10 @@ NAIVE_MAX = int(os.environ.get("BENCH_NAIVE_USERS", "20000"))
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("USERS_", "SFTP_", "DATABASE_", "DATA_DIR"))}
-    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(ROOT))
+    # `make install` migrated Prefect's database and the project saves its own block types: the ephemeral
+    # server need not redo either at every start
+    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(ROOT),
+               PREFECT_SERVER_DATABASE_MIGRATE_ON_START="false", PREFECT_SERVER_REGISTER_BLOCKS_ON_START="false")
     env.update(extra)
     return env
 
