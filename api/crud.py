@@ -315,7 +315,8 @@ def dlq_public(*, row: DlqUser) -> DlqPublic:
 
 def run_public(*, run: EtlRun) -> EtlRunPublic:
     """The row with its JSON text columns parsed (anything unparseable reads as empty)."""
-    data = run.model_dump(exclude={"stage_seconds", "delivered", "files", "dlq_reasons", "sources"})
+    data = run.model_dump(exclude={"stage_seconds", "delivered", "files", "dlq_reasons", "sources",
+                                    "observed_schema"})
     data.update(started_at=as_utc(run.started_at), finished_at=as_utc(run.finished_at))
     stages = loads(run.stage_seconds, default={})
     files = loads(run.files, default={})
@@ -327,6 +328,8 @@ def run_public(*, run: EtlRun) -> EtlRunPublic:
         dlq_reasons={k: v for k, v in loads(run.dlq_reasons, default={}).items() if isinstance(v, int)},
         sources={k: {n: c for n, c in v.items() if isinstance(c, int)}
                  for k, v in loads(run.sources, default={}).items() if isinstance(v, dict)},
+        observed_schema={k: {f: t for f, t in v.items() if isinstance(t, str)}
+                         for k, v in loads(run.observed_schema, default={}).items() if isinstance(v, dict)},
     )
 
 

@@ -114,7 +114,7 @@ def transform(staged: list[dict], run_dir: str, stamp: str, departments_csv: str
     for path in files.values():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(b"")
-    batches, reasons, drift, work = [], Counter(), [], 0.0
+    batches, reasons, drift, work, observed = [], Counter(), [], 0.0, {}
     for entry in staged:
         source = entry["source"]
         meta = {"source": source, "raw_path": entry.get("raw_path"), "as_of": entry["as_of"]}
@@ -136,6 +136,7 @@ def transform(staged: list[dict], run_dir: str, stamp: str, departments_csv: str
             work += out["work_seconds"]
             batches.append(meta | {k: out[k] for k in ("raw", "processed", "dlq", "valid", "invalid")})
         policy = settings.drift_policy(source)
+        observed[source] = merge_types([observed.get(source, {}), merge_types(types)])
         changes = check_schema(resolve_engine(database_block), run_id=run_id or str(current_run.id),
                                source=source, types=merge_types(types), policy=policy)
         if changes:
@@ -145,7 +146,7 @@ def transform(staged: list[dict], run_dir: str, stamp: str, departments_csv: str
     valid, invalid = sum(b["valid"] for b in batches), sum(b["invalid"] for b in batches)
     logger.info("transform: %d valid, %d invalid %s", valid, invalid, dict(reasons))
     return {"files": files, "batches": batches, "valid": valid, "invalid": invalid, "reasons": dict(reasons),
-            "drift": drift, "work_seconds": work}
+            "drift": drift, "observed_schema": observed, "work_seconds": work}
 
 
 @flow(name="persist")
@@ -200,7 +201,8 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
         staged_files = {"raw": ex["staged"][0]["raw_path"], **tr["files"]}
         staged_files |= {f"csv:{s['file']}": s["raw_path"] for s in ex["staged"][1:] if s.get("raw_path")}
         runs.update_run(engine, run_id=run_id, valid=tr["valid"], invalid=tr["invalid"], files=staged_files,
-                        dlq_reasons=tr["reasons"], schema_drift="; ".join(tr["drift"]) or None)
+                        dlq_reasons=tr["reasons"], schema_drift="; ".join(tr["drift"]) or None,
+                        observed_schema=tr["observed_schema"])
         ps = clock.run("persist", persist, run_id, tr["files"], tr["batches"], database_block,
                    [s for s in ex["staged"] if s["source"] == csv_drop.SOURCE])
         sources = ps.pop("sources")

@@ -40,6 +40,7 @@ class EtlRun(EtlRunBase, table=True):
     files: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
     dlq_reasons: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
     sources: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # per-source counts
+    observed_schema: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # source -> field -> type
 
 
 class EtlRunPublic(EtlRunBase):
@@ -49,6 +50,7 @@ class EtlRunPublic(EtlRunBase):
     files: dict[str, str]
     dlq_reasons: dict[str, int]
     sources: dict[str, dict[str, int]] = {}  # per source: inserted, updated, unchanged, failed
+    observed_schema: dict[str, dict[str, str]] = {}  # per source: the fields and types this run saw
 
 
 class EtlCheckpoint(SQLModel, table=True):

@@ -93,3 +93,15 @@ def test_anomalous_run_is_flagged(settings_env, database_url, fail):
     else:
         assert state.is_completed() and status == "completed"
         assert state.result()["anomalies"] == [anomalies]
+
+
+def test_each_run_records_the_fields_and_types_it_saw(settings_env, database_url):
+    import json
+
+    settings_env(database_url=database_url)
+    with DummyJsonServer(load_real_users()[:10]) as server:
+        users_etl(api_base=server.base_url, deliver_files=False)
+    (observed,) = rows(database_url, "SELECT observed_schema FROM etl_runs")[0]
+    seen = json.loads(observed)["dummyjson"]
+    assert seen["age"] == "Int64" and seen["company.department"] == "String"
+    assert seen["address.coordinates.lat"] == "Float64" and "password" not in seen

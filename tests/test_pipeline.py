@@ -160,3 +160,45 @@ def test_database_from_a_sqlalchemy_connector_block(settings_env, tmp_path):
     assert summary["counts"]["inserted"] == 40
     assert count(f"sqlite:///{db}", "processed_users") == 40
     assert not (tmp_path / "not-this-one.db").exists() or count(f"sqlite:///{tmp_path / 'not-this-one.db'}", "processed_users") == 0
+
+
+def test_a_crashed_run_is_marked_at_the_next_start(pipeline_env):
+    """A run whose process died never reported back: the next run marks it crashed (Prefect knows no such run)."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from sqlmodel import Session
+
+    from models.runs import EtlRun
+
+    ghost = str(uuid.uuid4())
+    with Session(engine_for(pipeline_env)) as session:
+        session.add(EtlRun(id=ghost, flow_name="users-etl", status="running", started_at=datetime.now(UTC)))
+        session.commit()
+    with DummyJsonServer(load_real_users()[:5]) as server:
+        summary = users_etl(api_base=server.base_url, deliver_files=False)
+    status, error = rows(pipeline_env, f"SELECT status, error FROM etl_runs WHERE id = '{ghost}'")[0]
+    assert status == "crashed" and summary["run_id"] in error
+
+
+def test_a_retried_persist_batch_adds_nothing_twice(pipeline_env, tmp_path):
+    """The persist task's body run twice on the same spans (what a retry does) leaves the same rows."""
+    from models.settings import BUNDLED_DEPARTMENTS
+    from tasks.extract.dummyjson import _stage_lines
+    from tasks.persist import persist_batch
+    from tasks.transform import read_departments, transform_batch
+
+    users, expected = break_users(load_real_users())
+    raw = tmp_path / "raw.jsonl"
+    raw.write_bytes(_stage_lines(users))
+    files = {"raw": str(raw), "processed": str(tmp_path / "p.jsonl"), "dlq": str(tmp_path / "d.jsonl")}
+    out = transform_batch.fn(read_departments(BUNDLED_DEPARTMENTS), raw_path=str(raw), offset=0,
+                             length=raw.stat().st_size, processed_path=files["processed"], dlq_path=files["dlq"])
+    spans = {k: out[k] for k in ("raw", "processed", "dlq")}
+    engine = engine_for(pipeline_env)
+    first = persist_batch.fn(engine, run_id="r1", source="dummyjson", files=files, spans=spans)
+    again = persist_batch.fn(engine, run_id="r1", source="dummyjson", files=files, spans=spans)
+    assert (first["inserted"], first["raw_inserted"], first["dlq_inserted"]) == (208 - len(expected), 208, len(expected))
+    assert (again["inserted"], again["updated"], again["raw_inserted"], again["dlq_inserted"]) == (0, 0, 0, 0)
+    assert [count(pipeline_env, t) for t in ("raw_users", "processed_users", "dlq_users")] == [
+        208, 208 - len(expected), len(expected)]
