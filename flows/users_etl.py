@@ -21,7 +21,7 @@ from models.settings import get_settings
 from tasks import runs
 from tasks.anomalies import AnomalyError, find_anomalies
 from tasks.drift import check_schema, describe, merge_types
-from tasks.extract import csv_drop, dummyjson
+from tasks.extract import dummyjson, source_module
 from tasks.extract.constants import SOURCE
 from tasks.extract.sample import offline_users_api
 from tasks.persist import persist_batch
@@ -87,17 +87,18 @@ def extract(run_dir: str, stamp: str, api_base: str | None = None, page_size: in
     staged = [_extract_api(engine, settings, logger, run_dir, stamp, api_base, page_size, batch_records)]
     work = staged[0].pop("work_seconds")
     if csv_dir:
-        for f in csv_drop.pending_files(engine, Path(csv_dir)):
+        settings = settings.model_copy(update={"users_csv_dir": Path(csv_dir)})
+    for name in settings.users_sources:
+        plugin = source_module(name)
+        for n, item in enumerate(plugin.pending(engine, settings)):
             t0 = time.perf_counter()
-            out = csv_drop.stage_csv_file(
-                str(f.path), f.checksum, f.modified_at.isoformat(),
-                str(Path(run_dir) / "raw_users" / f"csv_{f.path.stem}_{stamp}.jsonl"),
-            )
+            label = item.get("name", n)
+            out = plugin.stage(item, str(Path(run_dir) / "raw_users" / f"{plugin.SOURCE}_{label}_{stamp}.jsonl"))
             work += time.perf_counter() - t0
             if out.get("error"):
-                logger.error("CSV file rejected, sent to the DLQ: %s", out["error"])
-            staged.append(out)
-        logger.info("extract: %d CSV file(s) staged from %s", len(staged) - 1, csv_dir)
+                logger.error("%s input rejected, sent to the DLQ: %s", plugin.SOURCE, out["error"])
+            staged.append(out | {"module": name})
+    logger.info("extract: %d staged input(s) besides the API", len(staged) - 1)
     return {"staged": staged, "records": sum(s["records"] for s in staged), "work_seconds": work}
 
 
@@ -118,10 +119,11 @@ def transform(staged: list[dict], run_dir: str, stamp: str, departments_csv: str
     for entry in staged:
         source = entry["source"]
         meta = {"source": source, "raw_path": entry.get("raw_path"), "as_of": entry["as_of"]}
-        if entry.get("error"):  # a rejected file: one DLQ entry naming file and line
-            span = append_failure(files["dlq"], reason="csv_malformed", record=csv_drop.failure_record(entry))
+        plugin = source_module(entry["module"]) if entry.get("module") else None
+        if entry.get("error"):  # a rejected input: one DLQ entry naming file and line
+            span = append_failure(files["dlq"], reason=plugin.FAILURE_REASON, record=plugin.failure_record(entry))
             batches.append(meta | {"raw": [0, 0], "processed": [0, 0], "dlq": list(span), "valid": 0, "invalid": 1})
-            reasons["csv_malformed"] += 1
+            reasons[plugin.FAILURE_REASON] += 1
             continue
         if not entry["records"]:
             continue
@@ -130,7 +132,8 @@ def transform(staged: list[dict], run_dir: str, stamp: str, departments_csv: str
         types = []
         for offset, length in split_spans(entry["raw_path"], span_bytes):
             out = transform_batch(departments, raw_path=entry["raw_path"], offset=offset, length=length,
-                                  processed_path=files["processed"], dlq_path=files["dlq"], source=source)
+                                  processed_path=files["processed"], dlq_path=files["dlq"], source=source,
+                                  fields=plugin.FIELDS if plugin else None)
             reasons.update(out["reasons"])
             types.append(out["types"])
             work += out["work_seconds"]
@@ -151,9 +154,9 @@ def transform(staged: list[dict], run_dir: str, stamp: str, departments_csv: str
 
 @flow(name="persist")
 def persist(run_id: str, files: dict[str, str], batches: list[dict], database_block: str | None = None,
-            csv_files: list[dict] | None = None) -> dict:
-    """Staged files -> raw_users, processed_users, dlq_users; one transaction per batch. CSV files are
-    checkpointed (by checksum) once their rows are stored."""
+            staged_inputs: list[dict] | None = None) -> dict:
+    """Staged files -> raw_users, processed_users, dlq_users; one transaction per batch. Inputs besides the
+    API (CSV files...) are checkpointed by their module once their rows are stored."""
     engine = resolve_engine(database_block)
     totals: Counter = Counter()
     per_source: dict[str, Counter] = {}
@@ -165,8 +168,8 @@ def persist(run_id: str, files: dict[str, str], batches: list[dict], database_bl
         per_source.setdefault(b["source"], Counter()).update(
             {k: v for k, v in counts.items() if k in ("inserted", "updated", "unchanged")}
             | {"failed": b["invalid"]})
-    if csv_files:
-        csv_drop.mark_files(engine, csv_files, run_id=run_id)
+    for name in {s["module"] for s in staged_inputs or []}:
+        source_module(name).mark_done(engine, [s for s in staged_inputs if s["module"] == name], run_id=run_id)
     keys = ("inserted", "updated", "unchanged", "raw_inserted", "dlq_inserted")
     counts = {k: totals.get(k, 0) for k in keys}
     get_run_logger().info("persist: %s", counts)
@@ -199,12 +202,13 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
         tr = clock.run("transform", transform, ex["staged"], run_dir, stamp, str(settings.departments_csv),
                    batch_records, database_block, run_id)
         staged_files = {"raw": ex["staged"][0]["raw_path"], **tr["files"]}
-        staged_files |= {f"csv:{s['file']}": s["raw_path"] for s in ex["staged"][1:] if s.get("raw_path")}
+        staged_files |= {f"{s['source']}:{s.get('file', n)}": s["raw_path"]
+                         for n, s in enumerate(ex["staged"][1:]) if s.get("raw_path")}
         runs.update_run(engine, run_id=run_id, valid=tr["valid"], invalid=tr["invalid"], files=staged_files,
                         dlq_reasons=tr["reasons"], schema_drift="; ".join(tr["drift"]) or None,
                         observed_schema=tr["observed_schema"])
         ps = clock.run("persist", persist, run_id, tr["files"], tr["batches"], database_block,
-                   [s for s in ex["staged"] if s["source"] == csv_drop.SOURCE])
+                   [s for s in ex["staged"] if s.get("module")])
         sources = ps.pop("sources")
         runs.update_run(engine, run_id=run_id, stage_seconds=seconds, sources=sources, **ps)
         delivered = (clock.run("deliver", deliver, list(staged_files.values()), started.date().isoformat())["delivered"]

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     users_page_size: int = Field(100, ge=1, le=10_000)
     users_batch_records: int = Field(10_000, ge=1, le=1_000_000)
     users_csv_dir: Path | None = None
+    # users sources staged beside the API, each a module tasks/extract/<name>.py (see csv_drop.py)
+    users_sources: Annotated[list[str], NoDecode] = ["csv_drop"]
     users_request_timeout: float = Field(30.0, gt=0)
     extract_retries: int = Field(4, ge=0, le=20)
     extract_retry_base_seconds: float = Field(2.0, ge=0)
@@ -78,7 +80,15 @@ class Settings(BaseSettings):
             raise ValueError(f"must be an http(s) URL, got {v!r}")
         return v.rstrip("/")
 
-    @field_validator("feed_urls", "cors_origins", mode="before")
+    @field_validator("users_sources")
+    @classmethod
+    def _module_names(cls, v: list[str]) -> list[str]:
+        bad = [name for name in v if not name.isidentifier()]
+        if bad:
+            raise ValueError(f"not module names under tasks/extract: {bad}")
+        return v
+
+    @field_validator("feed_urls", "cors_origins", "users_sources", mode="before")
     @classmethod
     def _comma_list(cls, v: object) -> object:
         if isinstance(v, str):

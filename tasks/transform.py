@@ -52,20 +52,14 @@ TEXT_FIELDS: dict[str, tuple[str, ...]] = {
     "card_type": ("bank", "cardType"),
     "iban": ("bank", "iban"),
 }
-# the CSV drop's flat columns (anything absent is null)
-CSV_TEXT_FIELDS: dict[str, tuple[str, ...]] = {
-    "id_text": ("id",), "first_name": ("first_name",), "last_name": ("last_name",), "username": ("username",),
-    "email": ("email",), "phone": ("phone",), "age_text": ("age",), "gender": ("gender",), "city": ("city",),
-    "country": ("country",), "department": ("department",), "company_name": ("company",), "company_title": ("title",),
-}
-FIELD_MAPS = {"csv": (CSV_TEXT_FIELDS, {})}
-
 FLOAT_FIELDS: dict[str, tuple[str, ...]] = {
     "height": ("height",),
     "weight": ("weight",),
     "latitude": ("address", "coordinates", "lat"),
     "longitude": ("address", "coordinates", "lng"),
 }
+
+DUMMYJSON_FIELDS = {**TEXT_FIELDS, **FLOAT_FIELDS}
 
 PROCESSED_SCHEMA: dict[str, pl.DataType] = {
     **{c: pl.String() for c in PROCESSED_COLUMNS},
@@ -196,12 +190,15 @@ def _as_text(expr: pl.Expr, dtype: pl.DataType | None) -> pl.Expr:
     return expr.cast(pl.String)
 
 
-def flatten(df: pl.DataFrame, source: str = "dummyjson") -> pl.DataFrame:
-    """Staging columns: every field as text (or float) and the original line, whatever the source's shape."""
+def flatten(df: pl.DataFrame, fields: dict[str, tuple[str, ...]] | None = None) -> pl.DataFrame:
+    """Staging columns: every field as text (or float) and the original line, whatever the source's shape.
+    `fields` maps staging columns to paths in the source's records (DummyJSON's by default); a column it
+    leaves out is null."""
     schema = df.schema
-    text_fields, float_fields = FIELD_MAPS.get(source, (TEXT_FIELDS, FLOAT_FIELDS))
-    cols = [_as_text(*_field(schema, text_fields.get(name, ("\x00missing",)))).alias(name) for name in TEXT_FIELDS]
-    cols += [_field(schema, float_fields.get(name, ("\x00missing",)))[0].cast(pl.Float64, strict=False).alias(name)
+    fields = DUMMYJSON_FIELDS if fields is None else fields
+    missing = ("\x00missing",)
+    cols = [_as_text(*_field(schema, fields.get(name, missing))).alias(name) for name in TEXT_FIELDS]
+    cols += [_field(schema, fields.get(name, missing))[0].cast(pl.Float64, strict=False).alias(name)
              for name in FLOAT_FIELDS]
     return df.select(*cols, pl.col(LINE))
 
@@ -232,7 +229,8 @@ def mask_json_text(expr: pl.Expr) -> pl.Expr:
 # ---------------------------------------------------------------- the transform
 
 
-def transform_frame(raw: pl.DataFrame, departments: pl.DataFrame, *, source: str = "dummyjson") -> tuple[pl.DataFrame, pl.DataFrame]:
+def transform_frame(raw: pl.DataFrame, departments: pl.DataFrame, *, source: str = "dummyjson",
+                    fields: dict[str, tuple[str, ...]] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(processed, dlq). Processed rows follow PROCESSED_SCHEMA plus record_hash; DLQ rows carry
     error_reason (every failed rule), reasons (list) and the masked original record."""
     if raw.height == 0:
@@ -240,7 +238,7 @@ def transform_frame(raw: pl.DataFrame, departments: pl.DataFrame, *, source: str
             schema={"error_reason": pl.String, "reasons": pl.List(pl.String), "record_hash": pl.String, "record": pl.String}
         )
     staged = (
-        flatten(raw, source)
+        flatten(raw, fields)
         .with_columns(pl.col(LINE).chash.sha2_256().alias("raw_hash"))
         .with_columns(pl.col("department").str.strip_chars().alias("department"))
         .join(departments, on="department", how="left", maintain_order="left")
@@ -346,11 +344,14 @@ def transform_batch(
     processed_path: str,
     dlq_path: str,
     source: str = "dummyjson",
+    fields: dict[str, list[str]] | None = None,
 ) -> dict:
-    """One span of the staged raw file through the rules; outputs appended to the run's files."""
+    """One span of the staged raw file through the rules; outputs appended to the run's files. `fields` is
+    the source's field map (DummyJSON's when None)."""
     started = time.perf_counter()
     raw = parse_raw(read_span(raw_path, offset, length))
-    processed, dlq = transform_frame(raw, departments, source=source)
+    processed, dlq = transform_frame(raw, departments, source=source,
+                                     fields={k: tuple(v) for k, v in fields.items()} if fields else None)
     p_span = append_lines(processed_path, processed)
     d_span = append_text_lines(dlq_path, dlq_lines(dlq))
     reasons = (

@@ -1,5 +1,9 @@
 """Users CSV drop: files placed in USERS_CSV_DIR, each staged once per content (checkpoint by checksum).
 
+A users source module (named in USERS_SOURCES) provides: SOURCE, FIELDS (staging column -> path in its
+records), FAILURE_REASON, `pending(engine, settings)`, the `stage(item, raw_path)` task, `failure_record`
+and `mark_done(engine, entries, run_id)`. This one is the example to copy.
+
 A malformed file (bad encoding, bad quoting, missing header columns) is never half-loaded: it becomes one
 DLQ entry naming the file and line, its checksum is marked failed, and the other sources carry on."""
 
@@ -22,6 +26,12 @@ from sqlmodel import Session
 from models.runs import EtlCheckpoint
 
 SOURCE = "csv"
+FAILURE_REASON = "csv_malformed"
+FIELDS: dict[str, tuple[str, ...]] = {
+    "id_text": ("id",), "first_name": ("first_name",), "last_name": ("last_name",), "username": ("username",),
+    "email": ("email",), "phone": ("phone",), "age_text": ("age",), "gender": ("gender",), "city": ("city",),
+    "country": ("country",), "department": ("department",), "company_name": ("company",), "company_title": ("title",),
+}
 REQUIRED_COLUMNS = ("id", "first_name", "email", "age", "department")
 KNOWN_COLUMNS = (*REQUIRED_COLUMNS, "last_name", "gender", "company", "title", "city", "country", "username", "phone")
 SECRET_COLUMNS = ("password",)
@@ -81,6 +91,14 @@ def read_users_csv(path: Path) -> pl.DataFrame:
     )
 
 
+def pending(engine: Engine, settings) -> list[dict]:
+    """What this run should stage: the new or changed files of USERS_CSV_DIR (nothing when it is unset)."""
+    if not settings.users_csv_dir:
+        return []
+    return [{"name": f.path.stem, "path": str(f.path), "checksum": f.checksum, "modified_at": f.modified_at.isoformat()}
+            for f in pending_files(engine, Path(settings.users_csv_dir))]
+
+
 def pending_files(engine: Engine, csv_dir: Path) -> list[CsvFile]:
     """New or changed `*.csv` files, oldest first (so the newest record wins within a run)."""
     files = []
@@ -94,7 +112,7 @@ def pending_files(engine: Engine, csv_dir: Path) -> list[CsvFile]:
     return sorted(files, key=lambda f: f.modified_at)
 
 
-def mark_files(engine: Engine, files: list[dict], *, run_id: str) -> None:
+def mark_done(engine: Engine, files: list[dict], *, run_id: str) -> None:
     """Checkpoint each file's checksum: complete once stored, failed (with the reason) when malformed."""
     now = datetime.now(UTC)
     with Session(engine) as session:
@@ -111,9 +129,10 @@ def mark_files(engine: Engine, files: list[dict], *, run_id: str) -> None:
 
 
 @task(name="stage-users-csv", cache_policy=NO_CACHE)
-def stage_csv_file(path: str, checksum: str, modified_at: str, raw_path: str) -> dict:
+def stage(item: dict, raw_path: str) -> dict:
     """One CSV file -> staged JSONL (or a failure naming file and line)."""
-    base = {"source": SOURCE, "file": Path(path).name, "checksum": checksum, "as_of": modified_at}
+    path = item["path"]
+    base = {"source": SOURCE, "file": Path(path).name, "checksum": item["checksum"], "as_of": item["modified_at"]}
     try:
         df = read_users_csv(Path(path))
     except CsvFormatError as exc:
