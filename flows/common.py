@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_client, get_run_logger
+from prefect.runtime import flow_run as current_run
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from sqlalchemy import Engine
 
 from models.db import resolve_engine
 from models.settings import get_settings
@@ -54,6 +57,29 @@ def mark_stale_runs(engine, *, run_id: str, flow_name: str) -> None:
             if state is None or state.is_final():
                 over.append(other)
     runs.mark_crashed(engine, over, noticed_by=run_id)
+
+
+@dataclass
+class RunStart:
+    """What a parent flow knows once its run is open: engine, run id, start time, staging folder, clock."""
+
+    engine: Engine
+    run_id: str
+    started: datetime
+    stamp: str
+    run_dir: str
+    clock: StageClock
+
+
+def begin_run(flow_name: str, database_block: str | None) -> RunStart:
+    """Open the run's etl_runs row, mark earlier runs that died as crashed, name the staging folder."""
+    engine = resolve_engine(database_block)
+    run_id = str(current_run.id)
+    runs.start_run(engine, run_id=run_id, flow_name=flow_name)
+    mark_stale_runs(engine, run_id=run_id, flow_name=flow_name)
+    started = datetime.now(UTC)
+    return RunStart(engine=engine, run_id=run_id, started=started, stamp=started.strftime("%Y%m%d_%H%M%S"),
+                    run_dir=str((get_settings().data_dir / "runs" / run_id).resolve()), clock=StageClock())
 
 
 class StageClock:

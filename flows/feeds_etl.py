@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.futures import wait
-from prefect.runtime import flow_run as current_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from flows.common import StageClock, deliver, mark_stale_runs, record_failure
+from flows.common import begin_run, deliver, record_failure
 from models.db import resolve_engine
 from models.settings import get_settings
 from tasks import feeds, runs
@@ -150,16 +148,10 @@ def _feed_list(feed_urls: list[str] | None) -> list[str]:
 def feeds_etl(feed_urls: list[str] | None = None, batch_records: int = 10_000, deliver_files: bool = True,
               request_timeout: float = REQUEST_TIMEOUT_SECONDS, database_block: str | None = None) -> dict:
     """Parameters override the environment (FEED_URLS, DATABASE_BLOCK)."""
-    settings, logger = get_settings(), get_run_logger()
-    run_id = str(current_run.id)
-    engine = resolve_engine(database_block)
-    runs.start_run(engine, run_id=run_id, flow_name=FLOW_NAME)
-    mark_stale_runs(engine, run_id=run_id, flow_name=FLOW_NAME)
-
-    started = datetime.now(UTC)
-    stamp = started.strftime("%Y%m%d_%H%M%S")
-    run_dir = str((settings.data_dir / "runs" / run_id).resolve())
-    clock = StageClock()
+    logger = get_run_logger()
+    run = begin_run(FLOW_NAME, database_block)
+    engine, run_id, started, stamp, run_dir, clock = (run.engine, run.run_id, run.started, run.stamp, run.run_dir,
+                                                      run.clock)
     seconds, work = clock.seconds, clock.work
 
     try:

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_run
 from prefect.tasks import exponential_backoff
 
-from flows.common import StageClock, deliver, mark_stale_runs, record_failure
+from flows.common import begin_run, deliver, record_failure
 from models.db import resolve_engine
 from models.settings import get_settings
 from tasks import runs
@@ -182,18 +182,12 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
     """Parameters override the environment (USERS_API_BASE, USERS_PAGE_SIZE, USERS_BATCH_RECORDS, DATABASE_BLOCK,
     USERS_CSV_DIR)."""
     settings, logger = get_settings(), get_run_logger()
-    run_id = str(current_run.id)
-    engine = resolve_engine(database_block)
-    runs.start_run(engine, run_id=run_id, flow_name=FLOW_NAME)
-    mark_stale_runs(engine, run_id=run_id, flow_name=FLOW_NAME)
-
-    started = datetime.now(UTC)
-    stamp = started.strftime("%Y%m%d_%H%M%S")
-    run_dir = str((settings.data_dir / "runs" / run_id).resolve())
+    run = begin_run(FLOW_NAME, database_block)
+    engine, run_id, started, stamp, run_dir, clock = (run.engine, run.run_id, run.started, run.stamp, run.run_dir,
+                                                      run.clock)
+    seconds, work = clock.seconds, clock.work
     page_size = page_size or settings.users_page_size
     batch_records = batch_records or settings.users_batch_records
-    clock = StageClock()
-    seconds, work = clock.seconds, clock.work
 
     try:
         ex = clock.run("extract", extract, run_dir, stamp, api_base or settings.users_api_base, page_size, batch_records,

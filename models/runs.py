@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, DateTime, Text
+from sqlalchemy import BigInteger, Column, DateTime, Text
 from sqlmodel import Field, SQLModel
 
 TZ = DateTime(timezone=True)
@@ -25,7 +25,7 @@ class EtlRunBase(SQLModel):
     raw_inserted: int = 0
     dlq_inserted: int = 0
     delivered_files: int = 0
-    delivered_bytes: int = 0
+    delivered_bytes: int = Field(default=0, sa_type=BigInteger)  # a big day's files pass 2 GiB
     failed_stage: str | None = Field(default=None, max_length=32)
     error: str | None = Field(default=None, sa_column=Column(Text))
     anomalies: str | None = Field(default=None, sa_column=Column(Text))  # "; "-joined findings, null when normal
@@ -63,7 +63,7 @@ class EtlCheckpoint(SQLModel, table=True):
     cursor: int = 0  # next skip
     total: int | None = None
     staged_path: str | None = None
-    staged_bytes: int = 0
+    staged_bytes: int = Field(default=0, sa_type=BigInteger)
     staged_records: int = 0
     fingerprint: str | None = Field(default=None, max_length=256)  # base URL + page size
     last_success_at: datetime | None = Field(default=None, sa_type=TZ)

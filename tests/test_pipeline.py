@@ -202,3 +202,14 @@ def test_a_retried_persist_batch_adds_nothing_twice(pipeline_env, tmp_path):
     assert (again["inserted"], again["updated"], again["raw_inserted"], again["dlq_inserted"]) == (0, 0, 0, 0)
     assert [count(pipeline_env, t) for t in ("raw_users", "processed_users", "dlq_users")] == [
         208, 208 - len(expected), len(expected)]
+
+
+def test_run_counters_hold_a_big_days_bytes(pipeline_env):
+    """A million users deliver over 2 GiB: the counter must not overflow PostgreSQL's INTEGER."""
+    from tasks import runs
+
+    engine = engine_for(pipeline_env)
+    runs.start_run(engine, run_id="big-day", flow_name="users-etl")
+    runs.finish_run(engine, run_id="big-day", status="completed", delivered_bytes=5 * 2**31,
+                    stage_seconds={"deliver": 1.0})
+    assert rows(pipeline_env, "SELECT delivered_bytes FROM etl_runs WHERE id = 'big-day'") == [(5 * 2**31,)]

@@ -100,12 +100,36 @@ class Fault:
     body: bytes = b'{"message": "injected fault"}'
 
 
-class DummyJsonServer:
+class LoopbackServer:
+    """Runs `self._httpd` (a ThreadingHTTPServer) in a daemon thread; a context manager."""
+
+    _httpd: ThreadingHTTPServer
+    thread_name = "loopback-server"
+
+    def start(self):
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name=self.thread_name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class DummyJsonServer(LoopbackServer):
     """A threaded HTTP server speaking the DummyJSON `/users` contract over a fixed list of users.
 
     `faults` is a queue of `Fault`s answered (one per request) before pages are served again;
     `fail_when(limit, skip)` may answer a Fault for any request (a source that stays down);
     `requests` / `request_times` record every (limit, skip) asked for and when."""
+
+    thread_name = "dummyjson-server"
 
     def __init__(self, users: list[dict] | None = None, *, path: str = "/users", host: str = "127.0.0.1", port: int = 0):
         self.path = path
@@ -117,7 +141,6 @@ class DummyJsonServer:
         self.set_users(users or [])
         self._httpd = ThreadingHTTPServer((host, port), self._handler())
         self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
 
     def set_users(self, users: list[dict]) -> None:
         self.set_encoded([orjson.dumps(u) for u in users])
@@ -180,21 +203,6 @@ class DummyJsonServer:
                 self._send(200, server.page(limit, skip))
 
         return Handler
-
-    def start(self) -> DummyJsonServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="dummyjson-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> DummyJsonServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 @contextmanager

@@ -5,16 +5,14 @@ a TestClient on a fresh app reading that database through DATABASE_URL."""
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from models.settings import get_settings
-from tests.conftest import PG_ADMIN_URL, skip_or_fail
+from tests.conftest import create_pg_database, drop_pg_database
 from tests.servers.dummyjson import DummyJsonServer, break_users, load_real_users
 
 with warnings.catch_warnings():  # Starlette deprecates httpx in its TestClient (wants httpx2, not pinned here)
@@ -33,24 +31,6 @@ class FilledDatabase:
     source_users: list[dict]
     broken: dict[int, set[str]]
     extra: dict = field(default_factory=dict)
-
-
-def _create_pg_database() -> tuple[str, object]:
-    name = f"sluice_api_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001
-        skip_or_fail(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", (admin, name)
-
-
-def _drop_pg_database(handle) -> None:
-    admin, name = handle
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def _run_pipeline(url: str, data_dir: str, users: list[dict]) -> dict:
@@ -74,18 +54,15 @@ def filled_db(request, prefect_server, tmp_path_factory) -> Iterator[FilledDatab
     """Built once per database kind per session (pytest groups the tests by it)."""
     from models.db import engine_for
 
-    handle = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('api-sqlite') / 'app.db'}"
-    else:
-        url, handle = _create_pg_database()
+    pg = request.param == "postgresql"
+    url = create_pg_database("sluice_api") if pg else f"sqlite:///{tmp_path_factory.mktemp('api-sqlite') / 'app.db'}"
     users, broken = break_users(load_real_users())
     summary = _run_pipeline(url, str(tmp_path_factory.mktemp(f"api-data-{request.param}")), users)
     yield FilledDatabase(kind=request.param, url=url, run_id=summary["run_id"], summary=summary,
                          source_users=users, broken=broken)
     engine_for(url).dispose()
-    if handle is not None:
-        _drop_pg_database(handle)
+    if pg:
+        drop_pg_database(url)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from xml.sax.saxutils import escape, quoteattr
 
-from tasks.extract.sample import Fault  # noqa: F401  (the same scripted answer as the users peer)
+from tasks.extract.sample import Fault, LoopbackServer  # noqa: F401  (Fault: the users peer's scripted answer)
 
 RSS = "application/rss+xml; charset=utf-8"
 ATOM = "application/atom+xml; charset=utf-8"
@@ -114,17 +114,18 @@ class _QuietServer(ThreadingHTTPServer):
         pass
 
 
-class FeedServer:
+class FeedServer(LoopbackServer):
     """Feeds on a free loopback port. `set_feed(path, body, content_type, validators=("etag",))`;
     `faults[path]`: Faults answered one per request first; `delays[path]`: seconds to stall before answering;
     `requests`: every request as `Seen(path, headers, status)`."""
+
+    thread_name = "feed-server"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self._state = _State()
         self._lock = threading.Lock()
         self.requests: list[Seen] = []
         self._httpd = _QuietServer((host, port), self._handler())
-        self._thread: threading.Thread | None = None
 
     @property
     def faults(self) -> defaultdict[str, deque]:
@@ -222,18 +223,3 @@ class FeedServer:
                 self._send(200, route.body, headers)
 
         return Handler
-
-    def start(self) -> FeedServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="feed-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> FeedServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
