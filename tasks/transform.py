@@ -19,9 +19,8 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from models.schema import user_rules
 from models.users import PROCESSED_COLUMNS
 from tasks.drift import field_types
+from tasks.redact import mask_sensitive
 
-SENSITIVE_KEYS = ("ssn", "cardNumber", "iban", "ein")
-SECRET_KEYS = ("password",)
 LINE = "_raw"
 
 # flattened column -> path in the DummyJSON record
@@ -178,16 +177,11 @@ def _field(schema: pl.Schema, path: tuple[str, ...]) -> tuple[pl.Expr, pl.DataTy
 
 
 def _as_text(expr: pl.Expr, dtype: pl.DataType | None) -> pl.Expr:
-    if dtype is None:
-        return expr.cast(pl.String)
     if isinstance(dtype, pl.Struct):
         return expr.struct.json_encode()
     if isinstance(dtype, (pl.List, pl.Array)):
         return pl.lit(None, pl.String)
-    if dtype == pl.Float64 or dtype == pl.Float32:
-        # 30.0 stays recognisable as an integer, 30.5 does not
-        return expr.cast(pl.String)
-    return expr.cast(pl.String)
+    return expr.cast(pl.String)  # floats too: 30.0 stays recognisable as an integer, 30.5 does not
 
 
 def flatten(df: pl.DataFrame, fields: dict[str, tuple[str, ...]] | None = None) -> pl.DataFrame:
@@ -213,17 +207,6 @@ def _last4(expr: pl.Expr, prefix: str, *, digits_only: bool = False) -> pl.Expr:
         .when(text.str.len_chars() > 0).then(pl.lit("****"))
         .otherwise(None)
     )
-
-
-def mask_json_text(expr: pl.Expr) -> pl.Expr:
-    """Mask sensitive values inside JSON text (keep the last four characters) and drop secrets."""
-    keys = "|".join(SENSITIVE_KEYS)
-    out = expr.str.replace_all(rf'"({keys})"\s*:\s*"[^"]*?([^"]{{4}})"', r'"${1}":"****${2}"')
-    out = out.str.replace_all(rf'"({keys})"\s*:\s*"[^"]{{0,3}}"', r'"${1}":"****"')
-    out = out.str.replace_all(rf'"({keys})"\s*:\s*-?[0-9][0-9.eE+-]*', r'"${1}":"****"')
-    secrets = "|".join(SECRET_KEYS)
-    out = out.str.replace_all(rf'"({secrets})"\s*:\s*("(?:[^"\\]|\\.)*"|[^,}}\]]*)\s*,?', "")
-    return out.str.replace_all(r",\s*}", "}")
 
 
 # ---------------------------------------------------------------- the transform
@@ -280,7 +263,7 @@ def transform_frame(raw: pl.DataFrame, departments: pl.DataFrame, *, source: str
         pl.col("reasons").list.join("; ").alias("error_reason"),
         "reasons",
         pl.col("raw_hash").alias("record_hash"),
-        mask_json_text(pl.col(LINE)).alias("record"),
+        mask_sensitive(pl.col(LINE)).alias("record"),
     )
     return processed, dlq
 
@@ -299,8 +282,6 @@ def dlq_lines(dlq: pl.DataFrame) -> pl.Series:
 
 def append_failure(dlq_path: Path | str, *, reason: str, record: str) -> tuple[int, int]:
     """A DLQ line for something that never became records (a rejected file); `record` is JSON text."""
-    import polars_hash as plh  # noqa: F401
-
     line = pl.DataFrame({"error_reason": [reason], "reasons": [[reason]], "record": [record]}).with_columns(
         pl.col("record").chash.sha2_256().alias("record_hash"))
     return append_text_lines(dlq_path, dlq_lines(line))

@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from models.runs import EtlCheckpoint
+from tasks.redact import SECRET_FIELDS
 
 SOURCE = "csv"
 FAILURE_REASON = "csv_malformed"
@@ -34,7 +35,6 @@ FIELDS: dict[str, tuple[str, ...]] = {
 }
 REQUIRED_COLUMNS = ("id", "first_name", "email", "age", "department")
 KNOWN_COLUMNS = (*REQUIRED_COLUMNS, "last_name", "gender", "company", "title", "city", "country", "username", "phone")
-SECRET_COLUMNS = ("password",)
 
 
 class CsvFormatError(ValueError):
@@ -86,7 +86,7 @@ def read_users_csv(path: Path) -> pl.DataFrame:
     if len(set(header)) != len(header):
         raise CsvFormatError(f"{path.name} line 1: duplicate column names in the header")
     df.columns = header
-    return df.drop([c for c in SECRET_COLUMNS if c in header]).with_columns(
+    return df.drop([c for c in SECRET_FIELDS if c in header]).with_columns(
         pl.lit(path.name).alias("_file"), (pl.int_range(2, df.height + 2)).alias("_line")
     )
 

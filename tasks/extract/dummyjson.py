@@ -30,8 +30,8 @@ from tasks.extract.constants import (
     CHECKPOINT_KEY,
     DEFAULT_RETRY_AFTER_SECONDS,
     MAX_429_WAITS,
-    SECRET_FIELDS,
 )
+from tasks.redact import drop_secrets
 
 
 class SourceError(RuntimeError):
@@ -105,11 +105,6 @@ class _Page(msgspec.Struct):
 
 
 _PAGE = msgspec.json.Decoder(_Page)
-_SECRET = "|".join(SECRET_FIELDS)
-# a secret key with its value, and the comma that joined it to a neighbour
-_SECRET_BEFORE = rf'"(?:{_SECRET})"\s*:\s*(?:"(?:[^"\\]|\\.)*"|[^,{{}}\[\]"]*)\s*,'
-_SECRET_AFTER = rf',\s*"(?:{_SECRET})"\s*:\s*(?:"(?:[^"\\]|\\.)*"|[^,{{}}\[\]"]*)'
-_SECRET_ONLY = rf'"(?:{_SECRET})"\s*:\s*(?:"(?:[^"\\]|\\.)*"|[^,{{}}\[\]"]*)'
 
 
 def _parse_page(body: bytes, url: str) -> dict:
@@ -128,8 +123,7 @@ def _stage_lines(users: list) -> bytes:
         return b""
     texts = pl.Series("r", [bytes(u) if isinstance(u, msgspec.Raw) else orjson.dumps(u) for u in users],
                       dtype=pl.Binary).cast(pl.String)
-    clean = (texts.str.replace_all(_SECRET_BEFORE, "").str.replace_all(_SECRET_AFTER, "")
-             .str.replace_all(_SECRET_ONLY, "").str.replace_all(r"[\r\n]+", " "))
+    clean = texts.to_frame().select(drop_secrets(pl.col("r")).str.replace_all(r"[\r\n]+", " ")).to_series()
     return (clean.str.join("\n").item() + "\n").encode()
 
 
