@@ -138,10 +138,10 @@ def transform(staged: list[dict], run_dir: str, stamp: str, departments_csv: str
             types.append(out["types"])
             work += out["work_seconds"]
             batches.append(meta | {k: out[k] for k in ("raw", "processed", "dlq", "valid", "invalid")})
-        policy = settings.drift_policy(source)
-        observed[source] = merge_types([observed.get(source, {}), merge_types(types)])
+        policy, seen = settings.drift_policy(source), merge_types(types)
+        observed[source] = merge_types([observed.get(source, {}), seen])
         changes = check_schema(resolve_engine(database_block), run_id=run_id or str(current_run.id),
-                               source=source, types=merge_types(types), policy=policy)
+                               source=source, types=seen, policy=policy)
         if changes:
             (logger.info if policy == "evolve" else logger.warning)(
                 "schema drift in %s (policy %s): %s", source, policy, "; ".join(describe(c) for c in changes))

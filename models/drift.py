@@ -22,7 +22,3 @@ class SchemaDriftBase(SQLModel):
 class SchemaDrift(SchemaDriftBase, table=True):
     __tablename__ = "schema_drift"
     id: int | None = Field(default=None, primary_key=True)
-
-
-class SchemaDriftPublic(SchemaDriftBase):
-    id: int

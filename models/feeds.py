@@ -11,7 +11,7 @@ import polars as pl
 from sqlalchemy import Column, DateTime, Index, Text
 from sqlmodel import Field, SQLModel
 
-from models.schema import Rule
+from models.schema import Rule, present
 
 TZ = DateTime(timezone=True)
 
@@ -50,14 +50,6 @@ class FeedItem(FeedItemBase, table=True):
     run_id: str = Field(max_length=64, index=True)
 
 
-class FeedItemPublic(FeedItemBase):
-    item_id: str
-    categories: list[str]
-    first_seen_at: datetime
-    updated_at: datetime
-    run_id: str
-
-
 class DlqFeedItem(SQLModel, table=True):
     """An item that failed the rules: every failed rule, and the item as extracted."""
 
@@ -72,33 +64,10 @@ class DlqFeedItem(SQLModel, table=True):
     last_seen_at: datetime = Field(sa_type=TZ)
 
 
-class DlqFeedItemPublic(SQLModel):
-    id: int
-    run_id: str
-    feed: str
-    error_reason: str
-    reasons: list[str]
-    data: dict
-    inserted_at: datetime
-    last_seen_at: datetime
-
-
-class FeedItemsPublic(SQLModel):
-    data: list[FeedItemPublic]
-    total: int
-    page: int
-    page_size: int
-    has_more: bool
-
-
 # Columns of the processed file and of feed_items' content, in order (the contract between transform and
 # persist). `record_hash` is computed over these minus `item_id`.
 FEED_ITEM_COLUMNS: tuple[str, ...] = ("item_id", "feed", "item_key", "guid", "title", "link", "summary", "author",
                                       "categories", "published_at")
-
-
-def _present(col: str) -> pl.Expr:
-    return pl.col(col).str.len_chars().fill_null(0) > 0
 
 
 def feed_item_rules() -> list[Rule]:
@@ -106,7 +75,7 @@ def feed_item_rules() -> list[Rule]:
     `key_duplicate` (the key was already seen earlier in the same feed document)."""
     return [
         Rule("title_and_link_missing", "the item has neither a title nor a link",
-             _present("title") | _present("link")),
-        Rule("key_missing", "the item has neither a guid nor a link to key it by", _present("item_key")),
+             present("title") | present("link")),
+        Rule("key_missing", "the item has neither a guid nor a link to key it by", present("item_key")),
         Rule("key_duplicate", "the item's guid (or link) appears earlier in the same feed", ~pl.col("key_duplicate")),
     ]

@@ -24,7 +24,8 @@ def _integer_text(col: str) -> pl.Expr:
     return pl.col(col).str.contains(INTEGER_PATTERN).fill_null(False)
 
 
-def _present(col: str) -> pl.Expr:
+def present(col: str) -> pl.Expr:
+    """The text column holds something besides white space."""
     return pl.col(col).str.strip_chars().str.len_chars().fill_null(0) > 0
 
 
@@ -34,14 +35,14 @@ def user_rules() -> list[Rule]:
     return [
         Rule("id_not_integer", "id is missing or not an integer", _integer_text("id_text")),
         Rule("id_duplicate", "id appears more than once in the batch", ~pl.col("id_duplicate")),
-        Rule("first_name_missing", "firstName is missing or empty", _present("first_name")),
+        Rule("first_name_missing", "firstName is missing or empty", present("first_name")),
         Rule("email_invalid", "email is missing or not a valid address",
              pl.col("email").str.strip_chars().str.contains(EMAIL_PATTERN).fill_null(False)),
         Rule("age_not_integer", "age is missing or not an integer", _integer_text("age_text")),
         Rule("age_out_of_range", f"age is outside {MIN_AGE}-{MAX_AGE}",
              ~_integer_text("age_text")
              | pl.col("age_text").cast(pl.Float64, strict=False).is_between(MIN_AGE, MAX_AGE).fill_null(False)),
-        Rule("department_missing", "company.department is missing or empty", _present("department")),
+        Rule("department_missing", "company.department is missing or empty", present("department")),
         Rule("department_unknown", "company.department is not in the departments table",
-             ~_present("department") | pl.col("department_code").is_not_null()),
+             ~present("department") | pl.col("department_code").is_not_null()),
     ]

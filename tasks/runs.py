@@ -27,14 +27,18 @@ def start_run(engine: Engine, *, run_id: str, flow_name: str) -> None:
         session.commit()
 
 
+def _apply(run: EtlRun, fields: dict) -> None:
+    """Plain fields as given; dict/list fields (stage_seconds, delivered, files, ...) stored as JSON."""
+    for key, value in fields.items():
+        setattr(run, key, json.dumps(value) if isinstance(value, (dict, list)) else value)
+
+
 def update_run(engine: Engine, *, run_id: str, **fields) -> None:
-    """Set plain fields; dict/list fields (stage_seconds, delivered, files, dlq_reasons) are stored as JSON."""
     with Session(engine) as session:
         run = session.get(EtlRun, run_id)
         if run is None:
             return
-        for key, value in fields.items():
-            setattr(run, key, json.dumps(value) if isinstance(value, (dict, list)) else value)
+        _apply(run, fields)
         session.add(run)
         session.commit()
 
@@ -44,10 +48,12 @@ def finish_run(engine: Engine, *, run_id: str, status: str, error: str | None = 
         run = session.get(EtlRun, run_id)
         if run is None:
             return
+        now = _now()
         started = run.started_at if run.started_at.tzinfo else run.started_at.replace(tzinfo=UTC)
-    now = _now()
-    update_run(engine, run_id=run_id, status=status, error=error, finished_at=now,
-               duration_seconds=round((now - started).total_seconds(), 3), **fields)
+        _apply(run, fields | {"status": status, "error": error, "finished_at": now,
+                              "duration_seconds": round((now - started).total_seconds(), 3)})
+        session.add(run)
+        session.commit()
 
 
 def open_runs(engine: Engine, *, flow_name: str, exclude: str) -> list[str]:

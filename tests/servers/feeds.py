@@ -11,10 +11,10 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from xml.sax.saxutils import escape, quoteattr
 
-from tasks.extract.sample import Fault, LoopbackServer  # noqa: F401  (Fault: the users peer's scripted answer)
+from tasks.extract.sample import Fault, LoopbackServer, QuietHandler  # noqa: F401  (Fault: the users peer's scripted answer)
 
 RSS = "application/rss+xml; charset=utf-8"
 ATOM = "application/atom+xml; charset=utf-8"
@@ -183,22 +183,10 @@ class FeedServer(LoopbackServer):
     def _handler(self):
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet
-                pass
-
-            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        class Handler(QuietHandler):
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
                 self.seen.status = status
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                if status != 304:
-                    self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if status != 304:
-                    self.wfile.write(body)
+                super()._send(status, body, headers)
 
             def do_GET(self):  # noqa: N802
                 self.seen = Seen(self.path, dict(self.headers.items()), 0)  # recorded on arrival, status on answer
