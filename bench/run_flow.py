@@ -10,6 +10,16 @@ import time
 from datetime import UTC, datetime
 
 
+def covered_seconds(spans: list[list[float]]) -> float:
+    """Length of the union of [start, end] intervals: time in which at least one task was working."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
 def main() -> None:
     t0 = float(os.environ["BENCH_T0"])
     started_at = datetime.fromtimestamp(t0, UTC)
@@ -28,8 +38,10 @@ def main() -> None:
         "wall_seconds": wall,
         "stage_seconds": summary["stage_seconds"],
         "stage_work_seconds": summary["stage_work_seconds"],
+        "busy_seconds": covered_seconds(summary["work_spans"]),
         "counts": summary["counts"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cpu_seconds": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
         "task_runs": task_runs,
         "delivered": summary["delivered"],
         "files": summary["files"],

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +16,7 @@ from sqlalchemy import Engine
 
 from models.db import resolve_engine
 from models.settings import get_settings
-from tasks import runs
+from tasks import handoff, runs
 from tasks.deliver import SftpTarget, deliver_files_task, remote_dir_for
 
 
@@ -27,12 +29,12 @@ def deliver(files: list[str], run_date: str) -> dict:
         return {"delivered": [], "work_seconds": 0.0}
     target = SftpTarget.from_settings(settings)  # passphrase: SFTP_KEY_PASSPHRASE or its Secret block
     remote_dir = remote_dir_for(target.remote_base, datetime.fromisoformat(run_date).date())
-    started = time.perf_counter()
+    started = time.time()
     delivered = deliver_files_task(target, [Path(f) for f in files], remote_dir)
-    work = time.perf_counter() - started
+    work = time.time() - started
     logger.info("deliver: %d files, %d bytes to %s:%s", len(delivered), sum(d["bytes"] for d in delivered),
                 target.host, remote_dir)
-    return {"delivered": delivered, "work_seconds": work}
+    return {"delivered": delivered, "work_seconds": work, "work_spans": [[started, started + work]]}
 
 
 def record_failure(flow, flow_run, state) -> None:
@@ -78,28 +80,87 @@ def begin_run(flow_name: str, database_block: str | None) -> RunStart:
     runs.start_run(engine, run_id=run_id, flow_name=flow_name)
     mark_stale_runs(engine, run_id=run_id, flow_name=flow_name)
     started = datetime.now(UTC)
+    run_dir = str((get_settings().data_dir / "runs" / run_id).resolve())
     return RunStart(engine=engine, run_id=run_id, started=started, stamp=started.strftime("%Y%m%d_%H%M%S"),
-                    run_dir=str((get_settings().data_dir / "runs" / run_id).resolve()), clock=StageClock())
+                    run_dir=run_dir, clock=StageClock(run_dir))
 
 
 class StageClock:
-    """Runs stages (child flows), keeping each one's wall time and its tasks' own work time (the rest is
-    orchestration), and which stage is running (for the failure record).
+    """Runs stages (child flows), keeping each one's wall time, its tasks' own work time and their work
+    intervals (time covered by no task's work is orchestration), and which stage is running.
+
+    `run` runs a stage and waits for it; `start` runs it in a thread of its own (the parent's Prefect
+    context copied in, so it is still a child flow run) for stages that stream to each other, and `result`
+    waits for one. When a streamed stage fails, its manifest is closed as failed and the run's cancel flag
+    set, so the stages downstream finish what was posted and stop, and those upstream stop at their next
+    batch; `failed_stage` then names the stage whose own error it was.
 
     Child flows run without heartbeats of their own: they live in the parent's process, whose heartbeat
     already tells the server that process is alive, and each child's heartbeat thread (which sleeps in
     one-second steps) would otherwise hold up the end of every stage by up to a second."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_dir: str | None = None) -> None:
         self.stage = "start"
+        self.run_dir = run_dir
         self.seconds: dict[str, float] = {}
         self.work: dict[str, float] = {}
+        self.spans: list[list[float]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._futures: dict[str, Future] = {}
 
     def run(self, name: str, fn, *args, **kwargs) -> dict:
         self.stage = name
+        return self._timed(name, fn, args, kwargs)
+
+    def _timed(self, name: str, fn, args, kwargs) -> dict:
         t0 = time.perf_counter()
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             out = fn(*args, **kwargs)
         self.seconds[name] = round(time.perf_counter() - t0, 3)
         self.work[name] = round(out.pop("work_seconds"), 3)
+        self.spans += out.pop("work_spans", [])
         return out
+
+    def start(self, name: str, fn, *args, manifest: str | None = None, after: tuple[str, str] | None = None,
+              **kwargs) -> None:
+        """Run a stage alongside the others; `manifest` is the one it posts to (closed as failed if it dies).
+        `after` = (stage, its manifest): start once that stage has posted something or ended, so the child
+        flow runs are not all created at the same instant (a Prefect API on SQLite serialises writes)."""
+        if after is not None:
+            upstream, posted = self._futures[after[0]], Path(after[1])
+            while not upstream.done() and posted.stat().st_size == 0:
+                time.sleep(handoff.POLL_SECONDS)
+        if manifest is not None:
+            kwargs["manifest"] = manifest
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stage")
+        self._futures[name] = self._pool.submit(contextvars.copy_context().run, self._streamed, name, fn, args,
+                                                kwargs, manifest)
+
+    def _streamed(self, name: str, fn, args, kwargs, manifest: str | None) -> dict:
+        try:
+            return self._timed(name, fn, args, kwargs)
+        except BaseException as exc:
+            if manifest:
+                handoff.close(manifest, error=f"{type(exc).__name__}: {exc}")
+            if self.run_dir and not isinstance(exc, (handoff.UpstreamFailedError, handoff.RunCancelledError)):
+                handoff.cancel(self.run_dir, name)
+            raise
+
+    def result(self, name: str) -> dict:
+        """The stage's summary; if any started stage failed, waits for all and raises the root error."""
+        try:
+            return self._futures[name].result()
+        except BaseException:
+            self.stage = name
+            self.close()
+            for stage, future in self._futures.items():
+                exc = future.exception()
+                if exc is not None and not isinstance(exc, (handoff.UpstreamFailedError, handoff.RunCancelledError)):
+                    self.stage = stage
+                    raise exc from None
+            raise
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)

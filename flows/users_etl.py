@@ -18,7 +18,7 @@ from prefect.tasks import exponential_backoff
 from flows.common import begin_run, deliver, record_failure
 from models.db import resolve_engine
 from models.settings import get_settings
-from tasks import runs
+from tasks import handoff, runs
 from tasks.anomalies import AnomalyError, find_anomalies
 from tasks.drift import check_schema, describe, merge_types
 from tasks.extract import dummyjson, source_module
@@ -43,7 +43,7 @@ def _users_source(api_base: str | None):
 
 
 def _extract_api(engine, settings, logger, run_dir: str, stamp: str, api_base: str | None, page_size: int,
-                 batch_records: int) -> dict:
+                 batch_records: int, manifest: str | None) -> dict:
     fetch = dummyjson.fetch_batch.with_options(
         retries=settings.extract_retries,
         retry_delay_seconds=exponential_backoff(backoff_factor=settings.extract_retry_base_seconds),
@@ -57,14 +57,22 @@ def _extract_api(engine, settings, logger, run_dir: str, stamp: str, api_base: s
         if plan.resumed:
             logger.info("resuming the interrupted extraction at skip=%d (%d records already staged in %s)",
                         plan.skip, plan.records, plan.staged_path)
-        skip, offset, records, work = plan.skip, plan.offset, plan.records, 0.0
+        skip, offset, records, work, spans = plan.skip, plan.offset, plan.records, 0.0, []
+        entry = {"source": SOURCE, "raw_path": plan.staged_path, "as_of": as_of}
+        if manifest and plan.offset:  # what the interrupted run staged goes through the stages again
+            handoff.post(manifest, entry | {"offset": 0, "length": plan.offset, "records": plan.records})
         try:
             while True:
+                handoff.check_cancelled(run_dir, "extract")
                 got = fetch(engine, base_url=base_url, page_size=page_size, skip=skip, max_records=batch_records,
                             staged_path=plan.staged_path, offset=offset, records_before=records,
                             timeout=settings.users_request_timeout, max_retry_after=settings.max_retry_after_seconds)
+                if manifest and got["records"]:
+                    handoff.post(manifest, entry | {"offset": offset, "length": got["offset"] - offset,
+                                                    "records": got["records"]})
                 skip, offset, records = got["next_skip"], got["offset"], records + got["records"]
                 work += got["work_seconds"]
+                spans.append(got["work_span"])
                 if got["done"]:
                     break
         except Exception as exc:
@@ -74,38 +82,56 @@ def _extract_api(engine, settings, logger, run_dir: str, stamp: str, api_base: s
         dummyjson.finish_extract(engine)
     logger.info("extract: %d API records staged in %s", records, plan.staged_path)
     return {"source": SOURCE, "raw_path": plan.staged_path, "records": records, "as_of": as_of,
-            "resumed_from": plan.skip if plan.resumed else None, "work_seconds": work}
+            "resumed_from": plan.skip if plan.resumed else None, "work_seconds": work, "work_spans": spans}
 
 
 @flow(name="extract")
 def extract(run_dir: str, stamp: str, api_base: str | None = None, page_size: int = 100,
-            batch_records: int = 10_000, database_block: str | None = None, csv_dir: str | None = None) -> dict:
+            batch_records: int = 5_000, database_block: str | None = None, csv_dir: str | None = None,
+            manifest: str | None = None) -> dict:
     """Sources -> staged raw JSONL files. The API is paged and checkpointed after every batch of pages (an
-    interrupted run resumes there); CSV files in `csv_dir` are staged when new or changed."""
+    interrupted run resumes there); CSV files in `csv_dir` are staged when new or changed. Each staged
+    batch is posted to `manifest` as soon as it is on disk, for the transform stage to follow."""
     settings, logger = get_settings(), get_run_logger()
     engine = resolve_engine(database_block)
-    staged = [_extract_api(engine, settings, logger, run_dir, stamp, api_base, page_size, batch_records)]
-    work = staged[0].pop("work_seconds")
+    staged = [_extract_api(engine, settings, logger, run_dir, stamp, api_base, page_size, batch_records, manifest)]
+    work, spans = staged[0].pop("work_seconds"), staged[0].pop("work_spans")
     if csv_dir:
         settings = settings.model_copy(update={"users_csv_dir": Path(csv_dir)})
     for name in settings.users_sources:
         plugin = source_module(name)
         for n, item in enumerate(plugin.pending(engine, settings)):
-            t0 = time.perf_counter()
+            handoff.check_cancelled(run_dir, "extract")
+            t0 = time.time()
             label = item.get("name", n)
             out = plugin.stage(item, str(Path(run_dir) / "raw_users" / f"{plugin.SOURCE}_{label}_{stamp}.jsonl"))
-            work += time.perf_counter() - t0
+            spans.append([t0, time.time()])
+            work += spans[-1][1] - t0
             if out.get("error"):
                 logger.error("%s input rejected, sent to the DLQ: %s", plugin.SOURCE, out["error"])
             staged.append(out | {"module": name})
+            if manifest:
+                size = Path(out["raw_path"]).stat().st_size if out.get("raw_path") else 0
+                handoff.post(manifest, staged[-1] | {"offset": 0, "length": size})
     logger.info("extract: %d staged input(s) besides the API", len(staged) - 1)
-    return {"staged": staged, "records": sum(s["records"] for s in staged), "work_seconds": work}
+    records = sum(s["records"] for s in staged)
+    if manifest:
+        handoff.close(manifest, records=records)
+    return {"staged": staged, "records": records, "work_seconds": work, "work_spans": spans}
+
+
+def _source_spans(entry: dict, batch_records: int) -> list[tuple[int, int]]:
+    """A staged input's span cut into transform batches of about `batch_records` records."""
+    per_record = max(1, entry["length"] // max(1, entry["records"]))
+    return split_spans(entry["raw_path"], max(1 << 20, per_record * batch_records), entry["offset"], entry["length"])
 
 
 @flow(name="transform")
-def transform(staged: list[dict], run_dir: str, stamp: str, departments_csv: str, batch_records: int = 10_000,
-              database_block: str | None = None, run_id: str | None = None) -> dict:
-    """Staged raw JSONL -> processed + DLQ JSONL, span by span; each source's schema checked for drift."""
+def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str, batch_records: int = 5_000,
+              database_block: str | None = None, run_id: str | None = None, manifest: str | None = None) -> dict:
+    """Staged raw JSONL -> processed + DLQ JSONL, batch by batch as extract posts them to the `extracted`
+    manifest; each transformed batch is posted to `manifest` for persist. Each source's schema is checked for
+    drift once it is all in; a source whose policy is `fail` posts its batches only after that check."""
     settings, logger = get_settings(), get_run_logger()
     departments = load_departments(departments_csv, file_sha256(departments_csv))
     files = {
@@ -115,65 +141,84 @@ def transform(staged: list[dict], run_dir: str, stamp: str, departments_csv: str
     for path in files.values():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(b"")
-    batches, reasons, drift, work, observed = [], Counter(), [], 0.0, {}
-    for entry in staged:
+    counts, reasons, drift, work, spans = Counter(), Counter(), [], 0.0, []
+    types: dict[str, list[dict]] = {}
+    held: dict[str, list[dict]] = {}  # batches of sources whose drift policy is `fail`, until their check
+
+    def hand_on(batch: dict) -> None:
+        counts.update(valid=batch["valid"], invalid=batch["invalid"])
+        if settings.drift_policy(batch["source"]) == "fail":
+            held.setdefault(batch["source"], []).append(batch)
+        elif manifest:
+            handoff.post(manifest, batch)
+
+    for entry in handoff.follow(extracted, stage="transform", run_dir=run_dir):
         source = entry["source"]
-        meta = {"source": source, "raw_path": entry.get("raw_path"), "as_of": entry["as_of"]}
+        meta = {"source": source, "as_of": entry["as_of"], "files": {"raw": entry.get("raw_path"), **files}}
         plugin = source_module(entry["module"]) if entry.get("module") else None
         if entry.get("error"):  # a rejected input: one DLQ entry naming file and line
             span = append_failure(files["dlq"], reason=plugin.FAILURE_REASON, record=plugin.failure_record(entry))
-            batches.append(meta | {"raw": [0, 0], "processed": [0, 0], "dlq": list(span), "valid": 0, "invalid": 1})
+            hand_on(meta | {"raw": [0, 0], "processed": [0, 0], "dlq": list(span), "valid": 0, "invalid": 1})
             reasons[plugin.FAILURE_REASON] += 1
             continue
         if not entry["records"]:
             continue
-        size = Path(entry["raw_path"]).stat().st_size
-        span_bytes = max(1 << 20, size // entry["records"] * batch_records)
-        types = []
-        for offset, length in split_spans(entry["raw_path"], span_bytes):
+        for offset, length in _source_spans(entry, batch_records):
             out = transform_batch(departments, raw_path=entry["raw_path"], offset=offset, length=length,
                                   processed_path=files["processed"], dlq_path=files["dlq"], source=source,
                                   fields=plugin.FIELDS if plugin else None)
             reasons.update(out["reasons"])
-            types.append(out["types"])
+            types.setdefault(source, []).append(out["types"])
             work += out["work_seconds"]
-            batches.append(meta | {k: out[k] for k in ("raw", "processed", "dlq", "valid", "invalid")})
-        policy, seen = settings.drift_policy(source), merge_types(types)
-        observed[source] = merge_types([observed.get(source, {}), seen])
+            spans.append(out["work_span"])
+            hand_on(meta | {k: out[k] for k in ("raw", "processed", "dlq", "valid", "invalid")})
+    observed = {}
+    for source, seen in types.items():
+        policy, observed[source] = settings.drift_policy(source), merge_types(seen)
         changes = check_schema(resolve_engine(database_block), run_id=run_id or str(current_run.id),
-                               source=source, types=seen, policy=policy)
+                               source=source, types=observed[source], policy=policy)
         if changes:
             (logger.info if policy == "evolve" else logger.warning)(
                 "schema drift in %s (policy %s): %s", source, policy, "; ".join(describe(c) for c in changes))
         drift += [describe(c) if source == SOURCE else f"{source}: {describe(c)}" for c in changes]
-    valid, invalid = sum(b["valid"] for b in batches), sum(b["invalid"] for b in batches)
+    for batch in (b for batches in held.values() for b in batches):
+        if manifest:
+            handoff.post(manifest, batch)
+    if manifest:
+        handoff.close(manifest)
+    valid, invalid = counts["valid"], counts["invalid"]
     logger.info("transform: %d valid, %d invalid %s", valid, invalid, dict(reasons))
-    return {"files": files, "batches": batches, "valid": valid, "invalid": invalid, "reasons": dict(reasons),
-            "drift": drift, "observed_schema": observed, "work_seconds": work}
+    return {"files": files, "valid": valid, "invalid": invalid, "reasons": dict(reasons),
+            "drift": drift, "observed_schema": observed, "work_seconds": work, "work_spans": spans}
 
 
 @flow(name="persist")
-def persist(run_id: str, files: dict[str, str], batches: list[dict], database_block: str | None = None,
-            staged_inputs: list[dict] | None = None) -> dict:
-    """Staged files -> raw_users, processed_users, dlq_users; one transaction per batch. Inputs besides the
-    API (CSV files...) are checkpointed by their module once their rows are stored."""
+def persist(run_id: str, transformed: str, extracted: str, run_dir: str | None = None,
+            database_block: str | None = None) -> dict:
+    """Each batch posted to the `transformed` manifest -> raw_users, processed_users, dlq_users, one
+    transaction per batch, while transform is still working. Inputs besides the API (CSV files...) are
+    checkpointed by their module once all their rows are stored."""
     engine = resolve_engine(database_block)
     totals: Counter = Counter()
     per_source: dict[str, Counter] = {}
-    for b in batches:
+    spans = []
+    for b in handoff.follow(transformed, stage="persist", run_dir=run_dir):
         counts = persist_batch(engine, run_id=run_id, source=b["source"], as_of=b["as_of"],
-                               files={"raw": b["raw_path"], **files},
+                               files=b["files"],
                                spans={k: b[k] for k in ("raw", "processed", "dlq")})
+        spans.append(counts.pop("work_span"))
         totals.update(counts)
         per_source.setdefault(b["source"], Counter()).update(
             {k: v for k, v in counts.items() if k in ("inserted", "updated", "unchanged")}
             | {"failed": b["invalid"]})
-    for name in {s["module"] for s in staged_inputs or []}:
+    staged_inputs = [e for e in handoff.read_all(extracted) if e.get("module")]
+    for name in {s["module"] for s in staged_inputs}:
         source_module(name).mark_done(engine, [s for s in staged_inputs if s["module"] == name], run_id=run_id)
     keys = ("inserted", "updated", "unchanged", "raw_inserted", "dlq_inserted")
     counts = {k: totals.get(k, 0) for k in keys}
     get_run_logger().info("persist: %s", counts)
-    return counts | {"sources": {s: dict(c) for s, c in per_source.items()}, "work_seconds": totals["work_seconds"]}
+    return counts | {"sources": {s: dict(c) for s, c in per_source.items()}, "work_seconds": totals["work_seconds"],
+                     "work_spans": spans}
 
 
 @flow(name=FLOW_NAME, on_failure=[record_failure], on_crashed=[record_failure])
@@ -189,27 +234,40 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
     page_size = page_size or settings.users_page_size
     batch_records = batch_records or settings.users_batch_records
 
+    # extract, transform and persist stream batches to each other through manifests (tasks/handoff.py):
+    # all three work at once; deliver starts once transform has written the last of the run's files
+    extracted = handoff.open_manifest(Path(run_dir) / "stages" / "extracted.jsonl")
+    transformed = handoff.open_manifest(Path(run_dir) / "stages" / "transformed.jsonl")
     try:
-        ex = clock.run("extract", extract, run_dir, stamp, api_base or settings.users_api_base, page_size, batch_records,
-                   database_block, str(csv_dir or settings.users_csv_dir or "") or None)
+        clock.start("extract", extract, run_dir, stamp, api_base or settings.users_api_base, page_size,
+                    batch_records, database_block, str(csv_dir or settings.users_csv_dir or "") or None,
+                    manifest=extracted)
+        clock.start("transform", transform, extracted, run_dir, stamp, str(settings.departments_csv), batch_records,
+                    database_block, run_id, manifest=transformed, after=("extract", extracted))
+        clock.start("persist", persist, run_id, transformed, extracted, run_dir, database_block,
+                    after=("transform", transformed))
+        ex = clock.result("extract")
         runs.update_run(engine, run_id=run_id, extracted=ex["records"])
-        tr = clock.run("transform", transform, ex["staged"], run_dir, stamp, str(settings.departments_csv),
-                   batch_records, database_block, run_id)
+        tr = clock.result("transform")
         staged_files = {"raw": ex["staged"][0]["raw_path"], **tr["files"]}
         staged_files |= {f"{s['source']}:{s.get('file', n)}": s["raw_path"]
                          for n, s in enumerate(ex["staged"][1:]) if s.get("raw_path")}
         runs.update_run(engine, run_id=run_id, valid=tr["valid"], invalid=tr["invalid"], files=staged_files,
                         dlq_reasons=tr["reasons"], schema_drift="; ".join(tr["drift"]) or None,
                         observed_schema=tr["observed_schema"])
-        ps = clock.run("persist", persist, run_id, tr["files"], tr["batches"], database_block,
-                   [s for s in ex["staged"] if s.get("module")])
+        if deliver_files:
+            clock.start("deliver", deliver, list(staged_files.values()), started.date().isoformat())
+        ps = clock.result("persist")
         sources = ps.pop("sources")
         runs.update_run(engine, run_id=run_id, stage_seconds=seconds, sources=sources, **ps)
-        delivered = (clock.run("deliver", deliver, list(staged_files.values()), started.date().isoformat())["delivered"]
-                     if deliver_files else [])
+        delivered = clock.result("deliver")["delivered"] if deliver_files else []
     except BaseException:
+        handoff.cancel(run_dir, handoff.RUN)
+        clock.close()
         runs.update_run(engine, run_id=run_id, failed_stage=clock.stage, stage_seconds=seconds)
         raise
+    finally:
+        clock.close()
 
     counts = {"extracted": ex["records"], "valid": tr["valid"], "invalid": tr["invalid"], **ps,
               "delivered_files": len(delivered), "delivered_bytes": sum(d["bytes"] for d in delivered)}
@@ -228,7 +286,7 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
     runs.finish_run(engine, run_id=run_id, status="completed", stage_seconds=seconds, delivered=delivered, **counts)
     summary = {"run_id": run_id, "status": "completed", "counts": counts, "stage_seconds": seconds,
                "anomalies": anomalies, "schema_drift": tr["drift"],
-               "stage_work_seconds": work,
+               "stage_work_seconds": work, "work_spans": clock.spans,
                "files": staged_files, "sources": sources, "dlq_reasons": tr["reasons"], "delivered": delivered,
                "database": engine.url.render_as_string(hide_password=True)}
     publish_run_artifacts(summary)

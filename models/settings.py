@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     # users source
     users_api_base: str | None = None
     users_page_size: int = Field(100, ge=1, le=10_000)
-    users_batch_records: int = Field(10_000, ge=1, le=1_000_000)
+    users_batch_records: int = Field(5_000, ge=1, le=1_000_000)
     users_csv_dir: Path | None = None
     # users sources staged beside the API, each a module tasks/extract/<name>.py (see csv_drop.py)
     users_sources: Annotated[list[str], NoDecode] = ["csv_drop"]

@@ -16,6 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Connection, Engine, Table, bindparam, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from models.users import PROCESSED_COLUMNS, DlqUser, ProcessedUser, RawUser
 from tasks.transform import read_dlq_span, read_lines, read_processed_span, read_span
@@ -184,13 +185,24 @@ def persist_frames(
     return counts
 
 
+def is_transient(_task, _task_run, state) -> bool:
+    """Retry what another try can fix (a lost connection, a locked database), not a row the database refuses."""
+    try:
+        state.result()
+    except DBAPIError as exc:
+        return isinstance(exc, OperationalError) or exc.connection_invalidated
+    except Exception:
+        return False
+    return False
+
+
 @task(name="persist-users-batch", tags=["sluice-db"], retries=3, retry_delay_seconds=[1, 5, 15],
-      retry_jitter_factor=0.5, cache_policy=NO_CACHE)
+      retry_jitter_factor=0.5, retry_condition_fn=is_transient, cache_policy=NO_CACHE)
 def persist_batch(engine: Engine, *, run_id: str, source: str, files: dict[str, str | None], spans: dict[str, list[int]],
                   as_of: str | None = None) -> dict[str, int]:
     """Read one batch's spans of the staged raw, processed and DLQ files and store them. `as_of` is when the
     source produced the records (fetch time for the API, file time for a CSV)."""
-    started = time.perf_counter()
+    started = time.time()
     counts = persist_frames(
         engine,
         run_id=run_id,
@@ -200,4 +212,4 @@ def persist_batch(engine: Engine, *, run_id: str, source: str, files: dict[str, 
         processed=read_processed_span(read_span(files["processed"], *spans["processed"])),
         dlq=read_dlq_span(read_span(files["dlq"], *spans["dlq"])),
     )
-    return counts | {"work_seconds": time.perf_counter() - started}
+    return counts | {"work_seconds": time.time() - started, "work_span": [started, time.time()]}

@@ -96,10 +96,12 @@ def file_sha256(path: Path | str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def split_spans(path: Path | str, target_bytes: int) -> list[tuple[int, int]]:
-    """Cut a JSONL file into (offset, length) spans of about `target_bytes`, each ending on a newline."""
-    size = Path(path).stat().st_size
-    spans, start = [], 0
+def split_spans(path: Path | str, target_bytes: int, offset: int = 0, length: int | None = None
+                ) -> list[tuple[int, int]]:
+    """Cut a JSONL file (or its span from `offset`, `length` bytes) into (offset, length) spans of about
+    `target_bytes`, each ending on a newline."""
+    size = Path(path).stat().st_size if length is None else offset + length
+    spans, start = [], offset
     with open(path, "rb") as fh:
         while start < size:
             fh.seek(min(start + target_bytes, size))
@@ -329,7 +331,7 @@ def transform_batch(
 ) -> dict:
     """One span of the staged raw file through the rules; outputs appended to the run's files. `fields` is
     the source's field map (DummyJSON's when None)."""
-    started = time.perf_counter()
+    started = time.time()
     raw = parse_raw(read_span(raw_path, offset, length))
     processed, dlq = transform_frame(raw, departments, source=source,
                                      fields={k: tuple(v) for k, v in fields.items()} if fields else None)
@@ -346,6 +348,7 @@ def transform_batch(
         "valid": processed.height,
         "invalid": dlq.height,
         "types": field_types(raw.schema),
-        "work_seconds": time.perf_counter() - started,
+        "work_seconds": time.time() - started,
+        "work_span": [started, time.time()],
         "reasons": dict(zip(reasons.get_column("reasons").to_list(), reasons.get_column("count").to_list(), strict=True)),
     }

@@ -125,6 +125,9 @@ def test_source_down_keeps_checkpoint_and_next_run_resumes(pipeline_env):
         assert state.is_failed() and "HTTP 503" in state.message
         cursor, status, staged = rows(url, "SELECT cursor, status, staged_records FROM etl_checkpoints")[0]
         assert (cursor, status, staged) == (100, "failed", 100)
+        # what was staged before the source went down went all the way through
+        assert count(url, "raw_users") == 100
+        assert rows(url, "SELECT status, failed_stage FROM etl_runs") == [("failed", "extract")]
 
         server.fail_when = None
         server.requests.clear()
@@ -135,6 +138,34 @@ def test_source_down_keeps_checkpoint_and_next_run_resumes(pipeline_env):
     assert pl.read_ndjson(summary["files"]["raw"]).get_column("id").n_unique() == 208
     statuses = sorted(r[0] for r in rows(url, "SELECT status FROM etl_runs"))
     assert statuses == ["completed", "failed"]
+
+
+def test_a_failing_persist_fails_the_run_and_a_rerun_completes_it(pipeline_env):
+    """The database refuses one user's row: the run fails naming persist (not the stages it stopped), the
+    batches before it are stored, and once the cause is gone a re-run stores the rest without duplicates."""
+    url = pipeline_env
+    with engine_for(url).begin() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.execute(text("CREATE TRIGGER refuse_150 BEFORE INSERT ON processed_users WHEN NEW.id = 150 "
+                              "BEGIN SELECT RAISE(ABORT, 'user 150 refused'); END"))
+        else:
+            conn.execute(text("CREATE FUNCTION refuse_150() RETURNS trigger AS $$ BEGIN IF NEW.id = 150 THEN "
+                              "RAISE EXCEPTION 'user 150 refused'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"))
+            conn.execute(text("CREATE TRIGGER refuse_150 BEFORE INSERT ON processed_users FOR EACH ROW "
+                              "EXECUTE FUNCTION refuse_150()"))
+    users = load_real_users()
+    with DummyJsonServer(users) as server:
+        state = users_etl(api_base=server.base_url, batch_records=50, deliver_files=False, return_state=True)
+        assert state.is_failed() and "user 150 refused" in state.message
+        status, stage, error = rows(url, "SELECT status, failed_stage, error FROM etl_runs")[0]
+        assert (status, stage) == ("failed", "persist") and "user 150 refused" in error
+        stored = count(url, "processed_users")
+        assert 0 < stored < 150  # the batches before the refused one are in
+        with engine_for(url).begin() as conn:
+            conn.execute(text("DROP TRIGGER refuse_150" + ("" if conn.dialect.name == "sqlite" else " ON processed_users")))
+        summary = users_etl(api_base=server.base_url, batch_records=50, deliver_files=False)
+    assert summary["counts"]["inserted"] == 208 - stored
+    assert count(url, "processed_users") == 208 and count(url, "raw_users") == 208
 
 
 def test_schema_drift_goes_to_the_dlq_not_a_crash(pipeline_env):

@@ -222,7 +222,7 @@ def fetch_batch(
     """Fetch pages from `skip` until `max_records` are in hand or the source is exhausted, append them to
     the staged file at `offset` (dropping anything a failed attempt left past it), then checkpoint.
     A retry refetches the same pages: nothing reaches the file or the checkpoint before the batch is whole."""
-    started = time.perf_counter()
+    started = time.time()
     chunks: list[bytes] = []
     got, total, cursor = 0, None, skip
     with httpx.Client(timeout=httpx.Timeout(timeout), headers={"Accept": "application/json"}) as client:
@@ -248,4 +248,4 @@ def fetch_batch(
     _advance(engine, skip=cursor, total=total if total is not None else cursor, offset=new_offset, records=records_before + got)
     _logger().info("pages skip=%d..%d: %d records staged (total %s)", skip, cursor, got, total)
     return {"records": got, "next_skip": cursor, "total": total, "offset": new_offset, "done": done,
-            "work_seconds": time.perf_counter() - started}
+            "work_seconds": time.time() - started, "work_span": [started, time.time()]}

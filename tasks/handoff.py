@@ -1,0 +1,109 @@
+"""How streaming stages hand batches to each other: an append-only JSONL manifest per stage.
+
+A stage posts one small line per staged batch (a path and a byte span, never the data) as soon as the batch
+is on disk, then an end line saying `done` or `failed`. The next stage follows the manifest and works on
+each batch while its upstream is still producing, so extract, transform and persist overlap. A manifest
+that is complete can also be replayed on its own: a stage re-runs from what the previous one staged.
+
+A failing stage raises its own error; the stages it feeds get `UpstreamFailedError` once they have handled
+every batch posted before the failure (nothing already staged is dropped), and the stages feeding it see
+the run's cancel flag between batches and stop with `RunCancelledError`."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+
+END = "_end"
+STAGES = ("extract", "transform", "persist")  # stream order: a failure stops the stages before it (deliver,
+# which starts once transform is done, stops nothing: what is being stored gets stored)
+RUN = "run"  # the parent itself failed: every stage stops
+POLL_SECONDS = 0.01
+IDLE_TIMEOUT_SECONDS = 6 * 3600.0  # a manifest with no new line for this long is taken as abandoned
+
+
+class UpstreamFailedError(RuntimeError):
+    """The stage feeding this one failed; its error is the run's."""
+
+
+class RunCancelledError(RuntimeError):
+    """A later stage failed, so this one stopped early."""
+
+
+def post(manifest: str | Path, entry: dict) -> None:
+    """Append one entry (a single write of one line, so a follower never sees half of it)."""
+    fd = os.open(manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, orjson.dumps(entry) + b"\n")
+    finally:
+        os.close(fd)
+
+
+def open_manifest(manifest: str | Path) -> str:
+    """An empty manifest (any earlier one replaced); returns its path."""
+    Path(manifest).parent.mkdir(parents=True, exist_ok=True)
+    Path(manifest).write_bytes(b"")
+    return str(manifest)
+
+
+def close(manifest: str | Path, *, error: str | None = None, **summary) -> None:
+    post(manifest, {END: "failed" if error else "done", "error": error, **summary})
+
+
+def _flag(run_dir: str | Path, stage: str) -> Path:
+    return Path(run_dir) / "stages" / f"failed.{stage}"
+
+
+def cancel(run_dir: str | Path, failed_stage: str) -> None:
+    """`failed_stage` failed: the stages feeding it stop at their next batch (those it feeds are told by its
+    manifest's end line, after the batches already posted)."""
+    _flag(run_dir, failed_stage).parent.mkdir(parents=True, exist_ok=True)
+    _flag(run_dir, failed_stage).touch()
+
+
+def check_cancelled(run_dir: str | Path | None, stage: str) -> None:
+    """Raise if a stage that `stage` feeds (or the run itself) has failed."""
+    if run_dir is None:
+        return
+    for later in (*STAGES[STAGES.index(stage) + 1:], RUN):
+        if _flag(run_dir, later).exists():
+            raise RunCancelledError(f"{stage} stopped: {later} failed")
+
+
+def follow(manifest: str | Path, *, stage: str | None = None, run_dir: str | Path | None = None,
+           poll: float = POLL_SECONDS, idle_timeout: float = IDLE_TIMEOUT_SECONDS) -> Iterator[dict]:
+    """Each entry of `manifest` as it is posted, until its end line; waits while the upstream is working.
+    With `run_dir`, `stage` (the follower) stops when a stage it feeds has failed."""
+    buf, last_growth = b"", time.monotonic()
+    with open(manifest, "rb") as fh:
+        while True:
+            chunk = fh.read()
+            if chunk:
+                last_growth = time.monotonic()
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    entry = orjson.loads(line)
+                    if END not in entry:
+                        if stage:
+                            check_cancelled(run_dir, stage)
+                        yield entry
+                    elif entry[END] == "failed":
+                        raise UpstreamFailedError(f"{Path(manifest).stem} failed: {entry.get('error')}")
+                    else:
+                        return
+                continue
+            if stage:
+                check_cancelled(run_dir, stage)
+            if time.monotonic() - last_growth > idle_timeout:
+                raise UpstreamFailedError(f"{manifest}: no end line after {idle_timeout:.0f}s without news")
+            time.sleep(poll)
+
+
+def read_all(manifest: str | Path) -> list[dict]:
+    """The entries of a finished manifest (its end line excluded)."""
+    return list(follow(manifest, idle_timeout=0.0))

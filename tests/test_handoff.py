@@ -1,0 +1,72 @@
+"""Stage hand-off manifests: a follower sees each batch as it is posted, every batch posted before an upstream
+failure, and stops when a stage it feeds has failed."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tasks import handoff
+
+
+def test_follower_gets_batches_while_they_are_posted(tmp_path):
+    manifest = handoff.open_manifest(tmp_path / "extracted.jsonl")
+    seen: list[tuple[int, float]] = []
+
+    def follow():
+        for entry in handoff.follow(manifest):
+            seen.append((entry["n"], time.monotonic()))
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    posted = []
+    for n in range(3):
+        handoff.post(manifest, {"n": n})
+        posted.append(time.monotonic())
+        time.sleep(0.2)
+    handoff.close(manifest, records=3)
+    follower.join(timeout=10)
+    assert [n for n, _ in seen] == [0, 1, 2]
+    # batch 0 was handled before batch 2 was even posted: the stages overlap
+    assert seen[0][1] < posted[2]
+
+
+def test_upstream_failure_comes_after_every_batch_it_posted(tmp_path):
+    manifest = handoff.open_manifest(tmp_path / "extracted.jsonl")
+    handoff.post(manifest, {"n": 0})
+    handoff.post(manifest, {"n": 1})
+    handoff.close(manifest, error="SourceError: GET /users answered HTTP 404")
+    got = []
+    with pytest.raises(handoff.UpstreamFailedError, match="HTTP 404"):
+        for entry in handoff.follow(manifest):
+            got.append(entry["n"])
+    assert got == [0, 1]
+
+
+def test_a_failed_stage_stops_the_stages_feeding_it_not_those_it_feeds(tmp_path):
+    handoff.cancel(tmp_path, "persist")
+    for upstream in ("extract", "transform"):
+        with pytest.raises(handoff.RunCancelledError, match="persist failed"):
+            handoff.check_cancelled(tmp_path, upstream)
+    handoff.check_cancelled(tmp_path, "persist")  # its own flag does not stop it
+
+
+def test_a_follower_of_a_feeding_stage_stops_when_its_own_consumer_fails(tmp_path):
+    manifest = handoff.open_manifest(tmp_path / "stages" / "extracted.jsonl")
+    handoff.cancel(tmp_path, "persist")
+    with pytest.raises(handoff.RunCancelledError):
+        next(handoff.follow(manifest, stage="transform", run_dir=tmp_path))
+
+
+def test_a_complete_manifest_replays_alone(tmp_path):
+    manifest = handoff.open_manifest(tmp_path / "transformed.jsonl")
+    for n in range(2):
+        handoff.post(manifest, {"n": n})
+    handoff.close(manifest)
+    assert [e["n"] for e in handoff.read_all(manifest)] == [0, 1]
+    unfinished = handoff.open_manifest(tmp_path / "unfinished.jsonl")
+    handoff.post(unfinished, {"n": 0})
+    with pytest.raises(handoff.UpstreamFailedError, match="no end line"):
+        handoff.read_all(unfinished)
