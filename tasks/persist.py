@@ -196,7 +196,7 @@ def is_transient(_task, _task_run, state) -> bool:
     return False
 
 
-@task(name="persist-users-batch", tags=["sluice-db"], retries=3, retry_delay_seconds=[1, 5, 15],
+@task(name="persist-users-batch", retries=3, retry_delay_seconds=[1, 5, 15],
       retry_jitter_factor=0.5, retry_condition_fn=is_transient, cache_policy=NO_CACHE)
 def persist_batch(engine: Engine, *, run_id: str, source: str, files: dict[str, str | None], spans: dict[str, list[int]],
                   as_of: str | None = None) -> dict[str, int]:

@@ -199,7 +199,6 @@ def _advance(engine: Engine, *, skip: int, total: int, offset: int, records: int
 
 @task(
     name="fetch-users-pages",
-    tags=["users-api"],
     retries=4,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
