@@ -1,7 +1,9 @@
 """`users-etl`: extract -> transform -> persist -> deliver, each a child flow run.
 
-Stages hand each other paths to staged files and small summaries, never frames. The flows only
-coordinate: the work is in `tasks/`."""
+Stages hand each other paths to staged files and small summaries, never frames. Extract, transform and
+persist stream: each posts a batch to its manifest as soon as it is staged and the next stage, following
+that manifest, works on it meanwhile (`tasks/handoff.py`); deliver starts once transform is done. The flows
+only coordinate: the work is in `tasks/`."""
 
 from __future__ import annotations
 

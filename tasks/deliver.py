@@ -70,6 +70,9 @@ log = logging.getLogger(__name__)
 # channels (OpenSSH, asyncssh), and paramiko leaves 64 bytes of it for framing; a write
 # request adds ~30 bytes of header. A 32 KiB payload would spill into a second tiny packet.
 WRITE_CHUNK = 32 * 1024 - 256
+# AEAD ciphers first: AES-GCM authenticates inside the cipher (AES-NI), where the CTR modes need an HMAC that
+# paramiko computes per packet in Python; servers without GCM negotiate the next cipher paramiko offers
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 READ_BLOCK = 1024 * 1024
 TEMP_MARKER = ".part-"
 
@@ -362,6 +365,16 @@ class _UnknownHostKey(paramiko.SSHException):
         self.key = key
 
 
+def _transport(sock, **kwargs) -> paramiko.Transport:
+    """A paramiko Transport that offers `PREFERRED_CIPHERS` first (then its usual list)."""
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    offered = options.ciphers
+    options.ciphers = tuple(c for c in PREFERRED_CIPHERS if c in offered) + tuple(
+        c for c in offered if c not in PREFERRED_CIPHERS)
+    return transport
+
+
 class _RejectUnknownHost(paramiko.RejectPolicy):
     """RejectPolicy that keeps the offered key, so the error can show its fingerprint."""
 
@@ -462,6 +475,7 @@ class _Session:
                 banner_timeout=t.timeout,
                 auth_timeout=t.timeout,
                 channel_timeout=t.timeout,
+                transport_factory=_transport,
             )
         except paramiko.BadHostKeyException as exc:
             raise HostKeyError(

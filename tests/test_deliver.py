@@ -27,6 +27,7 @@ from tasks.deliver import (
     SftpRemoteError,
     SftpTarget,
     SftpUnavailableError,
+    _Session,
     deliver_files_task,
     is_transient,
     remote_dir_for,
@@ -152,6 +153,14 @@ def test_delivers_byte_identical_files_under_dated_dir(
     upload_files(make_target(sshd), run_files, remote_dir)
     expected[f"{DAY}/{changed.name}"] = changed.read_bytes()
     assert tree(sshd.local_root) == expected
+
+
+@pytest.mark.sshd
+def test_openssh_negotiates_aes_gcm(sshd: SshdServer) -> None:
+    """Against OpenSSH the session uses AES-GCM both ways (no per-packet HMAC in Python)."""
+    with _Session(make_target(sshd)) as session:
+        transport = session.client.get_transport()
+        assert (transport.local_cipher, transport.remote_cipher) == ("aes128-gcm@openssh.com",) * 2
 
 
 @pytest.mark.sshd
