@@ -123,9 +123,12 @@ def extract(run_dir: str, stamp: str, api_base: str | None = None, page_size: in
 
 
 def _source_spans(entry: dict, batch_records: int) -> list[tuple[int, int]]:
-    """A staged input's span cut into transform batches of about `batch_records` records."""
-    per_record = max(1, entry["length"] // max(1, entry["records"]))
-    return split_spans(entry["raw_path"], max(1 << 20, per_record * batch_records), entry["offset"], entry["length"])
+    """A staged input's span cut into transform batches of about `batch_records` records (an API batch is
+    one already; a CSV file may be many)."""
+    if entry["records"] <= batch_records:
+        return [(entry["offset"], entry["length"])]
+    target = -(-entry["length"] * batch_records // entry["records"])  # rounded up: no sliver of a batch
+    return split_spans(entry["raw_path"], max(1 << 20, target), entry["offset"], entry["length"])
 
 
 @flow(name="transform")

@@ -70,3 +70,22 @@ def test_a_complete_manifest_replays_alone(tmp_path):
     handoff.post(unfinished, {"n": 0})
     with pytest.raises(handoff.UpstreamFailedError, match="no end line"):
         handoff.read_all(unfinished)
+
+
+def test_an_api_batch_is_one_transform_batch_and_a_big_input_is_cut_without_slivers(tmp_path):
+    """Task runs grow with batches: a posted batch of `batch_records` is one transform (and persist) task
+    run, never a big one plus a sliver of a few lines; a larger input is cut in about equal batches."""
+    import orjson
+
+    from flows.users_etl import _source_spans
+    from tests.servers.dummyjson import load_real_users
+
+    users = load_real_users()
+    lines = [orjson.dumps({**u, "id": i}) + b"\n" for i, u in enumerate(users * 10)]  # 2,080 records, ~2.8 MB
+    raw = tmp_path / "raw.jsonl"
+    raw.write_bytes(b"".join(lines))
+    whole = {"raw_path": str(raw), "offset": 0, "length": raw.stat().st_size, "records": len(lines)}
+    assert _source_spans(whole, batch_records=len(lines)) == [(0, whole["length"])]
+    spans = _source_spans(whole, batch_records=1000)
+    counts = [raw.read_bytes()[o:o + n].count(b"\n") for o, n in spans]
+    assert len(spans) == 3 and sum(counts) == len(lines) and min(counts) > 50
