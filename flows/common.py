@@ -26,15 +26,15 @@ def deliver(files: list[str], run_date: str) -> dict:
     settings, logger = get_settings(), get_run_logger()
     if not settings.sftp_enabled:
         logger.warning("SFTP_HOST is not set: delivery skipped")
-        return {"delivered": [], "work_seconds": 0.0}
+        return {"delivered": [], "work_spans": []}
     target = SftpTarget.from_settings(settings)  # passphrase: SFTP_KEY_PASSPHRASE or its Secret block
     remote_dir = remote_dir_for(target.remote_base, datetime.fromisoformat(run_date).date())
     started = time.time()
     delivered = deliver_files_task(target, [Path(f) for f in files], remote_dir)
-    work = time.time() - started
+    work = [started, time.time()]
     logger.info("deliver: %d files, %d bytes to %s:%s", len(delivered), sum(d["bytes"] for d in delivered),
                 target.host, remote_dir)
-    return {"delivered": delivered, "work_seconds": work, "work_spans": [[started, started + work]]}
+    return {"delivered": delivered, "work_spans": [work]}
 
 
 def record_failure(flow, flow_run, state) -> None:
@@ -86,8 +86,9 @@ def begin_run(flow_name: str, database_block: str | None) -> RunStart:
 
 
 class StageClock:
-    """Runs stages (child flows), keeping each one's wall time, its tasks' own work time and their work
-    intervals (time covered by no task's work is orchestration), and which stage is running.
+    """Runs stages (child flows), keeping each one's wall time, the [start, end] intervals in which its
+    tasks did their own work (`work_spans` in each stage's summary; time covered by no task's work is
+    orchestration) and their total, and which stage is running.
 
     `run` runs a stage and waits for it; `start` runs it in a thread of its own (the parent's Prefect
     context copied in, so it is still a child flow run) for stages that stream to each other, and `result`
@@ -117,8 +118,9 @@ class StageClock:
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             out = fn(*args, **kwargs)
         self.seconds[name] = round(time.perf_counter() - t0, 3)
-        self.work[name] = round(out.pop("work_seconds"), 3)
-        self.spans += out.pop("work_spans", [])
+        spans = out.pop("work_spans")
+        self.work[name] = round(sum(end - start for start, end in spans), 3)
+        self.spans += spans
         return out
 
     def start(self, name: str, fn, *args, manifest: str | None = None, after: tuple[str, str] | None = None,

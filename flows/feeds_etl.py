@@ -74,7 +74,7 @@ def extract(run_id: str, run_dir: str, stamp: str, feed_urls: list[str], databas
             outcomes.append(future.result())
         else:
             exc = state.result(raise_on_failure=False)
-            outcomes.append({"url": url, "status": "failed", "items": 0, "work_seconds": 0.0,
+            outcomes.append({"url": url, "status": "failed", "items": 0,
                              "error": _failure_message(url, exc if isinstance(exc, BaseException) else None)})
     raw_path = Path(run_dir) / "raw_feed_items" / f"items_{stamp}.jsonl"
     _merge_parts([o["path"] for o in outcomes if o["status"] == "fetched"], raw_path)
@@ -90,7 +90,7 @@ def extract(run_id: str, run_dir: str, stamp: str, feed_urls: list[str], databas
     by_status = Counter(o["status"] for o in outcomes)
     logger.info("extract: %d feeds (%s), %d items staged in %s", len(outcomes), dict(by_status), records, raw_path)
     return {"raw_path": str(raw_path), "records": records, "feeds": outcomes,
-            "work_seconds": sum(o.pop("work_seconds") for o in outcomes)}
+            "work_spans": [o.pop("work_span") for o in outcomes if "work_span" in o]}
 
 
 @flow(name="feeds-transform")
@@ -117,7 +117,7 @@ def transform(raw_path: str, run_dir: str, stamp: str, records: int, batch_recor
     logger.info("transform: %d valid, %d invalid %s", valid, invalid, dict(reasons))
     return {"files": files, "batches": [{k: b[k] for k in ("raw", "processed", "dlq")} for b in batches],
             "valid": valid, "invalid": invalid, "reasons": dict(reasons),
-            "work_seconds": sum(b["work_seconds"] for b in batches)}
+            "work_spans": [b["work_span"] for b in batches]}
 
 
 @flow(name="feeds-persist")
@@ -127,12 +127,15 @@ def persist(run_id: str, files: dict[str, str], batches: list[dict], fetched: li
     fetched feeds' checkpoints take their new ETag / Last-Modified."""
     engine = resolve_engine(database_block)
     totals: Counter = Counter()
+    work = []
     for spans in batches:
-        totals.update(feeds.persist_batch(engine, run_id=run_id, files=files, spans=spans))
+        counts = feeds.persist_batch(engine, run_id=run_id, files=files, spans=spans)
+        work.append(counts.pop("work_span"))
+        totals.update(counts)
     feed_source.record_outcomes(engine, run_id=run_id, outcomes=fetched)
     counts = {k: totals.get(k, 0) for k in ("inserted", "updated", "unchanged", "raw_inserted", "dlq_inserted")}
     get_run_logger().info("persist: %s", counts)
-    return counts | {"work_seconds": totals["work_seconds"]}
+    return counts | {"work_spans": work}
 
 
 def _feed_list(feed_urls: list[str] | None) -> list[str]:

@@ -59,7 +59,7 @@ def _extract_api(engine, settings, logger, run_dir: str, stamp: str, api_base: s
         if plan.resumed:
             logger.info("resuming the interrupted extraction at skip=%d (%d records already staged in %s)",
                         plan.skip, plan.records, plan.staged_path)
-        skip, offset, records, work, spans = plan.skip, plan.offset, plan.records, 0.0, []
+        skip, offset, records, spans = plan.skip, plan.offset, plan.records, []
         entry = {"source": SOURCE, "raw_path": plan.staged_path, "as_of": as_of}
         if manifest and plan.offset:  # what the interrupted run staged goes through the stages again
             handoff.post(manifest, entry | {"offset": 0, "length": plan.offset, "records": plan.records})
@@ -73,7 +73,6 @@ def _extract_api(engine, settings, logger, run_dir: str, stamp: str, api_base: s
                     handoff.post(manifest, entry | {"offset": offset, "length": got["offset"] - offset,
                                                     "records": got["records"]})
                 skip, offset, records = got["next_skip"], got["offset"], records + got["records"]
-                work += got["work_seconds"]
                 spans.append(got["work_span"])
                 if got["done"]:
                     break
@@ -84,7 +83,7 @@ def _extract_api(engine, settings, logger, run_dir: str, stamp: str, api_base: s
         dummyjson.finish_extract(engine)
     logger.info("extract: %d API records staged in %s", records, plan.staged_path)
     return {"source": SOURCE, "raw_path": plan.staged_path, "records": records, "as_of": as_of,
-            "resumed_from": plan.skip if plan.resumed else None, "work_seconds": work, "work_spans": spans}
+            "resumed_from": plan.skip if plan.resumed else None, "work_spans": spans}
 
 
 @flow(name="extract")
@@ -97,7 +96,7 @@ def extract(run_dir: str, stamp: str, api_base: str | None = None, page_size: in
     settings, logger = get_settings(), get_run_logger()
     engine = resolve_engine(database_block)
     staged = [_extract_api(engine, settings, logger, run_dir, stamp, api_base, page_size, batch_records, manifest)]
-    work, spans = staged[0].pop("work_seconds"), staged[0].pop("work_spans")
+    spans = staged[0].pop("work_spans")
     if csv_dir:
         settings = settings.model_copy(update={"users_csv_dir": Path(csv_dir)})
     for name in settings.users_sources:
@@ -108,7 +107,6 @@ def extract(run_dir: str, stamp: str, api_base: str | None = None, page_size: in
             label = item.get("name", n)
             out = plugin.stage(item, str(Path(run_dir) / "raw_users" / f"{plugin.SOURCE}_{label}_{stamp}.jsonl"))
             spans.append([t0, time.time()])
-            work += spans[-1][1] - t0
             if out.get("error"):
                 logger.error("%s input rejected, sent to the DLQ: %s", plugin.SOURCE, out["error"])
             staged.append(out | {"module": name})
@@ -119,7 +117,7 @@ def extract(run_dir: str, stamp: str, api_base: str | None = None, page_size: in
     records = sum(s["records"] for s in staged)
     if manifest:
         handoff.close(manifest, records=records)
-    return {"staged": staged, "records": records, "work_seconds": work, "work_spans": spans}
+    return {"staged": staged, "records": records, "work_spans": spans}
 
 
 def _source_spans(entry: dict, batch_records: int) -> list[tuple[int, int]]:
@@ -146,7 +144,7 @@ def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str, ba
     for path in files.values():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(b"")
-    counts, reasons, drift, work, spans = Counter(), Counter(), [], 0.0, []
+    counts, reasons, drift, spans = Counter(), Counter(), [], []
     types: dict[str, list[dict]] = {}
     held: dict[str, list[dict]] = {}  # batches of sources whose drift policy is `fail`, until their check
 
@@ -174,7 +172,6 @@ def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str, ba
                                   fields=plugin.FIELDS if plugin else None)
             reasons.update(out["reasons"])
             types.setdefault(source, []).append(out["types"])
-            work += out["work_seconds"]
             spans.append(out["work_span"])
             hand_on(meta | {k: out[k] for k in ("raw", "processed", "dlq", "valid", "invalid")})
     observed = {}
@@ -194,7 +191,7 @@ def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str, ba
     valid, invalid = counts["valid"], counts["invalid"]
     logger.info("transform: %d valid, %d invalid %s", valid, invalid, dict(reasons))
     return {"files": files, "valid": valid, "invalid": invalid, "reasons": dict(reasons),
-            "drift": drift, "observed_schema": observed, "work_seconds": work, "work_spans": spans}
+            "drift": drift, "observed_schema": observed, "work_spans": spans}
 
 
 @flow(name="persist")
@@ -222,8 +219,7 @@ def persist(run_id: str, transformed: str, extracted: str, run_dir: str | None =
     keys = ("inserted", "updated", "unchanged", "raw_inserted", "dlq_inserted")
     counts = {k: totals.get(k, 0) for k in keys}
     get_run_logger().info("persist: %s", counts)
-    return counts | {"sources": {s: dict(c) for s, c in per_source.items()}, "work_seconds": totals["work_seconds"],
-                     "work_spans": spans}
+    return counts | {"sources": {s: dict(c) for s, c in per_source.items()}, "work_spans": spans}
 
 
 @flow(name=FLOW_NAME, on_failure=[record_failure], on_crashed=[record_failure])

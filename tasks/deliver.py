@@ -41,6 +41,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 from pydantic import SecretStr
 
+from tasks.retry import retry_when
+
 if TYPE_CHECKING:
     from models.settings import Settings
 
@@ -747,20 +749,11 @@ def upload_files(target: SftpTarget, files: list[Path], remote_dir: str) -> list
     return results
 
 
-def _retry_only_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect ``retry_condition_fn``: retry network trouble, never trust/config errors."""
-    try:
-        state.result()
-    except BaseException as exc:  # noqa: BLE001  (the state's exception, re-raised)
-        return is_transient(exc)
-    return False
-
-
 deliver_files_task = task(
     name="sftp-upload",
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
-    retry_condition_fn=_retry_only_transient,
+    retry_condition_fn=retry_when(is_transient),  # network trouble, never trust/config errors
     cache_policy=NO_CACHE,  # a side effect, and the target holds a secret: never hash/cache
 )(upload_files)

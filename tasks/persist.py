@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from models.users import PROCESSED_COLUMNS, DlqUser, ProcessedUser, RawUser
+from tasks.retry import retry_when
 from tasks.transform import read_dlq_span, read_lines, read_processed_span, read_span
 
 IN_CHUNK = 5_000  # ids per IN (...) lookup; well under SQLite's and PostgreSQL's parameter limits
@@ -185,19 +186,14 @@ def persist_frames(
     return counts
 
 
-def is_transient(_task, _task_run, state) -> bool:
-    """Retry what another try can fix (a lost connection, a locked database), not a row the database refuses."""
-    try:
-        state.result()
-    except DBAPIError as exc:
-        return isinstance(exc, OperationalError) or exc.connection_invalidated
-    except Exception:
-        return False
-    return False
+def _db_transient(exc: BaseException) -> bool:
+    """A lost connection or a locked database, not a row the database refuses."""
+    return isinstance(exc, DBAPIError) and (isinstance(exc, OperationalError) or exc.connection_invalidated)
 
 
 @task(name="persist-users-batch", retries=3, retry_delay_seconds=[1, 5, 15],
-      retry_jitter_factor=0.5, retry_condition_fn=is_transient, cache_policy=NO_CACHE)
+      retry_jitter_factor=0.5, retry_condition_fn=retry_when(_db_transient),
+      cache_policy=NO_CACHE)
 def persist_batch(engine: Engine, *, run_id: str, source: str, files: dict[str, str | None], spans: dict[str, list[int]],
                   as_of: str | None = None) -> dict[str, int]:
     """Read one batch's spans of the staged raw, processed and DLQ files and store them. `as_of` is when the
@@ -212,4 +208,4 @@ def persist_batch(engine: Engine, *, run_id: str, source: str, files: dict[str, 
         processed=read_processed_span(read_span(files["processed"], *spans["processed"])),
         dlq=read_dlq_span(read_span(files["dlq"], *spans["dlq"])),
     )
-    return counts | {"work_seconds": time.time() - started, "work_span": [started, time.time()]}
+    return counts | {"work_span": [started, time.time()]}

@@ -348,7 +348,6 @@ def transform_batch(
         "valid": processed.height,
         "invalid": dlq.height,
         "types": field_types(raw.schema),
-        "work_seconds": time.time() - started,
         "work_span": [started, time.time()],
         "reasons": dict(zip(reasons.get_column("reasons").to_list(), reasons.get_column("count").to_list(), strict=True)),
     }

@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import skip_or_fail
 from tests.servers.dummyjson import DummyJsonServer, load_real_users
+from tests.servers.prefect_server import make_server, stop, tail
 
 pytestmark = pytest.mark.e2e
 
@@ -39,36 +36,8 @@ _CLEARED_PREFIXES = ("USERS_", "SFTP_", "DATABASE_", "DATA_DIR", "DEPARTMENTS_",
                      "PREFECT_API_", "PREFECT_PROFILE", "SLUICE_WORK_POOL", "WORK_POOL")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _make(*args: str) -> list[str]:
     return ["make", "--no-print-directory", "-C", str(ROOT), *args]
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    if not path.exists():
-        return f"({path.name}: no output)"
-    return f"--- last lines of {path.name} ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    """SIGTERM the process group, SIGKILL what is left after 15 s."""
-    if proc is None or proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @pytest.fixture
@@ -94,28 +63,8 @@ def clean_env(tmp_path) -> dict[str, str]:
 @pytest.fixture
 def local_server(clean_env, tmp_path) -> Iterator[tuple[int, str]]:
     """`make server` on a free port; yields (port, API URL)."""
-    port = _free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(_make("server", f"PREFECT_PORT={port}"), env=clean_env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + SERVER_HEALTH_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"`make server` exited with {proc.returncode}\n{_tail(log)}")
-            try:
-                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the Prefect server was not healthy after {SERVER_HEALTH_TIMEOUT} s\n{_tail(log)}")
-            time.sleep(0.5)
+    with make_server(clean_env, tmp_path / "server.log", SERVER_HEALTH_TIMEOUT) as (port, api_url):
         yield port, api_url
-    finally:
-        _stop(proc)
 
 
 def _run(cmd: list[str], env: dict[str, str], log: Path, what: str) -> None:
@@ -124,8 +73,8 @@ def _run(cmd: list[str], env: dict[str, str], log: Path, what: str) -> None:
             done = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=STEP_TIMEOUT,
                                   start_new_session=True)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"{what} did not finish in {STEP_TIMEOUT} s\n{_tail(log)}")
-    assert done.returncode == 0, f"{what} exited with {done.returncode}\n{_tail(log)}"
+            pytest.fail(f"{what} did not finish in {STEP_TIMEOUT} s\n{tail(log)}")
+    assert done.returncode == 0, f"{what} exited with {done.returncode}\n{tail(log)}"
 
 
 def test_scheduled_deployment_runs_on_a_worker(local_server, clean_env, tmp_path):
@@ -150,13 +99,13 @@ def test_scheduled_deployment_runs_on_a_worker(local_server, clean_env, tmp_path
                                           env={**flow_env, "USERS_API_BASE": source.base_url},
                                           stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             _run(_make("trigger", f"PREFECT_PORT={port}"), flow_env, tmp_path / "trigger.log", "`make trigger`")
-            assert worker.poll() is None, f"the worker exited\n{_tail(worker_log)}"
+            assert worker.poll() is None, f"the worker exited\n{tail(worker_log)}"
             assert source.requests, "the flow run did not read USERS_API_BASE from the worker's environment"
         except BaseException:
-            print(_tail(worker_log, 200))
+            print(tail(worker_log, 200))
             raise
         finally:
-            _stop(worker)
+            stop(worker)
 
     parent_id = _check_prefect_api(api_url)
     _check_database(db, users, parent_id)

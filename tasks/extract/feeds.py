@@ -175,7 +175,7 @@ def fetch_feed(url: str, *, validators: dict[str, str | None], part_path: str,
     """Conditional GET of one feed. 304: nothing staged. 200: its items written to `part_path` as JSONL
     (a retry rewrites the file). Returns the outcome, with the response's validators to store once the
     items are persisted."""
-    started = time.perf_counter()
+    started = time.time()
     _check_url(url)
     sent = Validators(**validators)
     headers = {"Accept": ACCEPT, "User-Agent": USER_AGENT} | sent.headers()
@@ -186,7 +186,7 @@ def fetch_feed(url: str, *, validators: dict[str, str | None], part_path: str,
             raise FeedError(f"GET {url} answered 304 Not Modified to an unconditional request")
         _logger().info("GET %s: 304 Not Modified", url)
         return {"url": url, "status": "not_modified", "http_status": 304, "items": 0, "bytes": 0, "path": None,
-                "validators": None, "warning": None, "work_seconds": time.perf_counter() - started}
+                "validators": None, "warning": None, "work_span": [started, time.time()]}
     items, warning = parse_items(body, url=url, content_type=resp.headers.get("content-type"), base_url=str(resp.url))
     if warning:
         _logger().warning("GET %s: the feed has errors feedparser recovered from (%s)", url, warning)
@@ -198,7 +198,7 @@ def fetch_feed(url: str, *, validators: dict[str, str | None], part_path: str,
                    " (no ETag or Last-Modified: next run fetches it whole)" if got == Validators() else "")
     return {"url": url, "status": "fetched", "http_status": resp.status_code, "items": len(items), "bytes": len(body),
             "path": str(path), "validators": {"etag": got.etag, "last_modified": got.last_modified},
-            "warning": warning, "work_seconds": time.perf_counter() - started}
+            "warning": warning, "work_span": [started, time.time()]}
 
 
 # ---------------------------------------------------------------- checkpoints
