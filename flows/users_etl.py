@@ -263,8 +263,7 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
         runs.update_run(engine, run_id=run_id, stage_seconds=seconds, sources=sources, **ps)
         delivered = clock.result("deliver")["delivered"] if deliver_files else []
     except BaseException:
-        handoff.cancel(run_dir, handoff.RUN)
-        clock.close()
+        handoff.cancel(run_dir, handoff.RUN)  # stages still running stop at their next batch (finally waits)
         runs.update_run(engine, run_id=run_id, failed_stage=clock.stage, stage_seconds=seconds)
         raise
     finally:
