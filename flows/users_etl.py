@@ -18,7 +18,7 @@ from prefect.runtime import flow_run as current_run
 from prefect.tasks import exponential_backoff
 
 from flows.common import begin_run, deliver, record_failure
-from models.db import resolve_engine
+from models.db import deferred_checkpoints, resolve_engine
 from models.settings import get_settings
 from tasks import handoff, runs
 from tasks.anomalies import AnomalyError, find_anomalies
@@ -204,15 +204,16 @@ def persist(run_id: str, transformed: str, extracted: str, run_dir: str | None =
     totals: Counter = Counter()
     per_source: dict[str, Counter] = {}
     spans = []
-    for b in handoff.follow(transformed, stage="persist", run_dir=run_dir):
-        counts = persist_batch(engine, run_id=run_id, source=b["source"], as_of=b["as_of"],
-                               files=b["files"],
-                               spans={k: b[k] for k in ("raw", "processed", "dlq")})
-        spans.append(counts.pop("work_span"))
-        totals.update(counts)
-        per_source.setdefault(b["source"], Counter()).update(
-            {k: v for k, v in counts.items() if k in ("inserted", "updated", "unchanged")}
-            | {"failed": b["invalid"]})
+    with deferred_checkpoints(engine):
+        for b in handoff.follow(transformed, stage="persist", run_dir=run_dir):
+            counts = persist_batch(engine, run_id=run_id, source=b["source"], as_of=b["as_of"],
+                                   files=b["files"],
+                                   spans={k: b[k] for k in ("raw", "processed", "dlq")})
+            spans.append(counts.pop("work_span"))
+            totals.update(counts)
+            per_source.setdefault(b["source"], Counter()).update(
+                {k: v for k, v in counts.items() if k in ("inserted", "updated", "unchanged")}
+                | {"failed": b["invalid"]})
     staged_inputs = [e for e in handoff.read_all(extracted) if e.get("module")]
     for name in {s["module"] for s in staged_inputs}:
         source_module(name).mark_done(engine, [s for s in staged_inputs if s["module"] == name], run_id=run_id)

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine, Table, bindparam, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from models.db import write_transaction
 from models.users import PROCESSED_COLUMNS, DlqUser, ProcessedUser, RawUser
 from tasks.retry import retry_when
 from tasks.transform import read_dlq_span, read_lines, read_processed_span, read_span
@@ -55,13 +56,14 @@ def bulk_insert(conn: Connection, table: Table, df: pl.DataFrame, *, ignore_conf
 
 
 def lookup(conn: Connection, table: Table, key: str, columns: list[str], keys: list) -> list[tuple]:
-    """Rows (key, *columns) whose `key` is among `keys`: one array parameter on PostgreSQL, chunked IN lists
+    """Rows (key, *columns) whose `key` is among `keys`: one binary array parameter on PostgreSQL, chunked IN lists
     sent straight to the driver on SQLite (no per-value bind compilation)."""
     if not keys:
         return []
     cols = ", ".join([key, *columns])
     if conn.dialect.name == "postgresql":
-        return conn.exec_driver_sql(f"SELECT {cols} FROM {table.name} WHERE {key} = ANY(%s)", (list(keys),)).all()
+        # %b: the array goes in binary (no per-element quoting: 4x quicker for 100k hashes)
+        return conn.exec_driver_sql(f"SELECT {cols} FROM {table.name} WHERE {key} = ANY(%b)", (list(keys),)).all()
     found: list[tuple] = []
     for i in range(0, len(keys), IN_CHUNK):
         chunk = keys[i : i + IN_CHUNK]
@@ -178,7 +180,7 @@ def persist_frames(
 ) -> dict[str, int]:
     """One transaction for the whole batch: either all three tables take it or none does."""
     now = datetime.now(UTC)
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         processed = content_first_seen(conn, processed, as_of or now)
         counts = upsert_processed(conn, processed, run_id=run_id, now=now)
         counts["raw_inserted"] = insert_new_versions(conn, RawUser.__table__, raw, now=now, run_id=run_id, source=source)

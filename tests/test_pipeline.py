@@ -212,11 +212,10 @@ def test_a_crashed_run_is_marked_at_the_next_start(pipeline_env):
     assert status == "crashed" and summary["run_id"] in error
 
 
-def test_a_retried_persist_batch_adds_nothing_twice(pipeline_env, tmp_path):
-    """The persist task's body run twice on the same spans (what a retry does) leaves the same rows."""
+def _transformed_real_users(tmp_path: Path) -> tuple[dict, dict, int]:
+    """The real users with a broken share, staged and transformed: (files, spans, invalid count)."""
     from models.settings import BUNDLED_DEPARTMENTS
     from tasks.extract.dummyjson import _stage_lines
-    from tasks.persist import persist_batch
     from tasks.transform import read_departments, transform_batch
 
     users, expected = break_users(load_real_users())
@@ -225,14 +224,41 @@ def test_a_retried_persist_batch_adds_nothing_twice(pipeline_env, tmp_path):
     files = {"raw": str(raw), "processed": str(tmp_path / "p.jsonl"), "dlq": str(tmp_path / "d.jsonl")}
     out = transform_batch.fn(read_departments(BUNDLED_DEPARTMENTS), raw_path=str(raw), offset=0,
                              length=raw.stat().st_size, processed_path=files["processed"], dlq_path=files["dlq"])
-    spans = {k: out[k] for k in ("raw", "processed", "dlq")}
+    return files, {k: out[k] for k in ("raw", "processed", "dlq")}, len(expected)
+
+
+def test_a_retried_persist_batch_adds_nothing_twice(pipeline_env, tmp_path):
+    """The persist task's body run twice on the same spans (what a retry does) leaves the same rows."""
+    from tasks.persist import persist_batch
+
+    files, spans, invalid = _transformed_real_users(tmp_path)
     engine = engine_for(pipeline_env)
     first = persist_batch.fn(engine, run_id="r1", source="dummyjson", files=files, spans=spans)
     again = persist_batch.fn(engine, run_id="r1", source="dummyjson", files=files, spans=spans)
-    assert (first["inserted"], first["raw_inserted"], first["dlq_inserted"]) == (208 - len(expected), 208, len(expected))
+    assert (first["inserted"], first["raw_inserted"], first["dlq_inserted"]) == (208 - invalid, 208, invalid)
     assert (again["inserted"], again["updated"], again["raw_inserted"], again["dlq_inserted"]) == (0, 0, 0, 0)
     assert [count(pipeline_env, t) for t in ("raw_users", "processed_users", "dlq_users")] == [
-        208, 208 - len(expected), len(expected)]
+        208, 208 - invalid, invalid]
+
+
+def test_sqlite_bulk_load_checkpoints_beside_the_writer_and_truncates_the_wal(settings_env, tmp_path):
+    """Under deferred_checkpoints each batch is committed (another connection sees it at once); at the end
+    the WAL is folded into the database file and emptied, and the pool's connections checkpoint again."""
+    from models.db import deferred_checkpoints
+    from tasks.persist import persist_batch
+
+    settings_env()
+    files, spans, invalid = _transformed_real_users(tmp_path)
+    url = f"sqlite:///{tmp_path / 'bulk.db'}"
+    engine = engine_for(url)
+    with deferred_checkpoints(engine):
+        persist_batch.fn(engine, run_id="r1", source="dummyjson", files=files, spans=spans)
+        assert count(url, "processed_users") == 208 - invalid
+        assert (tmp_path / "bulk.db-wal").stat().st_size > 0
+    assert (tmp_path / "bulk.db-wal").stat().st_size == 0
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
+    assert count(url, "raw_users") == 208
 
 
 def test_run_counters_hold_a_big_days_bytes(pipeline_env):
