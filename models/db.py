@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -16,8 +16,8 @@ from sqlmodel import Session, SQLModel, create_engine
 from models.settings import get_settings
 
 SQLITE_CACHE_KIB = 32 * 1024  # page cache per connection: the indexes of a 10k-row batch stay in memory
-CHECKPOINT_EVERY_SECONDS = 0.25
-_deferred: set[int] = set()  # engines whose bulk writes leave the WAL to a checkpointer thread
+_checkpointers: dict[int, ThreadPoolExecutor] = {}  # engines whose bulk writes leave the WAL to a thread
+_pending: dict[int, Future] = {}
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercised through every SQLite test
@@ -89,51 +89,64 @@ def _sqlite_file(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
 
 
+def _pragma(driver_conn, sql: str) -> None:
+    """Run a PRAGMA on the sqlite3 connection and finish its statement (an unread one holds a snapshot)."""
+    cur = driver_conn.cursor()
+    try:
+        cur.execute(sql).fetchall()
+    finally:
+        cur.close()
+
+
+def _checkpoint(engine: Engine, mode: str) -> None:
+    with engine.connect() as conn:
+        try:
+            _pragma(conn.connection.driver_connection, f"PRAGMA wal_checkpoint({mode})")
+        except sqlite3.OperationalError:  # another checkpoint is running: the next one catches up
+            pass
+
+
 @contextmanager
 def deferred_checkpoints(engine: Engine) -> Iterator[None]:
-    """For a bulk load into a SQLite file: the commits of `write_transaction` no longer copy the WAL into the
-    database file themselves (that copy and its fsync were a third of persist's time); a thread of its own
-    does it between them (PASSIVE: it never blocks the writer), and a last checkpoint truncates the WAL.
+    """For a bulk load into a SQLite file: a commit of `write_transaction` no longer copies the WAL into the
+    database file itself (that copy and its sync were a third of persist's time); a thread of its own does
+    it (PASSIVE) while the writer prepares its next batch, and the next write transaction starts once it is
+    done, so the WAL restarts from its beginning instead of growing. At the end the WAL is truncated.
     A no-op on other databases."""
     if not _sqlite_file(engine):
         yield
         return
-    stop = threading.Event()
-
-    def checkpoint(mode: str) -> None:
-        with engine.connect() as conn:
-            while True:
-                try:
-                    conn.connection.driver_connection.execute(f"PRAGMA wal_checkpoint({mode})")
-                except sqlite3.OperationalError:  # another checkpoint is running: the next one catches up
-                    pass
-                if mode != "PASSIVE" or stop.wait(CHECKPOINT_EVERY_SECONDS):
-                    return
-
-    worker = threading.Thread(target=checkpoint, args=("PASSIVE",), name="sqlite-checkpointer", daemon=True)
-    _deferred.add(id(engine))
-    worker.start()
+    key = id(engine)
+    _checkpointers[key] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-checkpointer")
     try:
         yield
     finally:
-        _deferred.discard(id(engine))
-        stop.set()
-        worker.join()
-        checkpoint("TRUNCATE")
+        _wait_for_checkpoint(engine)
+        _checkpointers.pop(key).shutdown()
+        _checkpoint(engine, "TRUNCATE")
+
+
+def _wait_for_checkpoint(engine: Engine) -> None:
+    pending = _pending.pop(id(engine), None)
+    if pending is not None:
+        pending.result()
 
 
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """`engine.begin()`; under `deferred_checkpoints` its commit leaves the WAL to the checkpointer thread."""
-    if id(engine) not in _deferred:
+    """`engine.begin()`; under `deferred_checkpoints` its commit hands the WAL to the checkpointer thread."""
+    checkpointer = _checkpointers.get(id(engine))
+    if checkpointer is None:
         with engine.begin() as conn:
             yield conn
         return
+    _wait_for_checkpoint(engine)  # the previous batch's frames are in the database file: the WAL restarts
     with engine.connect() as conn:
         driver = conn.connection.driver_connection
-        driver.execute("PRAGMA wal_autocheckpoint=0")
+        _pragma(driver, "PRAGMA wal_autocheckpoint=0")
         try:
             with conn.begin():
                 yield conn
         finally:
-            driver.execute("PRAGMA wal_autocheckpoint=1000")  # SQLite's default, for the pool's next user
+            _pragma(driver, "PRAGMA wal_autocheckpoint=1000")  # SQLite's default, for the pool's next user
+    _pending[id(engine)] = checkpointer.submit(_checkpoint, engine, "PASSIVE")

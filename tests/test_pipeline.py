@@ -212,13 +212,15 @@ def test_a_crashed_run_is_marked_at_the_next_start(pipeline_env):
     assert status == "crashed" and summary["run_id"] in error
 
 
-def _transformed_real_users(tmp_path: Path) -> tuple[dict, dict, int]:
-    """The real users with a broken share, staged and transformed: (files, spans, invalid count)."""
+def _transformed_real_users(tmp_path: Path, id_offset: int = 0) -> tuple[dict, dict, int]:
+    """The real users (ids moved by `id_offset`) with a broken share, staged and transformed in `tmp_path`:
+    (files, spans, invalid count)."""
     from models.settings import BUNDLED_DEPARTMENTS
     from tasks.extract.dummyjson import _stage_lines
     from tasks.transform import read_departments, transform_batch
 
-    users, expected = break_users(load_real_users())
+    users, expected = break_users([u | {"id": u["id"] + id_offset} for u in load_real_users()])
+    tmp_path.mkdir(parents=True, exist_ok=True)
     raw = tmp_path / "raw.jsonl"
     raw.write_bytes(_stage_lines(users))
     files = {"raw": str(raw), "processed": str(tmp_path / "p.jsonl"), "dlq": str(tmp_path / "d.jsonl")}
@@ -241,24 +243,30 @@ def test_a_retried_persist_batch_adds_nothing_twice(pipeline_env, tmp_path):
         208, 208 - invalid, invalid]
 
 
-def test_sqlite_bulk_load_checkpoints_beside_the_writer_and_truncates_the_wal(settings_env, tmp_path):
-    """Under deferred_checkpoints each batch is committed (another connection sees it at once); at the end
-    the WAL is folded into the database file and emptied, and the pool's connections checkpoint again."""
+def test_sqlite_bulk_load_checkpoints_beside_the_writer_and_keeps_the_wal_small(settings_env, tmp_path):
+    """Under deferred_checkpoints each batch is committed (another connection sees it at once), the WAL is
+    reused batch after batch instead of growing, and at the end it is folded into the database file and
+    emptied; the pool's connections checkpoint on their own again."""
     from models.db import deferred_checkpoints
     from tasks.persist import persist_batch
 
     settings_env()
-    files, spans, invalid = _transformed_real_users(tmp_path)
     url = f"sqlite:///{tmp_path / 'bulk.db'}"
+    wal = tmp_path / "bulk.db-wal"
     engine = engine_for(url)
+    sizes, raw_inserted = [], 0
     with deferred_checkpoints(engine):
-        persist_batch.fn(engine, run_id="r1", source="dummyjson", files=files, spans=spans)
-        assert count(url, "processed_users") == 208 - invalid
-        assert (tmp_path / "bulk.db-wal").stat().st_size > 0
-    assert (tmp_path / "bulk.db-wal").stat().st_size == 0
+        for n in range(4):
+            files, spans, invalid = _transformed_real_users(tmp_path / f"batch{n}", id_offset=1000 * n)
+            out = persist_batch.fn(engine, run_id="r1", source="dummyjson", files=files, spans=spans)
+            raw_inserted += out["raw_inserted"]
+            assert count(url, "processed_users") == (n + 1) * (208 - invalid)
+            sizes.append(wal.stat().st_size)
+    assert sizes[0] > 0 and sizes[-1] < 1.5 * sizes[0], sizes  # four batches' frames would be 4x one
+    assert wal.stat().st_size == 0
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
-    assert count(url, "raw_users") == 208
+    assert count(url, "raw_users") == raw_inserted > 4 * 200  # records broken the same way are one version
 
 
 def test_run_counters_hold_a_big_days_bytes(pipeline_env):
