@@ -15,6 +15,7 @@ from sqlmodel import Session, SQLModel, create_engine
 
 from models.settings import get_settings
 
+BUSY_TIMEOUT_MS = 30_000
 SQLITE_CACHE_KIB = 32 * 1024  # page cache per connection: the indexes of a 10k-row batch stay in memory
 _checkpointers: dict[int, ThreadPoolExecutor] = {}  # engines whose bulk writes leave the WAL to a thread
 _pending: dict[int, Future] = {}
@@ -25,7 +26,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercise
     try:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
     finally:
@@ -98,20 +99,30 @@ def _pragma(driver_conn, sql: str) -> None:
         cur.close()
 
 
+CHECKPOINT_WAIT_MS = 200  # how long a checkpoint waits for readers of the WAL (an API request) to finish
+
+
 def _checkpoint(engine: Engine, mode: str) -> None:
+    """Copy the WAL into the database file. RESTART also makes the next writer start the WAL from its
+    beginning, even when another connection (extract's checkpoints) wrote meanwhile; it waits at most
+    CHECKPOINT_WAIT_MS for readers, then leaves the rest to the next one."""
     with engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        _pragma(driver, f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
         try:
-            _pragma(conn.connection.driver_connection, f"PRAGMA wal_checkpoint({mode})")
+            _pragma(driver, f"PRAGMA wal_checkpoint({mode})")
         except sqlite3.OperationalError:  # another checkpoint is running: the next one catches up
             pass
+        finally:
+            _pragma(driver, f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 @contextmanager
 def deferred_checkpoints(engine: Engine) -> Iterator[None]:
     """For a bulk load into a SQLite file: a commit of `write_transaction` no longer copies the WAL into the
     database file itself (that copy and its sync were a third of persist's time); a thread of its own does
-    it (PASSIVE) while the writer prepares its next batch, and the next write transaction starts once it is
-    done, so the WAL restarts from its beginning instead of growing. At the end the WAL is truncated.
+    it while the writer prepares its next batch, and the next write transaction starts once it is done, so
+    the WAL restarts from its beginning instead of growing. At the end the WAL is truncated.
     A no-op on other databases."""
     if not _sqlite_file(engine):
         yield
@@ -149,4 +160,4 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
                 yield conn
         finally:
             _pragma(driver, "PRAGMA wal_autocheckpoint=1000")  # SQLite's default, for the pool's next user
-    _pending[id(engine)] = checkpointer.submit(_checkpoint, engine, "PASSIVE")
+    _pending[id(engine)] = checkpointer.submit(_checkpoint, engine, "RESTART")
