@@ -17,6 +17,7 @@ from models.settings import get_settings
 
 BUSY_TIMEOUT_MS = 30_000
 SQLITE_CACHE_KIB = 32 * 1024  # page cache per connection: the indexes of a 10k-row batch stay in memory
+CHECKPOINT_WAIT_MS = 200  # how long a checkpoint waits for readers of the WAL (an API request) to finish
 _checkpointers: dict[int, ThreadPoolExecutor] = {}  # engines whose bulk writes leave the WAL to a thread
 _pending: dict[int, Future] = {}
 
@@ -97,9 +98,6 @@ def _pragma(driver_conn, sql: str) -> None:
         cur.execute(sql).fetchall()
     finally:
         cur.close()
-
-
-CHECKPOINT_WAIT_MS = 200  # how long a checkpoint waits for readers of the WAL (an API request) to finish
 
 
 def _checkpoint(engine: Engine, mode: str) -> None:
