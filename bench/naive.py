@@ -8,14 +8,13 @@ the end the three files go to the SFTP server with paramiko's plain `put`. Print
 With --inserts-only, the lighter path this benchmark first compared against: the same validation and
 inserts, but no lookups (so not re-runnable), no files and no delivery.
 
-Usage: python -m bench.naive API_URL DATABASE_URL LIMIT OUT_DIR [--inserts-only] (SFTP_* from the environment).
+Usage: python -m bench.naive API_URL DATABASE_URL LIMIT OUT_DIR [--inserts-only] (SFTP_* settings as the flow's).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -28,11 +27,13 @@ from sqlmodel import Session, select
 
 from models.db import engine_for
 from models.schema import EMAIL_PATTERN, MAX_AGE, MIN_AGE
+from models.settings import get_settings
 from models.users import DlqUser, ProcessedUser, RawUser
+from tasks.deliver import SftpTarget
+from tasks.redact import SENSITIVE_FIELDS
 from tasks.transform import read_departments
 
 DEPARTMENTS: dict[str, str] = {}
-SENSITIVE = ("ssn", "cardNumber", "iban", "ein")
 
 
 class Coordinates(BaseModel):
@@ -96,7 +97,7 @@ def mask(value: str | None) -> str | None:
 
 def masked_copy(rec: object) -> object:
     if isinstance(rec, dict):
-        return {k: mask(str(v)) if k in SENSITIVE and v is not None else masked_copy(v) for k, v in rec.items()}
+        return {k: mask(str(v)) if k in SENSITIVE_FIELDS and v is not None else masked_copy(v) for k, v in rec.items()}
     if isinstance(rec, list):
         return [masked_copy(v) for v in rec]
     return rec
@@ -117,17 +118,18 @@ def processed_row(u: User, record_hash: str, now: datetime) -> dict:
 
 
 def deliver(files: list[Path]) -> None:
-    env = os.environ
+    """Each file put with paramiko's defaults (the settings and host-key check as users-etl's)."""
+    target = SftpTarget.from_settings(get_settings())
     client = paramiko.SSHClient()
-    client.load_host_keys(env["SFTP_KNOWN_HOSTS"])
+    client.load_host_keys(str(target.known_hosts))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     try:
-        client.connect(env["SFTP_HOST"], port=int(env.get("SFTP_PORT", "22")), username=env["SFTP_USERNAME"],
-                       key_filename=env["SFTP_KEY_PATH"], passphrase=env.get("SFTP_KEY_PASSPHRASE"),
+        client.connect(target.host, port=target.port, username=target.username, key_filename=str(target.key_path),
+                       passphrase=target.passphrase.get_secret_value() if target.passphrase else None,
                        allow_agent=False, look_for_keys=False)
         sftp = client.open_sftp()
         for f in files:
-            sftp.put(str(f), f"{env.get('SFTP_REMOTE_BASE', '.')}/naive-{f.name}")
+            sftp.put(str(f), f"{target.remote_base}/naive-{f.name}")
     finally:
         client.close()
 
@@ -164,8 +166,8 @@ def main() -> None:
                     masked = json.dumps(masked_copy(rec))
                     if full:
                         dlq_out.write(json.dumps({"error_reason": reasons, "data": masked}) + "\n")
-                    dlq = full and session.exec(select(DlqUser).where(DlqUser.record_hash == record_hash)).first()
-                    if not dlq:
+                    dlq = session.exec(select(DlqUser).where(DlqUser.record_hash == record_hash)).first() if full else None
+                    if dlq is None:
                         session.add(DlqUser(run_id="naive", error_reason=reasons, data=masked, record_hash=record_hash,
                                             inserted_at=now, last_seen_at=now))
                     else:

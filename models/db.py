@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -18,20 +18,14 @@ from models.settings import get_settings
 BUSY_TIMEOUT_MS = 30_000
 SQLITE_CACHE_KIB = 32 * 1024  # page cache per connection: the indexes of a 10k-row batch stay in memory
 CHECKPOINT_WAIT_MS = 200  # how long a checkpoint waits for readers of the WAL (an API request) to finish
-_checkpointers: dict[int, ThreadPoolExecutor] = {}  # engines whose bulk writes leave the WAL to a thread
-_pending: dict[int, Future] = {}
+# engines whose bulk writes leave the WAL to a checkpointer thread -> the thread of the last commit, if any
+_deferred: dict[int, threading.Thread | None] = {}
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercised through every SQLite test
-    cur = dbapi_conn.cursor()
-    try:
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
-    finally:
-        cur.close()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", f"busy_timeout={BUSY_TIMEOUT_MS}", "foreign_keys=ON",
+                   f"cache_size=-{SQLITE_CACHE_KIB}"):
+        _pragma(dbapi_conn, f"PRAGMA {pragma}")
 
 
 def prepare_engine(engine: Engine) -> Engine:
@@ -125,27 +119,25 @@ def deferred_checkpoints(engine: Engine) -> Iterator[None]:
     if not _sqlite_file(engine):
         yield
         return
-    key = id(engine)
-    _checkpointers[key] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-checkpointer")
+    _deferred[id(engine)] = None
     try:
         yield
     finally:
         _wait_for_checkpoint(engine)
-        _checkpointers.pop(key).shutdown()
+        del _deferred[id(engine)]
         _checkpoint(engine, "TRUNCATE")
 
 
 def _wait_for_checkpoint(engine: Engine) -> None:
-    pending = _pending.pop(id(engine), None)
+    pending = _deferred.get(id(engine))
     if pending is not None:
-        pending.result()
+        pending.join()
 
 
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """`engine.begin()`; under `deferred_checkpoints` its commit hands the WAL to the checkpointer thread."""
-    checkpointer = _checkpointers.get(id(engine))
-    if checkpointer is None:
+    """`engine.begin()`; under `deferred_checkpoints` its commit hands the WAL to a checkpointer thread."""
+    if id(engine) not in _deferred:
         with engine.begin() as conn:
             yield conn
         return
@@ -158,4 +150,6 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
                 yield conn
         finally:
             _pragma(driver, "PRAGMA wal_autocheckpoint=1000")  # SQLite's default, for the pool's next user
-    _pending[id(engine)] = checkpointer.submit(_checkpoint, engine, "RESTART")
+    checkpoint = threading.Thread(target=_checkpoint, args=(engine, "RESTART"), name="sqlite-checkpointer")
+    checkpoint.start()
+    _deferred[id(engine)] = checkpoint
