@@ -64,18 +64,21 @@ def _extract_api(engine, settings, logger, run_dir: str, stamp: str, api_base: s
         if manifest and plan.offset:  # what the interrupted run staged goes through the stages again
             handoff.post(manifest, entry | {"offset": 0, "length": plan.offset, "records": plan.records})
         try:
-            while True:
-                handoff.check_cancelled(run_dir, "extract")
-                got = fetch(engine, base_url=base_url, page_size=page_size, skip=skip, max_records=batch_records,
-                            staged_path=plan.staged_path, offset=offset, records_before=records,
-                            timeout=settings.users_request_timeout, max_retry_after=settings.max_retry_after_seconds)
-                if manifest and got["records"]:
-                    handoff.post(manifest, entry | {"offset": offset, "length": got["offset"] - offset,
-                                                    "records": got["records"]})
-                skip, offset, records = got["next_skip"], got["offset"], records + got["records"]
-                spans.append(got["work_span"])
-                if got["done"]:
-                    break
+            # the last position given is stored on leaving the block, before the outcome below
+            with dummyjson.CheckpointWriter(engine) as checkpoints:
+                while True:
+                    handoff.check_cancelled(run_dir, "extract")
+                    got = fetch(checkpoints, base_url=base_url, page_size=page_size, skip=skip,
+                                max_records=batch_records, staged_path=plan.staged_path, offset=offset,
+                                records_before=records, timeout=settings.users_request_timeout,
+                                max_retry_after=settings.max_retry_after_seconds)
+                    if manifest and got["records"]:
+                        handoff.post(manifest, entry | {"offset": offset, "length": got["offset"] - offset,
+                                                        "records": got["records"]})
+                    skip, offset, records = got["next_skip"], got["offset"], records + got["records"]
+                    spans.append(got["work_span"])
+                    if got["done"]:
+                        break
         except Exception as exc:
             dummyjson.finish_extract(engine, error=f"{type(exc).__name__}: {exc}")
             logger.error("extract stopped at skip=%d; the checkpoint keeps it for the next run", skip)

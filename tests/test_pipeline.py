@@ -278,3 +278,46 @@ def test_run_counters_hold_a_big_days_bytes(pipeline_env):
     runs.finish_run(engine, run_id="big-day", status="completed", delivered_bytes=5 * 2**31,
                     stage_seconds={"deliver": 1.0})
     assert rows(pipeline_env, "SELECT delivered_bytes FROM etl_runs WHERE id = 'big-day'") == [(5 * 2**31,)]
+
+
+def _checkpoint_row(url: str) -> tuple:
+    return rows(url, "SELECT cursor, staged_bytes, staged_records FROM etl_checkpoints")[0]
+
+
+def test_extract_checkpoint_does_not_wait_for_a_batch_being_stored(settings_env, tmp_path):
+    """While another connection holds SQLite's write lock (persist storing a batch), the fetcher hands its
+    position over and goes on; the newest position is stored once the lock is free, and leaving the writer
+    leaves it stored."""
+    from tasks.extract.dummyjson import CheckpointWriter, begin_extract
+
+    settings_env()
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    engine = engine_for(url)
+    begin_extract(engine, run_id="r1", fingerprint="f", new_path=tmp_path / "raw.jsonl")
+    with CheckpointWriter(engine) as checkpoints:
+        with engine.connect() as holder:
+            holder.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, as a persist batch holds it
+            checkpoints.advance(skip=100, total=208, offset=1000, records=100)
+            checkpoints.advance(skip=200, total=208, offset=2000, records=200)  # returned: not waiting
+            assert _checkpoint_row(url) == (0, 0, 0)  # still held: nothing written yet
+            holder.exec_driver_sql("COMMIT")
+        checkpoints.advance(skip=208, total=208, offset=2080, records=208)
+    assert _checkpoint_row(url) == (208, 2080, 208)
+
+
+def test_extract_checkpoint_write_error_reaches_the_extracting_thread(settings_env, tmp_path):
+    """A position that cannot be stored fails the extraction (at the next hand-over or on leaving)."""
+    from sqlalchemy.exc import OperationalError
+
+    from tasks.extract.dummyjson import CheckpointWriter, begin_extract
+
+    settings_env()
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    engine = engine_for(url)
+    begin_extract(engine, run_id="r1", fingerprint="f", new_path=tmp_path / "raw.jsonl")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE etl_checkpoints")
+    checkpoints = CheckpointWriter(engine)
+    checkpoints.advance(skip=100, total=208, offset=1000, records=100)
+    with pytest.raises(OperationalError, match="etl_checkpoints"):
+        checkpoints.close()
