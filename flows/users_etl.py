@@ -144,7 +144,9 @@ def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str, ba
         "processed": str(Path(run_dir) / "processed_users" / f"etl_{stamp}.jsonl"),
         "dlq": str(Path(run_dir) / "dlq" / f"invalid_users_{stamp}.jsonl"),
     }
-    for path in files.values():
+    # the raw lines' ids and hashes, for persist; a stage file, not one of the run's files to deliver
+    keys_path = str(Path(run_dir) / "stages" / f"raw_keys_{stamp}.arrows")
+    for path in (*files.values(), keys_path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(b"")
     counts, reasons, drift, spans = Counter(), Counter(), [], []
@@ -160,7 +162,8 @@ def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str, ba
 
     for entry in handoff.follow(extracted, stage="transform", run_dir=run_dir):
         source = entry["source"]
-        meta = {"source": source, "as_of": entry["as_of"], "files": {"raw": entry.get("raw_path"), **files}}
+        meta = {"source": source, "as_of": entry["as_of"],
+                "files": {"raw": entry.get("raw_path"), **files, "raw_keys": keys_path}}
         plugin = source_module(entry["module"]) if entry.get("module") else None
         if entry.get("error"):  # a rejected input: one DLQ entry naming file and line
             span = append_failure(files["dlq"], reason=plugin.FAILURE_REASON, record=plugin.failure_record(entry))
@@ -171,12 +174,13 @@ def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str, ba
             continue
         for offset, length in _source_spans(entry, batch_records):
             out = transform_batch(departments, raw_path=entry["raw_path"], offset=offset, length=length,
-                                  processed_path=files["processed"], dlq_path=files["dlq"], source=source,
+                                  processed_path=files["processed"], dlq_path=files["dlq"], keys_path=keys_path,
+                                  source=source,
                                   fields=plugin.FIELDS if plugin else None)
             reasons.update(out["reasons"])
             types.setdefault(source, []).append(out["types"])
             spans.append(out["work_span"])
-            hand_on(meta | {k: out[k] for k in ("raw", "processed", "dlq", "valid", "invalid")})
+            hand_on(meta | {k: out[k] for k in ("raw", "processed", "dlq", "raw_keys", "valid", "invalid")})
     observed = {}
     for source, seen in types.items():
         policy, observed[source] = settings.drift_policy(source), merge_types(seen)
@@ -211,7 +215,7 @@ def persist(run_id: str, transformed: str, extracted: str, run_dir: str | None =
         for b in handoff.follow(transformed, stage="persist", run_dir=run_dir):
             counts = persist_batch(engine, run_id=run_id, source=b["source"], as_of=b["as_of"],
                                    files=b["files"],
-                                   spans={k: b[k] for k in ("raw", "processed", "dlq")})
+                                   spans={k: b[k] for k in ("raw", "processed", "dlq", "raw_keys") if b.get(k)})
             spans.append(counts.pop("work_span"))
             totals.update(counts)
             per_source.setdefault(b["source"], Counter()).update(

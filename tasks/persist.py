@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from models.db import write_transaction
 from models.users import PROCESSED_COLUMNS, DlqUser, ProcessedUser, RawUser
 from tasks.retry import retry_when
-from tasks.transform import read_dlq_span, read_lines, read_processed_span, read_span
+from tasks.transform import raw_keys, read_dlq_span, read_frame, read_lines, read_processed_span, read_span
 
 IN_CHUNK = 5_000  # ids per IN (...) lookup; well under SQLite's and PostgreSQL's parameter limits
 
@@ -78,13 +78,16 @@ def stored_hashes(conn: Connection, table: Table, key: str, keys: list) -> pl.Da
     return pl.DataFrame(rows, schema={"_key": pl.String, "_stored": pl.String}, orient="row")
 
 
-def raw_frame(data: bytes, *, id_path: str = "$.id", id_column: str = "source_id") -> pl.DataFrame:
-    """Staged lines as raw rows: the source's id, the content hash, the line (each distinct line once)."""
-    return read_lines(data, "data").select(
-        pl.col("data").str.json_path_match(id_path).alias(id_column),
-        pl.col("data").chash.sha2_256().alias("record_hash"),
-        "data",
-    ).unique(subset="record_hash", keep="first", maintain_order=True)
+def raw_frame(data: bytes, keys: pl.DataFrame | None = None, *, id_path: str = "$.id",
+              id_column: str = "source_id") -> pl.DataFrame:
+    """Staged lines as raw rows: the source's id, the content hash, the line (each distinct line once).
+    `keys`: the lines' (id, hash) as transform worked them out, else they are worked out here."""
+    lines = read_lines(data, "data")
+    if keys is not None and keys.height == lines.height:
+        rows = keys.hstack(lines)
+    else:
+        rows = lines.select(*raw_keys(pl.col("data"), id_path=id_path, id_column=id_column), "data")
+    return rows.unique(subset="record_hash", keep="first", maintain_order=True)
 
 
 def insert_new_versions(conn: Connection, table: Table, rows: pl.DataFrame, *, now: datetime, **constants) -> int:
@@ -198,15 +201,17 @@ def _db_transient(exc: BaseException) -> bool:
       cache_policy=NO_CACHE)
 def persist_batch(engine: Engine, *, run_id: str, source: str, files: dict[str, str | None], spans: dict[str, list[int]],
                   as_of: str | None = None) -> dict[str, int]:
-    """Read one batch's spans of the staged raw, processed and DLQ files and store them. `as_of` is when the
-    source produced the records (fetch time for the API, file time for a CSV)."""
+    """Read one batch's spans of the staged raw, processed and DLQ files (and of the raw lines' keys, when
+    transform staged them) and store them. `as_of` is when the source produced the records (fetch time for
+    the API, file time for a CSV)."""
     started = time.time()
     counts = persist_frames(
         engine,
         run_id=run_id,
         source=source,
         as_of=datetime.fromisoformat(as_of) if as_of else None,
-        raw=raw_frame(read_span(files["raw"], *spans["raw"]) if files["raw"] else b""),
+        raw=raw_frame(read_span(files["raw"], *spans["raw"]) if files["raw"] else b"",
+                      read_frame(read_span(files["raw_keys"], *spans["raw_keys"])) if spans.get("raw_keys") else None),
         processed=read_processed_span(read_span(files["processed"], *spans["processed"])),
         dlq=read_dlq_span(read_span(files["dlq"], *spans["dlq"])),
     )

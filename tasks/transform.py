@@ -127,6 +127,25 @@ def append_lines(path: Path | str, df: pl.DataFrame) -> tuple[int, int]:
         return start, fh.tell() - start
 
 
+def append_frame(path: Path | str, df: pl.DataFrame) -> tuple[int, int]:
+    """Append a frame as one Arrow IPC stream; returns the (offset, length) it occupies (`read_frame`)."""
+    buf = io.BytesIO()
+    df.write_ipc_stream(buf)
+    with open(path, "ab") as fh:
+        start = fh.tell()
+        fh.write(buf.getvalue())
+        return start, fh.tell() - start
+
+
+def read_frame(data: bytes) -> pl.DataFrame:
+    return pl.read_ipc_stream(io.BytesIO(data))
+
+
+def raw_keys(lines: pl.Expr, *, id_path: str = "$.id", id_column: str = "source_id") -> list[pl.Expr]:
+    """A raw line's keys in the raw layer: the source's id as text and the line's content hash."""
+    return [lines.str.json_path_match(id_path).alias(id_column), lines.chash.sha2_256().alias("record_hash")]
+
+
 def append_text_lines(path: Path | str, lines: pl.Series) -> tuple[int, int]:
     with open(path, "ab") as fh:
         start = fh.tell()
@@ -215,16 +234,18 @@ def _last4(expr: pl.Expr, prefix: str, *, digits_only: bool = False) -> pl.Expr:
 
 
 def transform_frame(raw: pl.DataFrame, departments: pl.DataFrame, *, source: str = "dummyjson",
-                    fields: dict[str, tuple[str, ...]] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+                    fields: dict[str, tuple[str, ...]] | None = None,
+                    raw_hash: pl.Series | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(processed, dlq). Processed rows follow PROCESSED_SCHEMA plus record_hash; DLQ rows carry
-    error_reason (every failed rule), reasons (list) and the masked original record."""
+    error_reason (every failed rule), reasons (list) and the masked original record. `raw_hash`: the raw
+    lines' hashes when the caller has them already."""
     if raw.height == 0:
         return pl.DataFrame(schema=PROCESSED_SCHEMA), pl.DataFrame(
             schema={"error_reason": pl.String, "reasons": pl.List(pl.String), "record_hash": pl.String, "record": pl.String}
         )
     staged = (
         flatten(raw, fields)
-        .with_columns(pl.col(LINE).chash.sha2_256().alias("raw_hash"))
+        .with_columns(pl.col(LINE).chash.sha2_256().alias("raw_hash") if raw_hash is None else raw_hash.alias("raw_hash"))
         .with_columns(pl.col("department").str.strip_chars().alias("department"))
         .join(departments, on="department", how="left", maintain_order="left")
         .with_columns(
@@ -326,17 +347,22 @@ def transform_batch(
     length: int,
     processed_path: str,
     dlq_path: str,
+    keys_path: str | None = None,
     source: str = "dummyjson",
     fields: dict[str, list[str]] | None = None,
 ) -> dict:
     """One span of the staged raw file through the rules; outputs appended to the run's files. `fields` is
-    the source's field map (DummyJSON's when None)."""
+    the source's field map (DummyJSON's when None). With `keys_path`, the raw lines' ids and hashes are
+    appended there too, so that persist, the stage that ends last, need not work them out again."""
     started = time.time()
     raw = parse_raw(read_span(raw_path, offset, length))
+    keys = raw.select(raw_keys(pl.col(LINE))) if raw.height else None
     processed, dlq = transform_frame(raw, departments, source=source,
-                                     fields={k: tuple(v) for k, v in fields.items()} if fields else None)
+                                     fields={k: tuple(v) for k, v in fields.items()} if fields else None,
+                                     raw_hash=keys.get_column("record_hash") if keys is not None else None)
     p_span = append_lines(processed_path, processed)
     d_span = append_text_lines(dlq_path, dlq_lines(dlq))
+    k_span = append_frame(keys_path, keys) if keys_path and keys is not None else None
     reasons = (
         dlq.select(pl.col("reasons").explode().value_counts()).unnest("reasons")
         if dlq.height else pl.DataFrame(schema={"reasons": pl.String, "count": pl.UInt32})
@@ -345,6 +371,7 @@ def transform_batch(
         "raw": [offset, length],
         "processed": list(p_span),
         "dlq": list(d_span),
+        "raw_keys": list(k_span) if k_span else None,
         "valid": processed.height,
         "invalid": dlq.height,
         "types": field_types(raw.schema),

@@ -114,6 +114,29 @@ def test_password_never_reaches_a_staged_line():
     assert all(u["password"] not in staged for u in users)
 
 
+def test_raw_keys_staged_by_transform_are_those_persist_would_work_out(tmp_path, departments):
+    """Transform hands persist each raw line's id and hash (an Arrow stream per batch): persist's raw rows
+    from them are exactly those it computes from the lines alone, batch by batch."""
+    from tasks.persist import raw_frame
+    from tasks.transform import read_frame, read_span
+
+    users, _ = break_users(load_real_users())
+    raw = tmp_path / "raw.jsonl"
+    raw.write_bytes(_stage_lines(users + users[:30]))  # a repeated line is one raw version
+    keys = tmp_path / "keys.arrows"
+    outs = [transform_batch.fn(departments, raw_path=str(raw), offset=o, length=n, processed_path=str(tmp_path / "p"),
+                               dlq_path=str(tmp_path / "d"), keys_path=str(keys))
+            for o, n in split_spans(raw, 64_000)]
+    assert len(outs) > 3 and sum(o["raw_keys"][1] for o in outs) == keys.stat().st_size
+    for out in outs:
+        lines = read_span(raw, *out["raw"])
+        given = raw_frame(lines, read_frame(read_span(keys, *out["raw_keys"])))
+        assert given.equals(raw_frame(lines))
+        assert given.get_column("source_id").null_count() == 0
+    every = pl.concat(raw_frame(read_span(raw, *o["raw"])) for o in outs)
+    assert every.height == len(users) + 30 and every.get_column("record_hash").n_unique() == len(users)
+
+
 def test_transform_batch_appends_outputs_and_reports_reasons(tmp_path, departments):
     users, expected = break_users(load_real_users())
     raw = tmp_path / "raw.jsonl"
