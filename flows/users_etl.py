@@ -175,8 +175,7 @@ def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str, ba
         for offset, length in _source_spans(entry, batch_records):
             out = transform_batch(departments, raw_path=entry["raw_path"], offset=offset, length=length,
                                   processed_path=files["processed"], dlq_path=files["dlq"], keys_path=keys_path,
-                                  source=source,
-                                  fields=plugin.FIELDS if plugin else None)
+                                  source=source, fields=plugin.FIELDS if plugin else None)
             reasons.update(out["reasons"])
             types.setdefault(source, []).append(out["types"])
             spans.append(out["work_span"])
