@@ -5,11 +5,14 @@ a column expression: no per-record Python in the hot path."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 import polars as pl
 import polars_hash  # noqa: F401  (registers the .chash namespace)
@@ -118,23 +121,23 @@ def read_span(path: Path | str, offset: int, length: int) -> bytes:
         return fh.read(length)
 
 
-def append_lines(path: Path | str, df: pl.DataFrame) -> tuple[int, int]:
-    """Append a frame as JSONL; returns the (offset, length) it occupies."""
+def _append(path: Path | str, write: Callable[[BinaryIO], object] | None) -> tuple[int, int]:
+    """Append what `write` writes to the file (nothing when None); returns the (offset, length) it occupies."""
     with open(path, "ab") as fh:
         start = fh.tell()
-        if df.height:
-            df.write_ndjson(fh)
+        if write is not None:
+            write(fh)
         return start, fh.tell() - start
+
+
+def append_lines(path: Path | str, df: pl.DataFrame) -> tuple[int, int]:
+    """Append a frame as JSONL."""
+    return _append(path, df.write_ndjson if df.height else None)
 
 
 def append_frame(path: Path | str, df: pl.DataFrame) -> tuple[int, int]:
-    """Append a frame as one Arrow IPC stream; returns the (offset, length) it occupies (`read_frame`)."""
-    buf = io.BytesIO()
-    df.write_ipc_stream(buf)
-    with open(path, "ab") as fh:
-        start = fh.tell()
-        fh.write(buf.getvalue())
-        return start, fh.tell() - start
+    """Append a frame as one Arrow IPC stream (`read_frame` reads its span back)."""
+    return _append(path, df.write_ipc_stream)
 
 
 def read_frame(data: bytes) -> pl.DataFrame:
@@ -157,11 +160,11 @@ def parsed_ids(raw: pl.DataFrame) -> pl.Expr | None:
 
 
 def append_text_lines(path: Path | str, lines: pl.Series) -> tuple[int, int]:
-    with open(path, "ab") as fh:
-        start = fh.tell()
-        if lines.len():
-            pl.DataFrame({"l": lines}).write_csv(fh, include_header=False, quote_style="never", separator="\x1f")
-        return start, fh.tell() - start
+    """Append text lines as they are (no quoting)."""
+    if not lines.len():
+        return _append(path, None)
+    frame = pl.DataFrame({"l": lines})
+    return _append(path, functools.partial(frame.write_csv, include_header=False, quote_style="never", separator="\x1f"))
 
 
 # ---------------------------------------------------------------- parsing
