@@ -229,6 +229,7 @@ def render(n: int, results: dict[str, dict], naive: dict, inserts_only: dict, op
     row("time some task was working (s; stages overlap)", lambda r: f"{r['busy_seconds']:.1f}")
     row("orchestration overhead (s): total minus that", lambda r: f"{r['wall_seconds'] - r['busy_seconds']:.1f}")
     row("peak RSS of the flow process (MB)", lambda r: f"{r['peak_rss_mb']:.0f}")
+    row("its peak in each quarter of the run (MB)", lambda r: " / ".join(f"{q:.0f}" for q in r["rss_quarters_mb"]))
     row("CPU seconds of the flow process", lambda r: f"{r['cpu_seconds']:.1f}")
     row("task runs", lambda r: str(r["task_runs"]))
     row("bytes delivered", lambda r: f"{r['counts']['delivered_bytes']:,}")

@@ -6,8 +6,38 @@ import json
 import os
 import resource
 import sys
+import threading
 import time
 from datetime import UTC, datetime
+
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+class RssTrace:
+    """The process's resident memory sampled every 0.2 s, so the table can show whether it levels off
+    (streaming) or keeps climbing with the records (holding them)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-trace", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            with open("/proc/self/statm") as f:
+                self.samples.append((time.time(), int(f.read().split()[1]) * PAGE_KIB / 1024))
+
+    def quarters(self) -> list[float]:
+        """Peak RSS (MB) in each quarter of the run's sampled time."""
+        self._stop.set()
+        self._thread.join()
+        t0, t1 = self.samples[0][0], self.samples[-1][0]
+        peaks = [0.0] * 4
+        for t, mb in self.samples:
+            q = min(3, int(4 * (t - t0) / ((t1 - t0) or 1)))
+            peaks[q] = max(peaks[q], mb)
+        return peaks
 
 
 def covered_seconds(spans: list[list[float]]) -> float:
@@ -23,6 +53,7 @@ def covered_seconds(spans: list[list[float]]) -> float:
 def main() -> None:
     t0 = float(os.environ["BENCH_T0"])
     started_at = datetime.fromtimestamp(t0, UTC)
+    trace = RssTrace()
     from prefect import get_client
 
     from flows.users_etl import users_etl
@@ -41,6 +72,7 @@ def main() -> None:
         "busy_seconds": covered_seconds(summary["work_spans"]),
         "counts": summary["counts"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_quarters_mb": trace.quarters(),
         "cpu_seconds": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
         "task_runs": task_runs,
         "delivered": summary["delivered"],

@@ -40,3 +40,19 @@ def test_make_run_stops_at_start_on_bad_config(settings_env, capsys):
     settings_env(users_page_size="zero")
     assert main() == 2
     assert "USERS_PAGE_SIZE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("own", "last"), [(None, "muzzy_decay_ms:0"), ("muzzy_decay_ms:5000", "muzzy_decay_ms:5000")])
+def test_polars_allocator_returns_freed_pages_unless_the_operator_says_otherwise(own, last):
+    """A fresh flow process hands Polars' allocator our setting (the last option given wins); an operator's
+    own `_RJEM_MALLOC_CONF` is kept instead."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"} | ({"_RJEM_MALLOC_CONF": own} if own else {})
+    # what Polars handed its allocator when it loaded: its own defaults, then the override
+    out = subprocess.run([sys.executable, "-c", "import os, flows.users_etl; print(os.environ['_RJEM_MALLOC_CONF'])"],
+                         env=env, capture_output=True, text=True, check=True)
+    conf = out.stdout.strip().split(",")
+    assert conf[-1] == last and len(conf) > 1, conf
