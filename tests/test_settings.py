@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 
 from models.settings import ConfigError, get_settings
@@ -46,10 +50,6 @@ def test_make_run_stops_at_start_on_bad_config(settings_env, capsys):
 def test_polars_allocator_returns_freed_pages_unless_the_operator_says_otherwise(own, last):
     """A fresh flow process hands Polars' allocator our setting (the last option given wins); an operator's
     own `_RJEM_MALLOC_CONF` is kept instead."""
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"} | ({"_RJEM_MALLOC_CONF": own} if own else {})
     # what Polars handed its allocator when it loaded: its own defaults, then the override
     out = subprocess.run([sys.executable, "-c", "import os, flows.users_etl; print(os.environ['_RJEM_MALLOC_CONF'])"],
