@@ -48,7 +48,7 @@ def bulk_insert(conn: Connection, table: Table, df: pl.DataFrame, *, ignore_conf
         df.write_csv(buf, include_header=False, null_value="\\N")
         with conn.connection.driver_connection.cursor() as cur:
             with cur.copy(f"COPY {table.name} ({cols}) FROM STDIN (FORMAT csv, NULL '\\N')") as copy:
-                copy.write(buf.getvalue())
+                copy.write(buf.getbuffer())  # no copy of the batch's CSV
     else:
         conflict = f" ON CONFLICT ({ignore_conflicts}) DO NOTHING" if ignore_conflicts else ""
         marks = ", ".join("?" * df.width)

@@ -9,6 +9,7 @@ import functools
 import hashlib
 import io
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -21,10 +22,13 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 from models.schema import user_rules
 from models.users import PROCESSED_COLUMNS
-from tasks.drift import field_types
+from tasks.drift import field_types, merge_types
 from tasks.redact import mask_sensitive
 
 LINE = "_raw"
+# transform works through a batch in pieces of about this many bytes of staged JSONL (about 1,500 DummyJSON
+# users): the stage's memory is a piece's
+PIECE_BYTES = 2 << 20
 
 # flattened column -> path in the DummyJSON record
 TEXT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -173,7 +177,7 @@ def append_text_lines(path: Path | str, lines: pl.Series) -> tuple[int, int]:
 def read_lines(data: bytes, name: str = LINE) -> pl.DataFrame:
     """JSONL bytes as one text column, a row per line, untouched (JSON escapes control characters, so the
     unit separator never occurs inside a line)."""
-    if not data.strip():
+    if not data or data.isspace():  # (strip() would copy the whole span)
         return pl.DataFrame(schema={name: pl.String})
     return pl.read_csv(io.BytesIO(data), has_header=False, separator="\x1f", quote_char=None,
                        new_columns=[name], schema={name: pl.String}, truncate_ragged_lines=True)
@@ -256,6 +260,14 @@ def transform_frame(raw: pl.DataFrame, departments: pl.DataFrame, *, source: str
         return pl.DataFrame(schema=PROCESSED_SCHEMA), pl.DataFrame(
             schema={"error_reason": pl.String, "reasons": pl.List(pl.String), "record_hash": pl.String, "record": pl.String}
         )
+    return split_checked(check_frame(raw, departments, fields=fields, raw_hash=raw_hash), source=source)
+
+
+def check_frame(raw: pl.DataFrame, departments: pl.DataFrame, *, fields: dict[str, tuple[str, ...]] | None = None,
+                raw_hash: pl.Series | None = None, seen_ids: pl.Series | None = None) -> pl.DataFrame:
+    """Parsed records as staging columns, each row with the names of the rules it fails (`reasons`).
+    `seen_ids`: ids that earlier rows of the same batch had (a later row with one is a duplicate)."""
+    seen = seen_ids if seen_ids is not None else pl.Series("id_int", [], pl.Int64)
     staged = (
         flatten(raw, fields)
         .with_columns(pl.col(LINE).chash.sha2_256().alias("raw_hash") if raw_hash is None else raw_hash.alias("raw_hash"))
@@ -265,12 +277,18 @@ def transform_frame(raw: pl.DataFrame, departments: pl.DataFrame, *, source: str
             pl.col("id_text").cast(pl.Float64, strict=False).cast(pl.Int64, strict=False).alias("id_int"),
         )
         .with_columns(
-            (pl.col("id_int").is_not_null() & ~pl.col("id_int").is_first_distinct()).alias("id_duplicate"),
+            (pl.col("id_int").is_not_null()
+             & (~pl.col("id_int").is_first_distinct() | pl.col("id_int").is_in(seen.implode()))).alias("id_duplicate"),
         )
     )
     rules = user_rules()
     failed = [pl.when(~r.passes.fill_null(False)).then(pl.lit(r.name)) for r in rules]
-    staged = staged.with_columns(pl.concat_list(failed).list.drop_nulls().alias("reasons"))
+    return staged.with_columns(pl.concat_list(failed).list.drop_nulls().alias("reasons"))
+
+
+def split_checked(staged: pl.DataFrame, *, source: str = "dummyjson") -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Checked rows (`check_frame`) -> (processed, dlq): rows that pass every rule, cleaned and masked, and the
+    others with their reasons and the masked original record."""
     ok = pl.col("reasons").list.len() == 0
 
     processed = staged.filter(ok).select(
@@ -363,31 +381,57 @@ def transform_batch(
     keys_path: str | None = None,
     source: str = "dummyjson",
     fields: dict[str, list[str]] | None = None,
+    piece_bytes: int = PIECE_BYTES,
 ) -> dict:
     """One span of the staged raw file through the rules; outputs appended to the run's files. `fields` is
     the source's field map (DummyJSON's when None). With `keys_path`, the raw lines' ids and hashes are
-    appended there too, so that persist, the stage that ends last, need not work them out again."""
+    appended there too, so that persist, the stage that ends last, need not work them out again.
+
+    The span is worked through in pieces of about `piece_bytes` (one task run all the same): a piece's
+    frames are freed before the next is parsed, so the stage's memory is a piece's, not the batch's. The
+    pieces' outputs follow each other in the run's files, so the batch's outputs are still one span each;
+    an id seen in an earlier piece of the batch is a duplicate as it would be within one piece."""
     started = time.time()
-    raw = parse_raw(read_span(raw_path, offset, length))
-    keys = raw.select(raw_keys(pl.col(LINE), ids=parsed_ids(raw))) if raw.height else None
-    processed, dlq = transform_frame(raw, departments, source=source,
-                                     fields={k: tuple(v) for k, v in fields.items()} if fields else None,
-                                     raw_hash=keys.get_column("record_hash") if keys is not None else None)
-    p_span = append_lines(processed_path, processed)
-    d_span = append_text_lines(dlq_path, dlq_lines(dlq))
-    k_span = append_frame(keys_path, keys) if keys_path and keys is not None else None
-    reasons = (
-        dlq.select(pl.col("reasons").explode().value_counts()).unnest("reasons")
-        if dlq.height else pl.DataFrame(schema={"reasons": pl.String, "count": pl.UInt32})
-    )
+    field_map = {k: tuple(v) for k, v in fields.items()} if fields else None
+    p_start = d_start = None
+    p_end = d_end = 0
+    keys, types, reasons = [], [], Counter()
+    valid = invalid = 0
+    seen_ids = pl.Series("id_int", [], pl.Int64)
+    for piece_offset, piece_length in split_spans(raw_path, piece_bytes, offset, length):
+        raw = parse_raw(read_span(raw_path, piece_offset, piece_length))
+        types.append(field_types(raw.schema))
+        if not raw.height:
+            continue
+        piece_keys = raw.select(raw_keys(pl.col(LINE), ids=parsed_ids(raw)))
+        checked = check_frame(raw, departments, fields=field_map, raw_hash=piece_keys.get_column("record_hash"),
+                              seen_ids=seen_ids)
+        del raw
+        seen_ids = pl.concat([seen_ids, checked.get_column("id_int").drop_nulls()])
+        processed, dlq = split_checked(checked, source=source)
+        del checked
+        p_at, p_len = append_lines(processed_path, processed)
+        d_at, d_len = append_text_lines(dlq_path, dlq_lines(dlq))
+        p_start, d_start = p_at if p_start is None else p_start, d_at if d_start is None else d_start
+        p_end, d_end = p_at + p_len, d_at + d_len
+        keys.append(piece_keys)
+        valid, invalid = valid + processed.height, invalid + dlq.height
+        if dlq.height:
+            counted = dlq.select(pl.col("reasons").explode().value_counts()).unnest("reasons")
+            reasons.update(dict(zip(counted.get_column("reasons").to_list(), counted.get_column("count").to_list(),
+                                    strict=True)))
+    if p_start is None:  # no records: empty spans where the files end
+        p_start = p_end = append_lines(processed_path, pl.DataFrame())[0]
+        d_start = d_end = append_text_lines(dlq_path, pl.Series("l", [], pl.String))[0]
+    k_span = append_frame(keys_path, pl.concat(keys)) if keys_path and keys else None
     return {
         "raw": [offset, length],
-        "processed": list(p_span),
-        "dlq": list(d_span),
+        "processed": [p_start, p_end - p_start],
+        "dlq": [d_start, d_end - d_start],
         "raw_keys": list(k_span) if k_span else None,
-        "valid": processed.height,
-        "invalid": dlq.height,
-        "types": field_types(raw.schema),
+        "valid": valid,
+        "invalid": invalid,
+        "types": merge_types(types),
         "work_span": [started, time.time()],
-        "reasons": dict(zip(reasons.get_column("reasons").to_list(), reasons.get_column("count").to_list(), strict=True)),
+        "reasons": dict(reasons),
     }

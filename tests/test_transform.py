@@ -154,3 +154,44 @@ def test_transform_batch_appends_outputs_and_reports_reasons(tmp_path, departmen
     processed = pl.read_ndjson(out_p)
     assert processed.height == len(users) - len(expected)
     assert processed.get_column("id").is_unique().all()
+
+
+def test_a_batch_worked_through_in_pieces_gives_what_it_gives_in_one(tmp_path, departments):
+    """transform works through a batch in pieces of about PIECE_BYTES (its memory is a piece's): the
+    outputs are the same bytes, counts and reasons as in one piece, and an id seen in an earlier piece is
+    a duplicate as it is within one. (Field types are read per piece and merged as across batches: where
+    the broken users give a field another type, a piece says so where the whole span would say text.)"""
+    from tasks.transform import read_frame, read_span
+
+    users, expected = break_users(load_real_users())
+    again = [dict(u, firstName=f"Again {u['firstName']}") for u in users[:5]]  # same ids, new content, at the end
+    raw = tmp_path / "raw.jsonl"
+    raw.write_bytes(_stage_lines(users + again))
+    outs = {}
+    for name, piece_bytes in (("whole", 1 << 30), ("pieces", 16_000)):
+        paths = {k: tmp_path / f"{name}.{k}" for k in ("p", "d", "k")}
+        out = transform_batch.fn(departments, raw_path=str(raw), offset=0, length=raw.stat().st_size,
+                                 processed_path=str(paths["p"]), dlq_path=str(paths["d"]), keys_path=str(paths["k"]),
+                                 piece_bytes=piece_bytes)
+        assert out["processed"] == [0, paths["p"].stat().st_size] and out["dlq"] == [0, paths["d"].stat().st_size]
+        outs[name] = (out, {k: p.read_bytes() for k, p in paths.items()},
+                      read_frame(read_span(paths["k"], *out["raw_keys"])))
+    assert len(split_spans(raw, 16_000)) > 10
+    (whole, whole_files, whole_keys), (pieces, piece_files, piece_keys) = outs["whole"], outs["pieces"]
+    assert piece_files["p"] == whole_files["p"] and piece_files["d"] == whole_files["d"]
+    assert piece_keys.equals(whole_keys) and piece_keys.height == len(users) + len(again)
+    same = ("valid", "invalid", "reasons")
+    assert {k: pieces[k] for k in same} == {k: whole[k] for k in same}
+    assert pieces["invalid"] == len(expected) + len(again) and pieces["reasons"]["id_duplicate"] >= len(again)
+    dlq = pl.read_ndjson(tmp_path / "pieces.d")
+    assert dlq.filter(pl.col("reasons").list.contains("id_duplicate")).height >= len(again)
+
+
+def test_field_types_read_in_pieces_are_those_of_the_whole_batch(tmp_path, departments):
+    raw = tmp_path / "raw.jsonl"
+    raw.write_bytes(_stage_lines(load_real_users()))
+    kw = dict(raw_path=str(raw), offset=0, length=raw.stat().st_size, processed_path=str(tmp_path / "p"),
+              dlq_path=str(tmp_path / "d"))
+    whole = transform_batch.fn(departments, **kw, piece_bytes=1 << 30)["types"]
+    assert whole["id"] == "Int64" and whole["address.coordinates.lat"] == "Float64"
+    assert transform_batch.fn(departments, **kw, piece_bytes=16_000)["types"] == whole
