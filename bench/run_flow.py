@@ -65,6 +65,10 @@ def main() -> None:
         resp = client._client.post("/task_runs/count",
                               json={"task_runs": {"start_time": {"after_": started_at.isoformat()}}})
         task_runs = resp.json()
+    quarters = trace.quarters()
+    if os.environ.get("BENCH_RSS_TRACE"):  # the samples themselves, (seconds since the clock started, MB)
+        with open(os.environ["BENCH_RSS_TRACE"], "w") as f:
+            json.dump([(round(t - t0, 2), round(mb, 1)) for t, mb in trace.samples], f)
     print(json.dumps({
         "wall_seconds": wall,
         "stage_seconds": summary["stage_seconds"],
@@ -72,7 +76,7 @@ def main() -> None:
         "busy_seconds": covered_seconds(summary["work_spans"]),
         "counts": summary["counts"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_quarters_mb": trace.quarters(),
+        "rss_quarters_mb": quarters,
         "cpu_seconds": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
         "task_runs": task_runs,
         "delivered": summary["delivered"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -132,6 +133,14 @@ def _append(path: Path | str, write: Callable[[BinaryIO], object] | None) -> tup
         if write is not None:
             write(fh)
         return start, fh.tell() - start
+
+
+def file_size(path: Path | str) -> int:
+    """Where an appended output would start: the file's size, 0 while it does not exist."""
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
 
 
 def append_lines(path: Path | str, df: pl.DataFrame) -> tuple[int, int]:
@@ -393,8 +402,7 @@ def transform_batch(
     an id seen in an earlier piece of the batch is a duplicate as it would be within one piece."""
     started = time.time()
     field_map = {k: tuple(v) for k, v in fields.items()} if fields else None
-    p_start = d_start = None
-    p_end = d_end = 0
+    p_start, d_start = file_size(processed_path), file_size(dlq_path)
     keys, types, reasons = [], [], Counter()
     valid = invalid = 0
     seen_ids = pl.Series("id_int", [], pl.Int64)
@@ -410,19 +418,15 @@ def transform_batch(
         seen_ids = pl.concat([seen_ids, checked.get_column("id_int").drop_nulls()])
         processed, dlq = split_checked(checked, source=source)
         del checked
-        p_at, p_len = append_lines(processed_path, processed)
-        d_at, d_len = append_text_lines(dlq_path, dlq_lines(dlq))
-        p_start, d_start = p_at if p_start is None else p_start, d_at if d_start is None else d_start
-        p_end, d_end = p_at + p_len, d_at + d_len
+        append_lines(processed_path, processed)
+        append_text_lines(dlq_path, dlq_lines(dlq))
         keys.append(piece_keys)
         valid, invalid = valid + processed.height, invalid + dlq.height
         if dlq.height:
             counted = dlq.select(pl.col("reasons").explode().value_counts()).unnest("reasons")
             reasons.update(dict(zip(counted.get_column("reasons").to_list(), counted.get_column("count").to_list(),
                                     strict=True)))
-    if p_start is None:  # no records: empty spans where the files end
-        p_start = p_end = append_lines(processed_path, pl.DataFrame())[0]
-        d_start = d_end = append_text_lines(dlq_path, pl.Series("l", [], pl.String))[0]
+    p_end, d_end = file_size(processed_path), file_size(dlq_path)
     k_span = append_frame(keys_path, pl.concat(keys)) if keys_path and keys else None
     return {
         "raw": [offset, length],
