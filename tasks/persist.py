@@ -39,7 +39,7 @@ def _stamp(conn: Connection, when: datetime) -> pl.Expr:
 
 
 def bulk_insert(conn: Connection, table: Table, df: pl.DataFrame, *, ignore_conflicts: str | None = None) -> None:
-    """Columnar bulk load: COPY on PostgreSQL, one executemany of tuples on SQLite (no ORM, no dicts)."""
+    """Columnar bulk load: COPY on PostgreSQL, one streamed executemany of tuples on SQLite (no ORM, no dicts)."""
     if df.height == 0:
         return
     cols = ", ".join(df.columns)
@@ -52,7 +52,13 @@ def bulk_insert(conn: Connection, table: Table, df: pl.DataFrame, *, ignore_conf
     else:
         conflict = f" ON CONFLICT ({ignore_conflicts}) DO NOTHING" if ignore_conflicts else ""
         marks = ", ".join("?" * df.width)
-        conn.exec_driver_sql(f"INSERT INTO {table.name} ({cols}) VALUES ({marks}){conflict}", df.rows())
+        # rows handed over a buffer at a time (not a list of the whole batch's tuples), on the transaction's own
+        # connection: the batch's rows never all exist as Python objects at once
+        cur = conn.connection.driver_connection.cursor()
+        try:
+            cur.executemany(f"INSERT INTO {table.name} ({cols}) VALUES ({marks}){conflict}", df.iter_rows())
+        finally:
+            cur.close()
 
 
 def lookup(conn: Connection, table: Table, key: str, columns: list[str], keys: list) -> list[tuple]:

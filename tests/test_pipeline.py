@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from flows.users_etl import users_etl
 from models.db import engine_for
+from tasks.extract.dummyjson import CHECKPOINT_KEY
 from tasks.extract.sample import DummyJsonServer, Fault
 from tests.servers.dummyjson import break_users, load_real_users
 
@@ -138,6 +139,36 @@ def test_source_down_keeps_checkpoint_and_next_run_resumes(pipeline_env):
     assert pl.read_ndjson(summary["files"]["raw"]).get_column("id").n_unique() == 208
     statuses = sorted(r[0] for r in rows(url, "SELECT status FROM etl_runs"))
     assert statuses == ["completed", "failed"]
+
+
+def test_a_batch_failing_after_some_of_its_pages_were_written_stages_each_record_once(pipeline_env):
+    """Extract writes each page as it arrives: a batch of four pages whose third fails leaves two pages past
+    the last checkpoint. The task's retry, and a later run resuming after the retries ran out, cut them off
+    first: the staged file and the raw layer hold each record once."""
+    url = pipeline_env
+    users = load_real_users()
+    with DummyJsonServer(users) as server:
+        once = iter([Fault(500)])
+        server.fail_when = lambda limit, skip: next(once, None) if skip == 100 else None
+        summary = users_etl(api_base=server.base_url, batch_records=200, deliver_files=False)
+        assert [skip for _, skip in server.requests[:4]] == [0, 50, 100, 0]  # the retry refetched the batch
+    staged = pl.read_ndjson(summary["files"]["raw"])
+    assert staged.height == 208 and staged.get_column("id").n_unique() == 208
+    assert count(url, "raw_users") == 208
+
+    runs_before = count(url, "etl_runs")
+    with DummyJsonServer(users) as server:
+        server.fail_when = lambda limit, skip: Fault(503) if skip == 150 else None  # every try
+        state = users_etl(api_base=server.base_url, batch_records=200, deliver_files=False, return_state=True)
+        assert state.is_failed()
+        [(raw_path, staged_bytes)] = rows(url, f"SELECT staged_path, staged_bytes FROM etl_checkpoints "
+                                                f"WHERE source = '{CHECKPOINT_KEY}'")
+        assert Path(raw_path).stat().st_size > staged_bytes  # the failed batch's first pages are past its checkpoint
+        server.fail_when = None
+        summary = users_etl(api_base=server.base_url, batch_records=200, deliver_files=False)
+    staged = pl.read_ndjson(summary["files"]["raw"])
+    assert staged.height == 208 and staged.get_column("id").n_unique() == 208
+    assert count(url, "etl_runs") == runs_before + 2
 
 
 def test_a_failing_persist_fails_the_run_and_a_rerun_completes_it(pipeline_env):

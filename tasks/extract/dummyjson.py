@@ -287,30 +287,30 @@ def fetch_batch(
     """Fetch pages from `skip` until `max_records` are in hand or the source is exhausted, append them to
     the staged file at `offset` (dropping anything a failed attempt left past it), then hand the new
     position to `checkpoints`.
-    A retry refetches the same pages: nothing reaches the file or the checkpoint before the batch is whole."""
+    Each page is written as it arrives (one page in memory at a time). A retry refetches the same pages and
+    first cuts the file back to `offset`; no stage reads past the last checkpointed batch, so what a failed
+    attempt wrote is never seen."""
     started = time.time()
-    chunks: list[bytes] = []
     got, total, cursor = 0, None, skip
-    with httpx.Client(timeout=httpx.Timeout(timeout), headers={"Accept": "application/json"},
-                      verify=_tls_context()) as client:
+    with (httpx.Client(timeout=httpx.Timeout(timeout), headers={"Accept": "application/json"},
+                       verify=_tls_context()) as client,
+          open(staged_path, "r+b") as fh):
+        fh.truncate(offset)
+        fh.seek(offset)
         while got < max_records:
             page = fetch_page(client, base_url, limit=page_size, skip=cursor, max_retry_after=max_retry_after)
             users, total = page["users"], page["total"]
             if not users:
                 break
-            chunks.append(_stage_lines(users))
+            fh.write(_stage_lines(users))
             got += len(users)
             cursor += len(users)
+            del page, users  # (the page's body) before the next is read
             if cursor >= total:
                 break
-    data = b"".join(chunks)
-    with open(staged_path, "r+b") as fh:
-        fh.truncate(offset)
-        fh.seek(offset)
-        fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-    new_offset = offset + len(data)
+        new_offset = fh.tell()
     done = got == 0 or (total is not None and cursor >= total)
     checkpoints.advance(skip=cursor, total=total if total is not None else cursor, offset=new_offset, records=records_before + got)
     _logger().info("pages skip=%d..%d: %d records staged (total %s)", skip, cursor, got, total)
