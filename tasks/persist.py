@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import time
+from contextlib import closing
 from datetime import UTC, datetime
 
 import polars as pl
@@ -52,13 +53,10 @@ def bulk_insert(conn: Connection, table: Table, df: pl.DataFrame, *, ignore_conf
     else:
         conflict = f" ON CONFLICT ({ignore_conflicts}) DO NOTHING" if ignore_conflicts else ""
         marks = ", ".join("?" * df.width)
-        # rows handed over a buffer at a time (not a list of the whole batch's tuples), on the transaction's own
-        # connection: the batch's rows never all exist as Python objects at once
-        cur = conn.connection.driver_connection.cursor()
-        try:
+        # rows handed over a buffer at a time, on the transaction's own connection: the batch's rows never
+        # all exist as Python tuples at once
+        with closing(conn.connection.driver_connection.cursor()) as cur:
             cur.executemany(f"INSERT INTO {table.name} ({cols}) VALUES ({marks}){conflict}", df.iter_rows())
-        finally:
-            cur.close()
 
 
 def lookup(conn: Connection, table: Table, key: str, columns: list[str], keys: list) -> list[tuple]:

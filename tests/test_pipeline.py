@@ -142,9 +142,10 @@ def test_source_down_keeps_checkpoint_and_next_run_resumes(pipeline_env):
 
 
 def test_a_batch_failing_after_some_of_its_pages_were_written_stages_each_record_once(pipeline_env):
-    """Extract writes each page as it arrives: a batch of four pages whose third fails leaves two pages past
-    the last checkpoint. The task's retry, and a later run resuming after the retries ran out, cut them off
-    first: the staged file and the raw layer hold each record once."""
+    """Extract writes each page as it arrives, so a batch that fails part-way leaves pages past the last
+    checkpoint: once on its third page (the task's retry refetches the batch), then on its fourth at every
+    try (the run fails; the next one resumes). Both cut them off first: the staged file and the raw layer
+    hold each record once."""
     url = pipeline_env
     users = load_real_users()
     with DummyJsonServer(users) as server:
