@@ -59,7 +59,8 @@ def main() -> None:
     from flows.users_etl import users_etl
 
     summary = users_etl(api_base=sys.argv[1], page_size=int(os.environ.get("BENCH_PAGE_SIZE", "1000")),
-                        deliver_files=os.environ.get("BENCH_DELIVER", "1") == "1")
+                        deliver_files=os.environ.get("BENCH_DELIVER", "1") == "1",
+                        extract_first=os.environ.get("BENCH_EXTRACT_FIRST", "0") == "1")
     wall = time.time() - t0
     with get_client(sync_client=True) as client:
         resp = client._client.post("/task_runs/count",
