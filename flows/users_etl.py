@@ -236,7 +236,8 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
     """Parameters override the environment (USERS_API_BASE, USERS_PAGE_SIZE, USERS_BATCH_RECORDS, DATABASE_BLOCK,
     USERS_CSV_DIR, USERS_EXTRACT_FIRST). `extract_first`: transform and persist start once extract has staged
     everything, instead of working on its batches while it fetches (for a source that answers faster than
-    the later stages work: streaming it only shares the cores three ways, for more memory and no time)."""
+    the later stages work: streaming it only shares the cores three ways, for more memory and no time). If
+    extract then fails, nothing goes on: what it staged waits, checkpointed, for the next run."""
     settings, logger = get_settings(), get_run_logger()
     run = begin_run(FLOW_NAME, database_block)
     engine, run_id, started, stamp, run_dir, clock = (run.engine, run.run_id, run.started, run.stamp, run.run_dir,
