@@ -384,19 +384,12 @@ def test_extract_first_stages_every_page_before_transform_starts(pipeline_env, s
     url = pipeline_env
     settings_env(users_extract_first="true" if extract_first else None)
     users, expected = break_users(load_real_users())
-    slowed: list[int] = []
-
-    def slow_last_page(limit: int, skip: int) -> Fault | None:
-        if skip >= 200 and not slowed:  # the source asks for a pause before the last page, once
-            slowed.append(skip)
-            return Fault(429, {"Retry-After": "5"})
-        return None
-
+    pause = iter([Fault(429, {"Retry-After": "5"})])  # the source asks for a pause before the last page, once
     started = datetime.now(UTC)
     with DummyJsonServer(users) as server:
-        server.fail_when = slow_last_page
+        server.fail_when = lambda limit, skip: next(pause, None) if skip == 200 else None
         summary = users_etl(api_base=server.base_url, deliver_files=False, batch_records=50)
-    assert slowed == [200]
+    assert server.requests.count((50, 200)) == 2  # paused, then served
     assert summary["counts"]["extracted"] == 208 and summary["counts"]["invalid"] == len(expected)
     assert count(url, "processed_users") == 208 - len(expected) and count(url, "raw_users") == 208
     runs = _task_runs_since(started, ("fetch-users-pages", "transform-users-batch"), expected=10)
