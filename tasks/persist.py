@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import time
+from collections import Counter
+from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime
 
@@ -22,7 +24,16 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from models.db import write_transaction
 from models.users import PROCESSED_COLUMNS, DlqUser, ProcessedUser, RawUser
 from tasks.retry import retry_when
-from tasks.transform import raw_keys, read_dlq_span, read_frame, read_lines, read_processed_span, read_span
+from tasks.transform import (
+    PIECE_BYTES,
+    raw_keys,
+    read_dlq_span,
+    read_frame,
+    read_lines,
+    read_processed_span,
+    read_span,
+    split_spans,
+)
 
 IN_CHUNK = 5_000  # ids per IN (...) lookup; well under SQLite's and PostgreSQL's parameter limits
 
@@ -181,18 +192,40 @@ def content_first_seen(conn: Connection, processed: pl.DataFrame, as_of: datetim
         pl.coalesce("_first", pl.lit(as_of).dt.convert_time_zone("UTC")).alias("_as_of")).drop("_first")
 
 
-def persist_frames(
-    engine: Engine, *, run_id: str, source: str, raw: pl.DataFrame, processed: pl.DataFrame, dlq: pl.DataFrame,
-    as_of: datetime | None = None,
-) -> dict[str, int]:
-    """One transaction for the whole batch: either all three tables take it or none does."""
+def _pieces(path: str | None, span: list[int] | None, piece_bytes: int) -> Iterator[bytes]:
+    """A staged file's span read a piece of about `piece_bytes` at a time, each ending on a newline."""
+    if path and span:
+        for offset, length in split_spans(path, piece_bytes, *span):
+            yield read_span(path, offset, length)
+
+
+def persist_spans(engine: Engine, *, run_id: str, source: str, files: dict[str, str | None],
+                  spans: dict[str, list[int]], as_of: datetime | None = None,
+                  piece_bytes: int = PIECE_BYTES) -> dict[str, int]:
+    """One transaction for the whole batch: either all three tables take it or none does. Each file's span is
+    worked through in pieces of about `piece_bytes` (what transform works in), so the stage's memory is a
+    piece's frames, not the batch's; within the transaction a piece sees the pieces stored before it, so a
+    record in two pieces is stored and counted once. Processed rows go first: their first-seen time is read
+    from the raw layer as it was before this batch."""
     now = datetime.now(UTC)
+    counts = Counter(inserted=0, updated=0, unchanged=0, raw_inserted=0, dlq_inserted=0)
     with write_transaction(engine) as conn:
-        processed = content_first_seen(conn, processed, as_of or now)
-        counts = upsert_processed(conn, processed, run_id=run_id, now=now)
-        counts["raw_inserted"] = insert_new_versions(conn, RawUser.__table__, raw, now=now, run_id=run_id, source=source)
-        counts["dlq_inserted"] = upsert_failures(conn, DlqUser.__table__, dlq, now=now, run_id=run_id, source=source)
-    return counts
+        for data in _pieces(files["processed"], spans.get("processed"), piece_bytes):
+            processed = content_first_seen(conn, read_processed_span(data), as_of or now)
+            counts.update(upsert_processed(conn, processed, run_id=run_id, now=now))
+        # the raw lines' keys as transform worked them out: a small frame, sliced along with the lines
+        keys = read_frame(read_span(files["raw_keys"], *spans["raw_keys"])) if spans.get("raw_keys") else None
+        line = 0
+        for data in _pieces(files["raw"], spans.get("raw"), piece_bytes):
+            lines = data.count(b"\n")
+            raw = raw_frame(data, keys.slice(line, lines) if keys is not None else None)
+            line += lines
+            counts["raw_inserted"] += insert_new_versions(conn, RawUser.__table__, raw, now=now, run_id=run_id,
+                                                          source=source)
+        for data in _pieces(files["dlq"], spans.get("dlq"), piece_bytes):
+            counts["dlq_inserted"] += upsert_failures(conn, DlqUser.__table__, read_dlq_span(data), now=now,
+                                                      run_id=run_id, source=source)
+    return dict(counts)
 
 
 def _db_transient(exc: BaseException) -> bool:
@@ -209,14 +242,6 @@ def persist_batch(engine: Engine, *, run_id: str, source: str, files: dict[str, 
     transform staged them) and store them. `as_of` is when the source produced the records (fetch time for
     the API, file time for a CSV)."""
     started = time.time()
-    counts = persist_frames(
-        engine,
-        run_id=run_id,
-        source=source,
-        as_of=datetime.fromisoformat(as_of) if as_of else None,
-        raw=raw_frame(read_span(files["raw"], *spans["raw"]) if files["raw"] else b"",
-                      read_frame(read_span(files["raw_keys"], *spans["raw_keys"])) if spans.get("raw_keys") else None),
-        processed=read_processed_span(read_span(files["processed"], *spans["processed"])),
-        dlq=read_dlq_span(read_span(files["dlq"], *spans["dlq"])),
-    )
+    counts = persist_spans(engine, run_id=run_id, source=source, files=files, spans=spans,
+                           as_of=datetime.fromisoformat(as_of) if as_of else None)
     return counts | {"work_span": [started, time.time()]}
