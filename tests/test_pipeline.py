@@ -252,21 +252,27 @@ def test_a_crashed_run_is_marked_at_the_next_start(pipeline_env):
     assert status == "crashed" and summary["run_id"] in error
 
 
-def _transformed_real_users(tmp_path: Path, id_offset: int = 0) -> tuple[dict, dict, int]:
+def _transformed_real_users(tmp_path: Path, id_offset: int = 0, *, repeat: int = 0,
+                            keys: bool = False) -> tuple[dict, dict, int]:
     """The real users (ids moved by `id_offset`) with a broken share, staged and transformed in `tmp_path`:
-    (files, spans, invalid count)."""
+    (files, spans, invalid count). `repeat`: the first users staged again at the end (same lines, same ids);
+    `keys`: transform stages the raw lines' keys too, as the flow has it do."""
     from models.settings import BUNDLED_DEPARTMENTS
     from tasks.extract.dummyjson import _stage_lines
     from tasks.transform import read_departments, transform_batch
 
     users, expected = break_users([u | {"id": u["id"] + id_offset} for u in load_real_users()])
+    users += users[:repeat]
     tmp_path.mkdir(parents=True, exist_ok=True)
     raw = tmp_path / "raw.jsonl"
     raw.write_bytes(_stage_lines(users))
     files = {"raw": str(raw), "processed": str(tmp_path / "p.jsonl"), "dlq": str(tmp_path / "d.jsonl")}
+    if keys:
+        files["raw_keys"] = str(tmp_path / "keys.arrows")
     out = transform_batch.fn(read_departments(BUNDLED_DEPARTMENTS), raw_path=str(raw), offset=0,
-                             length=raw.stat().st_size, processed_path=files["processed"], dlq_path=files["dlq"])
-    return files, {k: out[k] for k in ("raw", "processed", "dlq")}, len(expected)
+                             length=raw.stat().st_size, processed_path=files["processed"], dlq_path=files["dlq"],
+                             keys_path=files.get("raw_keys"))
+    return files, {k: out[k] for k in ("raw", "processed", "dlq", "raw_keys") if out[k]}, len(expected)
 
 
 def test_a_retried_persist_batch_adds_nothing_twice(pipeline_env, tmp_path):
@@ -287,21 +293,12 @@ def test_persist_in_pieces_stores_what_the_batch_taken_whole_would(pipeline_env,
     """persist works through a batch a few records at a time inside its one transaction: tables and counts
     are those of the batch taken whole, a record repeated in a later piece is stored and counted once, and
     each raw line keeps its own id and hash (transform's staged keys are sliced along with the lines)."""
-    from models.settings import BUNDLED_DEPARTMENTS
-    from tasks.extract.dummyjson import _stage_lines
     from tasks.persist import persist_spans, raw_frame
-    from tasks.transform import read_departments, split_spans, transform_batch
+    from tasks.transform import split_spans
 
-    users, expected = break_users(load_real_users())
-    users += users[:3]  # valid users again at the end of the batch: the same raw lines, a duplicate id each
-    raw = tmp_path / "raw.jsonl"
-    raw.write_bytes(_stage_lines(users))
-    files = {"raw": str(raw), "processed": str(tmp_path / "p.jsonl"), "dlq": str(tmp_path / "d.jsonl"),
-             "raw_keys": str(tmp_path / "keys.arrows")}
-    out = transform_batch.fn(read_departments(BUNDLED_DEPARTMENTS), raw_path=str(raw), offset=0,
-                             length=raw.stat().st_size, processed_path=files["processed"], dlq_path=files["dlq"],
-                             keys_path=files["raw_keys"])
-    spans = {k: out[k] for k in ("raw", "processed", "dlq", "raw_keys")}
+    # the first 3 users (valid) again at the end of the batch: the same raw lines, a duplicate id each
+    files, spans, invalid = _transformed_real_users(tmp_path, repeat=3, keys=True)
+    raw = Path(files["raw"])
     piece = 4096
     assert len(split_spans(raw, piece)) > 50  # a few records a piece
 
@@ -310,8 +307,8 @@ def test_persist_in_pieces_stores_what_the_batch_taken_whole_would(pipeline_env,
                           piece_bytes=1 << 30)
     pieces = persist_spans(engine_for(pipeline_env), run_id="r1", source="dummyjson", files=files, spans=spans,
                            piece_bytes=piece)
-    assert pieces == whole == {"inserted": 208 - len(expected), "updated": 0, "unchanged": 0,
-                               "raw_inserted": 208, "dlq_inserted": len(expected) + 3}
+    assert pieces == whole == {"inserted": 208 - invalid, "updated": 0, "unchanged": 0,
+                               "raw_inserted": 208, "dlq_inserted": invalid + 3}
 
     truth = raw_frame(raw.read_bytes()).select("source_id", "record_hash", "data").rows()
     raw_sql = "SELECT source_id, record_hash, data FROM raw_users"
@@ -320,7 +317,7 @@ def test_persist_in_pieces_stores_what_the_batch_taken_whole_would(pipeline_env,
     assert sorted(rows(pipeline_env, dlq_sql)) == sorted(rows(whole_url, dlq_sql))
     processed_sql = "SELECT id, email, ssn_masked, card_number_masked, department_code, record_hash FROM processed_users"
     assert sorted(rows(pipeline_env, processed_sql)) == sorted(rows(whole_url, processed_sql))
-    assert count(pipeline_env, "processed_users") == 208 - len(expected)
+    assert count(pipeline_env, "processed_users") == 208 - invalid
 
 
 def test_sqlite_bulk_load_checkpoints_beside_the_writer_and_keeps_the_wal_small(settings_env, tmp_path):
