@@ -248,7 +248,8 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
     extract_first = settings.users_extract_first if extract_first is None else extract_first
 
     # extract, transform and persist stream batches to each other through manifests (tasks/handoff.py):
-    # all three work at once; deliver starts once transform has written the last of the run's files
+    # all three work at once (with `extract_first`, the other two start once extract is done); deliver starts
+    # once transform has written the last of the run's files
     extracted = handoff.open_manifest(Path(run_dir) / "stages" / "extracted.jsonl")
     transformed = handoff.open_manifest(Path(run_dir) / "stages" / "transformed.jsonl")
     try:

@@ -30,9 +30,9 @@ from tasks.transform import (
     read_dlq_span,
     read_frame,
     read_lines,
+    read_pieces,
     read_processed_span,
     read_span,
-    split_spans,
 )
 
 IN_CHUNK = 5_000  # ids per IN (...) lookup; well under SQLite's and PostgreSQL's parameter limits
@@ -192,11 +192,11 @@ def content_first_seen(conn: Connection, processed: pl.DataFrame, as_of: datetim
         pl.coalesce("_first", pl.lit(as_of).dt.convert_time_zone("UTC")).alias("_as_of")).drop("_first")
 
 
-def _pieces(path: str | None, span: list[int] | None, piece_bytes: int) -> Iterator[bytes]:
-    """A staged file's span read a piece of about `piece_bytes` at a time, each ending on a newline."""
-    if path and span:
-        for offset, length in split_spans(path, piece_bytes, *span):
-            yield read_span(path, offset, length)
+def _pieces(files: dict[str, str | None], spans: dict[str, list[int]], name: str, piece_bytes: int
+            ) -> Iterator[bytes]:
+    """The batch's span of one staged file, piece by piece (nothing when the batch has none)."""
+    if files.get(name) and spans.get(name):
+        yield from read_pieces(files[name], piece_bytes, *spans[name])
 
 
 def persist_spans(engine: Engine, *, run_id: str, source: str, files: dict[str, str | None],
@@ -208,21 +208,22 @@ def persist_spans(engine: Engine, *, run_id: str, source: str, files: dict[str, 
     record in two pieces is stored and counted once. Processed rows go first: their first-seen time is read
     from the raw layer as it was before this batch."""
     now = datetime.now(UTC)
+    as_of = as_of or now
     counts = Counter(inserted=0, updated=0, unchanged=0, raw_inserted=0, dlq_inserted=0)
     with write_transaction(engine) as conn:
-        for data in _pieces(files["processed"], spans.get("processed"), piece_bytes):
-            processed = content_first_seen(conn, read_processed_span(data), as_of or now)
+        for data in _pieces(files, spans, "processed", piece_bytes):
+            processed = content_first_seen(conn, read_processed_span(data), as_of)
             counts.update(upsert_processed(conn, processed, run_id=run_id, now=now))
         # the raw lines' keys as transform worked them out: a small frame, sliced along with the lines
         keys = read_frame(read_span(files["raw_keys"], *spans["raw_keys"])) if spans.get("raw_keys") else None
         line = 0
-        for data in _pieces(files["raw"], spans.get("raw"), piece_bytes):
+        for data in _pieces(files, spans, "raw", piece_bytes):
             lines = data.count(b"\n")
             raw = raw_frame(data, keys.slice(line, lines) if keys is not None else None)
             line += lines
             counts["raw_inserted"] += insert_new_versions(conn, RawUser.__table__, raw, now=now, run_id=run_id,
                                                           source=source)
-        for data in _pieces(files["dlq"], spans.get("dlq"), piece_bytes):
+        for data in _pieces(files, spans, "dlq", piece_bytes):
             counts["dlq_inserted"] += upsert_failures(conn, DlqUser.__table__, read_dlq_span(data), now=now,
                                                       run_id=run_id, source=source)
     return dict(counts)

@@ -11,7 +11,7 @@ import io
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
@@ -124,6 +124,13 @@ def read_span(path: Path | str, offset: int, length: int) -> bytes:
     with open(path, "rb") as fh:
         fh.seek(offset)
         return fh.read(length)
+
+
+def read_pieces(path: Path | str, piece_bytes: int, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+    """A JSONL file's span (`split_spans`' arguments) read a piece of about `piece_bytes` at a time, each
+    piece whole lines: a stage working piece by piece holds one piece's bytes and frames at a time."""
+    for piece_offset, piece_length in split_spans(path, piece_bytes, offset, length):
+        yield read_span(path, piece_offset, piece_length)
 
 
 def _append(path: Path | str, write: Callable[[BinaryIO], object] | None) -> tuple[int, int]:
@@ -406,8 +413,8 @@ def transform_batch(
     keys, types, reasons = [], [], Counter()
     valid = invalid = 0
     seen_ids = pl.Series("id_int", [], pl.Int64)
-    for piece_offset, piece_length in split_spans(raw_path, piece_bytes, offset, length):
-        raw = parse_raw(read_span(raw_path, piece_offset, piece_length))
+    for data in read_pieces(raw_path, piece_bytes, offset, length):
+        raw = parse_raw(data)
         types.append(field_types(raw.schema))
         if not raw.height:
             continue
