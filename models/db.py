@@ -136,18 +136,18 @@ def deferred_checkpoints(engine: Engine) -> Iterator[None]:
         yield
         return
     writer = engine.connect()
+    _deferred[id(engine)] = _BulkLoad(writer)
     try:
         _pragma(writer.connection.driver_connection, "PRAGMA wal_autocheckpoint=0")
-        _deferred[id(engine)] = _BulkLoad(writer)
-        try:
-            yield
-        finally:
-            _wait_for_checkpoint(engine)
-            del _deferred[id(engine)]
-            _pragma(writer.connection.driver_connection, "PRAGMA wal_autocheckpoint=1000")  # the pool's default
+        yield
     finally:
-        writer.close()
-    _checkpoint(engine, "TRUNCATE")
+        _wait_for_checkpoint(engine)
+        del _deferred[id(engine)]
+        try:
+            _pragma(writer.connection.driver_connection, "PRAGMA wal_autocheckpoint=1000")  # the pool's default
+        finally:
+            writer.close()
+            _checkpoint(engine, "TRUNCATE")
 
 
 def _wait_for_checkpoint(engine: Engine) -> None:
