@@ -17,9 +17,9 @@ from sqlmodel import Session, SQLModel, create_engine
 from models.settings import get_settings
 
 BUSY_TIMEOUT_MS = 30_000
-# page cache per connection: SQLite's own default. 32 MB made persist no quicker (1M users: 269.8 s against
-# 270.6 s; a cache starts over whenever another connection commits, as extract's checkpoints do, and a batch's
-# content hashes land all over their index) and held up to 30 MB more per connection.
+# page cache per connection: SQLite's own default. 32 MB made persist no quicker (1M users, back to back:
+# 269.8 s against 272.8 s; a cache starts over whenever another connection commits, as extract's checkpoints
+# do, and a batch's content hashes land all over their index) and held up to 30 MB more per connection.
 SQLITE_CACHE_KIB = 2 * 1024
 CHECKPOINT_WAIT_MS = 200  # how long a checkpoint waits for readers of the WAL (an API request) to finish
 # engines in a bulk load whose writes leave the WAL to a checkpointer thread -> that load's state
@@ -124,6 +124,10 @@ class _BulkLoad:
     lock: threading.Lock = field(default_factory=threading.Lock)
     checkpoint: threading.Thread | None = None
 
+    def wait_for_checkpoint(self) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint.join()
+
 
 @contextmanager
 def deferred_checkpoints(engine: Engine) -> Iterator[None]:
@@ -135,25 +139,19 @@ def deferred_checkpoints(engine: Engine) -> Iterator[None]:
     if not _sqlite_file(engine):
         yield
         return
-    writer = engine.connect()
-    _deferred[id(engine)] = _BulkLoad(writer)
+    bulk = _deferred[id(engine)] = _BulkLoad(engine.connect())
+    driver = bulk.writer.connection.driver_connection
     try:
-        _pragma(writer.connection.driver_connection, "PRAGMA wal_autocheckpoint=0")
+        _pragma(driver, "PRAGMA wal_autocheckpoint=0")
         yield
     finally:
-        _wait_for_checkpoint(engine)
+        bulk.wait_for_checkpoint()
         del _deferred[id(engine)]
         try:
-            _pragma(writer.connection.driver_connection, "PRAGMA wal_autocheckpoint=1000")  # the pool's default
+            _pragma(driver, "PRAGMA wal_autocheckpoint=1000")  # the pool's default
         finally:
-            writer.close()
+            bulk.writer.close()
             _checkpoint(engine, "TRUNCATE")
-
-
-def _wait_for_checkpoint(engine: Engine) -> None:
-    bulk = _deferred.get(id(engine))
-    if bulk is not None and bulk.checkpoint is not None:
-        bulk.checkpoint.join()
 
 
 @contextmanager
@@ -166,7 +164,7 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
             yield conn
         return
     with bulk.lock:
-        _wait_for_checkpoint(engine)  # the previous batch's frames are in the database file: the WAL restarts
+        bulk.wait_for_checkpoint()  # the previous batch's frames are in the database file: the WAL restarts
         with bulk.writer.begin():
             yield bulk.writer
         bulk.checkpoint = threading.Thread(target=_checkpoint, args=(engine, "RESTART"), name="sqlite-checkpointer")
