@@ -91,7 +91,7 @@ def _extract_api(engine, settings, logger, run_dir: str, stamp: str, api_base: s
 
 @flow(name="extract")
 def extract(run_dir: str, stamp: str, api_base: str | None = None, page_size: int = 100,
-            batch_records: int = 5_000, database_block: str | None = None, csv_dir: str | None = None,
+            batch_records: int = 10_000, database_block: str | None = None, csv_dir: str | None = None,
             manifest: str | None = None) -> dict:
     """Sources -> staged raw JSONL files. The API is paged and checkpointed after every batch of pages (an
     interrupted run resumes there); CSV files in `csv_dir` are staged when new or changed. Each staged
@@ -133,7 +133,7 @@ def _source_spans(entry: dict, batch_records: int) -> list[tuple[int, int]]:
 
 
 @flow(name="transform")
-def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str, batch_records: int = 5_000,
+def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str, batch_records: int = 10_000,
               database_block: str | None = None, run_id: str | None = None, manifest: str | None = None) -> dict:
     """Staged raw JSONL -> processed + DLQ JSONL, batch by batch as extract posts them to the `extracted`
     manifest; each transformed batch is posted to `manifest` for persist. Each source's schema is checked for
@@ -268,11 +268,11 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
         staged_files = {"raw": ex["staged"][0]["raw_path"], **tr["files"]}
         staged_files |= {f"{s['source']}:{s.get('file', n)}": s["raw_path"]
                          for n, s in enumerate(ex["staged"][1:]) if s.get("raw_path")}
+        if deliver_files:  # first: on SQLite the run's row waits for persist's transaction of the moment
+            clock.start("deliver", deliver, list(staged_files.values()), started.date().isoformat())
         runs.update_run(engine, run_id=run_id, valid=tr["valid"], invalid=tr["invalid"], files=staged_files,
                         dlq_reasons=tr["reasons"], schema_drift="; ".join(tr["drift"]) or None,
                         observed_schema=tr["observed_schema"])
-        if deliver_files:
-            clock.start("deliver", deliver, list(staged_files.values()), started.date().isoformat())
         ps = clock.result("persist")
         sources = ps.pop("sources")
         runs.update_run(engine, run_id=run_id, stage_seconds=seconds, sources=sources, **ps)

@@ -22,6 +22,10 @@ BUSY_TIMEOUT_MS = 30_000
 # do, and a batch's content hashes land all over their index) and held up to 30 MB more per connection.
 SQLITE_CACHE_KIB = 2 * 1024
 CHECKPOINT_WAIT_MS = 200  # how long a checkpoint waits for readers of the WAL (an API request) to finish
+# a bulk load lets its WAL grow to this size while a checkpointer thread copies it into the database file
+# beside the writer; then the writer waits once for it to be copied and emptied. Waiting for a checkpoint
+# after every batch (mostly its sync of the file) was half of persist's time at 1M users.
+CHECKPOINT_WAL_BYTES = 256 << 20
 # engines in a bulk load whose writes leave the WAL to a checkpointer thread -> that load's state
 _deferred: dict[int, _BulkLoad] = {}
 
@@ -99,9 +103,9 @@ def _pragma(driver_conn, sql: str) -> None:
 
 
 def _checkpoint(engine: Engine, mode: str) -> None:
-    """Copy the WAL into the database file. RESTART also makes the next writer start the WAL from its
-    beginning, even when another connection (extract's checkpoints) wrote meanwhile; it waits at most
-    CHECKPOINT_WAIT_MS for readers, then leaves the rest to the next one."""
+    """Copy the WAL into the database file. PASSIVE copies what it can without waiting for anyone; TRUNCATE
+    also empties the WAL file, even when another connection (extract's checkpoints) wrote meanwhile, waiting
+    at most CHECKPOINT_WAIT_MS for readers, then leaving the rest to the next one."""
     with engine.connect() as conn:
         driver = conn.connection.driver_connection
         _pragma(driver, f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
@@ -115,14 +119,23 @@ def _checkpoint(engine: Engine, mode: str) -> None:
 
 @dataclass
 class _BulkLoad:
-    """A `deferred_checkpoints` block: the one connection its writes go through, and the checkpointer thread
-    of its last commit. One connection, because each keeps its page cache (up to SQLITE_CACHE_KIB) while it
+    """A `deferred_checkpoints` block: the one connection its writes go through, its WAL file and the size at
+    which the writer waits for it to be emptied, and the checkpointer thread. One connection, because each keeps its page cache (up to SQLITE_CACHE_KIB) while it
     waits in the pool: writes taking whichever connection is free (the pool hands out the one idle longest)
     would leave a full cache on every connection they passed through whenever other work (a checkpoint, a
     run update) got between two batches."""
     writer: Connection
+    wal: Path
+    checkpoint_bytes: int
     lock: threading.Lock = field(default_factory=threading.Lock)
     checkpoint: threading.Thread | None = None
+    emptying: bool = False  # the checkpointer truncates the WAL: the next write transaction waits for it
+
+    def wal_bytes(self) -> int:
+        try:
+            return self.wal.stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def wait_for_checkpoint(self) -> None:
         if self.checkpoint is not None:
@@ -130,16 +143,18 @@ class _BulkLoad:
 
 
 @contextmanager
-def deferred_checkpoints(engine: Engine) -> Iterator[None]:
+def deferred_checkpoints(engine: Engine, *, checkpoint_bytes: int = CHECKPOINT_WAL_BYTES) -> Iterator[None]:
     """For a bulk load into a SQLite file: a commit of `write_transaction` no longer copies the WAL into the
-    database file itself (that copy and its sync were a third of persist's time); a thread of its own does
-    it while the writer prepares its next batch, and the next write transaction starts once it is done, so
-    the WAL restarts from its beginning instead of growing. Every write transaction of the block goes through
-    one connection, held until the end. At the end the WAL is truncated. A no-op on other databases."""
+    database file itself (that copy and its sync were a third of persist's time). A thread of its own copies
+    it (a PASSIVE checkpoint) while the writer goes on with its next batches; once the WAL has grown to
+    `checkpoint_bytes` the thread copies the rest and truncates it, and the next write transaction waits for
+    that, so the WAL stays below about `checkpoint_bytes` plus a batch. Every write transaction of the block
+    goes through one connection, held until the end. At the end the WAL is truncated. A no-op on other
+    databases."""
     if not _sqlite_file(engine):
         yield
         return
-    bulk = _deferred[id(engine)] = _BulkLoad(engine.connect())
+    bulk = _deferred[id(engine)] = _BulkLoad(engine.connect(), Path(f"{engine.url.database}-wal"), checkpoint_bytes)
     driver = bulk.writer.connection.driver_connection
     try:
         _pragma(driver, "PRAGMA wal_autocheckpoint=0")
@@ -157,15 +172,22 @@ def deferred_checkpoints(engine: Engine) -> Iterator[None]:
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """`engine.begin()`; under `deferred_checkpoints` a transaction on the block's connection, whose commit
-    hands the WAL to a checkpointer thread."""
+    hands the WAL to the checkpointer thread (unless it is still copying the WAL: it gets the new frames on
+    its next round)."""
     bulk = _deferred.get(id(engine))
     if bulk is None:
         with engine.begin() as conn:
             yield conn
         return
     with bulk.lock:
-        bulk.wait_for_checkpoint()  # the previous batch's frames are in the database file: the WAL restarts
+        if bulk.emptying:
+            bulk.wait_for_checkpoint()
         with bulk.writer.begin():
             yield bulk.writer
-        bulk.checkpoint = threading.Thread(target=_checkpoint, args=(engine, "RESTART"), name="sqlite-checkpointer")
-        bulk.checkpoint.start()
+        full = bulk.wal_bytes() >= bulk.checkpoint_bytes
+        if full or bulk.checkpoint is None or not bulk.checkpoint.is_alive():
+            bulk.wait_for_checkpoint()
+            bulk.emptying = full
+            bulk.checkpoint = threading.Thread(target=_checkpoint, args=(engine, "TRUNCATE" if full else "PASSIVE"),
+                                               name="sqlite-checkpointer")
+            bulk.checkpoint.start()

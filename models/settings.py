@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     # users source
     users_api_base: str | None = None
     users_page_size: int = Field(100, ge=1, le=10_000)
-    users_batch_records: int = Field(5_000, ge=1, le=1_000_000)
+    users_batch_records: int = Field(10_000, ge=1, le=1_000_000)
     # stage the whole API extract before transform and persist start (for a source quicker than the stages
     # after it: extract then no longer competes with them for the cores; see README, Benchmarks)
     users_extract_first: bool = False

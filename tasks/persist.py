@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime
+from itertools import chain
 
 import polars as pl
 import polars_hash  # noqa: F401
@@ -25,7 +26,6 @@ from models.db import write_transaction
 from models.users import PROCESSED_COLUMNS, DlqUser, ProcessedUser, RawUser
 from tasks.retry import retry_when
 from tasks.transform import (
-    PIECE_BYTES,
     raw_keys,
     read_dlq_span,
     read_frame,
@@ -36,6 +36,11 @@ from tasks.transform import (
 )
 
 IN_CHUNK = 5_000  # ids per IN (...) lookup; well under SQLite's and PostgreSQL's parameter limits
+SQLITE_ROWS_PER_INSERT = 500  # rows per multi-row INSERT on SQLite
+SQLITE_MAX_PARAMS = 32_766  # SQLite's limit on parameters in one statement (since 3.32)
+# persist works through a batch's staged files in pieces of about this many bytes (about 3,000 raw DummyJSON
+# users): fewer, larger pieces than transform's, since each costs persist lookups and statements of its own
+PERSIST_PIECE_BYTES = 4 << 20
 
 
 def _insert(conn: Connection, table: Table):
@@ -50,8 +55,21 @@ def _stamp(conn: Connection, when: datetime) -> pl.Expr:
     return pl.lit(when.isoformat())
 
 
+def _sqlite_insert(conn: Connection, table: Table, df: pl.DataFrame, conflict: str = "") -> None:
+    """INSERT ... VALUES (...), (...), ... of up to SQLITE_ROWS_PER_INSERT rows at a time, on the
+    transaction's own connection. Not `executemany`: it gives the GIL back and takes it again for every row,
+    and while other threads run Python (the other stages) each row waited for it, up to 5 ms."""
+    head = f"INSERT INTO {table.name} ({', '.join(df.columns)}) VALUES "
+    row = "(" + ", ".join("?" * df.width) + ")"
+    step = max(1, min(SQLITE_ROWS_PER_INSERT, SQLITE_MAX_PARAMS // df.width))
+    with closing(conn.connection.driver_connection.cursor()) as cur:
+        for start in range(0, df.height, step):
+            part = df.slice(start, step)
+            cur.execute(head + ", ".join([row] * part.height) + conflict, list(chain.from_iterable(part.iter_rows())))
+
+
 def bulk_insert(conn: Connection, table: Table, df: pl.DataFrame, *, ignore_conflicts: str | None = None) -> None:
-    """Columnar bulk load: COPY on PostgreSQL, one streamed executemany of tuples on SQLite (no ORM, no dicts)."""
+    """Columnar bulk load: COPY on PostgreSQL, multi-row INSERTs on SQLite (no ORM, no dicts)."""
     if df.height == 0:
         return
     cols = ", ".join(df.columns)
@@ -62,12 +80,7 @@ def bulk_insert(conn: Connection, table: Table, df: pl.DataFrame, *, ignore_conf
             with cur.copy(f"COPY {table.name} ({cols}) FROM STDIN (FORMAT csv, NULL '\\N')") as copy:
                 copy.write(buf.getbuffer())  # no copy of the batch's CSV
     else:
-        conflict = f" ON CONFLICT ({ignore_conflicts}) DO NOTHING" if ignore_conflicts else ""
-        marks = ", ".join("?" * df.width)
-        # rows handed over a buffer at a time, on the transaction's own connection: the batch's rows never
-        # all exist as Python tuples at once
-        with closing(conn.connection.driver_connection.cursor()) as cur:
-            cur.executemany(f"INSERT INTO {table.name} ({cols}) VALUES ({marks}){conflict}", df.iter_rows())
+        _sqlite_insert(conn, table, df, f" ON CONFLICT ({ignore_conflicts}) DO NOTHING" if ignore_conflicts else "")
 
 
 def lookup(conn: Connection, table: Table, key: str, columns: list[str], keys: list) -> list[tuple]:
@@ -122,6 +135,13 @@ def upsert_failures(conn: Connection, table: Table, dlq: pl.DataFrame, *, now: d
         return 0
     dlq = dlq.unique(subset="record_hash", keep="first", maintain_order=True)
     seen = stored_hashes(conn, table, "record_hash", dlq.get_column("record_hash").to_list())
+    if conn.dialect.name == "sqlite":
+        stamp = _stamp(conn, now)
+        _sqlite_insert(conn, table, dlq.with_columns(inserted_at=stamp, last_seen_at=stamp,
+                                                     **{k: pl.lit(v) for k, v in constants.items()}),
+                       " ON CONFLICT (record_hash) DO UPDATE SET run_id = excluded.run_id, "
+                       "last_seen_at = excluded.last_seen_at, error_reason = excluded.error_reason")
+        return dlq.height - seen.height
     stmt = _insert(conn, table).values(inserted_at=now, last_seen_at=now, **constants)
     stmt = stmt.on_conflict_do_update(
         index_elements=["record_hash"],
@@ -181,14 +201,19 @@ def upsert_processed(conn: Connection, processed: pl.DataFrame, *, run_id: str, 
     return {"inserted": new.height, "updated": changed.height, "unchanged": joined.height - new.height - changed.height}
 
 
-def content_first_seen(conn: Connection, processed: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
-    """Each row's `_as_of`: when its exact source record was first stored (raw layer), else `as_of`, so an
-    unchanged record refetched today does not count as newer than a correction made since."""
+def first_stored(conn: Connection, hashes: pl.Series) -> pl.DataFrame:
+    """(`record_hash`, `_first`: when it was first stored) for the raw versions among `hashes` stored already."""
     table = RawUser.__table__
-    first = _frame(conn, lookup(conn, table, "record_hash", ["inserted_at"],
-                                processed.get_column("raw_hash").drop_nulls().to_list()),
-                   {"raw_hash": pl.String}, "_first")
-    return processed.join(first, on="raw_hash", how="left", maintain_order="left").with_columns(
+    return _frame(conn, lookup(conn, table, "record_hash", ["inserted_at"], hashes.drop_nulls().unique().to_list()),
+                  {"record_hash": pl.String}, "_first")
+
+
+def content_first_seen(processed: pl.DataFrame, stored: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
+    """Each row's `_as_of`: when its exact source record was first stored (raw layer, `stored` as looked up by
+    `first_stored`), else `as_of`, so an unchanged record refetched today does not count as newer than a
+    correction made since."""
+    return processed.join(stored.rename({"record_hash": "raw_hash"}), on="raw_hash", how="left",
+                          maintain_order="left").with_columns(
         pl.coalesce("_first", pl.lit(as_of).dt.convert_time_zone("UTC")).alias("_as_of")).drop("_first")
 
 
@@ -199,30 +224,45 @@ def _pieces(files: dict[str, str | None], spans: dict[str, list[int]], name: str
         yield from read_pieces(files[name], piece_bytes, *spans[name])
 
 
+def batch_keys(files: dict[str, str | None], spans: dict[str, list[int]], piece_bytes: int = PERSIST_PIECE_BYTES
+               ) -> pl.DataFrame:
+    """The batch's raw lines' keys (`source_id`, `record_hash`), a row per line in file order: as transform
+    staged them, else worked out from the lines a piece at a time."""
+    if spans.get("raw_keys"):
+        return read_frame(read_span(files["raw_keys"], *spans["raw_keys"]))
+    keys = [read_lines(data, "data").select(raw_keys(pl.col("data"))) for data in _pieces(files, spans, "raw", piece_bytes)]
+    return pl.concat(keys) if keys else pl.DataFrame(schema={"source_id": pl.String, "record_hash": pl.String})
+
+
 def persist_spans(engine: Engine, *, run_id: str, source: str, files: dict[str, str | None],
                   spans: dict[str, list[int]], as_of: datetime | None = None,
-                  piece_bytes: int = PIECE_BYTES) -> dict[str, int]:
+                  piece_bytes: int = PERSIST_PIECE_BYTES) -> dict[str, int]:
     """One transaction for the whole batch: either all three tables take it or none does. Each file's span is
-    worked through in pieces of about `piece_bytes` (what transform works in), so the stage's memory is a
-    piece's frames, not the batch's; within the transaction a piece sees the pieces stored before it, so a
-    record in two pieces is stored and counted once. Processed rows go first: their first-seen time is read
-    from the raw layer as it was before this batch."""
+    worked through in pieces of about `piece_bytes`, so the stage's memory is a piece's frames, not the
+    batch's. One lookup by the batch's raw keys finds the versions stored before it:
+    it gives the processed rows their first-seen times (the raw layer as it was before this batch, though
+    processed rows go first) and says which raw lines to store (a new version, the first time in the batch)."""
     now = datetime.now(UTC)
     as_of = as_of or now
     counts = Counter(inserted=0, updated=0, unchanged=0, raw_inserted=0, dlq_inserted=0)
+    keys = batch_keys(files, spans, piece_bytes)
     with write_transaction(engine) as conn:
+        stored = first_stored(conn, keys.get_column("record_hash"))
         for data in _pieces(files, spans, "processed", piece_bytes):
-            processed = content_first_seen(conn, read_processed_span(data), as_of)
+            processed = content_first_seen(read_processed_span(data), stored, as_of)
             counts.update(upsert_processed(conn, processed, run_id=run_id, now=now))
-        # the raw lines' keys as transform worked them out: a small frame, sliced along with the lines
-        keys = read_frame(read_span(files["raw_keys"], *spans["raw_keys"])) if spans.get("raw_keys") else None
-        line = 0
+        new = keys.select((pl.col("record_hash").is_first_distinct()
+                           & ~pl.col("record_hash").is_in(stored.get_column("record_hash").implode())).alias("new"))
+        line, extra = 0, {"inserted_at": _stamp(conn, now), "run_id": pl.lit(run_id), "source": pl.lit(source)}
         for data in _pieces(files, spans, "raw", piece_bytes):
-            lines = data.count(b"\n")
-            raw = raw_frame(data, keys.slice(line, lines) if keys is not None else None)
-            line += lines
-            counts["raw_inserted"] += insert_new_versions(conn, RawUser.__table__, raw, now=now, run_id=run_id,
-                                                          source=source)
+            lines = read_lines(data, "data")
+            if line + lines.height > keys.height:
+                raise ValueError(f"{files['raw']}: more staged lines than keys ({keys.height}) in the batch's span")
+            rows = pl.concat([keys.slice(line, lines.height), lines, new.slice(line, lines.height)], how="horizontal")
+            rows = rows.filter("new").drop("new").with_columns(**extra)
+            line += lines.height
+            bulk_insert(conn, RawUser.__table__, rows, ignore_conflicts="record_hash")
+            counts["raw_inserted"] += rows.height
         for data in _pieces(files, spans, "dlq", piece_bytes):
             counts["dlq_inserted"] += upsert_failures(conn, DlqUser.__table__, read_dlq_span(data), now=now,
                                                       run_id=run_id, source=source)

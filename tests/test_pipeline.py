@@ -320,10 +320,13 @@ def test_persist_in_pieces_stores_what_the_batch_taken_whole_would(pipeline_env,
     assert count(pipeline_env, "processed_users") == 208 - invalid
 
 
-def test_sqlite_bulk_load_checkpoints_beside_the_writer_and_keeps_the_wal_small(settings_env, tmp_path):
+@pytest.mark.parametrize("checkpoint_bytes", [None, 1], ids=["copied-beside-the-writer", "emptied-every-batch"])
+def test_sqlite_bulk_load_checkpoints_beside_the_writer_and_keeps_the_wal_small(settings_env, tmp_path,
+                                                                                checkpoint_bytes):
     """Under deferred_checkpoints each batch is committed (another connection sees it at once), the WAL is
-    reused batch after batch instead of growing, and at the end it is folded into the database file and
-    emptied; the pool's connections checkpoint on their own again."""
+    reused batch after batch instead of growing (copied into the database file beside the writer, or, once
+    it holds `checkpoint_bytes`, emptied before the next batch), and at the end it is folded into the
+    database file and emptied; the pool's connections checkpoint on their own again."""
     from models.db import deferred_checkpoints
     from tasks.persist import persist_batch
 
@@ -332,7 +335,7 @@ def test_sqlite_bulk_load_checkpoints_beside_the_writer_and_keeps_the_wal_small(
     wal = tmp_path / "bulk.db-wal"
     engine = engine_for(url)
     sizes, raw_inserted = [], 0
-    with deferred_checkpoints(engine):
+    with deferred_checkpoints(engine, **({"checkpoint_bytes": checkpoint_bytes} if checkpoint_bytes else {})):
         for n in range(4):
             files, spans, invalid = _transformed_real_users(tmp_path / f"batch{n}", id_offset=1000 * n)
             out = persist_batch.fn(engine, run_id="r1", source="dummyjson", files=files, spans=spans)
