@@ -120,10 +120,10 @@ def _checkpoint(engine: Engine, mode: str) -> None:
 @dataclass
 class _BulkLoad:
     """A `deferred_checkpoints` block: the one connection its writes go through, its WAL file and the size at
-    which the writer waits for it to be emptied, and the checkpointer thread. One connection, because each keeps its page cache (up to SQLITE_CACHE_KIB) while it
-    waits in the pool: writes taking whichever connection is free (the pool hands out the one idle longest)
-    would leave a full cache on every connection they passed through whenever other work (a checkpoint, a
-    run update) got between two batches."""
+    which the writer waits for it to be emptied, and the checkpointer thread. One connection, because each
+    keeps its page cache (up to SQLITE_CACHE_KIB) while it waits in the pool: writes taking whichever
+    connection is free (the pool hands out the one idle longest) would leave a full cache on every connection
+    they passed through whenever other work (a checkpoint, a run update) got between two batches."""
     writer: Connection
     wal: Path
     checkpoint_bytes: int

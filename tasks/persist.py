@@ -41,6 +41,7 @@ SQLITE_MAX_PARAMS = 32_766  # SQLite's limit on parameters in one statement (sin
 # persist works through a batch's staged files in pieces of about this many bytes (about 3,000 raw DummyJSON
 # users): fewer, larger pieces than transform's, since each costs persist lookups and statements of its own
 PERSIST_PIECE_BYTES = 4 << 20
+RESTAMPED_ON_FAILURE = ("run_id", "last_seen_at", "error_reason")  # what a failure seen again updates
 
 
 def _insert(conn: Connection, table: Table):
@@ -139,15 +140,12 @@ def upsert_failures(conn: Connection, table: Table, dlq: pl.DataFrame, *, now: d
         stamp = _stamp(conn, now)
         _sqlite_insert(conn, table, dlq.with_columns(inserted_at=stamp, last_seen_at=stamp,
                                                      **{k: pl.lit(v) for k, v in constants.items()}),
-                       " ON CONFLICT (record_hash) DO UPDATE SET run_id = excluded.run_id, "
-                       "last_seen_at = excluded.last_seen_at, error_reason = excluded.error_reason")
+                       " ON CONFLICT (record_hash) DO UPDATE SET "
+                       + ", ".join(f"{c} = excluded.{c}" for c in RESTAMPED_ON_FAILURE))
         return dlq.height - seen.height
     stmt = _insert(conn, table).values(inserted_at=now, last_seen_at=now, **constants)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["record_hash"],
-        set_={"run_id": stmt.excluded.run_id, "last_seen_at": stmt.excluded.last_seen_at,
-              "error_reason": stmt.excluded.error_reason},
-    )
+    stmt = stmt.on_conflict_do_update(index_elements=["record_hash"],
+                                      set_={c: stmt.excluded[c] for c in RESTAMPED_ON_FAILURE})
     conn.execute(stmt, dlq.to_dicts())
     return dlq.height - seen.height
 
@@ -239,9 +237,9 @@ def persist_spans(engine: Engine, *, run_id: str, source: str, files: dict[str, 
                   piece_bytes: int = PERSIST_PIECE_BYTES) -> dict[str, int]:
     """One transaction for the whole batch: either all three tables take it or none does. Each file's span is
     worked through in pieces of about `piece_bytes`, so the stage's memory is a piece's frames, not the
-    batch's. One lookup by the batch's raw keys finds the versions stored before it:
-    it gives the processed rows their first-seen times (the raw layer as it was before this batch, though
-    processed rows go first) and says which raw lines to store (a new version, the first time in the batch)."""
+    batch's. One lookup by the batch's raw keys finds the versions stored before it: it gives the processed
+    rows their first-seen times (the raw layer as it was before this batch, though processed rows go first)
+    and says which raw lines to store (a new version, the first time in the batch)."""
     now = datetime.now(UTC)
     as_of = as_of or now
     counts = Counter(inserted=0, updated=0, unchanged=0, raw_inserted=0, dlq_inserted=0)
