@@ -119,15 +119,24 @@ def raw_frame(data: bytes, keys: pl.DataFrame | None = None, *, id_path: str = "
     return rows.unique(subset="record_hash", keep="first", maintain_order=True)
 
 
+def _stamped(conn: Connection, rows: pl.DataFrame, now: datetime, stamps: tuple[str, ...], **constants) -> pl.DataFrame:
+    """Rows with the `stamps` columns set to `now` and one column per constant."""
+    return rows.with_columns(**dict.fromkeys(stamps, _stamp(conn, now)), **{k: pl.lit(v) for k, v in constants.items()})
+
+
+def insert_versions(conn: Connection, table: Table, rows: pl.DataFrame, *, now: datetime, **constants) -> int:
+    """Rows known to be new versions, stamped and inserted (a version stored meanwhile is skipped)."""
+    bulk_insert(conn, table, _stamped(conn, rows, now, ("inserted_at",), **constants), ignore_conflicts="record_hash")
+    return rows.height
+
+
 def insert_new_versions(conn: Connection, table: Table, rows: pl.DataFrame, *, now: datetime, **constants) -> int:
     """Rows whose content hash is not stored yet: the raw layer keeps each version of a record once."""
     if rows.height == 0:
         return 0
     seen = stored_hashes(conn, table, "record_hash", rows.get_column("record_hash").to_list())
-    new = rows.join(seen, left_on="record_hash", right_on="_key", how="anti")
-    bulk_insert(conn, table, new.with_columns(inserted_at=_stamp(conn, now), **{k: pl.lit(v) for k, v in constants.items()}),
-                ignore_conflicts="record_hash")
-    return new.height
+    return insert_versions(conn, table, rows.join(seen, left_on="record_hash", right_on="_key", how="anti"), now=now,
+                           **constants)
 
 
 def upsert_failures(conn: Connection, table: Table, dlq: pl.DataFrame, *, now: datetime, **constants) -> int:
@@ -137,9 +146,7 @@ def upsert_failures(conn: Connection, table: Table, dlq: pl.DataFrame, *, now: d
     dlq = dlq.unique(subset="record_hash", keep="first", maintain_order=True)
     seen = stored_hashes(conn, table, "record_hash", dlq.get_column("record_hash").to_list())
     if conn.dialect.name == "sqlite":
-        stamp = _stamp(conn, now)
-        _sqlite_insert(conn, table, dlq.with_columns(inserted_at=stamp, last_seen_at=stamp,
-                                                     **{k: pl.lit(v) for k, v in constants.items()}),
+        _sqlite_insert(conn, table, _stamped(conn, dlq, now, ("inserted_at", "last_seen_at"), **constants),
                        " ON CONFLICT (record_hash) DO UPDATE SET "
                        + ", ".join(f"{c} = excluded.{c}" for c in RESTAMPED_ON_FAILURE))
         return dlq.height - seen.height
@@ -251,16 +258,15 @@ def persist_spans(engine: Engine, *, run_id: str, source: str, files: dict[str, 
             counts.update(upsert_processed(conn, processed, run_id=run_id, now=now))
         new = keys.select((pl.col("record_hash").is_first_distinct()
                            & ~pl.col("record_hash").is_in(stored.get_column("record_hash").implode())).alias("new"))
-        line, extra = 0, {"inserted_at": _stamp(conn, now), "run_id": pl.lit(run_id), "source": pl.lit(source)}
+        line = 0
         for data in _pieces(files, spans, "raw", piece_bytes):
             lines = read_lines(data, "data")
             if line + lines.height > keys.height:
                 raise ValueError(f"{files['raw']}: more staged lines than keys ({keys.height}) in the batch's span")
             rows = pl.concat([keys.slice(line, lines.height), lines, new.slice(line, lines.height)], how="horizontal")
-            rows = rows.filter("new").drop("new").with_columns(**extra)
             line += lines.height
-            bulk_insert(conn, RawUser.__table__, rows, ignore_conflicts="record_hash")
-            counts["raw_inserted"] += rows.height
+            counts["raw_inserted"] += insert_versions(conn, RawUser.__table__, rows.filter("new").drop("new"), now=now,
+                                                      run_id=run_id, source=source)
         for data in _pieces(files, spans, "dlq", piece_bytes):
             counts["dlq_inserted"] += upsert_failures(conn, DlqUser.__table__, read_dlq_span(data), now=now,
                                                       run_id=run_id, source=source)

@@ -327,7 +327,7 @@ def test_sqlite_bulk_load_checkpoints_beside_the_writer_and_keeps_the_wal_small(
     reused batch after batch instead of growing (copied into the database file beside the writer, or, once
     it holds `checkpoint_bytes`, emptied before the next batch), and at the end it is folded into the
     database file and emptied; the pool's connections checkpoint on their own again."""
-    from models.db import deferred_checkpoints
+    from models.db import CHECKPOINT_WAL_BYTES, deferred_checkpoints
     from tasks.persist import persist_batch
 
     settings_env()
@@ -335,7 +335,7 @@ def test_sqlite_bulk_load_checkpoints_beside_the_writer_and_keeps_the_wal_small(
     wal = tmp_path / "bulk.db-wal"
     engine = engine_for(url)
     sizes, raw_inserted = [], 0
-    with deferred_checkpoints(engine, **({"checkpoint_bytes": checkpoint_bytes} if checkpoint_bytes else {})):
+    with deferred_checkpoints(engine, checkpoint_bytes=checkpoint_bytes or CHECKPOINT_WAL_BYTES):
         for n in range(4):
             files, spans, invalid = _transformed_real_users(tmp_path / f"batch{n}", id_offset=1000 * n)
             out = persist_batch.fn(engine, run_id="r1", source="dummyjson", files=files, spans=spans)
