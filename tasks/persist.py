@@ -35,8 +35,10 @@ from tasks.transform import (
     read_span,
 )
 
-IN_CHUNK = 5_000  # ids per IN (...) lookup; well under SQLite's and PostgreSQL's parameter limits
-SQLITE_ROWS_PER_INSERT = 500  # rows per multi-row INSERT on SQLite
+# SQLite statements come in a few shapes (sizes that are powers of two): Python's sqlite3 keeps up to 128
+# prepared statements per connection, and one with thousands of parameters holds hundreds of KB to a MB
+IN_CHUNK = 4_096  # ids per IN (...) lookup on SQLite; a shorter list is padded up to a power of two
+SQLITE_ROWS_PER_INSERT = 128  # rows per multi-row INSERT on SQLite (the rest in powers of two)
 SQLITE_MAX_PARAMS = 32_766  # SQLite's limit on parameters in one statement (since 3.32)
 # persist works through a batch's staged files in pieces of about this many bytes (about 3,000 raw DummyJSON
 # users): fewer, larger pieces than transform's, since each costs persist lookups and statements of its own
@@ -56,17 +58,28 @@ def _stamp(conn: Connection, when: datetime) -> pl.Expr:
     return pl.lit(when.isoformat())
 
 
+def statement_sizes(rows: int, most: int) -> list[int]:
+    """`rows` cut into statements of at most `most` rows, every size a power of two: full ones, then the
+    rest by its binary digits. However the pieces fall, a table gets a handful of statement shapes, where
+    one per remainder had filled the connection's statement cache with prepared statements of up to a MB
+    each (SQLite's memory grew with the run: 15 MB at 100k users, 23 MB at 1M)."""
+    step = 1 << (max(1, most).bit_length() - 1)
+    full, rest = divmod(rows, step)
+    return [step] * full + [1 << b for b in reversed(range(rest.bit_length())) if rest >> b & 1]
+
+
 def _sqlite_insert(conn: Connection, table: Table, df: pl.DataFrame, conflict: str = "") -> None:
     """INSERT ... VALUES (...), (...), ... of up to SQLITE_ROWS_PER_INSERT rows at a time, on the
     transaction's own connection. Not `executemany`: it gives the GIL back and takes it again for every row,
     and while other threads run Python (the other stages) each row waited for it, up to 5 ms."""
     head = f"INSERT INTO {table.name} ({', '.join(df.columns)}) VALUES "
     row = "(" + ", ".join("?" * df.width) + ")"
-    step = max(1, min(SQLITE_ROWS_PER_INSERT, SQLITE_MAX_PARAMS // df.width))
+    start = 0
     with closing(conn.connection.driver_connection.cursor()) as cur:
-        for start in range(0, df.height, step):
-            part = df.slice(start, step)
-            cur.execute(head + ", ".join([row] * part.height) + conflict, list(chain.from_iterable(part.iter_rows())))
+        for size in statement_sizes(df.height, min(SQLITE_ROWS_PER_INSERT, SQLITE_MAX_PARAMS // df.width)):
+            part = df.slice(start, size)
+            cur.execute(head + ", ".join([row] * size) + conflict, list(chain.from_iterable(part.iter_rows())))
+            start += size
 
 
 def bulk_insert(conn: Connection, table: Table, df: pl.DataFrame, *, ignore_conflicts: str | None = None) -> None:
@@ -95,7 +108,8 @@ def lookup(conn: Connection, table: Table, key: str, columns: list[str], keys: l
         return conn.exec_driver_sql(f"SELECT {cols} FROM {table.name} WHERE {key} = ANY(%b)", (list(keys),)).all()
     found: list[tuple] = []
     for i in range(0, len(keys), IN_CHUNK):
-        chunk = keys[i : i + IN_CHUNK]
+        chunk = list(keys[i : i + IN_CHUNK])
+        chunk += chunk[-1:] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))  # a repeated key finds nothing more
         marks = ", ".join("?" * len(chunk))
         found += conn.exec_driver_sql(f"SELECT {cols} FROM {table.name} WHERE {key} IN ({marks})", tuple(chunk)).all()
     return found

@@ -389,6 +389,43 @@ def test_sqlite_bulk_load_writes_through_one_connection_whatever_runs_between_it
     assert len(writers) == 1, f"the batches went through {len(writers)} connections"
 
 
+def test_sqlite_statements_come_in_a_few_shapes_whatever_the_batch_sizes(settings_env, tmp_path):
+    """Python's sqlite3 keeps up to 128 prepared statements per connection, and a multi-row INSERT or a long
+    IN list holds hundreds of KB to a MB prepared. One statement per row count (each piece's remainder, each
+    batch's number of keys) filled that cache as a run went on: SQLite's memory grew from 15 MB at 100k users
+    to 23 MB at 1M. Inserts and lookups of every size must store every row and find every key (no more)
+    with a handful of statement sizes."""
+    from sqlalchemy import Column, Integer, MetaData, String, Table
+
+    from tasks.persist import bulk_insert, lookup
+
+    settings_env()
+    engine = engine_for(f"sqlite:///{tmp_path / 'shapes.db'}")
+    table = Table("t", MetaData(), Column("id", Integer, primary_key=True), Column("a", String), Column("b", String))
+    table.create(engine)
+    sizes: dict[str, set[int]] = {"insert": set(), "in": set()}
+
+    def note(sql: str) -> None:  # the statements as SQLite runs them, values bound in
+        if sql.startswith("INSERT INTO t "):
+            sizes["insert"].add(sql.count("), (") + 1)
+        elif " IN (" in sql:
+            sizes["in"].add(sql.split(" IN (", 1)[1].count(",") + 1)
+
+    heights, start = range(1, 700, 7), 0
+    with engine.begin() as conn:
+        conn.connection.driver_connection.set_trace_callback(note)
+        for h in heights:
+            bulk_insert(conn, table, pl.DataFrame({"id": range(start, start + h), "a": ["x"] * h, "b": ["y"] * h}))
+            wanted = list(range(start - h, start + h))  # h stored before this batch (fewer at first), h just stored
+            found = lookup(conn, table, "id", ["a"], wanted)
+            assert sorted(found) == [(i, "x") for i in wanted if i >= 0]
+            start += h
+        conn.connection.driver_connection.set_trace_callback(None)
+    assert count(f"sqlite:///{tmp_path / 'shapes.db'}", "t") == sum(heights)
+    assert sizes["insert"] <= {1 << b for b in range(8)}, sorted(sizes["insert"])  # 1 ... 128 rows
+    assert len(sizes["in"]) <= 12 and all(n & (n - 1) == 0 for n in sizes["in"]), sorted(sizes["in"])
+
+
 def test_run_counters_hold_a_big_days_bytes(pipeline_env):
     """A million users deliver over 2 GiB: the counter must not overflow PostgreSQL's INTEGER."""
     from tasks import runs
@@ -423,6 +460,43 @@ def test_extract_checkpoint_does_not_wait_for_a_batch_being_stored(settings_env,
             holder.exec_driver_sql("COMMIT")
         checkpoints.advance(skip=208, total=208, offset=2080, records=208)
     assert _checkpoint_row(url) == (208, 2080, 208)
+
+
+def test_fetched_pages_are_freed_once_staged_without_the_garbage_collector(settings_env, tmp_path):
+    """httpx's responses sit in reference cycles, which only Python's cyclic garbage collector frees. A page
+    body kept on its response stayed in memory until the next collection, and over a long run the bodies piled
+    up (15-30 MB between batches at 1M users). With the collector off, fetching page after page must leave
+    no page bodies behind; the staged file holds every page."""
+    import gc
+    import tracemalloc
+
+    from tasks.extract.dummyjson import CheckpointWriter, begin_extract, fetch_batch
+
+    settings_env()
+    engine = engine_for(f"sqlite:///{tmp_path / 'cp.db'}")
+    plan = begin_extract(engine, run_id="r1", fingerprint="f", new_path=tmp_path / "raw.jsonl")
+    users = load_real_users()
+    with DummyJsonServer(users) as server, CheckpointWriter(engine) as checkpoints:
+        def fetch_all(offset: int) -> int:
+            got = fetch_batch.fn(checkpoints, base_url=server.base_url, page_size=25, skip=0, max_records=1000,
+                                 staged_path=plan.staged_path, offset=offset, records_before=0)
+            assert got["records"] == len(users) and got["done"]
+            return got["offset"]
+
+        end = fetch_all(0)  # first calls warm up what stays (imports, the TLS context, ...)
+        gc.collect()
+        gc.disable()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for n in range(1, 11):
+                assert fetch_all(n * end) == (n + 1) * end  # 90 pages in all, about 35 KB each
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+            gc.enable()
+    assert held < 1_000_000, f"{held:,} bytes still held after fetching {10 * end:,} bytes of pages"
+    assert (tmp_path / "raw.jsonl").stat().st_size == 11 * end
 
 
 def test_extract_checkpoint_write_error_reaches_the_extracting_thread(settings_env, tmp_path):
