@@ -35,10 +35,9 @@ from tasks.transform import (
     read_span,
 )
 
-# SQLite statements come in a few shapes (sizes that are powers of two): Python's sqlite3 keeps up to 128
-# prepared statements per connection, and one with thousands of parameters holds hundreds of KB to a MB
-IN_CHUNK = 4_096  # ids per IN (...) lookup on SQLite; a shorter list is padded up to a power of two
-SQLITE_ROWS_PER_INSERT = 128  # rows per multi-row INSERT on SQLite (the rest in powers of two)
+# most keys per IN (...) lookup and rows per multi-row INSERT on SQLite; both are cut by `statement_sizes`
+IN_CHUNK = 4_096
+SQLITE_ROWS_PER_INSERT = 128
 SQLITE_MAX_PARAMS = 32_766  # SQLite's limit on parameters in one statement (since 3.32)
 # persist works through a batch's staged files in pieces of about this many bytes (about 3,000 raw DummyJSON
 # users): fewer, larger pieces than transform's, since each costs persist lookups and statements of its own
@@ -59,10 +58,10 @@ def _stamp(conn: Connection, when: datetime) -> pl.Expr:
 
 
 def statement_sizes(rows: int, most: int) -> list[int]:
-    """`rows` cut into statements of at most `most` rows, every size a power of two: full ones, then the
-    rest by its binary digits. However the pieces fall, a table gets a handful of statement shapes, where
-    one per remainder had filled the connection's statement cache with prepared statements of up to a MB
-    each (SQLite's memory grew with the run: 15 MB at 100k users, 23 MB at 1M)."""
+    """`rows` (or keys) cut into statements of at most `most`, every size a power of two: full ones, then the
+    rest by its binary digits. However the pieces fall, a handful of statement shapes, where one per row or
+    key count had filled Python sqlite3's cache (128 prepared statements per connection, up to a MB each):
+    SQLite's memory grew with the run, 15 MB at 100k users, 23 MB at 1M."""
     step = 1 << (max(1, most).bit_length() - 1)
     full, rest = divmod(rows, step)
     return [step] * full + [1 << b for b in reversed(range(rest.bit_length())) if rest >> b & 1]
@@ -107,11 +106,12 @@ def lookup(conn: Connection, table: Table, key: str, columns: list[str], keys: l
         # %b: the array goes in binary (no per-element quoting: 4x quicker for 100k hashes)
         return conn.exec_driver_sql(f"SELECT {cols} FROM {table.name} WHERE {key} = ANY(%b)", (list(keys),)).all()
     found: list[tuple] = []
-    for i in range(0, len(keys), IN_CHUNK):
-        chunk = list(keys[i : i + IN_CHUNK])
-        chunk += chunk[-1:] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))  # a repeated key finds nothing more
-        marks = ", ".join("?" * len(chunk))
-        found += conn.exec_driver_sql(f"SELECT {cols} FROM {table.name} WHERE {key} IN ({marks})", tuple(chunk)).all()
+    start = 0
+    for size in statement_sizes(len(keys), IN_CHUNK):
+        marks = ", ".join("?" * size)
+        found += conn.exec_driver_sql(f"SELECT {cols} FROM {table.name} WHERE {key} IN ({marks})",
+                                      tuple(keys[start : start + size])).all()
+        start += size
     return found
 
 

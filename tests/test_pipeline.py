@@ -16,7 +16,7 @@ from flows.users_etl import users_etl
 from models.db import engine_for
 from tasks.extract.dummyjson import CHECKPOINT_KEY
 from tasks.extract.sample import DummyJsonServer, Fault
-from tests.servers.dummyjson import break_users, load_real_users
+from tests.servers.dummyjson import break_users, load_real_users, staged_lines
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -258,14 +258,13 @@ def _transformed_real_users(tmp_path: Path, id_offset: int = 0, *, repeat: int =
     (files, spans, invalid count). `repeat`: the first users staged again at the end (same lines, same ids);
     `keys`: transform stages the raw lines' keys too, as the flow has it do."""
     from models.settings import BUNDLED_DEPARTMENTS
-    from tasks.extract.dummyjson import _stage_lines
     from tasks.transform import read_departments, transform_batch
 
     users, expected = break_users([u | {"id": u["id"] + id_offset} for u in load_real_users()])
     users += users[:repeat]
     tmp_path.mkdir(parents=True, exist_ok=True)
     raw = tmp_path / "raw.jsonl"
-    raw.write_bytes(_stage_lines(users))
+    raw.write_bytes(staged_lines(users))
     files = {"raw": str(raw), "processed": str(tmp_path / "p.jsonl"), "dlq": str(tmp_path / "d.jsonl")}
     if keys:
         files["raw_keys"] = str(tmp_path / "keys.arrows")

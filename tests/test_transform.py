@@ -7,9 +7,8 @@ import polars as pl
 import pytest
 
 from models.settings import BUNDLED_DEPARTMENTS
-from tasks.extract.dummyjson import _stage_lines
 from tasks.transform import dlq_lines, parse_raw, read_departments, split_spans, transform_batch, transform_frame
-from tests.servers.dummyjson import break_users, load_real_users
+from tests.servers.dummyjson import break_users, load_real_users, staged_lines
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +17,7 @@ def departments():
 
 
 def run(users, departments):
-    return transform_frame(parse_raw(_stage_lines([json.loads(json.dumps(u)) for u in users])), departments)
+    return transform_frame(parse_raw(staged_lines([json.loads(json.dumps(u)) for u in users])), departments)
 
 
 def test_bundled_departments_cover_every_real_department(departments):
@@ -109,7 +108,7 @@ def test_sensitive_fields_are_masked_outside_the_raw_layer(departments):
 
 def test_password_never_reaches_a_staged_line():
     users = load_real_users()[:10]
-    staged = _stage_lines([dict(u) for u in users]).decode()
+    staged = staged_lines([dict(u) for u in users]).decode()
     assert "password" not in staged
     assert all(u["password"] not in staged for u in users)
 
@@ -122,7 +121,7 @@ def test_raw_keys_staged_by_transform_are_those_persist_would_work_out(tmp_path,
 
     users, _ = break_users(load_real_users())
     raw = tmp_path / "raw.jsonl"
-    raw.write_bytes(_stage_lines(users + users[:30]))  # a repeated line is one raw version
+    raw.write_bytes(staged_lines(users + users[:30]))  # a repeated line is one raw version
     keys = tmp_path / "keys.arrows"
     outs = [transform_batch.fn(departments, raw_path=str(raw), offset=o, length=n, processed_path=str(tmp_path / "p"),
                                dlq_path=str(tmp_path / "d"), keys_path=str(keys))
@@ -140,7 +139,7 @@ def test_raw_keys_staged_by_transform_are_those_persist_would_work_out(tmp_path,
 def test_transform_batch_appends_outputs_and_reports_reasons(tmp_path, departments):
     users, expected = break_users(load_real_users())
     raw = tmp_path / "raw.jsonl"
-    raw.write_bytes(_stage_lines(users))
+    raw.write_bytes(staged_lines(users))
     spans = split_spans(raw, 64_000)
     assert len(spans) > 3 and sum(length for _, length in spans) == raw.stat().st_size
     out_p, out_d = tmp_path / "p.jsonl", tmp_path / "d.jsonl"
@@ -166,7 +165,7 @@ def test_a_batch_worked_through_in_pieces_gives_what_it_gives_in_one(tmp_path, d
     users, expected = break_users(load_real_users())
     again = [dict(u, firstName=f"Again {u['firstName']}") for u in users[:5]]  # same ids, new content, at the end
     raw = tmp_path / "raw.jsonl"
-    raw.write_bytes(_stage_lines(users + again))
+    raw.write_bytes(staged_lines(users + again))
     outs = {}
     for name, piece_bytes in (("whole", 1 << 30), ("pieces", 16_000)):
         paths = {k: tmp_path / f"{name}.{k}" for k in ("p", "d", "k")}
@@ -189,7 +188,7 @@ def test_a_batch_worked_through_in_pieces_gives_what_it_gives_in_one(tmp_path, d
 
 def test_field_types_read_in_pieces_are_those_of_the_whole_batch(tmp_path, departments):
     raw = tmp_path / "raw.jsonl"
-    raw.write_bytes(_stage_lines(load_real_users()))
+    raw.write_bytes(staged_lines(load_real_users()))
     kw = dict(raw_path=str(raw), offset=0, length=raw.stat().st_size, processed_path=str(tmp_path / "p"),
               dlq_path=str(tmp_path / "d"))
     whole = transform_batch.fn(departments, **kw, piece_bytes=1 << 30)["types"]

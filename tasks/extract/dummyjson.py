@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email.utils
 import functools
-import io
 import logging
 import os
 import ssl
@@ -146,13 +145,6 @@ def write_lines(fh: BinaryIO, users: list) -> None:
     the page as one Python string and another as bytes (4.0 -> 2.7 ms for a page of 1,000 users)."""
     if users:
         _clean_lines(users).write_csv(fh, include_header=False, quote_style="never")
-
-
-def _stage_lines(users: list) -> bytes:
-    """Records as the JSONL `write_lines` stages."""
-    buf = io.BytesIO()
-    write_lines(buf, users)
-    return buf.getvalue()
 
 
 # Prefect retry_condition_fn (the feeds source uses it too): a TransientSourceError is worth another try

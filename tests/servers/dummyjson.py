@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 from pathlib import Path
 
 import pytest
 
+from tasks.extract.dummyjson import write_lines
 from tasks.extract.sample import DummyJsonServer, Fault  # noqa: F401  (re-exported for tests)
 
 SHARED_USERS = Path(os.environ.get("SLUICE_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")) / "dummyjson" / "users.json"
@@ -20,6 +22,13 @@ def load_real_users() -> list[dict]:
         pytest.fail(f"the real DummyJSON users are expected at {SHARED_USERS} (../shared beside the checkout)")
     data = json.loads(SHARED_USERS.read_text())
     return data["users"] if isinstance(data, dict) else data
+
+
+def staged_lines(users: list) -> bytes:
+    """Records as extract stages them (JSONL, secrets cut out), for tests that start from a staged file."""
+    buf = io.BytesIO()
+    write_lines(buf, users)
+    return buf.getvalue()
 
 
 def break_users(users: list[dict]) -> tuple[list[dict], dict[int, set[str]]]:
