@@ -1,4 +1,5 @@
 import os
+import platform
 import subprocess
 import sys
 
@@ -56,3 +57,32 @@ def test_polars_allocator_returns_freed_pages_unless_the_operator_says_otherwise
                          env=env, capture_output=True, text=True, check=True)
     conf = out.stdout.strip().split(",")
     assert conf[-1] == last and len(conf) > 1, conf
+
+
+MAPPED_BLOCKS = """
+import ctypes
+import models  # noqa: F401
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+first = bytes(1 << 20)
+del first  # a mapped block freed: glibc's own rule raises its threshold to that size here
+before = libc.mallinfo2().hblks
+second = bytes(1 << 20)
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator setting only")
+@pytest.mark.parametrize(("own", "mapped"), [(None, "1"), ("4194304", "0")])
+def test_large_blocks_keep_their_own_mapping_after_one_is_freed_unless_the_operator_says_otherwise(own, mapped):
+    """A flow process's 1 MB buffers are mapped (and go back to the system when freed) even after one was
+    freed, where glibc would start taking them from its heap; an operator's MALLOC_MMAP_THRESHOLD_ wins."""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    env |= {"MALLOC_MMAP_THRESHOLD_": own} if own else {}
+    out = subprocess.run([sys.executable, "-c", MAPPED_BLOCKS], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == mapped
