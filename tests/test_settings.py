@@ -47,11 +47,17 @@ def test_make_run_stops_at_start_on_bad_config(settings_env, capsys):
     assert "USERS_PAGE_SIZE" in capsys.readouterr().err
 
 
+def _environment_with(name: str, value: str | None) -> dict[str, str]:
+    """This process's environment with `name` set to `value`, or without it when None."""
+    env = {k: v for k, v in os.environ.items() if k != name}
+    return env | {name: value} if value is not None else env
+
+
 @pytest.mark.parametrize(("own", "last"), [(None, "muzzy_decay_ms:0"), ("muzzy_decay_ms:5000", "muzzy_decay_ms:5000")])
 def test_polars_allocator_returns_freed_pages_unless_the_operator_says_otherwise(own, last):
     """A fresh flow process hands Polars' allocator our setting (the last option given wins); an operator's
     own `_RJEM_MALLOC_CONF` is kept instead."""
-    env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"} | ({"_RJEM_MALLOC_CONF": own} if own else {})
+    env = _environment_with("_RJEM_MALLOC_CONF", own)
     # what Polars handed its allocator when it loaded: its own defaults, then the override
     out = subprocess.run([sys.executable, "-c", "import os, flows.users_etl; print(os.environ['_RJEM_MALLOC_CONF'])"],
                          env=env, capture_output=True, text=True, check=True)
@@ -82,7 +88,6 @@ print(libc.mallinfo2().hblks - before)
 def test_large_blocks_keep_their_own_mapping_after_one_is_freed_unless_the_operator_says_otherwise(own, mapped):
     """A flow process's 1 MB buffers are mapped (and go back to the system when freed) even after one was
     freed, where glibc would start taking them from its heap; an operator's MALLOC_MMAP_THRESHOLD_ wins."""
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-    env |= {"MALLOC_MMAP_THRESHOLD_": own} if own else {}
+    env = _environment_with("MALLOC_MMAP_THRESHOLD_", own)
     out = subprocess.run([sys.executable, "-c", MAPPED_BLOCKS], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == mapped
