@@ -326,7 +326,7 @@ def test_sqlite_bulk_load_checkpoints_beside_the_writer_and_keeps_the_wal_small(
     reused batch after batch instead of growing (copied into the database file beside the writer, or, once
     it holds `checkpoint_bytes`, emptied before the next batch), and at the end it is folded into the
     database file and emptied; the pool's connections checkpoint on their own again."""
-    from models.db import CHECKPOINT_WAL_BYTES, deferred_checkpoints
+    from models.db import CHECKPOINT_WAL_BYTES, SQLITE_CACHE_KIB, deferred_checkpoints
     from tasks.persist import persist_batch
 
     settings_env()
@@ -345,6 +345,7 @@ def test_sqlite_bulk_load_checkpoints_beside_the_writer_and_keeps_the_wal_small(
     assert wal.stat().st_size == 0
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -SQLITE_CACHE_KIB  # not the bulk load's
     assert count(url, "raw_users") == raw_inserted > 4 * 200  # records broken the same way are one version
 
 
@@ -366,7 +367,7 @@ def test_sqlite_bulk_load_writes_through_one_connection_whatever_runs_between_it
 
     def trace(dbapi_conn, _record, _proxy) -> None:  # every statement each pooled connection runs
         def note(statement: str) -> None:
-            if statement.startswith("INSERT INTO processed_users"):
+            if statement.startswith(("INSERT INTO processed_users", "INSERT OR FAIL INTO processed_users")):
                 writers.add(id(dbapi_conn))
 
         dbapi_conn.set_trace_callback(note)
@@ -405,7 +406,7 @@ def test_sqlite_statements_come_in_a_few_shapes_whatever_the_batch_sizes(setting
     sizes: dict[str, set[int]] = {"insert": set(), "in": set()}
 
     def note(sql: str) -> None:  # the statements as SQLite runs them, values bound in
-        if sql.startswith("INSERT INTO t "):
+        if sql.startswith("INSERT OR FAIL INTO t "):
             sizes["insert"].add(sql.count("), (") + 1)
         elif " IN (" in sql:
             sizes["in"].add(sql.split(" IN (", 1)[1].count(",") + 1)
@@ -423,6 +424,81 @@ def test_sqlite_statements_come_in_a_few_shapes_whatever_the_batch_sizes(setting
     assert count(f"sqlite:///{tmp_path / 'shapes.db'}", "t") == sum(heights)
     assert sizes["insert"] <= {1 << b for b in range(8)}, sorted(sizes["insert"])  # 1 ... 128 rows
     assert len(sizes["in"]) <= 12 and all(n & (n - 1) == 0 for n in sizes["in"]), sorted(sizes["in"])
+
+
+def _bytes_written() -> int:
+    """What this process has handed to write calls so far (files, WAL, temporary files alike)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+
+
+def test_sqlite_batch_writes_its_wal_frames_and_nothing_besides(settings_env, tmp_path):
+    """A batch's multi-row INSERTs must not make SQLite copy each page they touch to a statement journal
+    first (what it does for a statement that may abort halfway inside a transaction): at 100k users that
+    was 1.5 GB of temporary file writes beside a 230 MB database. What persist writes is the WAL's new
+    frames, and a new database has 8 KB pages."""
+    from tasks.persist import persist_spans
+
+    settings_env()
+    files, spans, invalid = _transformed_real_users(tmp_path / "batch", keys=True)
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    engine = engine_for(url)
+    wal = tmp_path / "w.db-wal"
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 8192
+    wal_before, written_before = wal.stat().st_size, _bytes_written()
+    out = persist_spans(engine, run_id="r1", source="dummyjson", files=files, spans=spans)
+    written, grown = _bytes_written() - written_before, wal.stat().st_size - wal_before
+    assert out["raw_inserted"] == 208 and grown > 200 * 1000  # the batch is in the WAL
+    assert written <= grown * 1.02, f"wrote {written:,} bytes for {grown:,} bytes of WAL frames"
+
+
+def test_a_row_the_database_refuses_halfway_through_a_statement_leaves_nothing_of_the_batch(settings_env, tmp_path):
+    """The multi-row INSERTs stop at a refused row with the database's error, and the batch's transaction,
+    rows before it in the same statement included, is rolled back whole."""
+    import sqlite3
+
+    from sqlalchemy import Column, Integer, MetaData, String, Table
+
+    from tasks.persist import bulk_insert
+
+    settings_env()
+    url = f"sqlite:///{tmp_path / 'refuse.db'}"
+    engine = engine_for(url)
+    table = Table("t", MetaData(), Column("id", Integer, primary_key=True), Column("a", String, nullable=False))
+    table.create(engine)
+    names = [f"user {i}" for i in range(300)]
+    names[200] = None  # in the second statement of 128 rows, after 72 rows of it
+    with pytest.raises(sqlite3.IntegrityError, match="NOT NULL"), engine.begin() as conn:
+        bulk_insert(conn, table, pl.DataFrame({"id": range(300), "a": names}))
+    assert count(url, "t") == 0
+    with engine.begin() as conn:  # the same rows, fixed, go in
+        bulk_insert(conn, table, pl.DataFrame({"id": range(300), "a": [n or "user 200" for n in names]}))
+    assert count(url, "t") == 300
+
+
+def test_persist_retries_a_locked_database_from_the_driver_but_not_a_refused_row(tmp_path):
+    """The bulk inserts run on the driver's own cursor, so its errors arrive unwrapped by SQLAlchemy: a
+    locked database is still worth a retry, a row the database refuses is not."""
+    import sqlite3
+
+    from tasks.persist import _db_transient
+
+    path = tmp_path / "locked.db"
+    holder, other = sqlite3.connect(path, timeout=0), sqlite3.connect(path, timeout=0)
+    try:
+        holder.execute("CREATE TABLE t (a TEXT NOT NULL)")
+        holder.commit()
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError, match="locked") as locked:
+            other.execute("INSERT INTO t VALUES ('x')")
+        holder.rollback()
+        with pytest.raises(sqlite3.IntegrityError) as refused:
+            other.execute("INSERT INTO t VALUES (NULL)")
+    finally:
+        holder.close()
+        other.close()
+    assert _db_transient(locked.value) and not _db_transient(refused.value)
 
 
 def test_run_counters_hold_a_big_days_bytes(pipeline_env):
