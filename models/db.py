@@ -37,8 +37,9 @@ _deferred: dict[int, _BulkLoad] = {}
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercised through every SQLite test
-    for pragma in (f"page_size={SQLITE_PAGE_SIZE}", "journal_mode=WAL", "synchronous=NORMAL", f"busy_timeout={BUSY_TIMEOUT_MS}", "foreign_keys=ON",
-                   f"cache_size=-{SQLITE_CACHE_KIB}"):
+    # the page size first: switching a new database to WAL writes its header, page size included
+    for pragma in (f"page_size={SQLITE_PAGE_SIZE}", "journal_mode=WAL", "synchronous=NORMAL",
+                   f"busy_timeout={BUSY_TIMEOUT_MS}", "foreign_keys=ON", f"cache_size=-{SQLITE_CACHE_KIB}"):
         _pragma(dbapi_conn, f"PRAGMA {pragma}")
 
 

@@ -77,7 +77,7 @@ def _sqlite_insert(conn: Connection, table: Table, df: pl.DataFrame, conflict: s
     OR FAIL: a row the database refuses still raises, and the caller's transaction is rolled back whole, as
     before. With the default (ABORT), SQLite had to be able to undo one statement's earlier rows on its own,
     so it copied every page a statement touched to a statement journal first: 1.5 GB of temporary file
-    writes for 100k users, 4 of every 5 bytes persist wrote (strace)."""
+    writes for 100k users, three of every four bytes persist wrote (strace)."""
     head = f"INSERT OR FAIL INTO {table.name} ({', '.join(df.columns)}) VALUES "
     row = "(" + ", ".join("?" * df.width) + ")"
     start = 0

@@ -366,7 +366,7 @@ def test_sqlite_bulk_load_writes_through_one_connection_whatever_runs_between_it
 
     def trace(dbapi_conn, _record, _proxy) -> None:  # every statement each pooled connection runs
         def note(statement: str) -> None:
-            if statement.startswith(("INSERT INTO processed_users", "INSERT OR FAIL INTO processed_users")):
+            if statement.startswith("INSERT OR FAIL INTO processed_users"):
                 writers.add(id(dbapi_conn))
 
         dbapi_conn.set_trace_callback(note)
