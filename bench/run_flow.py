@@ -54,18 +54,23 @@ def main() -> None:
     t0 = float(os.environ["BENCH_T0"])
     started_at = datetime.fromtimestamp(t0, UTC)
     trace = RssTrace()
-    from prefect import get_client
+    from flows.prefect_api import local_prefect_api
 
-    from flows.users_etl import users_etl
+    # no PREFECT_API_URL: the local server `make run` starts (flows/run_all.py), started the same way
+    with local_prefect_api(os.environ.get("DATA_DIR", "var")) as api:
+        from prefect import get_client
 
-    summary = users_etl(api_base=sys.argv[1], page_size=int(os.environ.get("BENCH_PAGE_SIZE", "1000")),
-                        deliver_files=os.environ.get("BENCH_DELIVER", "1") == "1",
-                        extract_first=os.environ.get("BENCH_EXTRACT_FIRST", "0") == "1")
-    wall = time.time() - t0
-    with get_client(sync_client=True) as client:
-        resp = client._client.post("/task_runs/count",
-                              json={"task_runs": {"start_time": {"after_": started_at.isoformat()}}})
-        task_runs = resp.json()
+        from flows.users_etl import users_etl
+
+        api.wait_ready()
+        summary = users_etl(api_base=sys.argv[1], page_size=int(os.environ.get("BENCH_PAGE_SIZE", "1000")),
+                            deliver_files=os.environ.get("BENCH_DELIVER", "1") == "1",
+                            extract_first=os.environ.get("BENCH_EXTRACT_FIRST", "0") == "1")
+        wall = time.time() - t0
+        with get_client(sync_client=True) as client:
+            resp = client._client.post("/task_runs/count",
+                                       json={"task_runs": {"start_time": {"after_": started_at.isoformat()}}})
+            task_runs = resp.json()
     quarters = trace.quarters()
     if os.environ.get("BENCH_RSS_TRACE"):  # the samples themselves, (seconds since the clock started, MB)
         with open(os.environ["BENCH_RSS_TRACE"], "w") as f:

@@ -1,6 +1,7 @@
 """`make run`: every configured flow once, then where the results are.
 
-With SFTP_HOST unset, a loopback SFTP server of the project's own (key in var/sftp) receives the delivery."""
+With SFTP_HOST unset, a loopback SFTP server of the project's own (key in var/sftp) receives the delivery; with
+no Prefect API configured, a local Prefect server started at once (flows/prefect_api.py) runs the flows."""
 
 from __future__ import annotations
 
@@ -20,10 +21,17 @@ def main() -> int:
     except ConfigError as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return 2
-    from flows.feeds_etl import feeds_etl
-    from flows.users_etl import users_etl
+    from flows.prefect_api import local_prefect_api
 
     with ExitStack() as stack:
+        api = stack.enter_context(local_prefect_api(VAR_DIR))
+        if api.process is not None:
+            print(f"sluice: no Prefect API configured; started a local Prefect server at {api.url} for this run",
+                  file=sys.stderr)
+        from flows.feeds_etl import feeds_etl  # imported while that server starts
+        from flows.users_etl import users_etl
+
+        api.wait_ready()
         demo = None
         if not settings.sftp_enabled:
             from tasks.demo_sftp import running_demo_sftp

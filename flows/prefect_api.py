@@ -1,0 +1,142 @@
+"""The Prefect API a one-off run (`make run`, the benchmark's flow process) talks to.
+
+With an API configured (PREFECT_API_URL, a profile, prefect.toml...), that one. Without, Prefect would start
+a temporary server of its own at the flow's first API call: only after the flow process has imported
+everything, and after importing Prefect's whole server (1.6 s here and 50 MB of the flow process's memory)
+just to launch it in a subprocess. `local_prefect_api` launches the same kind of server (Prefect's app with
+its background services off, on Prefect's own database) as soon as Prefect's settings are read, so its
+start-up overlaps the pipeline's imports, and the flow process never imports the server.
+
+Run as `python -m flows.prefect_api <fd>`, this module is that server: it serves on the listening socket
+the parent bound and handed over (no race for a port)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+POLL_SECONDS = 0.05
+STOP_SECONDS = 5
+
+
+class PrefectApiError(RuntimeError):
+    """The local Prefect server did not come up."""
+
+
+@dataclass
+class LocalApi:
+    """The API a run talks to; `process` is None when it is a configured one, not started here."""
+
+    url: str | None
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+    startup_timeout: float = 180.0
+
+    def wait_ready(self) -> None:
+        """Block until the server started here answers its health check (at once for a configured API)."""
+        if self.process is None:
+            return
+        deadline = time.monotonic() + self.startup_timeout
+        # the socket listens already: a request waits in its backlog until the server takes it
+        with httpx.Client(timeout=10) as client:
+            while True:
+                if self.process.poll() is not None:
+                    raise PrefectApiError(f"the local Prefect server exited with code {self.process.returncode}; "
+                                          f"its output: {self._log_tail()}")
+                try:
+                    if client.get(f"{self.url}/health").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise PrefectApiError(f"the local Prefect server did not answer within {self.startup_timeout:.0f} s "
+                                          f"(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); its output: "
+                                          f"{self._log_tail()}")
+                time.sleep(POLL_SECONDS)
+
+    def _log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:] if self.log_path else ""
+        except OSError:
+            return ""
+
+
+@contextmanager
+def local_prefect_api(log_dir: Path | str = "var") -> Iterator[LocalApi]:
+    """The configured Prefect API, else a server started here for as long as the block lasts: this process's
+    PREFECT_API_URL points at it meanwhile. Call `wait_ready()` before the first flow; import the flows in
+    between. On leaving, Prefect's queued logs and events are sent before the server stops."""
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    # Prefect's own rule for starting a temporary server: no API configured and ephemeral mode allowed
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        yield LocalApi(url=settings.api.url)
+        return
+    log_path = Path(log_dir) / "prefect-local-server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        listener = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+        log = stack.enter_context(open(log_path, "wb"))
+        env = os.environ | settings.to_environment_variables(exclude_unset=True) | {"PREFECT_UI_ENABLED": "false"}
+        env.pop("PREFECT_API_URL", None)
+        process = subprocess.Popen([sys.executable, "-m", __name__, str(listener.fileno())],
+                                   pass_fds=(listener.fileno(),), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/api"
+    os.environ["PREFECT_API_URL"] = url
+    refresh_global_settings_context()
+    try:
+        yield LocalApi(url=url, process=process, log_path=log_path,
+                       startup_timeout=settings.server.ephemeral.startup_timeout_seconds)
+    finally:
+        try:
+            _send_queued_logs_and_events()
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+            refresh_global_settings_context()
+            _stop(process)
+
+
+def _send_queued_logs_and_events() -> None:
+    """What Prefect's log and event workers still hold goes out while the server is up (Prefect itself
+    drains them at exit, after a server of ours would be gone)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=STOP_SECONDS)
+    EventsWorker.drain_all(timeout=STOP_SECONDS)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def serve(fd: int) -> None:
+    """Prefect's API app as Prefect's temporary server runs it (`ephemeral`: no UI, no background services)
+    on the inherited listening socket."""
+    import uvicorn
+    from prefect.server.api.server import create_app
+
+    listener = socket.socket(fileno=fd)
+    config = uvicorn.Config(create_app(ephemeral=True, final=True), log_level="error", lifespan="on")
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))

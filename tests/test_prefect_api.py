@@ -1,0 +1,155 @@
+"""The Prefect API a one-off run starts for itself when none is configured (flows/prefect_api.py, `make run`).
+
+Each case runs in a fresh Python process, as `make run` does: Prefect's settings are process-wide, and the
+point is what happens from a cold start."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MIGRATED_HOME = ROOT / "var" / "prefect"  # `make install` migrates Prefect's database there
+
+RUN_A_FLOW = """
+import json, sys
+from flows.prefect_api import local_prefect_api
+
+with local_prefect_api(sys.argv[1]) as api:
+    from prefect import flow, get_client, get_run_logger, task
+
+    @task
+    def double(x: int) -> int:
+        return 2 * x
+
+    @flow(name="local-api-child")
+    def child(x: int) -> int:
+        return double(x)
+
+    @flow(name="local-api-parent")
+    def parent() -> int:
+        get_run_logger().info("marker %s", sys.argv[2])
+        return child(21)
+
+    api.wait_ready()
+    state = parent(return_state=True)
+    result, run_id = state.result(), str(state.state_details.flow_run_id)
+    with get_client(sync_client=True) as client:
+        names = sorted(r.name for r in client.read_flows())
+    process = api.process
+print(json.dumps({"url": api.url, "result": result, "run_id": run_id, "flows": names, "exit_code": process.poll(),
+                  "server_imported_here": "prefect.server.api.server" in sys.modules}))
+"""
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "PREFECT_PROFILE"))}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(ROOT),
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", PREFECT_LOGGING_LEVEL="INFO")
+    env.pop("PREFECT_API_URL", None)
+    return env | extra
+
+
+def _prefect_home(tmp_path: Path) -> Path:
+    """A PREFECT_HOME of the test's own; its database a copy of the migrated one when there is one (a new
+    one is migrated at the server's start, ~20 s here)."""
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    if (MIGRATED_HOME / "prefect.db").exists():
+        with sqlite3.connect(MIGRATED_HOME / "prefect.db") as src, sqlite3.connect(home / "prefect.db") as dst:
+            src.backup(dst)
+    return home
+
+
+def _run(script: str, *args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_without_an_api_a_run_gets_a_server_of_its_own_that_keeps_its_logs_and_stops(tmp_path):
+    home, marker = _prefect_home(tmp_path), uuid.uuid4().hex
+    out = _run(RUN_A_FLOW, str(tmp_path / "var"), marker, env=_env(home))
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["result"] == 42
+    assert seen["url"].startswith("http://127.0.0.1:")
+    # the parent and its child flow ran against that server...
+    assert {"local-api-child", "local-api-parent"} <= set(seen["flows"])
+    # ...and Prefect never started its own temporary server (the flow process never imported it)
+    assert not seen["server_imported_here"]
+    assert "Starting temporary server" not in out.stderr
+    assert seen["exit_code"] is not None, "the server was still running after the block"
+    # the run's logs went out before the server stopped, to its very last line: they are in Prefect's database
+    # (unsent, the process would also spend a minute at exit retrying a server that is gone)
+    with sqlite3.connect(home / "prefect.db") as db:
+        logged = [m for (m,) in db.execute("SELECT message FROM log WHERE flow_run_id = ? ORDER BY timestamp",
+                                           (seen["run_id"],))]
+    assert f"marker {marker}" in logged
+    assert logged[-1].startswith("Finished in state Completed"), logged
+
+
+def test_a_configured_api_is_used_as_it_is_and_nothing_is_started(tmp_path):
+    script = """
+import json, os, sys
+from flows.prefect_api import local_prefect_api
+from prefect.settings import get_current_settings
+
+with local_prefect_api(sys.argv[1]) as api:
+    api.wait_ready()  # nothing to wait for: not started here
+    print(json.dumps({"url": api.url, "process": api.process is not None, "seen": get_current_settings().api.url}))
+"""
+    configured = "http://127.0.0.1:9/api"
+    out = _run(script, str(tmp_path / "var"), env=_env(tmp_path, PREFECT_API_URL=configured))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"url": configured, "process": False, "seen": configured}
+    assert not (tmp_path / "var" / "prefect-local-server.log").exists()
+
+
+def test_a_server_that_cannot_start_is_reported_with_its_own_words(tmp_path):
+    """Its database unreachable: the server exits, and the run says so at once with the server's output,
+    instead of waiting out the start-up timeout."""
+    script = """
+import sys, time
+from flows.prefect_api import PrefectApiError, local_prefect_api
+
+started = time.monotonic()
+try:
+    with local_prefect_api(sys.argv[1]) as api:
+        api.wait_ready()
+except PrefectApiError as exc:
+    print(f"{time.monotonic() - started:.1f}")
+    print(exc)
+    sys.exit(3)
+"""
+    env = _env(_prefect_home(tmp_path),
+               PREFECT_API_DATABASE_CONNECTION_URL="postgresql+asyncpg://nobody@127.0.0.1:9/none")
+    out = _run(script, str(tmp_path / "var"), env=env)
+    assert out.returncode == 3, (out.stdout, out.stderr[-3000:])
+    seconds, message = out.stdout.split("\n", 1)
+    assert float(seconds) < 60
+    assert "the local Prefect server exited with code" in message
+    # its own error, naming the database it could not reach
+    assert "Connect call failed ('127.0.0.1', 9)" in message and "Application startup failed" in message, message
+
+
+def test_the_process_environment_is_as_it_was_after_the_block(tmp_path):
+    script = """
+import json, os, sys
+from flows.prefect_api import local_prefect_api
+from prefect.settings import get_current_settings
+
+with local_prefect_api(sys.argv[1]) as api:
+    inside = (os.environ.get("PREFECT_API_URL"), get_current_settings().api.url)
+print(json.dumps({"inside": inside, "url": api.url,
+                  "after": (os.environ.get("PREFECT_API_URL"), get_current_settings().api.url)}))
+"""
+    out = _run(script, str(tmp_path / "var"), env=_env(_prefect_home(tmp_path)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["inside"] == [seen["url"], seen["url"]]
+    assert seen["after"] == [None, None]
