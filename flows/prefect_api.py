@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -26,6 +27,7 @@ import httpx
 
 POLL_SECONDS = 0.05
 STOP_SECONDS = 5
+PARENT_CHECK_SECONDS = 1.0
 
 
 class PrefectApiError(RuntimeError):
@@ -90,9 +92,11 @@ def local_prefect_api(log_dir: Path | str = "var") -> Iterator[LocalApi]:
         log = stack.enter_context(open(log_path, "wb"))
         env = os.environ | settings.to_environment_variables(exclude_unset=True) | {"PREFECT_UI_ENABLED": "false"}
         env.pop("PREFECT_API_URL", None)
+        # a session of its own: a Ctrl-C at the terminal reaches this process, which sends the queued logs
+        # and events first and then stops the server (the server stops itself if this process dies)
         process = subprocess.Popen([sys.executable, "-m", __name__, str(listener.fileno())],
                                    pass_fds=(listener.fileno(),), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/api"
     os.environ["PREFECT_API_URL"] = url
     refresh_global_settings_context()
@@ -129,13 +133,22 @@ def _stop(process: subprocess.Popen) -> None:
 
 def serve(fd: int) -> None:
     """Prefect's API app as Prefect's temporary server runs it (`ephemeral`: no UI, no background services)
-    on the inherited listening socket."""
+    on the inherited listening socket, until stopped or until the process that started it is gone (killed
+    before it could stop the server: no server is left behind holding Prefect's database)."""
     import uvicorn
     from prefect.server.api.server import create_app
 
+    parent = os.getppid()
     listener = socket.socket(fileno=fd)
-    config = uvicorn.Config(create_app(ephemeral=True, final=True), log_level="error", lifespan="on")
-    uvicorn.Server(config).run(sockets=[listener])
+    server = uvicorn.Server(uvicorn.Config(create_app(ephemeral=True, final=True), log_level="error", lifespan="on"))
+
+    def stop_when_orphaned() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        server.should_exit = True
+
+    threading.Thread(target=stop_when_orphaned, name="parent-watch", daemon=True).start()
+    server.run(sockets=[listener])
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -153,3 +154,39 @@ print(json.dumps({"inside": inside, "url": api.url,
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["inside"] == [seen["url"], seen["url"]]
     assert seen["after"] == [None, None]
+
+
+def test_a_server_whose_run_was_killed_stops_by_itself(tmp_path):
+    """The run's process killed outright (no `finally`, no atexit): the server it started does not live on
+    holding Prefect's database."""
+    script = """
+import sys, time
+from flows.prefect_api import local_prefect_api
+
+with local_prefect_api(sys.argv[1]) as api:
+    api.wait_ready()
+    print(api.process.pid, flush=True)
+    time.sleep(600)
+"""
+    run = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "var")], cwd=ROOT,
+                           env=_env(_prefect_home(tmp_path)), stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(run.stdout.readline())
+        assert Path(f"/proc/{server_pid}").exists()
+        run.kill()
+        run.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while _alive(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(server_pid), "the server outlived the run that started it"
+    finally:
+        run.kill()
+        run.wait()
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a parent to collect it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
