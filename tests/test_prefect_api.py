@@ -52,7 +52,6 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "PREFECT_PROFILE"))}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(ROOT),
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", PREFECT_LOGGING_LEVEL="INFO")
-    env.pop("PREFECT_API_URL", None)
     return env | extra
 
 
@@ -96,7 +95,7 @@ def test_without_an_api_a_run_gets_a_server_of_its_own_that_keeps_its_logs_and_s
 
 def test_a_configured_api_is_used_as_it_is_and_nothing_is_started(tmp_path):
     script = """
-import json, os, sys
+import json, sys
 from flows.prefect_api import local_prefect_api
 from prefect.settings import get_current_settings
 
