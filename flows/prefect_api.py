@@ -34,6 +34,33 @@ class PrefectApiError(RuntimeError):
     """The local Prefect server did not come up."""
 
 
+def log_tail(path: Path | None, lines: int = 60) -> str:
+    """The last lines a server wrote to its log, for an error message."""
+    if path is None or not path.exists():
+        return "(no output)"
+    return f"--- last lines of {path.name} ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_until_healthy(process: subprocess.Popen, api_url: str, *, timeout: float, log_path: Path | None,
+                       what: str = "the local Prefect server") -> None:
+    """Block until the Prefect server `process` runs answers `api_url`/health; raise PrefectApiError with its
+    last output as soon as it exits, or once `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    # a socket that listens already keeps a request in its backlog until the server takes it
+    with httpx.Client(timeout=10) as client:
+        while True:
+            if process.poll() is not None:
+                raise PrefectApiError(f"{what} exited with code {process.returncode}; {log_tail(log_path)}")
+            try:
+                if client.get(f"{api_url}/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise PrefectApiError(f"{what} did not answer within {timeout:.0f} s; {log_tail(log_path)}")
+            time.sleep(POLL_SECONDS)
+
+
 @dataclass
 class LocalApi:
     """The API a run talks to; `process` is None when it is a configured one, not started here."""
@@ -41,35 +68,12 @@ class LocalApi:
     url: str | None
     process: subprocess.Popen | None = None
     log_path: Path | None = None
-    startup_timeout: float = 180.0
+    startup_timeout: float = 0.0  # PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, for a server started here
 
     def wait_ready(self) -> None:
         """Block until the server started here answers its health check (at once for a configured API)."""
-        if self.process is None:
-            return
-        deadline = time.monotonic() + self.startup_timeout
-        # the socket listens already: a request waits in its backlog until the server takes it
-        with httpx.Client(timeout=10) as client:
-            while True:
-                if self.process.poll() is not None:
-                    raise PrefectApiError(f"the local Prefect server exited with code {self.process.returncode}; "
-                                          f"its output: {self._log_tail()}")
-                try:
-                    if client.get(f"{self.url}/health").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise PrefectApiError(f"the local Prefect server did not answer within {self.startup_timeout:.0f} s "
-                                          f"(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); its output: "
-                                          f"{self._log_tail()}")
-                time.sleep(POLL_SECONDS)
-
-    def _log_tail(self, chars: int = 2000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:] if self.log_path else ""
-        except OSError:
-            return ""
+        if self.process is not None:
+            wait_until_healthy(self.process, self.url, timeout=self.startup_timeout, log_path=self.log_path)
 
 
 @contextmanager
@@ -91,7 +95,6 @@ def local_prefect_api(log_dir: Path | str = "var") -> Iterator[LocalApi]:
         listener = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
         log = stack.enter_context(open(log_path, "wb"))
         env = os.environ | settings.to_environment_variables(exclude_unset=True) | {"PREFECT_UI_ENABLED": "false"}
-        env.pop("PREFECT_API_URL", None)
         # a session of its own: a Ctrl-C at the terminal reaches this process, which sends the queued logs
         # and events first and then stops the server (the server stops itself if this process dies)
         process = subprocess.Popen([sys.executable, "-m", __name__, str(listener.fileno())],

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from flows.prefect_api import log_tail as tail
 from tests.conftest import skip_or_fail
 from tests.servers.dummyjson import DummyJsonServer, load_real_users
-from tests.servers.prefect_server import make_server, stop, tail
+from tests.servers.prefect_server import make_server, stop
 
 pytestmark = pytest.mark.e2e
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -456,8 +457,6 @@ def test_sqlite_batch_writes_its_wal_frames_and_nothing_besides(settings_env, tm
 def test_a_row_the_database_refuses_halfway_through_a_statement_leaves_nothing_of_the_batch(settings_env, tmp_path):
     """The multi-row INSERTs stop at a refused row with the database's error, and the batch's transaction,
     rows before it in the same statement included, is rolled back whole."""
-    import sqlite3
-
     from sqlalchemy import Column, Integer, MetaData, String, Table
 
     from tasks.persist import bulk_insert
@@ -480,8 +479,6 @@ def test_a_row_the_database_refuses_halfway_through_a_statement_leaves_nothing_o
 def test_persist_retries_a_locked_database_from_the_driver_but_not_a_refused_row(tmp_path):
     """The bulk inserts run on the driver's own cursor, so its errors arrive unwrapped by SQLAlchemy: a
     locked database is still worth a retry, a row the database refuses is not."""
-    import sqlite3
-
     from tasks.persist import _db_transient
 
     path = tmp_path / "locked.db"

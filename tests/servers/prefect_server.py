@@ -6,12 +6,11 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from flows.prefect_api import wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,12 +19,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def tail(path: Path, lines: int = 60) -> str:
-    if not path.exists():
-        return f"({path.name}: no output)"
-    return f"--- last lines of {path.name} ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def stop(proc: subprocess.Popen | None) -> None:
@@ -53,18 +46,7 @@ def make_server(env: dict[str, str], log: Path, timeout: float) -> Iterator[tupl
         proc = subprocess.Popen(["make", "--no-print-directory", "-C", str(ROOT), "server", f"PREFECT_PORT={port}"],
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"`make server` exited with {proc.returncode}\n{tail(log)}")
-            try:
-                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the Prefect server was not healthy after {timeout} s\n{tail(log)}")
-            time.sleep(0.5)
+        wait_until_healthy(proc, api_url, timeout=timeout, log_path=log, what="`make server`")
         yield port, api_url
     finally:
         stop(proc)
