@@ -24,6 +24,14 @@ OUT = ROOT / "var" / "bench"
 PG_ADMIN = os.environ.get("BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 NAIVE_MAX = int(os.environ.get("BENCH_NAIVE_USERS", "20000"))
 
+# issue 6's targets on these 2-core machines
+TARGET_100K_SECONDS = 15.0
+TARGET_1M_SQLITE_SECONDS = 150.0
+TARGET_NAIVE_RATIO = 5.0
+TARGET_PEAK_RSS_MB = 450.0
+TARGET_SFTP_SHARE = 0.5
+BATCH_RECORDS = 10_000  # users-etl's default batch (USERS_BATCH_RECORDS)
+
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("USERS_", "SFTP_", "DATABASE_", "DATA_DIR"))}
@@ -198,13 +206,58 @@ def main() -> None:
         delivered = [d["local_path"] for d in results["sqlite"]["delivered"]]
         openssh = openssh_sftp_seconds(sshd, delivered)
         alone = our_sftp_seconds(sftp_env, delivered)
-    report = render(n, results, naive, inserts_only, openssh, alone)
+    reference = load_reference(n)
+    report = render(n, results, naive, inserts_only, openssh, alone, reference)
     print(report)
     (OUT / "latest.md").write_text(report)
+    (OUT / f"peaks-{n}.json").write_text(json.dumps(
+        {"at": time.strftime("%Y-%m-%d %H:%M:%S"), "peak_rss_mb": {k: r["peak_rss_mb"] for k, r in results.items()}}))
+
+
+def load_reference(n: int) -> dict | None:
+    """The newest recorded run at the benchmark's default size, the one a larger run's memory is held to."""
+    if n <= 100_000:
+        return None
+    path = OUT / "peaks-100000.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def check_targets(n: int, results: dict[str, dict], ratios: dict[str, float], sftp_share: float | None,
+                  reference: dict | None) -> list[tuple[str, bool | None]]:
+    """Each target of the issue as (what was measured against it, met?); None: not measured by this run."""
+    out: list[tuple[str, bool | None]] = []
+    columns = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "sqlite-ephemeral": "local server"}
+    walls = ", ".join(f"{columns[k]} {r['wall_seconds']:.1f} s" for k, r in results.items())
+    if n == 100_000:
+        out.append((f"100k end to end <= {TARGET_100K_SECONDS:g} s: {walls}",
+                    all(r["wall_seconds"] <= TARGET_100K_SECONDS for r in results.values())))
+    elif n == 1_000_000:
+        out.append((f"1M end to end on SQLite <= {TARGET_1M_SQLITE_SECONDS:g} s: {walls}",
+                    results["sqlite"]["wall_seconds"] <= TARGET_1M_SQLITE_SECONDS))
+    for name, ratio in ratios.items():
+        out.append((f">= {TARGET_NAIVE_RATIO:g}x the {name} naive path: {ratio:.1f}x", ratio >= TARGET_NAIVE_RATIO))
+    peak = max(r["peak_rss_mb"] for r in results.values())
+    out.append((f"peak RSS <= {TARGET_PEAK_RSS_MB:g} MB: {peak:.0f} MB", peak <= TARGET_PEAK_RSS_MB))
+    if n > 100_000:
+        if reference is None:
+            out.append(("peak RSS no higher than at 100k: no 100k run recorded (run `make bench` first)", None))
+        else:
+            ref = max(reference["peak_rss_mb"].values())
+            out.append((f"peak RSS no higher than at 100k: {peak:.0f} MB against {ref:.0f} MB "
+                        f"(the 100k run of {reference['at']})", peak <= ref))
+    batches = -(-n // BATCH_RECORDS)
+    runs = {r["task_runs"] for r in results.values()}
+    out.append((f"task runs grow with batches, not records (at most 4 a batch, plus 10): "
+                f"{', '.join(map(str, sorted(runs)))} for {batches} batches of {BATCH_RECORDS:,} records",
+                max(runs) <= 4 * batches + 10))
+    if sftp_share is not None:
+        out.append((f"SFTP >= {TARGET_SFTP_SHARE:.0%} of OpenSSH's speed: {sftp_share:.0%}",
+                    sftp_share >= TARGET_SFTP_SHARE))
+    return out
 
 
 def render(n: int, results: dict[str, dict], naive: dict, inserts_only: dict, openssh: float | None,
-           alone: float) -> str:
+           alone: float, reference: dict | None = None) -> str:
     lines = [
         f"users-etl on {n:,} users ({results['sqlite']['counts']['invalid']:,} invalid), page size 1000; "
         f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, {platform.machine()}",
@@ -249,6 +302,10 @@ def render(n: int, results: dict[str, dict], naive: dict, inserts_only: dict, op
         lines.append(f"SFTP, the same files to the same server, each client alone: ours {alone:.2f} s, OpenSSH `sftp` "
                      f"{openssh:.2f} s: **{openssh / alone:.0%}** of OpenSSH's speed (in the run, sharing the cores "
                      f"with persist: {deliver:.2f} s).")
+    checks = check_targets(n, results, {"same-job": ours / naive_rate, "lighter": ours / light_rate},
+                           openssh / alone if openssh is not None and deliver else None, reference)
+    lines += ["", f"Targets: {sum(met is True for _, met in checks)} of {len(checks)} met"]
+    lines += [f"- {'met' if met else 'not measured' if met is None else '**MISSED**'}: {what}" for what, met in checks]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,53 @@
+"""`make bench` states each of issue 6's targets as met or missed, from the figures it measured."""
+
+from __future__ import annotations
+
+from bench.pipeline import check_targets, render
+
+
+def _result(wall: float, peak: float, task_runs: int = 36) -> dict:
+    return {"wall_seconds": wall, "peak_rss_mb": peak, "task_runs": task_runs, "busy_seconds": wall - 1,
+            "cpu_seconds": wall, "rss_quarters_mb": [peak] * 4, "counts": {"invalid": 5_000, "delivered_bytes": 1},
+            "stage_seconds": {"extract": 1.0}, "stage_work_seconds": {"extract": 1.0, "deliver": 1.0}}
+
+
+def _verdicts(checks) -> dict[str, bool | None]:
+    return {what.split(":")[0]: met for what, met in checks}
+
+
+def test_a_100k_run_over_15_seconds_in_any_column_misses_the_time_target():
+    results = {"sqlite": _result(9.8, 300), "postgresql": _result(11.8, 305), "sqlite-ephemeral": _result(15.2, 290)}
+    verdicts = _verdicts(check_targets(100_000, results, {"same-job": 8.3, "lighter": 4.1}, 0.9, None))
+    assert verdicts["100k end to end <= 15 s"] is False
+    assert verdicts[">= 5x the same-job naive path"] is True
+    assert verdicts[">= 5x the lighter naive path"] is False
+    assert verdicts["peak RSS <= 450 MB"] is True
+    assert verdicts["SFTP >= 50% of OpenSSH's speed"] is True
+
+
+def test_a_1m_peak_above_the_recorded_100k_peak_is_a_miss_and_equal_is_met():
+    reference = {"at": "2026-12-04 19:00:00", "peak_rss_mb": {"sqlite": 294.0, "postgresql": 303.0}}
+    higher = {"sqlite": _result(90, 307, 306), "postgresql": _result(96, 303, 306)}
+    same = {"sqlite": _result(90, 303, 306), "postgresql": _result(96, 301, 306)}
+    key = "peak RSS no higher than at 100k"
+    assert _verdicts(check_targets(1_000_000, higher, {}, None, reference))[key] is False
+    assert _verdicts(check_targets(1_000_000, same, {}, None, reference))[key] is True
+    assert _verdicts(check_targets(1_000_000, same, {}, None, None))[key] is None  # nothing to compare with
+    assert _verdicts(check_targets(1_000_000, same, {}, None, reference))["1M end to end on SQLite <= 150 s"] is True
+
+
+def test_task_runs_growing_with_records_miss_the_batch_target():
+    per_record = {"sqlite": _result(10, 300, task_runs=100_000)}
+    checks = check_targets(100_000, per_record, {}, None, None)
+    assert _verdicts(checks)["task runs grow with batches, not records (at most 4 a batch, plus 10)"] is False
+
+
+def test_the_report_ends_with_the_count_of_targets_met_and_each_miss_marked():
+    results = {"sqlite": _result(9.8, 300), "postgresql": _result(16.0, 305)}
+    naive, lighter = {"records": 20_000, "seconds": 20.0}, {"records": 20_000, "seconds": 10.0}
+    report = render(100_000, results, naive, lighter, openssh=1.0, alone=1.2)
+    tail = report[report.index("Targets:"):].splitlines()
+    assert tail[0] == "Targets: 5 of 6 met"
+    assert "- **MISSED**: 100k end to end <= 15 s: SQLite 9.8 s, PostgreSQL 16.0 s" in tail
+    assert "- met: >= 5x the same-job naive path: 10.2x" in tail
+    assert "- met: >= 5x the lighter naive path: 5.1x" in tail  # 10,204 records/s against 2,000
