@@ -122,7 +122,7 @@ def run_flow(api: str, db_url: str, sftp_env: dict[str, str], data_dir: Path, pr
         env["PREFECT_API_URL"] = prefect_url
     else:
         env.pop("PREFECT_API_URL", None)
-    out = subprocess.run([sys.executable, "-m", "bench.run_flow", api], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "bench.run_flow", api, str(data_dir)], cwd=ROOT, env=env,
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"users-etl failed:\n{out.stderr[-4000:]}")

@@ -55,10 +55,9 @@ def main() -> None:
     started_at = datetime.fromtimestamp(t0, UTC)
     trace = RssTrace()
     from flows.prefect_api import local_prefect_api
-    from models.settings import get_settings
 
     # no PREFECT_API_URL: the local server `make run` starts (flows/run_all.py), started the same way
-    with local_prefect_api(get_settings().data_dir) as api:
+    with local_prefect_api(sys.argv[2]) as api:  # its log in the run's data folder
         from prefect import get_client
 
         from flows.users_etl import users_etl

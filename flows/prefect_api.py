@@ -4,8 +4,8 @@ With an API configured (PREFECT_API_URL, a profile, prefect.toml...), that one. 
 a temporary server of its own at the flow's first API call: only after the flow process has imported
 everything, and after importing Prefect's whole server (1.6 s here and 50 MB of the flow process's memory)
 just to launch it in a subprocess. `local_prefect_api` launches the same kind of server (Prefect's app with
-its background services off, on Prefect's own database) as soon as Prefect's settings are read, so its
-start-up overlaps the pipeline's imports, and the flow process never imports the server.
+its background services off, on Prefect's own database) as the run starts, before Prefect itself is imported,
+so its start-up overlaps the pipeline's imports, and the flow process never imports the server.
 
 Run as `python -m flows.prefect_api <fd>`, this module is that server: it serves on the listening socket
 the parent bound and handed over (no race for a port)."""
@@ -76,31 +76,52 @@ class LocalApi:
             wait_until_healthy(self.process, self.url, timeout=self.startup_timeout, log_path=self.log_path)
 
 
-@contextmanager
-def local_prefect_api(log_dir: Path | str = "var") -> Iterator[LocalApi]:
-    """The configured Prefect API, else a server started here for as long as the block lasts: this process's
-    PREFECT_API_URL points at it meanwhile. Call `wait_ready()` before the first flow; import the flows in
-    between. On leaving, Prefect's queued logs and events are sent before the server stops."""
-    from prefect.context import refresh_global_settings_context
-    from prefect.settings import get_current_settings
-
-    settings = get_current_settings()
-    # Prefect's own rule for starting a temporary server: no API configured and ephemeral mode allowed
-    if settings.api.url or not settings.server.ephemeral.enabled:
-        yield LocalApi(url=settings.api.url)
-        return
+def _launch(log_dir: Path | str) -> tuple[subprocess.Popen, str, Path]:
+    """The server process (reading Prefect's settings from the same environment, profile and files as this
+    one), its API URL and its log."""
     log_path = Path(log_dir) / "prefect-local-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         listener = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
         log = stack.enter_context(open(log_path, "wb"))
-        env = os.environ | settings.to_environment_variables(exclude_unset=True) | {"PREFECT_UI_ENABLED": "false"}
         # a session of its own: a Ctrl-C at the terminal reaches this process, which sends the queued logs
         # and events first and then stops the server (the server stops itself if this process dies)
         process = subprocess.Popen([sys.executable, "-m", __name__, str(listener.fileno())],
-                                   pass_fds=(listener.fileno(),), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}/api"
+                                   pass_fds=(listener.fileno(),), env=os.environ | {"PREFECT_UI_ENABLED": "false"},
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+        return process, f"http://127.0.0.1:{listener.getsockname()[1]}/api", log_path
+
+
+@contextmanager
+def local_prefect_api(log_dir: Path | str = "var") -> Iterator[LocalApi]:
+    """The configured Prefect API, else a server started here for as long as the block lasts: this process's
+    PREFECT_API_URL points at it meanwhile. Call `wait_ready()` before the first flow; import the flows in
+    between. On leaving, Prefect's queued logs and events are sent before the server stops.
+
+    Unless the environment names an API (or turns Prefect's temporary servers off), the server is launched
+    before Prefect's settings are even imported (0.8 s), as the server takes the longest to be ready; should
+    those settings name an API after all (a profile, prefect.toml), it is stopped unused."""
+    early = None
+    if not os.environ.get("PREFECT_API_URL") and os.environ.get("PREFECT_SERVER_EPHEMERAL_ENABLED", "").lower() not in (
+            "0", "false"):
+        early = _launch(log_dir)
+    try:
+        from prefect.context import refresh_global_settings_context
+        from prefect.settings import get_current_settings
+
+        settings = get_current_settings()
+    except BaseException:
+        if early is not None:
+            _stop(early[0])
+        raise
+    # Prefect's own rule for starting a temporary server: no API configured and ephemeral mode allowed
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        if early is not None:
+            _stop(early[0])
+        yield LocalApi(url=settings.api.url)
+        return
+    process, url, log_path = early or _launch(log_dir)
     os.environ["PREFECT_API_URL"] = url
     refresh_global_settings_context()
     try:

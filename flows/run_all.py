@@ -16,15 +16,16 @@ VAR_DIR = Path("var")
 
 
 def main() -> int:
-    try:
-        settings = get_settings()
-    except ConfigError as exc:
-        print(f"sluice: {exc}", file=sys.stderr)
-        return 2
     from flows.prefect_api import local_prefect_api
 
     with ExitStack() as stack:
+        # first: a server of its own takes the longest to be ready (it is stopped at once on a bad setting)
         api = stack.enter_context(local_prefect_api(VAR_DIR))
+        try:
+            settings = get_settings()
+        except ConfigError as exc:
+            print(f"sluice: {exc}", file=sys.stderr)
+            return 2
         if api.process is not None:
             print(f"sluice: no Prefect API configured; started a local Prefect server at {api.url} for this run",
                   file=sys.stderr)

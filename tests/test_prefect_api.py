@@ -110,6 +110,42 @@ with local_prefect_api(sys.argv[1]) as api:
     assert not (tmp_path / "var" / "prefect-local-server.log").exists()
 
 
+def test_an_api_configured_in_a_profile_is_used_and_the_server_launched_early_is_stopped(tmp_path):
+    """The environment names no API, so the server is launched before Prefect's settings are read; the active
+    profile names one: that one is used, and the server started meanwhile is gone when the block begins."""
+    script = """
+import json, os, sys
+from pathlib import Path
+from flows.prefect_api import local_prefect_api
+from prefect.settings import get_current_settings
+
+def children():
+    mine = str(os.getpid())
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == mine and fields[0] != "Z":
+            found.append(stat.parent.name)
+    return found
+
+with local_prefect_api(sys.argv[1]) as api:
+    print(json.dumps({"url": api.url, "process": api.process is not None, "seen": get_current_settings().api.url,
+                      "children": children()}))
+"""
+    configured = "http://127.0.0.1:9/api"
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "profiles.toml").write_text(f'active = "remote"\n\n[profiles.remote]\nPREFECT_API_URL = "{configured}"\n')
+    out = _run(script, str(tmp_path / "var"), env=_env(home))
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"url": configured, "process": False, "seen": configured, "children": []}
+    assert (tmp_path / "var" / "prefect-local-server.log").exists()  # it was launched early, then stopped
+
+
 def test_a_server_that_cannot_start_is_reported_with_its_own_words(tmp_path):
     """Its database unreachable: the server exits, and the run says so at once with the server's output,
     instead of waiting out the start-up timeout."""
