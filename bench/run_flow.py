@@ -1,4 +1,7 @@
-"""One users-etl run in a fresh process (Prefect start-up included); prints its figures as JSON."""
+"""One users-etl run in a fresh process (Prefect start-up included); prints its figures as JSON.
+
+Usage: BENCH_T0=<epoch seconds> python -m bench.run_flow API_URL LOG_DIR (the run's settings from the
+environment, as bench/pipeline.py sets them; LOG_DIR gets the local Prefect server's log when one starts)."""
 
 from __future__ import annotations
 
