@@ -7,7 +7,7 @@ just to launch it in a subprocess. `local_prefect_api` launches the same kind of
 its background services off, on Prefect's own database) as the run starts, before Prefect itself is imported,
 so its start-up overlaps the pipeline's imports, and the flow process never imports the server.
 
-Run as `python -m flows.prefect_api <fd>`, this module is that server: it serves on the listening socket
+Run as `python -m flows.prefect_api <fd> <pid>`, this module is that server: it serves on the listening socket
 the parent bound and handed over (no race for a port)."""
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def _launch(log_dir: Path | str) -> tuple[subprocess.Popen, str, Path]:
         log = stack.enter_context(open(log_path, "wb"))
         # a session of its own: a Ctrl-C at the terminal reaches this process, which sends the queued logs
         # and events first and then stops the server (the server stops itself if this process dies)
-        process = subprocess.Popen([sys.executable, "-m", __name__, str(listener.fileno())],
+        process = subprocess.Popen([sys.executable, "-m", __name__, str(listener.fileno()), str(os.getpid())],
                                    pass_fds=(listener.fileno(),), env=os.environ | {"PREFECT_UI_ENABLED": "false"},
                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
@@ -180,7 +180,7 @@ def queue_sqlite_writers() -> None:
     set_database_config(QueuedWriters(connection_url=url.get_secret_value()))
 
 
-def serve(fd: int) -> None:
+def serve(fd: int, parent: int) -> None:
     """Prefect's API app as Prefect's temporary server runs it (`ephemeral`: no UI, no background services)
     on the inherited listening socket, until stopped or until the process that started it is gone (killed
     before it could stop the server: no server is left behind holding Prefect's database). On SQLite, its
@@ -189,7 +189,6 @@ def serve(fd: int) -> None:
     from prefect.server.api.server import create_app
 
     queue_sqlite_writers()
-    parent = os.getppid()
     listener = socket.socket(fileno=fd)
     server = uvicorn.Server(uvicorn.Config(create_app(ephemeral=True, final=True), log_level="error", lifespan="on"))
 
@@ -203,4 +202,4 @@ def serve(fd: int) -> None:
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]))
+    serve(int(sys.argv[1]), int(sys.argv[2]))

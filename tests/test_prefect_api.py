@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -217,6 +218,31 @@ with local_prefect_api(sys.argv[1]) as api:
     finally:
         run.kill()
         run.wait()
+
+
+def test_a_server_whose_run_was_killed_while_it_started_stops_by_itself(tmp_path):
+    """Killed before the server answers (it is launched as the run starts, and takes seconds to import): the
+    server, orphaned before it could note who started it, still stops once it is up (it is told the pid)."""
+    script = """
+import os, sys
+from flows.prefect_api import local_prefect_api
+
+with local_prefect_api(sys.argv[1]) as api:
+    print(api.process.pid, flush=True)
+    os.kill(os.getpid(), 9)
+"""
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "var")], cwd=ROOT,
+                         env=_env(_prefect_home(tmp_path)), capture_output=True, text=True, timeout=60)
+    assert run.returncode == -9, run.stderr[-3000:]
+    server_pid = int(run.stdout.split()[0])
+    try:
+        deadline = time.monotonic() + 90
+        while _alive(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(server_pid), "the server outlived the run that started it"
+    finally:
+        if _alive(server_pid):
+            os.kill(server_pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
