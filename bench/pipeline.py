@@ -298,12 +298,13 @@ def render(n: int, results: dict[str, dict], naive: dict, inserts_only: dict, op
         f"**{ours / light_rate:.1f}x**.",
     ]
     deliver = results["sqlite"]["stage_work_seconds"].get("deliver", 0)
-    if openssh is not None and deliver:
+    sftp_share = openssh / alone if openssh is not None and deliver else None
+    if sftp_share is not None:
         lines.append(f"SFTP, the same files to the same server, each client alone: ours {alone:.2f} s, OpenSSH `sftp` "
-                     f"{openssh:.2f} s: **{openssh / alone:.0%}** of OpenSSH's speed (in the run, sharing the cores "
+                     f"{openssh:.2f} s: **{sftp_share:.0%}** of OpenSSH's speed (in the run, sharing the cores "
                      f"with persist: {deliver:.2f} s).")
-    checks = check_targets(n, results, {"same-job": ours / naive_rate, "lighter": ours / light_rate},
-                           openssh / alone if openssh is not None and deliver else None, reference)
+    checks = check_targets(n, results, {"same-job": ours / naive_rate, "lighter": ours / light_rate}, sftp_share,
+                           reference)
     lines += ["", f"Targets: {sum(met is True for _, met in checks)} of {len(checks)} met"]
     lines += [f"- {'met' if met else 'not measured' if met is None else '**MISSED**'}: {what}" for what, met in checks]
     return "\n".join(lines) + "\n"

@@ -106,19 +106,18 @@ def local_prefect_api(log_dir: Path | str = "var") -> Iterator[LocalApi]:
     if not os.environ.get("PREFECT_API_URL") and os.environ.get("PREFECT_SERVER_EPHEMERAL_ENABLED", "").lower() not in (
             "0", "false"):
         early = _launch(log_dir)
+    needed = False
     try:
         from prefect.context import refresh_global_settings_context
         from prefect.settings import get_current_settings
 
         settings = get_current_settings()
-    except BaseException:
-        if early is not None:
+        # Prefect's own rule for starting a temporary server: no API configured and ephemeral mode allowed
+        needed = not settings.api.url and settings.server.ephemeral.enabled
+    finally:
+        if early is not None and not needed:
             _stop(early[0])
-        raise
-    # Prefect's own rule for starting a temporary server: no API configured and ephemeral mode allowed
-    if settings.api.url or not settings.server.ephemeral.enabled:
-        if early is not None:
-            _stop(early[0])
+    if not needed:
         yield LocalApi(url=settings.api.url)
         return
     process, url, log_path = early or _launch(log_dir)
