@@ -76,9 +76,9 @@ class LocalApi:
             wait_until_healthy(self.process, self.url, timeout=self.startup_timeout, log_path=self.log_path)
 
 
-def _launch(log_dir: Path | str) -> tuple[subprocess.Popen, str, Path]:
+def _launch(log_dir: Path | str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, Path]:
     """The server process (reading Prefect's settings from the same environment, profile and files as this
-    one), its API URL and its log."""
+    one, with `env` on top), its API URL and its log."""
     log_path = Path(log_dir) / "prefect-local-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
@@ -87,7 +87,8 @@ def _launch(log_dir: Path | str) -> tuple[subprocess.Popen, str, Path]:
         # a session of its own: a Ctrl-C at the terminal reaches this process, which sends the queued logs
         # and events first and then stops the server (the server stops itself if this process dies)
         process = subprocess.Popen([sys.executable, "-m", __name__, str(listener.fileno()), str(os.getpid())],
-                                   pass_fds=(listener.fileno(),), env=os.environ | {"PREFECT_UI_ENABLED": "false"},
+                                   pass_fds=(listener.fileno(),),
+                                   env=os.environ | {"PREFECT_UI_ENABLED": "false"} | (env or {}),
                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
         return process, f"http://127.0.0.1:{listener.getsockname()[1]}/api", log_path
@@ -108,7 +109,6 @@ def local_prefect_api(log_dir: Path | str = "var") -> Iterator[LocalApi]:
         early = _launch(log_dir)
     needed = False
     try:
-        from prefect.context import refresh_global_settings_context
         from prefect.settings import get_current_settings
 
         settings = get_current_settings()
@@ -120,12 +120,28 @@ def local_prefect_api(log_dir: Path | str = "var") -> Iterator[LocalApi]:
     if not needed:
         yield LocalApi(url=settings.api.url)
         return
-    process, url, log_path = early or _launch(log_dir)
+    with _pointed_at(*(early or _launch(log_dir)), settings.server.ephemeral.startup_timeout_seconds) as api:
+        yield api
+
+
+@contextmanager
+def started_prefect_api(log_dir: Path | str, *, env: dict[str, str], startup_timeout: float) -> Iterator[LocalApi]:
+    """A server started here whatever Prefect's settings name (the test session's, on a database of its own
+    given by `env`); as in `local_prefect_api`, this process talks to it while the block lasts."""
+    with _pointed_at(*_launch(log_dir, env), startup_timeout) as api:
+        yield api
+
+
+@contextmanager
+def _pointed_at(process: subprocess.Popen, url: str, log_path: Path, startup_timeout: float) -> Iterator[LocalApi]:
+    """This process's PREFECT_API_URL is the server's while the block lasts; on leaving, Prefect's queued logs
+    and events are sent, then the server stops."""
+    from prefect.context import refresh_global_settings_context
+
     os.environ["PREFECT_API_URL"] = url
     refresh_global_settings_context()
     try:
-        yield LocalApi(url=url, process=process, log_path=log_path,
-                       startup_timeout=settings.server.ephemeral.startup_timeout_seconds)
+        yield LocalApi(url=url, process=process, log_path=log_path, startup_timeout=startup_timeout)
     finally:
         try:
             _send_queued_logs_and_events()

@@ -10,7 +10,6 @@ import stat
 import threading
 import time
 import traceback
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -293,21 +292,6 @@ def test_connection_dropped_mid_upload_then_retry_leaves_one_whole_copy(
 # -- the Prefect task -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def prefect_harness(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A Prefect test API: the session's ``prefect_server`` (tests/conftest.py) when it
-    exists, so the suite starts only one; else one for this module."""
-    try:
-        request.getfixturevalue("prefect_server")
-    except pytest.FixtureLookupError:
-        from prefect.testing.utilities import prefect_test_harness
-
-        with prefect_test_harness(server_startup_timeout=180):
-            yield
-    else:
-        yield
-
-
 def _task_run_count(state: object) -> int:
     from prefect.client.orchestration import get_client
 
@@ -317,7 +301,7 @@ def _task_run_count(state: object) -> int:
 
 @pytest.mark.sshd
 def test_task_retries_transient_failure(
-    prefect_harness: None, sshd: SshdServer, run_files: list[Path]
+    prefect_server: str, sshd: SshdServer, run_files: list[Path]
 ) -> None:
     from prefect import flow
 
@@ -365,7 +349,7 @@ def test_task_retries_transient_failure(
 
 @pytest.mark.sshd
 def test_task_does_not_retry_host_key_error(
-    prefect_harness: None, sshd: SshdServer, run_files: list[Path], tmp_path: Path
+    prefect_server: str, sshd: SshdServer, run_files: list[Path], tmp_path: Path
 ) -> None:
     from prefect import flow
 
@@ -389,7 +373,7 @@ def test_task_does_not_retry_host_key_error(
     assert tree(sshd.local_root) == {}
 
 
-def test_passphrase_from_prefect_secret_block(prefect_harness: None, tmp_path: Path) -> None:
+def test_passphrase_from_prefect_secret_block(prefect_server: str, tmp_path: Path) -> None:
     from prefect.blocks.system import Secret
 
     Secret(value="0123").save("sluice-test-sftp-passphrase", overwrite=True)
