@@ -49,5 +49,14 @@ def test_the_report_ends_with_the_count_of_targets_met_and_each_miss_marked():
     tail = report[report.index("Targets:"):].splitlines()
     assert tail[0] == "Targets: 5 of 6 met"
     assert "- **MISSED**: 100k end to end <= 15 s: SQLite 9.8 s, PostgreSQL 16.0 s" in tail
-    assert "- met: >= 5x the same-job naive path: 10.2x" in tail
-    assert "- met: >= 5x the lighter naive path: 5.1x" in tail  # 10,204 records/s against 2,000
+    assert "- met: >= 5x the same-job naive path: 10.20x" in tail
+    assert "- met: >= 5x the lighter naive path: 5.10x" in tail  # 10,204 records/s against 2,000
+
+
+def test_a_ratio_just_under_the_target_is_printed_as_under_it():
+    """4.98x is a miss, and reads as one (with one decimal it was printed 5.0x and marked missed)."""
+    results = {"sqlite": _result(11.0, 295)}
+    naive, lighter = {"records": 20_000, "seconds": 20.0}, {"records": 20_000, "seconds": 54.9 / 5}
+    report = render(100_000, results, naive, lighter, openssh=None, alone=1.2)
+    assert "- **MISSED**: >= 5x the lighter naive path: 4.99x" in report.splitlines()
+    assert "**4.99x**." in report
