@@ -30,7 +30,7 @@ TARGET_1M_SQLITE_SECONDS = 150.0
 TARGET_NAIVE_RATIO = 5.0
 TARGET_PEAK_RSS_MB = 450.0
 TARGET_SFTP_SHARE = 0.5
-BATCH_RECORDS = 10_000  # users-etl's default batch (USERS_BATCH_RECORDS)
+BATCH_RECORDS = 25_000  # users-etl's default batch (USERS_BATCH_RECORDS, models.settings)
 
 
 def _env(**extra: str) -> dict[str, str]:

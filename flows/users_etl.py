@@ -19,7 +19,7 @@ from prefect.tasks import exponential_backoff
 
 from flows.common import begin_run, deliver, record_failure
 from models.db import deferred_checkpoints, resolve_engine
-from models.settings import get_settings
+from models.settings import DEFAULT_BATCH_RECORDS, get_settings
 from tasks import handoff, runs
 from tasks.anomalies import AnomalyError, find_anomalies
 from tasks.drift import check_schema, describe, merge_types
@@ -91,7 +91,7 @@ def _extract_api(engine, settings, logger, run_dir: str, stamp: str, api_base: s
 
 @flow(name="extract")
 def extract(run_dir: str, stamp: str, api_base: str | None = None, page_size: int = 100,
-            batch_records: int = 10_000, database_block: str | None = None, csv_dir: str | None = None,
+            batch_records: int = DEFAULT_BATCH_RECORDS, database_block: str | None = None, csv_dir: str | None = None,
             manifest: str | None = None) -> dict:
     """Sources -> staged raw JSONL files. The API is paged and checkpointed after every batch of pages (an
     interrupted run resumes there); CSV files in `csv_dir` are staged when new or changed. Each staged
@@ -133,7 +133,8 @@ def _source_spans(entry: dict, batch_records: int) -> list[tuple[int, int]]:
 
 
 @flow(name="transform")
-def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str, batch_records: int = 10_000,
+def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str,
+              batch_records: int = DEFAULT_BATCH_RECORDS,
               database_block: str | None = None, run_id: str | None = None, manifest: str | None = None) -> dict:
     """Staged raw JSONL -> processed + DLQ JSONL, batch by batch as extract posts them to the `extracted`
     manifest; each transformed batch is posted to `manifest` for persist. Each source's schema is checked for
