@@ -4,12 +4,8 @@
 from __future__ import annotations
 
 import os
-import sqlite3
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -20,10 +16,7 @@ pytest_plugins = ["tests.servers.dummyjson", "tests.servers.sshd"]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_ADMIN_URL = os.environ.get("SLUICE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-ROOT = Path(__file__).resolve().parents[1]
-# an empty Prefect database, migrated once (~20 s here); each session's server starts on a copy of it
-PREFECT_DB_TEMPLATE = ROOT / "var" / "prefect-test-template.db"
-PREFECT_STARTUP_TIMEOUT = 300  # a template from an older Prefect is migrated further at the server's start
+PREFECT_STARTUP_TIMEOUT = 300  # a database template from an older Prefect is migrated further at the start
 
 
 def skip_or_fail(reason: str) -> None:
@@ -33,17 +26,6 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _migrated_prefect_db_template() -> Path:
-    if not PREFECT_DB_TEMPLATE.exists():
-        PREFECT_DB_TEMPLATE.parent.mkdir(parents=True, exist_ok=True)
-        fresh = PREFECT_DB_TEMPLATE.with_suffix(f".{os.getpid()}.tmp")
-        subprocess.run([str(Path(sys.executable).parent / "prefect"), "server", "database", "upgrade", "-y"],
-                       env=os.environ | {"PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{fresh}"},
-                       check=True, capture_output=True, timeout=PREFECT_STARTUP_TIMEOUT)
-        fresh.replace(PREFECT_DB_TEMPLATE)
-    return PREFECT_DB_TEMPLATE
-
-
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory) -> Iterator[str]:
     """One Prefect API for the whole session, on an empty SQLite database of its own: the server `make run`
@@ -51,11 +33,11 @@ def prefect_server(tmp_path_factory) -> Iterator[str]:
     harness server answers a write that meets another writer's lock with a 503, and its client retries 2 s,
     then 4 s later: a stage's start could lag 6 s behind, as a test of the stages' overlap saw."""
     from flows.prefect_api import started_prefect_api
+    from tests.servers.prefect_server import copy_empty_prefect_db
 
     home = tmp_path_factory.mktemp("prefect-server")
-    with sqlite3.connect(_migrated_prefect_db_template()) as src, sqlite3.connect(home / "prefect.db") as dst:
-        src.backup(dst)
-    env = {"PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}"}
+    database = copy_empty_prefect_db(home / "prefect.db")
+    env = {"PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{database}"}
     with started_prefect_api(home, env=env, startup_timeout=PREFECT_STARTUP_TIMEOUT) as api:
         api.wait_ready()
         yield api.url

@@ -15,8 +15,9 @@ import time
 import uuid
 from pathlib import Path
 
+from tests.servers.prefect_server import copy_empty_prefect_db
+
 ROOT = Path(__file__).resolve().parents[1]
-MIGRATED_HOME = ROOT / "var" / "prefect"  # `make install` migrates Prefect's database there
 
 RUN_A_FLOW = """
 import json, sys
@@ -57,13 +58,11 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def _prefect_home(tmp_path: Path) -> Path:
-    """A PREFECT_HOME of the test's own; its database a copy of the migrated one when there is one (a new
-    one is migrated at the server's start, ~20 s here)."""
+    """A PREFECT_HOME of the test's own, its database empty and migrated (a new one is migrated at the
+    server's start, ~20 s here)."""
     home = tmp_path / "prefect-home"
     home.mkdir()
-    if (MIGRATED_HOME / "prefect.db").exists():
-        with sqlite3.connect(MIGRATED_HOME / "prefect.db") as src, sqlite3.connect(home / "prefect.db") as dst:
-            src.backup(dst)
+    copy_empty_prefect_db(home / "prefect.db")
     return home
 
 
