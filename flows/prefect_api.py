@@ -135,13 +135,21 @@ def started_prefect_api(log_dir: Path | str, *, env: dict[str, str], startup_tim
 @contextmanager
 def _pointed_at(process: subprocess.Popen, url: str, log_path: Path, startup_timeout: float) -> Iterator[LocalApi]:
     """This process's PREFECT_API_URL is the server's while the block lasts; on leaving, Prefect's queued logs
-    and events are sent, then the server stops."""
+    and events are sent, then the server stops.
+
+    Flow runs in the block send no heartbeats. A heartbeat tells a server that a run is alive, so that the
+    server can mark the run crashed once they stop; this server stops with the run, and a temporary server
+    does not run the triggers that watch for missing events. Prefect's heartbeat thread also sleeps in
+    one-second steps and is waited for when the flow returns, so every run lasted a whole number of seconds:
+    half a second of waiting on average."""
     from prefect.context import refresh_global_settings_context
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     os.environ["PREFECT_API_URL"] = url
     refresh_global_settings_context()
     try:
-        yield LocalApi(url=url, process=process, log_path=log_path, startup_timeout=startup_timeout)
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield LocalApi(url=url, process=process, log_path=log_path, startup_timeout=startup_timeout)
     finally:
         try:
             _send_queued_logs_and_events()

@@ -91,6 +91,13 @@ def test_without_an_api_a_run_gets_a_server_of_its_own_that_keeps_its_logs_and_s
                                            (seen["run_id"],))]
     assert f"marker {marker}" in logged
     assert logged[-1].startswith("Finished in state Completed"), logged
+    # its events are stored there too, but no heartbeat: a server that stops with the run has no use for one,
+    # and Prefect's heartbeat thread, waited for in one-second steps, held up the end of every run
+    with sqlite3.connect(home / "prefect.db") as db:
+        events = {e for (e,) in db.execute("SELECT event FROM events WHERE resource_id = ?",
+                                            (f"prefect.flow-run.{seen['run_id']}",))}
+    assert "prefect.flow-run.Completed" in events
+    assert "prefect.flow-run.heartbeat" not in events, events
 
 
 def test_a_configured_api_is_used_as_it_is_and_nothing_is_started(tmp_path):
