@@ -58,8 +58,8 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def _prefect_home(tmp_path: Path) -> Path:
-    """A PREFECT_HOME of the test's own, its database empty and migrated (a new one is migrated at the
-    server's start, ~20 s here)."""
+    """A PREFECT_HOME of the test's own, its database empty and already migrated (migrating a new one at
+    the server's start takes ~20 s here)."""
     home = tmp_path / "prefect-home"
     home.mkdir()
     copy_empty_prefect_db(home / "prefect.db")
