@@ -5,6 +5,7 @@ environment, as bench/pipeline.py sets them; LOG_DIR gets the local Prefect serv
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import resource
@@ -66,9 +67,9 @@ def main() -> None:
         from flows.users_etl import users_etl
 
         api.wait_ready()
-        summary = users_etl(api_base=sys.argv[1], page_size=int(os.environ.get("BENCH_PAGE_SIZE", "1000")),
-                            deliver_files=os.environ.get("BENCH_DELIVER", "1") == "1",
-                            extract_first=os.environ.get("BENCH_EXTRACT_FIRST", "0") == "1")
+        summary = asyncio.run(users_etl(api_base=sys.argv[1], page_size=int(os.environ.get("BENCH_PAGE_SIZE", "1000")),
+                                        deliver_files=os.environ.get("BENCH_DELIVER", "1") == "1",
+                                        extract_first=os.environ.get("BENCH_EXTRACT_FIRST", "0") == "1"))
         wall = time.time() - t0
         with get_client(sync_client=True) as client:
             resp = client._client.post("/task_runs/count",

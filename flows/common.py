@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import functools
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prefect import flow, get_client, get_run_logger
+from prefect import Flow, flow, get_client, get_run_logger
 from prefect.runtime import flow_run as current_run
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from sqlalchemy import Engine
@@ -18,6 +21,25 @@ from models.db import resolve_engine
 from models.settings import get_settings
 from tasks import handoff, runs
 from tasks.deliver import SftpTarget, deliver_files_task, remote_dir_for
+
+
+def parent_flow(**options) -> Callable[[Callable[..., dict]], Flow]:
+    """`@flow(**options)` for a parent flow: its body, a plain function that coordinates the child flows,
+    runs in a worker thread under an async flow, with the body's own signature as the flow's parameters.
+
+    Why async: when a flow returns, Prefect's sync engine waits for the flow's heartbeat thread to stop,
+    and that thread sleeps in one-second steps, so every sync flow run ended up to a second after its
+    final state (a whole number of seconds after its start). The async engine stops the thread without
+    waiting for it. The heartbeats themselves go on as before. Call the flow with `asyncio.run(...)`."""
+
+    def wrap(body: Callable[..., dict]) -> Flow:
+        @functools.wraps(body)
+        async def in_thread(*args, **kwargs) -> dict:
+            return await asyncio.to_thread(body, *args, **kwargs)  # the flow run's context goes along
+
+        return flow(**options)(in_thread)
+
+    return wrap
 
 
 @flow(name="deliver")

@@ -16,7 +16,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from flows.common import begin_run, deliver, record_failure
+from flows.common import begin_run, deliver, parent_flow, record_failure
 from models.db import resolve_engine
 from models.settings import get_settings
 from tasks import feeds, runs
@@ -147,7 +147,7 @@ def _feed_list(feed_urls: list[str] | None) -> list[str]:
     return urls
 
 
-@flow(name=FLOW_NAME, on_failure=[record_failure], on_crashed=[record_failure])
+@parent_flow(name=FLOW_NAME, on_failure=[record_failure], on_crashed=[record_failure])
 def feeds_etl(feed_urls: list[str] | None = None, batch_records: int = 10_000, deliver_files: bool = True,
               request_timeout: float = REQUEST_TIMEOUT_SECONDS, database_block: str | None = None) -> dict:
     """Parameters override the environment (FEED_URLS, DATABASE_BLOCK)."""

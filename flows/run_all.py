@@ -5,6 +5,7 @@ no Prefect API configured, a local Prefect server started at once (flows/prefect
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from contextlib import ExitStack
@@ -40,12 +41,12 @@ def main() -> int:
             demo = stack.enter_context(running_demo_sftp(VAR_DIR))
             os.environ.update(demo.env())
             get_settings.cache_clear()
-        state = users_etl(return_state=True)
+        state = asyncio.run(users_etl(return_state=True))
         if not state.is_completed():
             print(f"sluice: users-etl {state.name}: {state.message}", file=sys.stderr)
             return 1
         summary = state.result()
-        feeds = feeds_etl(return_state=True) if settings.feed_urls else None
+        feeds = asyncio.run(feeds_etl(return_state=True)) if settings.feed_urls else None
     report(summary, demo.root if demo else None)
     if feeds is not None:
         if not feeds.is_completed():

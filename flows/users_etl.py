@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_run
 from prefect.tasks import exponential_backoff
 
-from flows.common import begin_run, deliver, record_failure
+from flows.common import begin_run, deliver, parent_flow, record_failure
 from models.db import deferred_checkpoints, resolve_engine
 from models.settings import DEFAULT_BATCH_RECORDS, get_settings
 from tasks import handoff, runs
@@ -230,7 +230,7 @@ def persist(run_id: str, transformed: str, extracted: str, run_dir: str | None =
     return counts | {"sources": {s: dict(c) for s, c in per_source.items()}, "work_spans": spans}
 
 
-@flow(name=FLOW_NAME, on_failure=[record_failure], on_crashed=[record_failure])
+@parent_flow(name=FLOW_NAME, on_failure=[record_failure], on_crashed=[record_failure])
 def users_etl(api_base: str | None = None, page_size: int | None = None, batch_records: int | None = None,
               deliver_files: bool = True, database_block: str | None = None, csv_dir: str | None = None,
               extract_first: bool | None = None) -> dict:

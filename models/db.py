@@ -86,7 +86,7 @@ def engine_from_block(block_name: str) -> Engine:
     if block_name not in _block_engines:
         from prefect_sqlalchemy import SqlAlchemyConnector
 
-        _block_engines[block_name] = prepare_engine(SqlAlchemyConnector.load(block_name).get_engine())
+        _block_engines[block_name] = prepare_engine(SqlAlchemyConnector.load(block_name, _sync=True).get_engine())
     return _block_engines[block_name]
 
 

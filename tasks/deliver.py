@@ -209,7 +209,7 @@ def resolve_key_passphrase(settings: Settings) -> SecretStr | None:
     from prefect.blocks.system import Secret
 
     try:
-        block = Secret.load(name)
+        block = Secret.load(name, _sync=True)
     except Exception as exc:  # the message names the block, never its value
         raise ConfigError(
             f"SFTP_KEY_PASSPHRASE_BLOCK: could not load the Prefect Secret block {name!r} "

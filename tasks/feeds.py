@@ -233,4 +233,4 @@ def publish_artifacts(summary: dict) -> None:
         [f"- `{d['remote_path']}` ({d['bytes']} bytes)" for d in delivered] or ["Nothing delivered."]
     )
     create_markdown_artifact(key="feeds-etl-summary", markdown="\n".join(lines),
-                             description="counts, feed outcomes, DLQ reasons, files")
+                             description="counts, feed outcomes, DLQ reasons, files", _sync=True)

@@ -12,6 +12,7 @@ def publish_run_artifacts(summary: dict) -> None:
         key="users-etl-stages",
         table=rows,
         description=f"users-etl run {summary['run_id']}: seconds per stage",
+        _sync=True,
     )
     lines = [
         f"# users-etl run `{summary['run_id']}`: {summary['status']}",
@@ -36,4 +37,5 @@ def publish_run_artifacts(summary: dict) -> None:
     lines += ["", "## Delivered", ""] + (
         [f"- `{d['remote_path']}` ({d['bytes']} bytes)" for d in delivered] or ["Nothing delivered (SFTP not configured)."]
     )
-    create_markdown_artifact(key="users-etl-summary", markdown="\n".join(lines), description="counts, DLQ reasons, files")
+    create_markdown_artifact(key="users-etl-summary", markdown="\n".join(lines), description="counts, DLQ reasons, files",
+                             _sync=True)

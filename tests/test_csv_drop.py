@@ -3,6 +3,7 @@ file and line, newest record wins against the API."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -70,7 +71,7 @@ def test_csv_drop_end_to_end(settings_env, database_url, tmp_path):
     good.write_text(HEADER + csv_rows(real[:30]))
     (drop / "b_broken.csv").write_bytes(b"id,first_name,email,age,department\n1,Ann,a@x.com,30,Legal,x\n")
     with DummyJsonServer(real[:20]) as server:
-        first = users_etl(api_base=server.base_url, deliver_files=False)
+        first = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
         assert first["counts"]["inserted"] == 50
         assert first["sources"]["csv"]["inserted"] == 30 and first["sources"]["dummyjson"]["inserted"] == 20
         assert first["sources"]["csv"]["failed"] == 1
@@ -80,14 +81,14 @@ def test_csv_drop_end_to_end(settings_env, database_url, tmp_path):
         assert not [p for p in (u["password"] for u in real[:30]) if p in str(rows(url, "SELECT data FROM raw_users"))]
 
         # unchanged files are not processed again
-        second = users_etl(api_base=server.base_url, deliver_files=False)
+        second = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
         assert "csv" not in second["sources"] and second["counts"]["inserted"] == 0
 
         # a changed file is reprocessed: one row changed, one added
         changed = real[:31]
         changed[4] = {**changed[4], "lastName": "Changed"}
         good.write_text(HEADER + csv_rows(changed))
-        third = users_etl(api_base=server.base_url, deliver_files=False)
+        third = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
         assert third["sources"]["csv"] == {"inserted": 1, "updated": 1, "unchanged": 29, "failed": 0}
         assert rows(url, "SELECT last_name FROM processed_users WHERE id = 5004") == [("Changed",)]
 
@@ -104,21 +105,21 @@ def test_newest_record_wins_between_api_and_csv(settings_env, database_url, tmp_
     past = time.time() - 3600
     os.utime(old_csv, (past, past))
     with DummyJsonServer([user]) as server:
-        users_etl(api_base=server.base_url, deliver_files=False)
+        asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
         # the API (fetched now) is newer than the hour-old file: the API's record stands
         assert rows(url, f"SELECT last_name, source FROM processed_users WHERE id = {user['id']}") == [
             (user["lastName"], "dummyjson")]
         new_csv = drop / "new.csv"
         new_csv.write_text(HEADER + csv_rows([{**user, "lastName": "FromNewCsv"}], start_id=user["id"]))
-        users_etl(api_base=server.base_url, deliver_files=False)
+        asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
         # a file written after the API's record appeared is newer: it wins, and keeps winning while the API
         # serves the same (older) record
         for _ in range(2):
             assert rows(url, f"SELECT last_name, source FROM processed_users WHERE id = {user['id']}") == [
                 ("FromNewCsv", "csv")]
-            users_etl(api_base=server.base_url, deliver_files=False)
+            asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
         server.set_users([{**user, "lastName": "FromApiAgain"}])
-        users_etl(api_base=server.base_url, deliver_files=False)
+        asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
     assert rows(url, f"SELECT last_name, source FROM processed_users WHERE id = {user['id']}") == [
         ("FromApiAgain", "dummyjson")]
     assert pl.DataFrame(rows(url, "SELECT id FROM processed_users"), orient="row").height == 1

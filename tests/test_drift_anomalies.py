@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import text
 
@@ -49,9 +51,9 @@ def test_drifted_source_under_each_policy(settings_env, database_url, policy):
     settings_env(database_url=database_url, schema_drift_policies=f"dummyjson={policy}")
     users = load_real_users()[:60]
     with DummyJsonServer(users) as server:
-        users_etl(api_base=server.base_url, deliver_files=False)
+        asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
         server.set_users(drifted(users))
-        state = users_etl(api_base=server.base_url, deliver_files=False, return_state=True)
+        state = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False, return_state=True))
     recorded = {(f, c) for f, c, p in rows(database_url, "SELECT field, change, policy FROM schema_drift") if p == policy}
     assert recorded == {("phone", "missing"), ("phoneNumber", "added"), ("age", "retyped")}
     run = rows(database_url, "SELECT status, schema_drift, failed_stage FROM etl_runs ORDER BY started_at DESC")[0]
@@ -71,8 +73,8 @@ def test_drifted_source_under_each_policy(settings_env, database_url, policy):
 def test_unchanged_source_records_no_drift(settings_env, database_url):
     settings_env(database_url=database_url)
     with DummyJsonServer(load_real_users()[:30]) as server:
-        users_etl(api_base=server.base_url, deliver_files=False)
-        users_etl(api_base=server.base_url, deliver_files=False)
+        asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
+        asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
     assert rows(database_url, "SELECT count(*) FROM schema_drift")[0][0] == 0
 
 
@@ -83,9 +85,9 @@ def test_anomalous_run_is_flagged(settings_env, database_url, fail):
     users = load_real_users()
     with DummyJsonServer(users) as server:
         for _ in range(2):
-            assert not users_etl(api_base=server.base_url, deliver_files=False)["anomalies"]
+            assert not asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))["anomalies"]
         server.set_users(users[:40])  # the source suddenly delivers a fifth of its usual volume
-        state = users_etl(api_base=server.base_url, deliver_files=False, return_state=True)
+        state = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False, return_state=True))
     status, anomalies = rows(database_url, "SELECT status, anomalies FROM etl_runs ORDER BY started_at DESC")[0]
     assert "record count 40 is 81% below the mean of the last 2 runs" in anomalies
     if fail:
@@ -100,7 +102,7 @@ def test_each_run_records_the_fields_and_types_it_saw(settings_env, database_url
 
     settings_env(database_url=database_url)
     with DummyJsonServer(load_real_users()[:10]) as server:
-        users_etl(api_base=server.base_url, deliver_files=False)
+        asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
     (observed,) = rows(database_url, "SELECT observed_schema FROM etl_runs")[0]
     seen = json.loads(observed)["dummyjson"]
     assert seen["age"] == "Int64" and seen["company.department"] == "String"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 
@@ -125,7 +126,7 @@ def test_first_load_unchanged_rerun_and_one_change(feeds_env, server):
     feed = {path: server.url(path) for path in FEEDS}
     set_env(feed_urls=", ".join(feed.values()))
 
-    first = feeds_etl(deliver_files=False)
+    first = asyncio.run(feeds_etl(deliver_files=False))
     c = first["counts"]
     assert (c["extracted"], c["valid"], c["invalid"]) == (14, 13, 1)
     assert (c["inserted"], c["updated"], c["unchanged"], c["raw_inserted"], c["dlq_inserted"]) == (13, 0, 0, 14, 1)
@@ -155,7 +156,7 @@ def test_first_load_unchanged_rerun_and_one_change(feeds_env, server):
     # unchanged re-run: feeds with validators answer 304 to a conditional GET; the others are read again
     # and every item is found unchanged; nothing is rewritten
     server.requests.clear()
-    second = feeds_etl(deliver_files=False)
+    second = asyncio.run(feeds_etl(deliver_files=False))
     (etag_ask,) = server.requests_for("/rss-etag")
     assert etag_ask.status == 304
     assert etag_ask.headers["If-None-Match"] == states[checkpoint_source(feed["/rss-etag"])]["etag"]
@@ -178,7 +179,7 @@ def test_first_load_unchanged_rerun_and_one_change(feeds_env, server):
     content["/rss-etag"][1] = {**content["/rss-etag"][1], "title": "rss-etag story 1 (corrected)"}
     publish("/rss-etag")
     server.requests.clear()
-    third = feeds_etl(deliver_files=False)
+    third = asyncio.run(feeds_etl(deliver_files=False))
     assert [r.status for r in server.requests_for("/rss-etag")] == [200]
     assert [r.status for r in server.requests_for("/atom-last-modified")] == [304]
     c = third["counts"]
@@ -202,7 +203,7 @@ def test_bad_feeds_fail_by_name_while_the_good_one_lands(feeds_env, server):
     set_env(feed_urls=server.url("/not-this-one"))  # the parameter wins over FEED_URLS
     broken, good, gone = server.url("/broken"), server.url("/good"), server.url("/gone")
 
-    state = feeds_etl(feed_urls=[broken, good, gone], deliver_files=False, return_state=True)
+    state = asyncio.run(feeds_etl(feed_urls=[broken, good, gone], deliver_files=False, return_state=True))
 
     assert state.is_failed()
     assert broken in state.message and "not an RSS or Atom feed" in state.message
@@ -223,7 +224,7 @@ def test_bad_feeds_fail_by_name_while_the_good_one_lands(feeds_env, server):
 
     # fixed: the next run reads it (nothing was stored for it, so no conditional GET) and the good one is a 304
     server.set_feed("/broken", rss_document(make_items(2, prefix="fixed")), RSS)
-    summary = feeds_etl(feed_urls=[broken, good], deliver_files=False)
+    summary = asyncio.run(feeds_etl(feed_urls=[broken, good], deliver_files=False))
     assert summary["counts"]["inserted"] == 2 and summary["counts"]["feeds_not_modified"] == 1
     assert "If-None-Match" not in server.requests_for("/broken")[-1].headers
 
@@ -235,7 +236,7 @@ def test_transient_errors_are_retried(feeds_env, server):
     server.faults["/flaky"].extend([Fault(500), Fault(503)])
     server.delays["/slow"].append(2.0)  # the first answer comes after the client's timeout
 
-    summary = feeds_etl(feed_urls=[server.url("/flaky"), server.url("/slow")], request_timeout=0.5)
+    summary = asyncio.run(feeds_etl(feed_urls=[server.url("/flaky"), server.url("/slow")], request_timeout=0.5))
 
     assert [r.status for r in server.requests_for("/flaky")] == [500, 503, 200]
     assert len(server.requests_for("/slow")) == 2

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from uuid import UUID
 
 import polars as pl
 import pytest
 from prefect import get_client
-from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    TaskRunFilter,
+    TaskRunFilterStartTime,
+)
 from sqlalchemy import text
 
 from flows.users_etl import users_etl
@@ -41,7 +49,7 @@ def test_real_users_with_invalid_share_give_exact_counts(pipeline_env, tmp_path)
     url = pipeline_env
     users, expected = break_users(load_real_users())
     with DummyJsonServer(users) as server:
-        summary = users_etl(api_base=server.base_url, deliver_files=False)
+        summary = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
         assert {limit for limit, _ in server.requests} == {50}
 
     n_bad = len(expected)
@@ -56,6 +64,15 @@ def test_real_users_with_invalid_share_give_exact_counts(pipeline_env, tmp_path)
     got = {frozenset(reason.split("; ")) for reason, _ in dlq}
     assert got == {frozenset(r) for r in expected.values()}
     assert all(reason for reason, _ in dlq)
+
+    # what the Prefect UI shows for the run: its stage times and a summary with the same counts
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(summary["run_id"])])))
+    artifacts = {a.key: a.data for a in found}
+    assert set(artifacts) == {"users-etl-stages", "users-etl-summary"}
+    assert {row["stage"] for row in json.loads(artifacts["users-etl-stages"])} == {"extract", "transform", "persist"}
+    assert f"| 208 | {208 - n_bad} | {n_bad} | {208 - n_bad} |" in artifacts["users-etl-summary"]
 
     run = rows(url, "SELECT status, extracted, valid, invalid, inserted FROM etl_runs")
     assert run == [("completed", 208, 208 - n_bad, n_bad, 208 - n_bad)]
@@ -81,13 +98,13 @@ def test_rerun_adds_no_duplicates_and_counts_changes(pipeline_env):
     url = pipeline_env
     users = load_real_users()
     with DummyJsonServer(users) as server:
-        users_etl(api_base=server.base_url, deliver_files=False)
-        second = users_etl(api_base=server.base_url, deliver_files=False)
+        asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
+        second = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
         assert second["counts"]["inserted"] == 0 and second["counts"]["unchanged"] == 208
         changed = [dict(u) for u in users]
         changed[5] = {**changed[5], "lastName": "Renamed"}
         server.set_users(changed + [{**users[0], "id": 9999, "email": "new.person@example.com"}])
-        third = users_etl(api_base=server.base_url, deliver_files=False)
+        third = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
     assert (third["counts"]["inserted"], third["counts"]["updated"], third["counts"]["unchanged"]) == (1, 1, 207)
     assert count(url, "processed_users") == 209
     assert rows(url, f"SELECT last_name FROM processed_users WHERE id = {users[5]['id']}") == [("Renamed",)]
@@ -97,7 +114,7 @@ def test_rerun_adds_no_duplicates_and_counts_changes(pipeline_env):
 def test_500_then_200_is_retried(pipeline_env):
     with DummyJsonServer(load_real_users()) as server:
         server.faults.extend([Fault(500), Fault(502)])
-        summary = users_etl(api_base=server.base_url, deliver_files=False)
+        summary = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
     assert summary["counts"]["extracted"] == 208
     assert count(pipeline_env, "processed_users") == 208
 
@@ -105,7 +122,7 @@ def test_500_then_200_is_retried(pipeline_env):
 def test_429_waits_for_retry_after(pipeline_env):
     with DummyJsonServer(load_real_users()) as server:
         server.faults.append(Fault(429, {"Retry-After": "1"}))
-        summary = users_etl(api_base=server.base_url, deliver_files=False)
+        summary = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
         gap = server.request_times[1] - server.request_times[0]
     assert summary["counts"]["extracted"] == 208
     assert gap >= 0.95  # the client honoured the server's Retry-After before asking again
@@ -114,7 +131,7 @@ def test_429_waits_for_retry_after(pipeline_env):
 def test_other_4xx_fails_at_once_naming_url_and_status(pipeline_env):
     with DummyJsonServer(load_real_users()) as server:
         server.faults.append(Fault(404))
-        state = users_etl(api_base=server.base_url, deliver_files=False, return_state=True)
+        state = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False, return_state=True))
         assert len(server.requests) == 1  # not retried
     assert state.is_failed()
     assert "HTTP 404" in state.message and server.base_url in state.message
@@ -128,8 +145,8 @@ def test_source_down_keeps_checkpoint_and_next_run_resumes(pipeline_env, extract
     users = load_real_users()
     with DummyJsonServer(users) as server:
         server.fail_when = lambda limit, skip: Fault(503) if skip >= 100 else None
-        state = users_etl(api_base=server.base_url, batch_records=50, deliver_files=False, return_state=True,
-                          extract_first=extract_first)
+        state = asyncio.run(users_etl(api_base=server.base_url, batch_records=50, deliver_files=False,
+                                      return_state=True, extract_first=extract_first))
         assert state.is_failed() and "HTTP 503" in state.message
         cursor, status, staged = rows(url, "SELECT cursor, status, staged_records FROM etl_checkpoints")[0]
         assert (cursor, status, staged) == (100, "failed", 100)
@@ -140,8 +157,8 @@ def test_source_down_keeps_checkpoint_and_next_run_resumes(pipeline_env, extract
 
         server.fail_when = None
         server.requests.clear()
-        summary = users_etl(api_base=server.base_url, batch_records=50, deliver_files=False,
-                            extract_first=extract_first)
+        summary = asyncio.run(users_etl(api_base=server.base_url, batch_records=50, deliver_files=False,
+                                        extract_first=extract_first))
         assert server.requests[0] == (50, 100)  # resumed, did not start over
     assert summary["counts"]["extracted"] == 208
     assert count(url, "processed_users") == 208 and count(url, "raw_users") == 208
@@ -160,7 +177,7 @@ def test_a_batch_failing_after_some_of_its_pages_were_written_stages_each_record
     with DummyJsonServer(users) as server:
         once = iter([Fault(500)])
         server.fail_when = lambda limit, skip: next(once, None) if skip == 100 else None
-        summary = users_etl(api_base=server.base_url, batch_records=200, deliver_files=False)
+        summary = asyncio.run(users_etl(api_base=server.base_url, batch_records=200, deliver_files=False))
         assert [skip for _, skip in server.requests[:4]] == [0, 50, 100, 0]  # the retry refetched the batch
     staged = pl.read_ndjson(summary["files"]["raw"])
     assert staged.height == 208 and staged.get_column("id").n_unique() == 208
@@ -169,13 +186,14 @@ def test_a_batch_failing_after_some_of_its_pages_were_written_stages_each_record
     runs_before = count(url, "etl_runs")
     with DummyJsonServer(users) as server:
         server.fail_when = lambda limit, skip: Fault(503) if skip == 150 else None  # every try
-        state = users_etl(api_base=server.base_url, batch_records=200, deliver_files=False, return_state=True)
+        state = asyncio.run(users_etl(api_base=server.base_url, batch_records=200, deliver_files=False,
+                                      return_state=True))
         assert state.is_failed()
         [(raw_path, staged_bytes)] = rows(url, f"SELECT staged_path, staged_bytes FROM etl_checkpoints "
                                                 f"WHERE source = '{CHECKPOINT_KEY}'")
         assert Path(raw_path).stat().st_size > staged_bytes  # the failed batch's first pages are past its checkpoint
         server.fail_when = None
-        summary = users_etl(api_base=server.base_url, batch_records=200, deliver_files=False)
+        summary = asyncio.run(users_etl(api_base=server.base_url, batch_records=200, deliver_files=False))
     staged = pl.read_ndjson(summary["files"]["raw"])
     assert staged.height == 208 and staged.get_column("id").n_unique() == 208
     assert count(url, "etl_runs") == runs_before + 2
@@ -196,7 +214,8 @@ def test_a_failing_persist_fails_the_run_and_a_rerun_completes_it(pipeline_env):
                               "EXECUTE FUNCTION refuse_150()"))
     users = load_real_users()
     with DummyJsonServer(users) as server:
-        state = users_etl(api_base=server.base_url, batch_records=50, deliver_files=False, return_state=True)
+        state = asyncio.run(users_etl(api_base=server.base_url, batch_records=50, deliver_files=False,
+                                      return_state=True))
         assert state.is_failed() and "user 150 refused" in state.message
         status, stage, error = rows(url, "SELECT status, failed_stage, error FROM etl_runs")[0]
         assert (status, stage) == ("failed", "persist") and "user 150 refused" in error
@@ -204,7 +223,7 @@ def test_a_failing_persist_fails_the_run_and_a_rerun_completes_it(pipeline_env):
         assert 0 < stored < 150  # the batches before the refused one are in
         with engine_for(url).begin() as conn:
             conn.execute(text("DROP TRIGGER refuse_150" + ("" if conn.dialect.name == "sqlite" else " ON processed_users")))
-        summary = users_etl(api_base=server.base_url, batch_records=50, deliver_files=False)
+        summary = asyncio.run(users_etl(api_base=server.base_url, batch_records=50, deliver_files=False))
     assert summary["counts"]["inserted"] == 208 - stored
     assert count(url, "processed_users") == 208 and count(url, "raw_users") == 208
 
@@ -213,7 +232,7 @@ def test_schema_drift_goes_to_the_dlq_not_a_crash(pipeline_env):
     users = load_real_users()
     drifted = [{**{("given_name" if k == "firstName" else k): v for k, v in u.items()}} for u in users[:20]] + users[20:]
     with DummyJsonServer(drifted) as server:
-        summary = users_etl(api_base=server.base_url, deliver_files=False)
+        summary = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
     assert summary["counts"]["invalid"] == 20
     assert summary["dlq_reasons"] == {"first_name_missing": 20}
 
@@ -228,7 +247,7 @@ def test_database_from_a_sqlalchemy_connector_block(settings_env, tmp_path):
     ).save("sluice-test-db", overwrite=True)
     settings_env(database_url=f"sqlite:///{tmp_path / 'not-this-one.db'}")
     with DummyJsonServer(load_real_users()[:40]) as server:
-        summary = users_etl(api_base=server.base_url, deliver_files=False, database_block="sluice-test-db")
+        summary = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False, database_block="sluice-test-db"))
     assert summary["counts"]["inserted"] == 40
     assert count(f"sqlite:///{db}", "processed_users") == 40
     assert not (tmp_path / "not-this-one.db").exists() or count(f"sqlite:///{tmp_path / 'not-this-one.db'}", "processed_users") == 0
@@ -248,7 +267,7 @@ def test_a_crashed_run_is_marked_at_the_next_start(pipeline_env):
         session.add(EtlRun(id=ghost, flow_name="users-etl", status="running", started_at=datetime.now(UTC)))
         session.commit()
     with DummyJsonServer(load_real_users()[:5]) as server:
-        summary = users_etl(api_base=server.base_url, deliver_files=False)
+        summary = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
     status, error = rows(pipeline_env, f"SELECT status, error FROM etl_runs WHERE id = '{ghost}'")[0]
     assert status == "crashed" and summary["run_id"] in error
 
@@ -614,7 +633,7 @@ def test_extract_first_stages_every_page_before_transform_starts(pipeline_env, s
     started = datetime.now(UTC)
     with DummyJsonServer(users) as server:
         server.fail_when = lambda limit, skip: next(pause, None) if skip == 200 else None
-        summary = users_etl(api_base=server.base_url, deliver_files=False, batch_records=50)
+        summary = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False, batch_records=50))
     assert server.requests.count((50, 200)) == 2  # paused, then served
     assert summary["counts"]["extracted"] == 208 and summary["counts"]["invalid"] == len(expected)
     assert count(url, "processed_users") == 208 - len(expected) and count(url, "raw_users") == 208

@@ -3,6 +3,7 @@ JSON drop, registered as tasks.extract.partner_drop for the test, goes through r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import types
@@ -57,8 +58,8 @@ def test_a_new_source_is_a_module_and_a_line_of_configuration(settings_env, tmp_
     monkeypatch.setitem(sys.modules, "tasks.extract.partner_drop", module)
     settings_env(database_url=url, users_sources="csv_drop,partner_drop")
     with DummyJsonServer(load_real_users()[:5]) as server:
-        first = users_etl(api_base=server.base_url, deliver_files=False)
-        second = users_etl(api_base=server.base_url, deliver_files=False)
+        first = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
+        second = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
     assert first["sources"]["partner"] == {"inserted": 1, "updated": 0, "unchanged": 0, "failed": 1}
     assert "partner" not in second["sources"] and len(module.done) == 1  # checkpointed by its module
     with engine_for(url).connect() as conn:

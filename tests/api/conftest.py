@@ -4,6 +4,7 @@ a TestClient on a fresh app reading that database through DATABASE_URL."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import warnings
 from collections.abc import Iterator
@@ -44,7 +45,7 @@ def _run_pipeline(url: str, data_dir: str, users: list[dict]) -> dict:
         mp.setenv("DATA_DIR", data_dir)
         get_settings.cache_clear()
         try:
-            return users_etl(api_base=server.base_url, deliver_files=False)
+            return asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
         finally:
             get_settings.cache_clear()
 

@@ -3,6 +3,8 @@ real users-etl (API + CSV drop) and feeds-etl runs."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -28,8 +30,8 @@ def client(settings_env, database_url, tmp_path):
     with DummyJsonServer(load_real_users()[:12]) as users, FeedServer() as feeds:
         feeds.set_feed("/news", rss_document(make_items(3, prefix="news") + [{"guid": "x", "summary": "no title"}]),
                        RSS)
-        users_etl(api_base=users.base_url, deliver_files=False)
-        feeds_etl(feed_urls=[feeds.url("/news")], deliver_files=False)
+        asyncio.run(users_etl(api_base=users.base_url, deliver_files=False))
+        asyncio.run(feeds_etl(feed_urls=[feeds.url("/news")], deliver_files=False))
         feed_url = feeds.url("/news")
     with TestClient(create_app()) as c:
         c.feed_url = feed_url
