@@ -199,16 +199,73 @@ def read_lines(data: bytes, name: str = LINE) -> pl.DataFrame:
                        new_columns=[name], schema={name: pl.String}, truncate_ragged_lines=True)
 
 
-def parse_raw(data: bytes) -> pl.DataFrame:
+def parse_raw(data: bytes, like: pl.Schema | None = None) -> pl.DataFrame:
     """JSONL bytes -> one row per record: the original line in `_raw` plus the parsed top-level fields.
-    Types are inferred over the whole span, so a field whose type drifts becomes text, never an error."""
+    Types are inferred over the whole span, so a field whose type drifts becomes text, never an error.
+    `like`: the fields an earlier span of the same source was inferred to have; the span is parsed with
+    them in one pass when that gives exactly what inferring would (`parse_like`)."""
     lines = read_lines(data)
     if lines.height == 0:
         return lines
-    parsed = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
+    parsed = parse_like(data, lines.get_column(LINE), like) if like else None
+    if parsed is None:
+        parsed = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
     if parsed.height != lines.height:
         raise ValueError(f"staged span holds {lines.height} lines but {parsed.height} JSON records")
     return parsed.with_columns(lines.get_column(LINE))
+
+
+CHECKED_TYPES = (pl.String, pl.Int64, pl.Float64, pl.Boolean, pl.Struct)
+
+
+def _types(schema: pl.Schema | dict) -> Iterator[pl.DataType]:
+    for dtype in schema.values():
+        yield dtype
+        if isinstance(dtype, pl.Struct):
+            yield from _types({f.name: f.dtype for f in dtype.fields})
+
+
+def _fields(frame: pl.DataFrame) -> Iterator[pl.Series]:
+    """Every column of a parsed frame and every field of its structs, nested ones too (a struct's fields
+    are null where the struct is)."""
+    for column in frame.iter_columns():
+        yield column
+        if isinstance(column.dtype, pl.Struct):
+            yield from _fields(column.struct.unnest())
+
+
+def parse_like(data: bytes, lines: pl.Series, schema: pl.Schema) -> pl.DataFrame | None:
+    """The span (its `lines`) parsed in one pass with `schema`, another span's inferred fields, if that is
+    exactly what inferring its own would give; else None. Inferring reads every record twice: 1.4 s for
+    100k DummyJSON users, against 0.7 s with the fields given and 0.1 s for the checks below.
+
+    Polars' parse with a schema raises on a value of another type, except that it drops keys the schema
+    lacks, reads an absent key as null, takes any value as text for a String field and an integer for a
+    Float64 one. So the parse stands only if the span's keys (`":`) are as many as the fields parsed
+    non-null and its text values (`":"`) as many as the String fields parsed non-null (a null value or a
+    stray `":` in a text sends the span to inference too), every field occurs in it, and every Float64
+    field has a fraction somewhere in it (else inference would say Int64). A line holds at least as many
+    `":` as fields parsed non-null, so the counts agree on every line when they agree in all; JSON with a
+    space before its colons goes to inference."""
+    if not all(isinstance(dtype, CHECKED_TYPES) for dtype in _types(schema)):
+        return None
+    try:
+        parsed = pl.read_ndjson(io.BytesIO(data), schema=schema)
+    except pl.exceptions.PolarsError:
+        return None
+    if parsed.height != lines.len():
+        return None
+    fields = list(_fields(parsed))
+    present = [f.len() - f.null_count() for f in fields]
+    texts = sum(n for n, f in zip(present, fields, strict=True) if f.dtype == pl.String)
+    text = pl.col("l")
+    keys, strings = lines.to_frame("l").select(text.str.count_matches('":', literal=True).sum().alias("keys"),
+                                               text.str.count_matches('":"', literal=True).sum().alias("texts")).row(0)
+    if 0 in present or keys != sum(present) or strings != texts:
+        return None
+    if not all((f != f.floor()).any() for f in fields if f.dtype == pl.Float64):
+        return None
+    return parsed
 
 
 def _field(schema: pl.Schema, path: tuple[str, ...]) -> tuple[pl.Expr, pl.DataType | None]:
@@ -413,8 +470,10 @@ def transform_batch(
     keys, types, reasons = [], [], Counter()
     valid = invalid = 0
     seen_ids = pl.Series("id_int", [], pl.Int64)
+    like = None  # the fields the pieces so far were found to have
     for data in read_pieces(raw_path, piece_bytes, offset, length):
-        raw = parse_raw(data)
+        raw = parse_raw(data, like)
+        like = raw.drop(LINE).schema if raw.height else like
         types.append(field_types(raw.schema))
         if not raw.height:
             continue

@@ -194,3 +194,48 @@ def test_field_types_read_in_pieces_are_those_of_the_whole_batch(tmp_path, depar
     whole = transform_batch.fn(departments, **kw, piece_bytes=1 << 30)["types"]
     assert whole["id"] == "Int64" and whole["address.coordinates.lat"] == "Float64"
     assert transform_batch.fn(departments, **kw, piece_bytes=16_000)["types"] == whole
+
+
+def _drifted(change):
+    """The real users, staged, with `change` applied to a copy of each (a function of the user's position)."""
+    users = [json.loads(json.dumps(u)) for u in load_real_users()]
+    for n, u in enumerate(users):
+        change(n, u)
+    return staged_lines(users)
+
+
+# how a source's records can differ from an earlier span's; each must come out as inference reads it
+DRIFTS = {
+    "none": lambda n, u: None,
+    "a new field in one record": lambda n, u: u.update(nickname="x") if n == 7 else None,
+    "a new nested field in one record": lambda n, u: u["address"].update(zip4="0000") if n == 9 else None,
+    "a field null in one record": lambda n, u: u.update(phone=None) if n == 3 else None,
+    "a field in no record": lambda n, u: u.pop("maidenName"),
+    "a nested field in no record": lambda n, u: u["bank"].pop("iban"),
+    "a field in some records only": lambda n, u: u.pop("ssn") if n % 2 else None,
+    "text become numbers": lambda n, u: u["address"].update(postalCode=n),
+    "text become numbers in one record": lambda n, u: u["address"].update(postalCode=n) if n == 5 else None,
+    "fractions become whole numbers": lambda n, u: u.update(height=round(u["height"])),
+    "a number become text in one record": lambda n, u: u.update(age="41") if n == 11 else None,
+    "an object become text": lambda n, u: u.update(hair="brown") if n == 2 else None,
+    "a key renamed": lambda n, u: u.update(eye=u.pop("eyeColor")) if n == 4 else None,
+    "a text holding a key": lambda n, u: u.update(university='the "x": school') if n == 6 else None,
+}
+
+
+@pytest.mark.parametrize("drift", DRIFTS)
+def test_a_span_parsed_with_an_earlier_spans_fields_reads_as_inferring_its_own_would(drift):
+    """parse_raw with `like` (the fields the batch's first piece was inferred to have) parses a piece in one
+    pass; whatever the piece holds, the frame and its types are those that inferring gives (drift is
+    reported from them)."""
+    from polars.testing import assert_frame_equal
+
+    from tasks.transform import parse_like
+
+    like = parse_raw(staged_lines(load_real_users())).drop("_raw").schema
+    data = _drifted(DRIFTS[drift])
+    inferred = parse_raw(data)
+    assert_frame_equal(parse_raw(data, like), inferred)
+    # the one pass stands where the fields are those of the earlier span, and only there
+    one_pass = parse_like(data, inferred.get_column("_raw"), like) is not None
+    assert one_pass == (drift in ("none", "a field in some records only"))
