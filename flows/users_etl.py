@@ -22,7 +22,7 @@ from models.db import deferred_checkpoints, resolve_engine
 from models.settings import DEFAULT_BATCH_RECORDS, get_settings
 from tasks import handoff, runs
 from tasks.anomalies import AnomalyError, find_anomalies
-from tasks.drift import check_schema, describe, merge_types
+from tasks.drift import describe, merge_types, record_schema, schema_changes
 from tasks.extract import dummyjson, source_module
 from tasks.extract.constants import SOURCE
 from tasks.extract.sample import offline_users_api
@@ -181,11 +181,13 @@ def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str,
             types.setdefault(source, []).append(out["types"])
             spans.append(out["work_span"])
             hand_on(meta | {k: out[k] for k in ("raw", "processed", "dlq", "raw_keys", "valid", "invalid")})
-    observed = {}
+    observed, changed, engine = {}, {}, resolve_engine(database_block)
     for source, seen in types.items():
         policy, observed[source] = settings.drift_policy(source), merge_types(seen)
-        changes = check_schema(resolve_engine(database_block), run_id=run_id or str(current_run.id),
-                               source=source, types=observed[source], policy=policy)
+        changes = changed[source] = schema_changes(engine, source=source, types=observed[source])
+        if changes and policy == "fail":  # stored and raised here: nothing of the source reaches persist
+            record_schema(engine, run_id=run_id or str(current_run.id), source=source, types=observed[source],
+                          policy=policy, changes=changes)
         if changes:
             (logger.info if policy == "evolve" else logger.warning)(
                 "schema drift in %s (policy %s): %s", source, policy, "; ".join(describe(c) for c in changes))
@@ -198,7 +200,7 @@ def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str,
     valid, invalid = counts["valid"], counts["invalid"]
     logger.info("transform: %d valid, %d invalid %s", valid, invalid, dict(reasons))
     return {"files": files, "valid": valid, "invalid": invalid, "reasons": dict(reasons),
-            "drift": drift, "observed_schema": observed, "work_spans": spans}
+            "drift": drift, "observed_schema": observed, "schema_changes": changed, "work_spans": spans}
 
 
 @flow(name="persist")
@@ -277,6 +279,10 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
         ps = clock.result("persist")
         sources = ps.pop("sources")
         runs.update_run(engine, run_id=run_id, stage_seconds=seconds, sources=sources, **ps)
+        # the schemas seen, stored once persist is done (transform's write would wait for its transaction)
+        for source, observed in tr["observed_schema"].items():
+            record_schema(engine, run_id=run_id, source=source, types=observed, policy=settings.drift_policy(source),
+                          changes=tr["schema_changes"][source])
         delivered = clock.result("deliver")["delivered"] if deliver_files else []
     except BaseException:
         handoff.cancel(run_dir, handoff.RUN)  # stages still running stop at their next batch (finally waits)

@@ -63,22 +63,32 @@ def describe(change: dict) -> str:
     return f"{change['field']} {change['change']}"
 
 
-def check_schema(engine: Engine, *, run_id: str, source: str, types: dict[str, str], policy: str) -> list[dict]:
-    """Record what changed since the last accepted snapshot; `fail` raises before the snapshot moves,
-    so the run fails again until the change is accepted (a run with policy warn or evolve)."""
+def _snapshot(session: Session, source: str) -> EtlCheckpoint:
     key = f"schema:{source}"
+    return session.get(EtlCheckpoint, key) or EtlCheckpoint(source=key)
+
+
+def schema_changes(engine: Engine, *, source: str, types: dict[str, str]) -> list[dict]:
+    """What changed since the source's last accepted snapshot (nothing on its first run). Only reads: on
+    SQLite a write would wait for persist's transaction of the moment."""
+    with Session(engine) as session:
+        before = json.loads(_snapshot(session, source).state or "{}")
+    return compare(before, types) if before else []
+
+
+def record_schema(engine: Engine, *, run_id: str, source: str, types: dict[str, str], policy: str,
+                  changes: list[dict]) -> None:
+    """Store the changes `schema_changes` found; `fail` raises before the snapshot moves, so the run fails
+    again until the change is accepted (a run with policy warn or evolve), which moves it to `types`."""
     now = datetime.now(UTC)
     with Session(engine) as session:
-        snap = session.get(EtlCheckpoint, key) or EtlCheckpoint(source=key)
-        before = json.loads(snap.state or "{}")
-        changes = compare(before, types) if before else []
         for c in changes:
             session.add(SchemaDrift(run_id=run_id, source=source, policy=policy, detected_at=now, **c))
         if changes and policy == "fail":
             session.commit()
             raise SchemaDriftError(f"schema drift in source {source!r} (policy fail): "
                                    + "; ".join(describe(c) for c in changes))
+        snap = _snapshot(session, source)
         snap.state, snap.status, snap.run_id, snap.updated_at = json.dumps(types, sort_keys=True), "complete", run_id, now
         session.add(snap)
         session.commit()
-    return changes
