@@ -148,11 +148,12 @@ class StageClock:
     def start(self, name: str, fn, *args, manifest: str | None = None, after: tuple[str, str] | None = None,
               **kwargs) -> None:
         """Run a stage alongside the others; `manifest` is the one it posts to (closed as failed if it dies).
-        `after` = (stage, its manifest): start once that stage has posted something or ended, so the child
-        flow runs are not all created at the same instant (a Prefect API on SQLite serialises writes)."""
+        `after` = (stage, its manifest): start once that stage is running (`handoff.mark_started`), has
+        posted something or has ended, so the child flow runs are not all created at the same instant (a
+        Prefect API on SQLite serialises writes), yet each is ready by the time its first batch is posted."""
         if after is not None:
             upstream, posted = self._futures[after[0]], Path(after[1])
-            while not upstream.done() and posted.stat().st_size == 0:
+            while not upstream.done() and posted.stat().st_size == 0 and not handoff.has_started(posted):
                 time.sleep(handoff.POLL_SECONDS)
         if manifest is not None:
             kwargs["manifest"] = manifest

@@ -97,6 +97,8 @@ def extract(run_dir: str, stamp: str, api_base: str | None = None, page_size: in
     interrupted run resumes there); CSV files in `csv_dir` are staged when new or changed. Each staged
     batch is posted to `manifest` as soon as it is on disk, for the transform stage to follow."""
     settings, logger = get_settings(), get_run_logger()
+    if manifest:
+        handoff.mark_started(manifest)
     engine = resolve_engine(database_block)
     staged = [_extract_api(engine, settings, logger, run_dir, stamp, api_base, page_size, batch_records, manifest)]
     spans = staged[0].pop("work_spans")
@@ -140,6 +142,8 @@ def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str,
     manifest; each transformed batch is posted to `manifest` for persist. Each source's schema is checked for
     drift once it is all in; a source whose policy is `fail` posts its batches only after that check."""
     settings, logger = get_settings(), get_run_logger()
+    if manifest:
+        handoff.mark_started(manifest)
     departments = load_departments(departments_csv, file_sha256(departments_csv))
     files = {
         "processed": str(Path(run_dir) / "processed_users" / f"etl_{stamp}.jsonl"),

@@ -50,6 +50,15 @@ def open_manifest(manifest: str | Path) -> str:
     return str(manifest)
 
 
+def mark_started(manifest: str | Path) -> None:
+    """The stage that posts to `manifest` is running (its child flow run exists)."""
+    Path(f"{manifest}.started").touch()
+
+
+def has_started(manifest: str | Path) -> bool:
+    return Path(f"{manifest}.started").exists()
+
+
 def close(manifest: str | Path, *, error: str | None = None, **summary) -> None:
     post(manifest, {END: "failed" if error else "done", "error": error, **summary})
 
