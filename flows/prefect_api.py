@@ -139,9 +139,9 @@ def _pointed_at(process: subprocess.Popen, url: str, log_path: Path, startup_tim
 
     Flow runs in the block send no heartbeats. A heartbeat tells a server that a run is alive, so that the
     server can mark the run crashed once they stop; this server stops with the run, and a temporary server
-    does not run the triggers that watch for missing events. Prefect's heartbeat thread also sleeps in
-    one-second steps and is waited for when the flow returns, so every run lasted a whole number of seconds:
-    half a second of waiting on average."""
+    does not run the triggers that watch for missing events. (Prefect's heartbeat thread also sleeps in
+    one-second steps, and a sync flow waits for it when it returns: half a second on average; the parent
+    flows are async for that reason, see `parent_flow` in flows/common.py.)"""
     from prefect.context import refresh_global_settings_context
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
