@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import sqlite3
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,11 +18,9 @@ from itertools import chain
 
 import polars as pl
 import polars_hash  # noqa: F401
-import psycopg
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Connection, Engine, Table, bindparam, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from models.db import write_transaction
@@ -48,8 +47,11 @@ RESTAMPED_ON_FAILURE = ("run_id", "last_seen_at", "error_reason")  # what a fail
 
 
 def _insert(conn: Connection, table: Table):
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
+    if conn.dialect.name == "postgresql":  # (imported here: a run on SQLite never loads PostgreSQL's driver)
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
 
 
 def _stamp(conn: Connection, when: datetime) -> pl.Expr:
@@ -299,7 +301,10 @@ def _db_transient(exc: BaseException) -> bool:
     straight from the driver (the bulk inserts and COPY use the driver's own cursor)."""
     if isinstance(exc, DBAPIError):
         return isinstance(exc, OperationalError) or exc.connection_invalidated
-    return isinstance(exc, (sqlite3.OperationalError, psycopg.OperationalError))
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
+    psycopg = sys.modules.get("psycopg")  # loaded by any PostgreSQL connection
+    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
 
 
 @task(name="persist-users-batch", retries=3, retry_delay_seconds=[1, 5, 15],
