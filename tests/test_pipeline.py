@@ -515,6 +515,12 @@ def test_persist_retries_a_locked_database_from_the_driver_but_not_a_refused_row
         holder.close()
         other.close()
     assert _db_transient(locked.value) and not _db_transient(refused.value)
+    # and from PostgreSQL's driver (persist imports it only for PostgreSQL): a lost server is worth a retry
+    import psycopg
+
+    with pytest.raises(psycopg.OperationalError) as lost:
+        psycopg.connect("postgresql://postgres@127.0.0.1:1/test", connect_timeout=2)
+    assert _db_transient(lost.value)
 
 
 def test_run_counters_hold_a_big_days_bytes(pipeline_env):
