@@ -44,9 +44,10 @@ def post(manifest: str | Path, entry: dict) -> None:
 
 
 def open_manifest(manifest: str | Path) -> str:
-    """An empty manifest (any earlier one replaced); returns its path."""
+    """An empty manifest (any earlier one replaced, and its stage no longer marked started); returns its path."""
     Path(manifest).parent.mkdir(parents=True, exist_ok=True)
     Path(manifest).write_bytes(b"")
+    Path(f"{manifest}.started").unlink(missing_ok=True)
     return str(manifest)
 
 

@@ -89,3 +89,35 @@ def test_an_api_batch_is_one_transform_batch_and_a_big_input_is_cut_without_sliv
     spans = _source_spans(whole, batch_records=1000)
     counts = [raw.read_bytes()[o:o + n].count(b"\n") for o, n in spans]
     assert len(spans) == 3 and sum(counts) == len(lines) and min(counts) > 50
+
+
+def test_a_stage_starts_once_the_one_before_it_runs_not_once_it_first_posts(tmp_path):
+    """StageClock's `after`: the next child flow run is created while the stage before it works on its first
+    batch, so it is ready when that batch is posted; a new manifest drops the old run's mark."""
+    from flows.common import StageClock
+
+    first, second = (handoff.open_manifest(tmp_path / name) for name in ("extracted.jsonl", "transformed.jsonl"))
+    working, seen = threading.Event(), {}
+
+    def upstream(manifest):
+        handoff.mark_started(manifest)
+        working.wait(timeout=10)  # still on its first batch until the next stage has started
+        handoff.post(manifest, {"n": 0})
+        handoff.close(manifest)
+        return {"work_spans": []}
+
+    def downstream(manifest):
+        seen["posted_before_start"] = (tmp_path / "extracted.jsonl").stat().st_size
+        working.set()
+        handoff.close(manifest)
+        return {"work_spans": []}
+
+    clock = StageClock(str(tmp_path))
+    try:
+        clock.start("extract", upstream, manifest=first)
+        clock.start("transform", downstream, manifest=second, after=("extract", first))
+        clock.result("extract"), clock.result("transform")
+    finally:
+        clock.close()
+    assert seen["posted_before_start"] == 0
+    assert handoff.has_started(first) and not handoff.has_started(handoff.open_manifest(first))
