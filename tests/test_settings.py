@@ -65,6 +65,16 @@ def test_polars_allocator_returns_freed_pages_unless_the_operator_says_otherwise
     assert conf[-1] == last and len(conf) > 1, conf
 
 
+@pytest.mark.parametrize("own", [None, "2"])
+def test_polars_pool_is_half_the_cores_unless_the_operator_says_otherwise(own):
+    """The stages work side by side in threads of their own: Polars' pool takes half the cores (at least one),
+    or the operator's own POLARS_MAX_THREADS."""
+    env = _environment_with("POLARS_MAX_THREADS", own)
+    out = subprocess.run([sys.executable, "-c", "import flows.users_etl, polars; print(polars.thread_pool_size())"],
+                         env=env, capture_output=True, text=True, check=True)
+    assert int(out.stdout) == (int(own) if own else max(1, (os.cpu_count() or 2) // 2))
+
+
 MAPPED_BLOCKS = """
 import ctypes
 import models  # noqa: F401
