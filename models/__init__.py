@@ -23,7 +23,7 @@ os.environ.setdefault(POLARS_ALLOCATOR_ENV, POLARS_ALLOCATOR_CONF)
 # Polars runs its work on a pool of threads as wide as the machine. The stages already work side by side,
 # each in a thread of its own, so on 2 cores that pool only added threads contending for the same cores,
 # each with its own allocator caches. With a pool half as wide (1 thread there) the flow process peaked
-# 11-16 MB lower at 100k and 300k users and used up to 1.7 s less CPU in `make bench`'s runs, no slower.
+# 11-16 MB lower at 100k and 300k users (8-15 MB in `make bench`), at about the same speed.
 # Polars reads it when it loads; a value already in the environment is left as it is.
 POLARS_THREADS_ENV = "POLARS_MAX_THREADS"
 os.environ.setdefault(POLARS_THREADS_ENV, str(max(1, (os.cpu_count() or 2) // 2)))
