@@ -37,5 +37,5 @@ def publish_run_artifacts(summary: dict) -> None:
     lines += ["", "## Delivered", ""] + (
         [f"- `{d['remote_path']}` ({d['bytes']} bytes)" for d in delivered] or ["Nothing delivered (SFTP not configured)."]
     )
-    create_markdown_artifact(key="users-etl-summary", markdown="\n".join(lines), description="counts, DLQ reasons, files",
-                             _sync=True)
+    create_markdown_artifact(key="users-etl-summary", markdown="\n".join(lines),
+                             description="counts, DLQ reasons, files", _sync=True)
