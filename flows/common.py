@@ -30,7 +30,11 @@ def parent_flow(**options) -> Callable[[Callable[..., dict]], Flow]:
     Why async: when a flow returns, Prefect's sync engine waits for the flow's heartbeat thread to stop,
     and that thread sleeps in one-second steps, so every sync flow run ended up to a second after its
     final state (a whole number of seconds after its start). The async engine stops the thread without
-    waiting for it. The heartbeats themselves go on as before. Call the flow with `asyncio.run(...)`."""
+    waiting for it. The heartbeats themselves go on as before. Call the flow with `asyncio.run(...)`.
+
+    In the body (and in the hooks), Prefect's dual sync/async helpers see an async flow and return a
+    coroutine, which nothing awaits: call them with `_sync=True` (`Block.load`, `create_*_artifact`...).
+    The child flows are sync and need nothing."""
 
     def wrap(body: Callable[..., dict]) -> Flow:
         @functools.wraps(body)

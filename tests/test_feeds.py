@@ -15,6 +15,7 @@ from models.feeds import FeedItem
 from tasks.extract.feeds import checkpoint_source
 from tasks.feeds import parse_staged, transform_frame
 from tests.servers.feeds import ATOM, RSS, Fault, FeedServer, atom_document, make_items, rss_document
+from tests.servers.prefect_server import run_artifacts
 
 FEED_TABLES = ("raw_feed_items", "feed_items", "dlq_feed_items")
 
@@ -46,7 +47,9 @@ def stamps(url: str) -> dict[str, tuple]:
 
 
 @pytest.fixture
-def feeds_env(settings_env, database_url):
+def feeds_env(settings_env, database_url, prefect_server):
+    """The end-to-end tests' settings and database, and the session's Prefect server (not Prefect's own
+    temporary one, which a run of this module alone started before)."""
     settings_env(database_url=database_url, extract_retries=2)
     with engine_for(database_url).begin() as conn:  # the shared reset predates these tables
         for table in FEED_TABLES:
@@ -142,6 +145,8 @@ def test_first_load_unchanged_rerun_and_one_change(feeds_env, server):
         (None, "https://news.test/rss/no-guid")]
     assert rows(url, "SELECT feed, error_reason FROM dlq_feed_items") == [(feed[RSS_PLAIN], "title_and_link_missing")]
     assert first["dlq_reasons"] == {"title_and_link_missing": 1}
+    # the parent flow's summary artifact, as the Prefect UI shows it
+    assert "title_and_link_missing" in run_artifacts(first["run_id"])["feeds-etl-summary"]
     assert dict(rows(url, "SELECT source, status FROM etl_checkpoints")) == {
         checkpoint_source(u): "complete" for u in feed.values()}
     assert {r[0] for r in rows(url, "SELECT run_id FROM etl_checkpoints")} == {first["run_id"]}

@@ -8,17 +8,11 @@ import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from uuid import UUID
 
 import polars as pl
 import pytest
 from prefect import get_client
-from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterFlowRunId,
-    TaskRunFilter,
-    TaskRunFilterStartTime,
-)
+from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime
 from sqlalchemy import text
 
 from flows.users_etl import users_etl
@@ -26,6 +20,7 @@ from models.db import engine_for
 from tasks.extract.dummyjson import CHECKPOINT_KEY
 from tasks.extract.sample import DummyJsonServer, Fault
 from tests.servers.dummyjson import break_users, load_real_users, staged_lines
+from tests.servers.prefect_server import run_artifacts
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -66,10 +61,7 @@ def test_real_users_with_invalid_share_give_exact_counts(pipeline_env, tmp_path)
     assert all(reason for reason, _ in dlq)
 
     # what the Prefect UI shows for the run: its stage times and a summary with the same counts
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(summary["run_id"])])))
-    artifacts = {a.key: a.data for a in found}
+    artifacts = run_artifacts(summary["run_id"])
     assert set(artifacts) == {"users-etl-stages", "users-etl-summary"}
     assert {row["stage"] for row in json.loads(artifacts["users-etl-stages"])} == {"extract", "transform", "persist"}
     assert f"| 208 | {208 - n_bad} | {n_bad} | {208 - n_bad} |" in artifacts["users-etl-summary"]

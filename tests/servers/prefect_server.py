@@ -71,3 +71,16 @@ def make_server(env: dict[str, str], log: Path, timeout: float) -> Iterator[tupl
         yield port, api_url
     finally:
         stop(proc)
+
+
+def run_artifacts(run_id: str) -> dict[str, str]:
+    """The artifacts a flow run made, by key, read back from the Prefect API the run used (as its UI shows them)."""
+    from uuid import UUID
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)])))
+    return {a.key: a.data for a in found}
