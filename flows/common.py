@@ -21,6 +21,7 @@ from models.db import resolve_engine
 from models.settings import get_settings
 from tasks import handoff, runs
 from tasks.deliver import SftpTarget, deliver_files_task, remote_dir_for
+from tasks.retention import prune_run_dirs
 
 
 def parent_flow(**options) -> Callable[[Callable[..., dict]], Flow]:
@@ -100,13 +101,17 @@ class RunStart:
 
 
 def begin_run(flow_name: str, database_block: str | None) -> RunStart:
-    """Open the run's etl_runs row, mark earlier runs that died as crashed, name the staging folder."""
+    """Open the run's etl_runs row, mark earlier runs that died as crashed, remove expired staging folders
+    (RUN_FILES_KEEP_DAYS), name this run's."""
     engine = resolve_engine(database_block)
     run_id = str(current_run.id)
     runs.start_run(engine, run_id=run_id, flow_name=flow_name)
     mark_stale_runs(engine, run_id=run_id, flow_name=flow_name)
-    started = datetime.now(UTC)
-    run_dir = str((get_settings().data_dir / "runs" / run_id).resolve())
+    settings, started = get_settings(), datetime.now(UTC)
+    if settings.run_files_keep_days:  # before this run stages its own files
+        prune_run_dirs(engine, runs_dir=settings.data_dir / "runs", keep_days=settings.run_files_keep_days,
+                       logger=get_run_logger())
+    run_dir = str((settings.data_dir / "runs" / run_id).resolve())
     return RunStart(engine=engine, run_id=run_id, started=started, stamp=started.strftime("%Y%m%d_%H%M%S"),
                     run_dir=run_dir, clock=StageClock(run_dir))
 

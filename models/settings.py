@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr("sqlite:///var/app.db")
     database_block: str | None = None
     data_dir: Path = Path("var/data")
+    # a run starting removes the staged folders (DATA_DIR/runs/<run id>) of runs over for more than this
+    # many days (tasks/retention.py); 0 keeps them all
+    run_files_keep_days: int = Field(0, ge=0)
     departments_csv: Path = BUNDLED_DEPARTMENTS
 
     # orchestration

@@ -1,0 +1,60 @@
+"""Staged run folders (`DATA_DIR/runs/<run id>`) removed once their run has been over for a while.
+
+Every run stages its raw, processed and DLQ files (about 2.3 GB for a million DummyJSON users) and delivers
+them; what stays behind is the run's working copy. With `RUN_FILES_KEEP_DAYS` set, a run starting removes
+the folders of runs that ended (completed, failed or crashed) more than that many days before. Kept
+whatever their age: a folder holding a staged file an unfinished extraction would resume from, a run still
+running, and a folder no run in `etl_runs` owns (not ours to judge)."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from models.runs import EtlCheckpoint, EtlRun
+
+ENDED = ("completed", "failed", "crashed")
+
+
+def _owning_run(path: Path, runs_dir: Path) -> str | None:
+    """The run folder's name (the run id) under `runs_dir` that `path` lies in, if any."""
+    try:
+        return path.resolve().relative_to(runs_dir).parts[0]
+    except (ValueError, IndexError):
+        return None
+
+
+def expired_run_dirs(engine: Engine, *, runs_dir: Path, keep_days: int, now: datetime | None = None) -> list[Path]:
+    """Folders under `runs_dir` of runs that ended more than `keep_days` days before `now`, minus any that
+    an unfinished extraction's staged file lies in."""
+    runs_dir = runs_dir.resolve()
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=keep_days)
+    with Session(engine) as session:
+        ended = set(session.exec(select(EtlRun.id).where(EtlRun.status.in_(ENDED), EtlRun.finished_at < cutoff)).all())
+        staged = session.exec(select(EtlCheckpoint.staged_path).where(
+            EtlCheckpoint.status != "complete", EtlCheckpoint.staged_path.is_not(None))).all()
+    resumable = {_owning_run(Path(p), runs_dir) for p in staged}
+    if not runs_dir.is_dir():
+        return []
+    return sorted(d for d in runs_dir.iterdir() if d.is_dir() and d.name in ended and d.name not in resumable)
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def prune_run_dirs(engine: Engine, *, runs_dir: Path, keep_days: int, logger, now: datetime | None = None) -> dict:
+    """Remove the expired run folders (`expired_run_dirs`); says how many and how many bytes, and returns it."""
+    removed, freed = [], 0
+    for folder in expired_run_dirs(engine, runs_dir=runs_dir, keep_days=keep_days, now=now):
+        freed += _size(folder)
+        shutil.rmtree(folder)
+        removed.append(folder.name)
+    if removed:
+        logger.info("removed the staged files of %d run(s) over for more than %d day(s) (RUN_FILES_KEEP_DAYS): "
+                    "%.1f MB", len(removed), keep_days, freed / 1e6)
+    return {"removed": removed, "bytes": freed}

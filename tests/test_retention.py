@@ -1,0 +1,85 @@
+"""Staged run folders removed after RUN_FILES_KEEP_DAYS (tasks/retention.py), on real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session
+
+from flows.users_etl import users_etl
+from models.db import engine_for
+from models.runs import EtlCheckpoint, EtlRun
+from models.settings import get_settings
+from tasks.extract.sample import DummyJsonServer
+from tasks.retention import prune_run_dirs
+from tests.servers.dummyjson import load_real_users
+
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+
+
+def add_run(url: str, runs_dir: Path, *, status: str, ended_days_ago: float | None, size: int = 1000,
+            now: datetime = NOW) -> Path:
+    """An etl_runs row and its staged folder with one file of `size` bytes."""
+    run_id = str(uuid.uuid4())
+    finished = now - timedelta(days=ended_days_ago) if ended_days_ago is not None else None
+    with Session(engine_for(url)) as session:
+        session.add(EtlRun(id=run_id, flow_name="users-etl", status=status, started_at=now - timedelta(days=30),
+                           finished_at=finished))
+        session.commit()
+    folder = runs_dir / run_id
+    (folder / "raw_users").mkdir(parents=True)
+    (folder / "raw_users" / "records.jsonl").write_bytes(b"x" * size)
+    return folder
+
+
+def set_checkpoint(url: str, staged: Path, status: str) -> None:
+    with Session(engine_for(url)) as session:
+        cp = session.get(EtlCheckpoint, "dummyjson") or EtlCheckpoint(source="dummyjson")
+        cp.status, cp.staged_path = status, str(staged)
+        session.add(cp)
+        session.commit()
+
+
+def test_runs_over_for_longer_than_kept_lose_their_folders_and_nothing_else(database_url, tmp_path):
+    runs_dir = tmp_path / "data" / "runs"
+    completed = add_run(database_url, runs_dir, status="completed", ended_days_ago=10, size=1500)
+    failed = add_run(database_url, runs_dir, status="failed", ended_days_ago=8, size=700)
+    resumable = add_run(database_url, runs_dir, status="crashed", ended_days_ago=9)
+    recent = add_run(database_url, runs_dir, status="completed", ended_days_ago=6)
+    running = add_run(database_url, runs_dir, status="running", ended_days_ago=None)
+    orphan = runs_dir / str(uuid.uuid4())
+    orphan.mkdir()
+    set_checkpoint(database_url, resumable / "raw_users" / "records.jsonl", "failed")
+    engine, log = engine_for(database_url), logging.getLogger("test")
+
+    out = prune_run_dirs(engine, runs_dir=runs_dir, keep_days=7, logger=log, now=NOW)
+
+    assert sorted(out["removed"]) == sorted([completed.name, failed.name]) and out["bytes"] == 2200
+    assert not completed.exists() and not failed.exists()
+    assert all(d.exists() for d in (resumable, recent, running, orphan))
+    # once the extraction it held has completed, that folder goes too; a longer keep spares the rest
+    set_checkpoint(database_url, runs_dir / running.name / "raw_users" / "records.jsonl", "complete")
+    assert prune_run_dirs(engine, runs_dir=runs_dir, keep_days=7, logger=log, now=NOW)["removed"] == [resumable.name]
+    assert prune_run_dirs(engine, runs_dir=runs_dir, keep_days=30, logger=log, now=NOW + timedelta(days=20)) == {
+        "removed": [], "bytes": 0}
+    assert recent.exists() and running.exists()
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_run_removes_expired_folders_only_when_asked(settings_env, database_url):
+    settings_env(database_url=database_url, users_page_size=50)
+    runs_dir = get_settings().data_dir / "runs"
+    old = add_run(database_url, runs_dir, status="completed", ended_days_ago=10, now=datetime.now(UTC))
+    with DummyJsonServer(load_real_users()[:20]) as server:
+        first = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
+        assert old.exists()  # RUN_FILES_KEEP_DAYS unset: every run's files stay
+        settings_env(run_files_keep_days=7)
+        second = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
+    assert not old.exists()
+    for summary in (first, second):  # the runs' own folders, one of them over for less than a day
+        assert all(Path(f).is_file() for f in summary["files"].values())
