@@ -9,15 +9,24 @@ import ctypes
 import os
 import platform
 
+# The stages already work side by side, each in a thread of its own; Polars' pool and its allocator's
+# arenas are sized for that: half the cores (1 on 2).
+HALF_THE_CORES = max(1, (os.cpu_count() or 2) // 2)
+
 # Polars allocates through its own jemalloc and configures it to hand freed pages back in two steps: after
 # 0.5 s as "lazily freed" (MADV_FREE: the kernel takes them only under memory pressure, so they still
 # count in the process's RSS), after another 1 s for good. A streaming run frees a batch's frames every
 # few hundred ms, so that extra second kept several batches' worth resident. With no lazy step the
 # pages go back once the 0.5 s have passed: 10-20 MB less at 100k and about 20 MB less at 1M users in
-# `make bench`, no slower. Polars appends this to its own settings (the last one wins); a value already
-# in the environment is left as it is.
+# `make bench`, no slower.
+# jemalloc also gives each thread one of 4 arenas per core, each keeping its own freed pages for those
+# 0.5 s, so a page one stage freed could not serve the next stage's piece. With arenas as many as half the
+# cores (one on 2) the flow process peaked 5-10 MB lower at 100k, 300k and 1M users, on SQLite and
+# PostgreSQL, with the same CPU (README, Benchmarks).
+# Polars appends this to its own settings (the last one wins); a value already in the environment is left
+# as it is.
 POLARS_ALLOCATOR_ENV = "_RJEM_MALLOC_CONF"
-POLARS_ALLOCATOR_CONF = "muzzy_decay_ms:0"
+POLARS_ALLOCATOR_CONF = f"muzzy_decay_ms:0,narenas:{HALF_THE_CORES}"
 os.environ.setdefault(POLARS_ALLOCATOR_ENV, POLARS_ALLOCATOR_CONF)
 
 # Polars runs its work on a pool of threads as wide as the machine. The stages already work side by side,
@@ -26,7 +35,7 @@ os.environ.setdefault(POLARS_ALLOCATOR_ENV, POLARS_ALLOCATOR_CONF)
 # 11-16 MB lower at 100k and 300k users (8-15 MB in `make bench`), at about the same speed.
 # Polars reads it when it loads; a value already in the environment is left as it is.
 POLARS_THREADS_ENV = "POLARS_MAX_THREADS"
-os.environ.setdefault(POLARS_THREADS_ENV, str(max(1, (os.cpu_count() or 2) // 2)))
+os.environ.setdefault(POLARS_THREADS_ENV, str(HALF_THE_CORES))
 
 # glibc hands blocks above its mmap threshold (128 KB at start) their own mapping, returned to the system
 # when freed, and puts smaller ones on its heap, where freed space stays resident until it can be reused.
