@@ -8,6 +8,7 @@ running, and a folder no run in `etl_runs` owns (not ours to judge)."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,12 +48,22 @@ def _size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def prune_run_dirs(engine: Engine, *, runs_dir: Path, keep_days: int, logger, now: datetime | None = None) -> dict:
-    """Remove the expired run folders (`expired_run_dirs`); says how many and how many bytes, and returns it."""
+def prune_run_dirs(engine: Engine, *, runs_dir: Path, keep_days: int, logger: logging.Logger | logging.LoggerAdapter,
+                   now: datetime | None = None) -> dict:
+    """Remove the expired run folders (`expired_run_dirs`); says how many and how many bytes, and returns it.
+    Housekeeping never fails the run: a folder another run removed meanwhile is skipped, one that cannot be
+    removed is named in a warning."""
     removed, freed = [], 0
     for folder in expired_run_dirs(engine, runs_dir=runs_dir, keep_days=keep_days, now=now):
-        freed += _size(folder)
-        shutil.rmtree(folder)
+        try:
+            size = _size(folder)
+            shutil.rmtree(folder)
+        except FileNotFoundError:  # another run starting at the same time removed it
+            continue
+        except OSError as exc:
+            logger.warning("could not remove the expired run folder %s: %s", folder, exc)
+            continue
+        freed += size
         removed.append(folder.name)
     if removed:
         logger.info("removed the staged files of %d run(s) over for more than %d day(s) (RUN_FILES_KEEP_DAYS): "

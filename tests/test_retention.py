@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -83,3 +85,23 @@ def test_a_run_removes_expired_folders_only_when_asked(settings_env, database_ur
     assert not old.exists()
     for summary in (first, second):  # the runs' own folders, one of them over for less than a day
         assert all(Path(f).is_file() for f in summary["files"].values())
+
+
+def test_a_folder_that_cannot_be_removed_is_named_and_the_run_goes_on(database_url, tmp_path, caplog):
+    runs_dir = tmp_path / "data" / "runs"
+    stuck = add_run(database_url, runs_dir, status="completed", ended_days_ago=10)
+    gone = add_run(database_url, runs_dir, status="completed", ended_days_ago=10)
+    inner = stuck / "raw_users"
+    if os.geteuid() == 0:  # root removes what its permissions forbid: an immutable file stops it
+        lock, unlock = ["chattr", "+i", str(inner / "records.jsonl")], ["chattr", "-i", str(inner / "records.jsonl")]
+    else:
+        lock, unlock = ["chmod", "500", str(inner)], ["chmod", "700", str(inner)]
+    subprocess.run(lock, check=True)
+    try:
+        with caplog.at_level(logging.WARNING):
+            out = prune_run_dirs(engine_for(database_url), runs_dir=runs_dir, keep_days=7,
+                                 logger=logging.getLogger("test"), now=NOW)
+    finally:
+        subprocess.run(unlock, check=True)
+    assert out["removed"] == [gone.name] and not gone.exists() and stuck.exists()
+    assert f"could not remove the expired run folder {stuck}" in caplog.text
