@@ -23,8 +23,6 @@ from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 POLL_SECONDS = 0.05
 STOP_SECONDS = 5
 PARENT_CHECK_SECONDS = 1.0
@@ -45,6 +43,8 @@ def wait_until_healthy(process: subprocess.Popen, api_url: str, *, timeout: floa
                        what: str = "the local Prefect server") -> None:
     """Block until the Prefect server `process` runs answers `api_url`/health; raise PrefectApiError with its
     last output as soon as it exits, or once `timeout` seconds have passed."""
+    import httpx  # here, not at the top: the server is launched before the run imports anything it can wait for
+
     deadline = time.monotonic() + timeout
     # a socket that listens already keeps a request in its backlog until the server takes it
     with httpx.Client(timeout=10) as client:

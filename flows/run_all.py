@@ -11,8 +11,6 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from models.settings import ConfigError, get_settings
-
 VAR_DIR = Path("var")
 
 
@@ -20,8 +18,11 @@ def main() -> int:
     from flows.prefect_api import local_prefect_api
 
     with ExitStack() as stack:
-        # first: a server of its own takes the longest to be ready (it is stopped at once on a bad setting)
+        # first, before the settings' imports: a server of its own takes the longest to be ready (it is
+        # stopped at once on a bad setting)
         api = stack.enter_context(local_prefect_api(VAR_DIR))
+        from models.settings import ConfigError, get_settings
+
         try:
             settings = get_settings()
         except ConfigError as exc:
