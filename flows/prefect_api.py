@@ -43,7 +43,7 @@ def wait_until_healthy(process: subprocess.Popen, api_url: str, *, timeout: floa
                        what: str = "the local Prefect server") -> None:
     """Block until the Prefect server `process` runs answers `api_url`/health; raise PrefectApiError with its
     last output as soon as it exits, or once `timeout` seconds have passed."""
-    import httpx  # here, not at the top: the server is launched before the run imports anything it can wait for
+    import httpx  # here, not at the top: `make run` launches the server before importing what the launch does not need
 
     deadline = time.monotonic() + timeout
     # a socket that listens already keeps a request in its backlog until the server takes it

@@ -47,17 +47,22 @@ def open_manifest(manifest: str | Path) -> str:
     """An empty manifest (any earlier one replaced, and its stage no longer marked started); returns its path."""
     Path(manifest).parent.mkdir(parents=True, exist_ok=True)
     Path(manifest).write_bytes(b"")
-    Path(f"{manifest}.started").unlink(missing_ok=True)
+    _started_mark(manifest).unlink(missing_ok=True)
     return str(manifest)
+
+
+def _started_mark(manifest: str | Path) -> Path:
+    """The file beside `manifest` that says its stage is running."""
+    return Path(f"{manifest}.started")
 
 
 def mark_started(manifest: str | Path) -> None:
     """The stage that posts to `manifest` is running (its child flow run exists)."""
-    Path(f"{manifest}.started").touch()
+    _started_mark(manifest).touch()
 
 
 def has_started(manifest: str | Path) -> bool:
-    return Path(f"{manifest}.started").exists()
+    return _started_mark(manifest).exists()
 
 
 def close(manifest: str | Path, *, error: str | None = None, **summary) -> None:

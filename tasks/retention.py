@@ -33,14 +33,14 @@ def expired_run_dirs(engine: Engine, *, runs_dir: Path, keep_days: int, now: dat
     """Folders under `runs_dir` of runs that ended more than `keep_days` days before `now`, minus any that
     an unfinished extraction's staged file lies in."""
     runs_dir = runs_dir.resolve()
+    if not runs_dir.is_dir():
+        return []
     cutoff = (now or datetime.now(UTC)) - timedelta(days=keep_days)
     with Session(engine) as session:
         ended = set(session.exec(select(EtlRun.id).where(EtlRun.status.in_(ENDED), EtlRun.finished_at < cutoff)).all())
         staged = session.exec(select(EtlCheckpoint.staged_path).where(
             EtlCheckpoint.status != "complete", EtlCheckpoint.staged_path.is_not(None))).all()
     resumable = {_owning_run(Path(p), runs_dir) for p in staged}
-    if not runs_dir.is_dir():
-        return []
     return sorted(d for d in runs_dir.iterdir() if d.is_dir() and d.name in ended and d.name not in resumable)
 
 
