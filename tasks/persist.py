@@ -11,7 +11,7 @@ import sqlite3
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from datetime import UTC, datetime
 from itertools import chain
@@ -31,15 +31,16 @@ from tasks.transform import (
     read_dlq_span,
     read_frame,
     read_lines,
-    read_pieces,
     read_processed_span,
     read_span,
+    split_spans,
 )
 
 # most keys per IN (...) lookup and rows per multi-row INSERT on SQLite; both are cut by `statement_sizes`
 IN_CHUNK = 4_096
 SQLITE_ROWS_PER_INSERT = 128
 SQLITE_MAX_PARAMS = 32_766  # SQLite's limit on parameters in one statement (since 3.32)
+COPY_WRITE_BYTES = 1 << 20  # the CSV a COPY to PostgreSQL is written in: slices of about this much of a frame
 # persist works through a batch's staged files in pieces of about this many bytes (about 3,000 raw DummyJSON
 # users): fewer, larger pieces than transform's, since each costs persist lookups and statements of its own
 PERSIST_PIECE_BYTES = 4 << 20
@@ -96,13 +97,24 @@ def bulk_insert(conn: Connection, table: Table, df: pl.DataFrame, *, ignore_conf
         return
     cols = ", ".join(df.columns)
     if conn.dialect.name == "postgresql":
-        buf = io.BytesIO()
-        df.write_csv(buf, include_header=False, null_value="\\N")
         with conn.connection.driver_connection.cursor() as cur:
             with cur.copy(f"COPY {table.name} ({cols}) FROM STDIN (FORMAT csv, NULL '\\N')") as copy:
-                copy.write(buf.getbuffer())  # no copy of the batch's CSV
+                for data in csv_slices(df):
+                    copy.write(data)
     else:
         _sqlite_insert(conn, table, df, f" ON CONFLICT ({ignore_conflicts}) DO NOTHING" if ignore_conflicts else "")
+
+
+def csv_slices(df: pl.DataFrame, slice_bytes: int = COPY_WRITE_BYTES) -> Iterator[memoryview]:
+    """The frame as CSV for COPY, a slice of about `slice_bytes` of the frame at a time. Polars renders a
+    frame's whole CSV in memory and hands it over in one write, so one call for a piece held the piece's CSV
+    twice (Polars' and ours); in slices, a slice's. Nulls are an unquoted \\N and every text is quoted, so
+    a text that reads \\N stays text (COPY takes only an unquoted \\N for null)."""
+    step = max(1, df.height * slice_bytes // max(1, df.estimated_size()))
+    for start in range(0, df.height, step):
+        buf = io.BytesIO()
+        df.slice(start, step).write_csv(buf, include_header=False, null_value="\\N", quote_style="non_numeric")
+        yield buf.getbuffer()  # (no copy of the slice's CSV)
 
 
 def lookup(conn: Connection, table: Table, key: str, columns: list[str], keys: list) -> list[tuple]:
@@ -245,11 +257,17 @@ def content_first_seen(processed: pl.DataFrame, stored: pl.DataFrame, as_of: dat
         pl.coalesce("_first", pl.lit(as_of).dt.convert_time_zone("UTC")).alias("_as_of")).drop("_first")
 
 
-def _pieces(files: dict[str, str | None], spans: dict[str, list[int]], name: str, piece_bytes: int
-            ) -> Iterator[bytes]:
-    """The batch's span of one staged file, piece by piece (nothing when the batch has none)."""
+def _pieces(files: dict[str, str | None], spans: dict[str, list[int]], name: str, piece_bytes: int,
+            parse: Callable[[bytes], pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    """The batch's span of one staged file, piece by piece, each piece's lines parsed by `parse` (nothing when
+    the batch has none). A piece's bytes are let go once parsed, before its rows are written."""
     if files.get(name) and spans.get(name):
-        yield from read_pieces(files[name], piece_bytes, *spans[name])
+        for offset, length in split_spans(files[name], piece_bytes, *spans[name]):
+            yield parse(read_span(files[name], offset, length))  # (no name holds the bytes while suspended)
+
+
+def _raw_lines(data: bytes) -> pl.DataFrame:
+    return read_lines(data, "data")
 
 
 def batch_keys(files: dict[str, str | None], spans: dict[str, list[int]], piece_bytes: int = PERSIST_PIECE_BYTES
@@ -258,7 +276,7 @@ def batch_keys(files: dict[str, str | None], spans: dict[str, list[int]], piece_
     staged them, else worked out from the lines a piece at a time."""
     if spans.get("raw_keys"):
         return read_frame(read_span(files["raw_keys"], *spans["raw_keys"]))
-    keys = [read_lines(data, "data").select(raw_keys(pl.col("data"))) for data in _pieces(files, spans, "raw", piece_bytes)]
+    keys = [lines.select(raw_keys(pl.col("data"))) for lines in _pieces(files, spans, "raw", piece_bytes, _raw_lines)]
     return pl.concat(keys) if keys else pl.DataFrame(schema={"source_id": pl.String, "record_hash": pl.String})
 
 
@@ -276,23 +294,25 @@ def persist_spans(engine: Engine, *, run_id: str, source: str, files: dict[str, 
     keys = batch_keys(files, spans, piece_bytes)
     with write_transaction(engine) as conn:
         stored = first_stored(conn, keys.get_column("record_hash"))
-        for data in _pieces(files, spans, "processed", piece_bytes):
-            processed = content_first_seen(read_processed_span(data), stored, as_of)
-            counts.update(upsert_processed(conn, processed, run_id=run_id, now=now))
+        # each loop lets go of its piece before the next is read (a loop's name keeps it until then)
+        for piece in _pieces(files, spans, "processed", piece_bytes, read_processed_span):
+            counts.update(upsert_processed(conn, content_first_seen(piece, stored, as_of), run_id=run_id, now=now))
+            del piece
         new = keys.select((pl.col("record_hash").is_first_distinct()
                            & ~pl.col("record_hash").is_in(stored.get_column("record_hash").implode())).alias("new"))
         line = 0
-        for data in _pieces(files, spans, "raw", piece_bytes):
-            lines = read_lines(data, "data")
+        for lines in _pieces(files, spans, "raw", piece_bytes, _raw_lines):
             if line + lines.height > keys.height:
                 raise ValueError(f"{files['raw']}: more staged lines than keys ({keys.height}) in the batch's span")
             rows = pl.concat([keys.slice(line, lines.height), lines, new.slice(line, lines.height)], how="horizontal")
             line += lines.height
             counts["raw_inserted"] += insert_versions(conn, RawUser.__table__, rows.filter("new").drop("new"), now=now,
                                                       run_id=run_id, source=source)
-        for data in _pieces(files, spans, "dlq", piece_bytes):
-            counts["dlq_inserted"] += upsert_failures(conn, DlqUser.__table__, read_dlq_span(data), now=now,
+            del lines, rows
+        for dlq in _pieces(files, spans, "dlq", piece_bytes, read_dlq_span):
+            counts["dlq_inserted"] += upsert_failures(conn, DlqUser.__table__, dlq, now=now,
                                                       run_id=run_id, source=source)
+            del dlq
     return dict(counts)
 
 

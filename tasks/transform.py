@@ -473,6 +473,7 @@ def transform_batch(
     like = None  # the fields the pieces so far were found to have
     for data in read_pieces(raw_path, piece_bytes, offset, length):
         raw = parse_raw(data, like)
+        del data  # (each piece's bytes and frames are let go as soon as done with, not when the next is read)
         like = raw.drop(LINE).schema if raw.height else like
         types.append(field_types(raw.schema))
         if not raw.height:
@@ -492,6 +493,7 @@ def transform_batch(
             counted = dlq.select(pl.col("reasons").explode().value_counts()).unnest("reasons")
             reasons.update(dict(zip(counted.get_column("reasons").to_list(), counted.get_column("count").to_list(),
                                     strict=True)))
+        del processed, dlq
     p_end, d_end = file_size(processed_path), file_size(dlq_path)
     k_span = append_frame(keys_path, pl.concat(keys)) if keys_path and keys else None
     return {

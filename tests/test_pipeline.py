@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import sqlite3
 import time
@@ -435,6 +436,48 @@ def test_sqlite_statements_come_in_a_few_shapes_whatever_the_batch_sizes(setting
     assert count(f"sqlite:///{tmp_path / 'shapes.db'}", "t") == sum(heights)
     assert sizes["insert"] <= {1 << b for b in range(8)}, sorted(sizes["insert"])  # 1 ... 128 rows
     assert len(sizes["in"]) <= 12 and all(n & (n - 1) == 0 for n in sizes["in"]), sorted(sizes["in"])
+
+
+AWKWARD_TEXTS = ["\\N", "", None, "a,b", 'say "hi"', "back\\slash", "ü €", '{"k": "v, \\"w\\""}', " padded "]
+
+
+def test_bulk_insert_stores_awkward_text_as_it_is(database_url):
+    """COPY's CSV on PostgreSQL (multi-row INSERTs on SQLite): a text that reads \\N is text, not a null;
+    quotes, commas, backslashes, blanks and non-ASCII text come back as they went in; a null stays null."""
+    from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table
+
+    from tasks.persist import bulk_insert
+
+    engine = engine_for(database_url)
+    table = Table("awkward", MetaData(), Column("id", Integer, primary_key=True), Column("a", String),
+                  Column("ok", Boolean))
+    table.drop(engine, checkfirst=True)
+    table.create(engine)
+    try:
+        df = pl.DataFrame({"id": range(len(AWKWARD_TEXTS)), "a": AWKWARD_TEXTS,
+                           "ok": [i % 2 == 0 for i in range(len(AWKWARD_TEXTS))]})
+        with engine.begin() as conn:
+            bulk_insert(conn, table, df)
+            stored = conn.exec_driver_sql("SELECT id, a, ok FROM awkward ORDER BY id").all()
+        assert [tuple(r) for r in stored] == list(df.iter_rows())
+    finally:
+        table.drop(engine)
+
+
+def test_copy_csv_comes_in_slices_that_add_up_to_the_frame():
+    """The CSV for a COPY is rendered a slice of the frame at a time (a piece's whole CSV was held twice at
+    once); the slices joined are the frame's CSV, every row once, in order."""
+    from tasks.persist import csv_slices
+
+    n = 3_000
+    df = pl.DataFrame({"id": range(n), "line": [f'{{"id": {i}, "text": "{"x" * 1_000}", "q": "a,\\"b\\""}}'
+                                                 for i in range(n)]})
+    slices = [bytes(s) for s in csv_slices(df, slice_bytes=1 << 20)]
+    assert len(slices) >= 3 and max(map(len, slices)) <= 2 << 20, [len(s) for s in slices]
+    whole = df.write_csv(include_header=False, null_value="\\N", quote_style="non_numeric").encode()
+    assert b"".join(slices) == whole
+    back = pl.read_csv(io.BytesIO(b"".join(slices)), has_header=False, new_columns=["id", "line"])
+    assert back.equals(df)
 
 
 def _bytes_written() -> int:
