@@ -31,9 +31,9 @@ from tasks.transform import (
     read_dlq_span,
     read_frame,
     read_lines,
+    read_pieces,
     read_processed_span,
     read_span,
-    split_spans,
 )
 
 # most keys per IN (...) lookup and rows per multi-row INSERT on SQLite; both are cut by `statement_sizes`
@@ -262,8 +262,7 @@ def _pieces(files: dict[str, str | None], spans: dict[str, list[int]], name: str
     """The batch's span of one staged file, piece by piece, each piece's lines parsed by `parse` (nothing when
     the batch has none). A piece's bytes are let go once parsed, before its rows are written."""
     if files.get(name) and spans.get(name):
-        for offset, length in split_spans(files[name], piece_bytes, *spans[name]):
-            yield parse(read_span(files[name], offset, length))  # (no name holds the bytes while suspended)
+        yield from map(parse, read_pieces(files[name], piece_bytes, *spans[name]))  # (nothing keeps the bytes)
 
 
 def _raw_lines(data: bytes) -> pl.DataFrame:

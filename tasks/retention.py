@@ -18,8 +18,6 @@ from sqlmodel import Session, select
 
 from models.runs import EtlCheckpoint, EtlRun
 
-ENDED = ("completed", "failed", "crashed")
-
 
 def _owning_run(path: Path, runs_dir: Path) -> str | None:
     """The run folder's name (the run id) under `runs_dir` that `path` lies in, if any."""
@@ -37,7 +35,8 @@ def expired_run_dirs(engine: Engine, *, runs_dir: Path, keep_days: int, now: dat
         return []
     cutoff = (now or datetime.now(UTC)) - timedelta(days=keep_days)
     with Session(engine) as session:
-        ended = set(session.exec(select(EtlRun.id).where(EtlRun.status.in_(ENDED), EtlRun.finished_at < cutoff)).all())
+        # a run gets its finished_at when it ends (completed, failed or crashed); a running one has none
+        ended = set(session.exec(select(EtlRun.id).where(EtlRun.finished_at < cutoff)).all())
         staged = session.exec(select(EtlCheckpoint.staged_path).where(
             EtlCheckpoint.status != "complete", EtlCheckpoint.staged_path.is_not(None))).all()
     resumable = {_owning_run(Path(p), runs_dir) for p in staged}
