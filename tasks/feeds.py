@@ -149,7 +149,7 @@ def upsert_items(conn: Connection, items: pl.DataFrame, *, run_id: str, now: dat
         return {"inserted": 0, "updated": 0, "unchanged": 0}
     table = FeedItem.__table__
     items = items.unique(subset="item_id", keep="first", maintain_order=True)
-    stored = stored_hashes(conn, table, "item_id", items.get_column("item_id").to_list())
+    stored = stored_hashes(conn, table, "item_id", items.get_column("item_id"))
     joined = items.join(stored, left_on="item_id", right_on="_key", how="left", maintain_order="left")
     new = joined.filter(pl.col("_stored").is_null()).drop("_stored")
     changed = joined.filter(pl.col("_stored").is_not_null() & (pl.col("_stored") != pl.col("record_hash"))).drop("_stored")

@@ -20,7 +20,7 @@ import polars as pl
 import polars_hash  # noqa: F401
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import Connection, Engine, Table, bindparam, update
+from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from models.db import write_transaction
@@ -38,6 +38,7 @@ from tasks.transform import (
 
 # most keys per IN (...) lookup and rows per multi-row INSERT on SQLite; both are cut by `statement_sizes`
 IN_CHUNK = 4_096
+PLAIN_KEY = r"^[0-9A-Za-z_.:-]+$"  # text keys that need no quoting in an array literal or a JSON string
 SQLITE_ROWS_PER_INSERT = 128
 SQLITE_MAX_PARAMS = 32_766  # SQLite's limit on parameters in one statement (since 3.32)
 COPY_WRITE_BYTES = 1 << 20  # the CSV a COPY to PostgreSQL is written in: slices of about this much of a frame
@@ -45,14 +46,6 @@ COPY_WRITE_BYTES = 1 << 20  # the CSV a COPY to PostgreSQL is written in: slices
 # users): fewer, larger pieces than transform's, since each costs persist lookups and statements of its own
 PERSIST_PIECE_BYTES = 4 << 20
 RESTAMPED_ON_FAILURE = ("run_id", "last_seen_at", "error_reason")  # what a failure seen again updates
-
-
-def _insert(conn: Connection, table: Table):
-    if conn.dialect.name == "postgresql":  # (imported here: a run on SQLite never loads PostgreSQL's driver)
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
 
 
 def _stamp(conn: Connection, when: datetime) -> pl.Expr:
@@ -95,14 +88,29 @@ def bulk_insert(conn: Connection, table: Table, df: pl.DataFrame, *, ignore_conf
     """Columnar bulk load: COPY on PostgreSQL, multi-row INSERTs on SQLite (no ORM, no dicts)."""
     if df.height == 0:
         return
-    cols = ", ".join(df.columns)
     if conn.dialect.name == "postgresql":
-        with conn.connection.driver_connection.cursor() as cur:
-            with cur.copy(f"COPY {table.name} ({cols}) FROM STDIN (FORMAT csv, NULL '\\N')") as copy:
-                for data in csv_slices(df):
-                    copy.write(data)
+        _copy(conn, table.name, df)
     else:
         _sqlite_insert(conn, table, df, f" ON CONFLICT ({ignore_conflicts}) DO NOTHING" if ignore_conflicts else "")
+
+
+def _copy(conn: Connection, table_name: str, df: pl.DataFrame) -> None:
+    with conn.connection.driver_connection.cursor() as cur:
+        with cur.copy(f"COPY {table_name} ({', '.join(df.columns)}) FROM STDIN (FORMAT csv, NULL '\\N')") as copy:
+            for data in csv_slices(df):
+                copy.write(data)
+
+
+def _pg_staged(conn: Connection, table: Table, df: pl.DataFrame) -> str:
+    """`df` COPYed into a temporary table with `table`'s columns of the same names (made once per transaction,
+    emptied at each use); returns its name, for an INSERT ... SELECT or UPDATE ... FROM it. The way to upsert
+    or update many rows on PostgreSQL without a Python object per value."""
+    stage = f"staged_{table.name}"
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DROP AS "
+                         f"SELECT {', '.join(df.columns)} FROM {table.name} WITH NO DATA")
+    conn.exec_driver_sql(f"TRUNCATE {stage}")
+    _copy(conn, stage, df)
+    return stage
 
 
 def csv_slices(df: pl.DataFrame, slice_bytes: int = COPY_WRITE_BYTES) -> Iterator[memoryview]:
@@ -117,26 +125,43 @@ def csv_slices(df: pl.DataFrame, slice_bytes: int = COPY_WRITE_BYTES) -> Iterato
         yield buf.getbuffer()  # (no copy of the slice's CSV)
 
 
-def lookup(conn: Connection, table: Table, key: str, columns: list[str], keys: list) -> list[tuple]:
-    """Rows (key, *columns) whose `key` is among `keys`: one binary array parameter on PostgreSQL, chunked IN lists
-    sent straight to the driver on SQLite (no per-value bind compilation)."""
-    if not keys:
+def lookup(conn: Connection, table: Table, key: str, columns: list[str], keys: pl.Series) -> list[tuple]:
+    """Rows (key, *columns) whose `key` is among `keys` (each row once; nulls left out).
+
+    Integer keys, and text keys of letters, digits and `_.:-` (ids, hashes), go as one parameter that Polars
+    writes: an array literal on PostgreSQL, a JSON array on SQLite. No Python object per key: a batch's
+    25,000 hashes had been a list of 25,000 strings and, on PostgreSQL, two more small objects per key in the
+    driver's binary array, made and dropped at every lookup beside the other stages' work, and Python's
+    allocator kept the space they spread over (README, Benchmarks). Other text keys go as a list: a binary
+    array parameter on PostgreSQL, chunked IN lists on SQLite."""
+    keys = keys.drop_nulls().unique()
+    if keys.is_empty():
         return []
     cols = ", ".join([key, *columns])
+    whole = keys.dtype.is_integer()
+    if whole or keys.str.contains(PLAIN_KEY).all():
+        joined = keys.cast(pl.String).str.join('","' if conn.dialect.name == "sqlite" and not whole else ",").item()
+        if conn.dialect.name == "postgresql":
+            return conn.exec_driver_sql(f"SELECT {cols} FROM {table.name} WHERE {key} = ANY(%s::"
+                                        f"{'bigint' if whole else 'text'}[])", ("{" + joined + "}",)).all()
+        quoted = joined if whole else f'"{joined}"'
+        return conn.exec_driver_sql(f"SELECT {cols} FROM {table.name} WHERE {key} IN (SELECT value FROM json_each(?))",
+                                    (f"[{quoted}]",)).all()
+    values = keys.to_list()
     if conn.dialect.name == "postgresql":
         # %b: the array goes in binary (no per-element quoting: 4x quicker for 100k hashes)
-        return conn.exec_driver_sql(f"SELECT {cols} FROM {table.name} WHERE {key} = ANY(%b)", (list(keys),)).all()
+        return conn.exec_driver_sql(f"SELECT {cols} FROM {table.name} WHERE {key} = ANY(%b)", (values,)).all()
     found: list[tuple] = []
     start = 0
-    for size in statement_sizes(len(keys), IN_CHUNK):
+    for size in statement_sizes(len(values), IN_CHUNK):
         marks = ", ".join("?" * size)
         found += conn.exec_driver_sql(f"SELECT {cols} FROM {table.name} WHERE {key} IN ({marks})",
-                                      tuple(keys[start : start + size])).all()
+                                      tuple(values[start : start + size])).all()
         start += size
     return found
 
 
-def stored_hashes(conn: Connection, table: Table, key: str, keys: list) -> pl.DataFrame:
+def stored_hashes(conn: Connection, table: Table, key: str, keys: pl.Series) -> pl.DataFrame:
     """(`_key`, `_stored` record_hash) for the keys already stored."""
     rows = lookup(conn, table, key, ["record_hash"], keys)
     return pl.DataFrame(rows, schema={"_key": pl.String, "_stored": pl.String}, orient="row")
@@ -169,7 +194,7 @@ def insert_new_versions(conn: Connection, table: Table, rows: pl.DataFrame, *, n
     """Rows whose content hash is not stored yet: the raw layer keeps each version of a record once."""
     if rows.height == 0:
         return 0
-    seen = stored_hashes(conn, table, "record_hash", rows.get_column("record_hash").to_list())
+    seen = stored_hashes(conn, table, "record_hash", rows.get_column("record_hash"))
     return insert_versions(conn, table, rows.join(seen, left_on="record_hash", right_on="_key", how="anti"), now=now,
                            **constants)
 
@@ -179,16 +204,17 @@ def upsert_failures(conn: Connection, table: Table, dlq: pl.DataFrame, *, now: d
     if dlq.height == 0:
         return 0
     dlq = dlq.unique(subset="record_hash", keep="first", maintain_order=True)
-    seen = stored_hashes(conn, table, "record_hash", dlq.get_column("record_hash").to_list())
+    seen = stored_hashes(conn, table, "record_hash", dlq.get_column("record_hash"))
     if conn.dialect.name == "sqlite":
         _sqlite_insert(conn, table, _stamped(conn, dlq, now, ("inserted_at", "last_seen_at"), **constants),
                        " ON CONFLICT (record_hash) DO UPDATE SET "
                        + ", ".join(f"{c} = excluded.{c}" for c in RESTAMPED_ON_FAILURE))
         return dlq.height - seen.height
-    stmt = _insert(conn, table).values(inserted_at=now, last_seen_at=now, **constants)
-    stmt = stmt.on_conflict_do_update(index_elements=["record_hash"],
-                                      set_={c: stmt.excluded[c] for c in RESTAMPED_ON_FAILURE})
-    conn.execute(stmt, dlq.to_dicts())
+    rows = _stamped(conn, dlq, now, ("inserted_at", "last_seen_at"), **constants)
+    cols = ", ".join(rows.columns)
+    stage = _pg_staged(conn, table, rows)
+    conn.exec_driver_sql(f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT (record_hash) "
+                         f"DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in RESTAMPED_ON_FAILURE)}")
     return dlq.height - seen.height
 
 
@@ -215,7 +241,7 @@ def upsert_processed(conn: Connection, processed: pl.DataFrame, *, run_id: str, 
     table = ProcessedUser.__table__
     processed = processed.unique(subset="id", keep="last", maintain_order=True)
     stored = _frame(conn, lookup(conn, table, "id", ["record_hash", "source_updated_at"],
-                                 processed.get_column("id").to_list()),
+                                 processed.get_column("id")),
                     {"id": pl.Int64, "_stored": pl.String}, "_stored_as_of")
     joined = processed.join(stored, on="id", how="left", maintain_order="left")
     new = joined.filter(pl.col("_stored").is_null())
@@ -229,22 +255,30 @@ def upsert_processed(conn: Connection, processed: pl.DataFrame, *, run_id: str, 
         *PROCESSED_COLUMNS, "record_hash", _stamp_col(conn, "_as_of").alias("source_updated_at"),
         first_seen_at=stamp, updated_at=stamp, run_id=pl.lit(run_id)))
     if changed.height:
-        cols = [*PROCESSED_COLUMNS, "record_hash", "source_updated_at"]
-        cols.remove("id")
-        stmt = (
-            update(table)
-            .where(table.c.id == bindparam("b_id"))
-            .values({c: bindparam(f"b_{c}") for c in cols} | {"updated_at": now, "run_id": run_id})
-        )
-        rows = changed.select(*PROCESSED_COLUMNS, "record_hash", pl.col("_as_of").alias("source_updated_at"))
-        conn.execute(stmt, rows.select(pl.all().name.prefix("b_")).to_dicts())
+        _update_rows(conn, table, changed.select(
+            *PROCESSED_COLUMNS, "record_hash", _stamp_col(conn, "_as_of").alias("source_updated_at"),
+            updated_at=stamp, run_id=pl.lit(run_id)))
     return {"inserted": new.height, "updated": changed.height, "unchanged": joined.height - new.height - changed.height}
+
+
+def _update_rows(conn: Connection, table: Table, rows: pl.DataFrame, key: str = "id") -> None:
+    """Rows of `table` set to `rows`' values, matched on `key`: staged by COPY and one UPDATE ... FROM on
+    PostgreSQL, an UPDATE per row on SQLite."""
+    cols = [c for c in rows.columns if c != key]
+    if conn.dialect.name == "postgresql":
+        stage = _pg_staged(conn, table, rows)
+        conn.exec_driver_sql(f"UPDATE {table.name} AS t SET {', '.join(f'{c} = s.{c}' for c in cols)} "
+                             f"FROM {stage} AS s WHERE t.{key} = s.{key}")
+        return
+    with closing(conn.connection.driver_connection.cursor()) as cur:
+        cur.executemany(f"UPDATE {table.name} SET {', '.join(f'{c} = ?' for c in cols)} WHERE {key} = ?",
+                        rows.select(*cols, key).iter_rows())
 
 
 def first_stored(conn: Connection, hashes: pl.Series) -> pl.DataFrame:
     """(`record_hash`, `_first`: when it was first stored) for the raw versions among `hashes` stored already."""
     table = RawUser.__table__
-    return _frame(conn, lookup(conn, table, "record_hash", ["inserted_at"], hashes.drop_nulls().unique().to_list()),
+    return _frame(conn, lookup(conn, table, "record_hash", ["inserted_at"], hashes.unique()),
                   {"record_hash": pl.String}, "_first")
 
 

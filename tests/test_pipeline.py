@@ -90,18 +90,24 @@ def test_real_users_with_invalid_share_give_exact_counts(pipeline_env, tmp_path)
 def test_rerun_adds_no_duplicates_and_counts_changes(pipeline_env):
     url = pipeline_env
     users = load_real_users()
+    users[7] = {**users[7], "email": "nobody-at-example"}  # fails the rules in every run
     with DummyJsonServer(users) as server:
-        asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
+        first = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
         second = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
-        assert second["counts"]["inserted"] == 0 and second["counts"]["unchanged"] == 208
+        assert second["counts"]["inserted"] == 0 and second["counts"]["unchanged"] == 207
         changed = [dict(u) for u in users]
         changed[5] = {**changed[5], "lastName": "Renamed"}
         server.set_users(changed + [{**users[0], "id": 9999, "email": "new.person@example.com"}])
         third = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
-    assert (third["counts"]["inserted"], third["counts"]["updated"], third["counts"]["unchanged"]) == (1, 1, 207)
-    assert count(url, "processed_users") == 209
-    assert rows(url, f"SELECT last_name FROM processed_users WHERE id = {users[5]['id']}") == [("Renamed",)]
+    assert (third["counts"]["inserted"], third["counts"]["updated"], third["counts"]["unchanged"]) == (1, 1, 206)
+    assert count(url, "processed_users") == 208
+    renamed = rows(url, f"SELECT last_name, run_id, source_updated_at IS NOT NULL, updated_at > first_seen_at "
+                        f"FROM processed_users WHERE id = {users[5]['id']}")
+    assert renamed == [("Renamed", third["run_id"], True, True)]
+    assert rows(url, f"SELECT run_id FROM processed_users WHERE id = {users[6]['id']}") == [(first["run_id"],)]
     assert count(url, "raw_users") == 210  # two new distinct records, nothing repeated
+    # the failure seen in each run is stored once, stamped by the run that saw it last
+    assert rows(url, "SELECT run_id, last_seen_at > inserted_at FROM dlq_users") == [(third["run_id"], True)]
 
 
 def test_500_then_200_is_retried(pipeline_env):
@@ -406,7 +412,8 @@ def test_sqlite_statements_come_in_a_few_shapes_whatever_the_batch_sizes(setting
     IN list holds hundreds of KB to a MB prepared. One statement per row count (each piece's remainder, each
     batch's number of keys) filled that cache as a run went on: SQLite's memory grew from 15 MB at 100k users
     to 23 MB at 1M. Inserts and lookups of every size must store every row and find every key (no more)
-    with a handful of statement sizes."""
+    with a handful of statement shapes: ids and plain text keys in one statement of one shape, other text
+    keys in IN lists of a few sizes."""
     from sqlalchemy import Column, Integer, MetaData, String, Table
 
     from tasks.persist import bulk_insert, lookup
@@ -416,10 +423,13 @@ def test_sqlite_statements_come_in_a_few_shapes_whatever_the_batch_sizes(setting
     table = Table("t", MetaData(), Column("id", Integer, primary_key=True), Column("a", String), Column("b", String))
     table.create(engine)
     sizes: dict[str, set[int]] = {"insert": set(), "in": set()}
+    shapes: set[str] = set()
 
     def note(sql: str) -> None:  # the statements as SQLite runs them, values bound in
         if sql.startswith("INSERT OR FAIL INTO t "):
             sizes["insert"].add(sql.count("), (") + 1)
+        elif "json_each(" in sql:
+            shapes.add(sql.split("json_each(", 1)[0])
         elif " IN (" in sql:
             sizes["in"].add(sql.split(" IN (", 1)[1].count(",") + 1)
 
@@ -427,15 +437,21 @@ def test_sqlite_statements_come_in_a_few_shapes_whatever_the_batch_sizes(setting
     with engine.begin() as conn:
         conn.connection.driver_connection.set_trace_callback(note)
         for h in heights:
-            bulk_insert(conn, table, pl.DataFrame({"id": range(start, start + h), "a": ["x"] * h, "b": ["y"] * h}))
+            ids = range(start, start + h)
+            bulk_insert(conn, table, pl.DataFrame({"id": ids, "a": [f"a{i}" for i in ids], "b": [f"b {i}" for i in ids]}))
             wanted = list(range(start - h, start + h))  # h stored before this batch (fewer at first), h just stored
-            found = lookup(conn, table, "id", ["a"], wanted)
-            assert sorted(found) == [(i, "x") for i in wanted if i >= 0]
+            stored = [i for i in wanted if i >= 0]
+            assert sorted(lookup(conn, table, "id", ["b"], pl.Series(wanted))) == [(i, f"b {i}") for i in stored]
+            plain = pl.Series([f"a{i}" for i in wanted])  # (ids, hashes...: one parameter)
+            assert sorted(lookup(conn, table, "a", ["id"], plain)) == sorted((f"a{i}", i) for i in stored)
+            spaced = pl.Series([f"b {i}" for i in wanted])  # a key a JSON string would have to quote: IN lists
+            assert sorted(lookup(conn, table, "b", ["id"], spaced)) == sorted((f"b {i}", i) for i in stored)
             start += h
         conn.connection.driver_connection.set_trace_callback(None)
     assert count(f"sqlite:///{tmp_path / 'shapes.db'}", "t") == sum(heights)
     assert sizes["insert"] <= {1 << b for b in range(8)}, sorted(sizes["insert"])  # 1 ... 128 rows
     assert len(sizes["in"]) <= 12 and all(n & (n - 1) == 0 for n in sizes["in"]), sorted(sizes["in"])
+    assert len(shapes) == 2, shapes  # one for the ids, one for the plain text keys
 
 
 AWKWARD_TEXTS = ["\\N", "", None, "a,b", 'say "hi"', "back\\slash", "ü €", '{"k": "v, \\"w\\""}', " padded "]
@@ -460,6 +476,37 @@ def test_bulk_insert_stores_awkward_text_as_it_is(database_url):
             bulk_insert(conn, table, df)
             stored = conn.exec_driver_sql("SELECT id, a, ok FROM awkward ORDER BY id").all()
         assert [tuple(r) for r in stored] == list(df.iter_rows())
+    finally:
+        table.drop(engine)
+
+
+def test_lookup_finds_every_stored_key_and_no_other(database_url):
+    """Ids and plain text keys (hashes) go to the database as one parameter, other text keys as a list: each
+    way finds exactly the stored keys among those asked for, nulls and repeats included, on both databases."""
+    from sqlalchemy import BigInteger, Column, MetaData, String, Table
+
+    from tasks.persist import bulk_insert, lookup
+
+    engine = engine_for(database_url)
+    table = Table("lookups", MetaData(), Column("id", BigInteger, primary_key=True), Column("h", String, unique=True),
+                  Column("t", String, unique=True))
+    table.drop(engine, checkfirst=True)
+    table.create(engine)
+    odd = [t for t in AWKWARD_TEXTS if t] + ["{a,b}", "NULL", "x y"]  # texts an array literal or JSON would quote
+    try:
+        n = 5_000
+        stored = pl.DataFrame({"id": range(0, 2 * n, 2), "h": [f"{i:064x}" for i in range(0, 2 * n, 2)],
+                               "t": [odd[i % len(odd)] * (1 + i // len(odd)) for i in range(n)]})
+        with engine.begin() as conn:
+            bulk_insert(conn, table, stored)
+            asked_ids = pl.Series([*range(2 * n), None, 4, 4, 2**40])
+            assert sorted(lookup(conn, table, "id", ["h"], asked_ids)) == sorted(stored.select("id", "h").iter_rows())
+            asked_hashes = pl.Series([f"{i:064x}" for i in range(2 * n)] + [None, "ab-c.d:e_f"])
+            assert sorted(lookup(conn, table, "h", ["id"], asked_hashes)) == sorted(stored.select("h", "id").iter_rows())
+            asked_texts = pl.concat([stored.get_column("t"), pl.Series(["not stored", None, "", "\\N"])])
+            assert sorted(lookup(conn, table, "t", ["id"], asked_texts)) == sorted(stored.select("t", "id").iter_rows())
+            assert lookup(conn, table, "id", ["h"], pl.Series([], dtype=pl.Int64)) == []
+            assert lookup(conn, table, "h", ["id"], pl.Series([None], dtype=pl.String)) == []
     finally:
         table.drop(engine)
 
