@@ -65,7 +65,7 @@ def statement_sizes(rows: int, most: int) -> list[int]:
     return [step] * full + [1 << b for b in reversed(range(rest.bit_length())) if rest >> b & 1]
 
 
-def _sqlite_insert(conn: Connection, table: Table, df: pl.DataFrame, conflict: str = "") -> None:
+def _sqlite_insert(conn: Connection, table_name: str, df: pl.DataFrame, conflict: str = "") -> None:
     """INSERT ... VALUES (...), (...), ... of up to SQLITE_ROWS_PER_INSERT rows at a time, on the
     transaction's own connection. Not `executemany`: it gives the GIL back and takes it again for every row,
     and while other threads run Python (the other stages) each row waited for it, up to 5 ms.
@@ -74,7 +74,7 @@ def _sqlite_insert(conn: Connection, table: Table, df: pl.DataFrame, conflict: s
     before. With the default (ABORT), SQLite had to be able to undo one statement's earlier rows on its own,
     so it copied every page a statement touched to a statement journal first: 1.5 GB of temporary file
     writes for 100k users, three of every four bytes persist wrote (strace)."""
-    head = f"INSERT OR FAIL INTO {table.name} ({', '.join(df.columns)}) VALUES "
+    head = f"INSERT OR FAIL INTO {table_name} ({', '.join(df.columns)}) VALUES "
     row = "(" + ", ".join("?" * df.width) + ")"
     start = 0
     with closing(conn.connection.driver_connection.cursor()) as cur:
@@ -91,7 +91,7 @@ def bulk_insert(conn: Connection, table: Table, df: pl.DataFrame, *, ignore_conf
     if conn.dialect.name == "postgresql":
         _copy(conn, table.name, df)
     else:
-        _sqlite_insert(conn, table, df, f" ON CONFLICT ({ignore_conflicts}) DO NOTHING" if ignore_conflicts else "")
+        _sqlite_insert(conn, table.name, df, f" ON CONFLICT ({ignore_conflicts}) DO NOTHING" if ignore_conflicts else "")
 
 
 def _copy(conn: Connection, table_name: str, df: pl.DataFrame) -> None:
@@ -101,15 +101,20 @@ def _copy(conn: Connection, table_name: str, df: pl.DataFrame) -> None:
                 copy.write(data)
 
 
-def _pg_staged(conn: Connection, table: Table, df: pl.DataFrame) -> str:
-    """`df` COPYed into a temporary table with `table`'s columns of the same names (made once per transaction,
-    emptied at each use); returns its name, for an INSERT ... SELECT or UPDATE ... FROM it. The way to upsert
-    or update many rows on PostgreSQL without a Python object per value."""
-    stage = f"staged_{table.name}"
-    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DROP AS "
-                         f"SELECT {', '.join(df.columns)} FROM {table.name} WITH NO DATA")
-    conn.exec_driver_sql(f"TRUNCATE {stage}")
-    _copy(conn, stage, df)
+def _staged(conn: Connection, table: Table, df: pl.DataFrame) -> str:
+    """`df` in a temporary table with `table`'s columns of the same names (COPY on PostgreSQL, multi-row
+    INSERTs on SQLite); returns its name, for an INSERT ... SELECT or UPDATE ... FROM it: many rows upserted
+    or updated in one statement, no Python object per value."""
+    stage, cols = f"staged_{table.name}", ", ".join(df.columns)
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DROP AS "
+                             f"SELECT {cols} FROM {table.name} WITH NO DATA")
+        conn.exec_driver_sql(f"TRUNCATE {stage}")
+        _copy(conn, stage, df)
+    else:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{stage}")
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {stage} AS SELECT {cols} FROM {table.name} WHERE 0")
+        _sqlite_insert(conn, stage, df)
     return stage
 
 
@@ -205,16 +210,13 @@ def upsert_failures(conn: Connection, table: Table, dlq: pl.DataFrame, *, now: d
         return 0
     dlq = dlq.unique(subset="record_hash", keep="first", maintain_order=True)
     seen = stored_hashes(conn, table, "record_hash", dlq.get_column("record_hash"))
-    if conn.dialect.name == "sqlite":
-        _sqlite_insert(conn, table, _stamped(conn, dlq, now, ("inserted_at", "last_seen_at"), **constants),
-                       " ON CONFLICT (record_hash) DO UPDATE SET "
-                       + ", ".join(f"{c} = excluded.{c}" for c in RESTAMPED_ON_FAILURE))
-        return dlq.height - seen.height
     rows = _stamped(conn, dlq, now, ("inserted_at", "last_seen_at"), **constants)
-    cols = ", ".join(rows.columns)
-    stage = _pg_staged(conn, table, rows)
-    conn.exec_driver_sql(f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT (record_hash) "
-                         f"DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in RESTAMPED_ON_FAILURE)}")
+    conflict = " ON CONFLICT (record_hash) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in RESTAMPED_ON_FAILURE)
+    if conn.dialect.name == "sqlite":
+        _sqlite_insert(conn, table.name, rows, conflict)
+    else:
+        cols = ", ".join(rows.columns)
+        conn.exec_driver_sql(f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {_staged(conn, table, rows)}{conflict}")
     return dlq.height - seen.height
 
 
@@ -261,18 +263,11 @@ def upsert_processed(conn: Connection, processed: pl.DataFrame, *, run_id: str, 
     return {"inserted": new.height, "updated": changed.height, "unchanged": joined.height - new.height - changed.height}
 
 
-def _update_rows(conn: Connection, table: Table, rows: pl.DataFrame, key: str = "id") -> None:
-    """Rows of `table` set to `rows`' values, matched on `key`: staged by COPY and one UPDATE ... FROM on
-    PostgreSQL, an UPDATE per row on SQLite."""
-    cols = [c for c in rows.columns if c != key]
-    if conn.dialect.name == "postgresql":
-        stage = _pg_staged(conn, table, rows)
-        conn.exec_driver_sql(f"UPDATE {table.name} AS t SET {', '.join(f'{c} = s.{c}' for c in cols)} "
-                             f"FROM {stage} AS s WHERE t.{key} = s.{key}")
-        return
-    with closing(conn.connection.driver_connection.cursor()) as cur:
-        cur.executemany(f"UPDATE {table.name} SET {', '.join(f'{c} = ?' for c in cols)} WHERE {key} = ?",
-                        rows.select(*cols, key).iter_rows())
+def _update_rows(conn: Connection, table: Table, rows: pl.DataFrame) -> None:
+    """Rows of `table` set to `rows`' values, matched on `id`: staged, then one UPDATE ... FROM."""
+    stage = _staged(conn, table, rows)
+    conn.exec_driver_sql(f"UPDATE {table.name} SET {', '.join(f'{c} = s.{c}' for c in rows.columns if c != 'id')} "
+                         f"FROM {stage} AS s WHERE {table.name}.id = s.id")
 
 
 def first_stored(conn: Connection, hashes: pl.Series) -> pl.DataFrame:
