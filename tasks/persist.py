@@ -36,9 +36,7 @@ from tasks.transform import (
     read_span,
 )
 
-# most keys per IN (...) lookup and rows per multi-row INSERT on SQLite; both are cut by `statement_sizes`
-IN_CHUNK = 4_096
-PLAIN_KEY = r"^[0-9A-Za-z_.:-]+$"  # text keys that need no quoting in an array literal or a JSON string
+# most rows per multi-row INSERT on SQLite, cut by `statement_sizes`
 SQLITE_ROWS_PER_INSERT = 128
 SQLITE_MAX_PARAMS = 32_766  # SQLite's limit on parameters in one statement (since 3.32)
 COPY_WRITE_BYTES = 1 << 20  # the CSV a COPY to PostgreSQL is written in: slices of about this much of a frame
@@ -56,7 +54,7 @@ def _stamp(conn: Connection, when: datetime) -> pl.Expr:
 
 
 def statement_sizes(rows: int, most: int) -> list[int]:
-    """`rows` (or keys) cut into statements of at most `most`, every size a power of two: full ones, then the
+    """`rows` cut into statements of at most `most`, every size a power of two: full ones, then the
     rest by its binary digits. However the pieces fall, a handful of statement shapes, where one per row or
     key count had filled Python sqlite3's cache (128 prepared statements per connection, up to a MB each):
     SQLite's memory grew with the run, 15 MB at 100k users, 23 MB at 1M."""
@@ -131,39 +129,24 @@ def csv_slices(df: pl.DataFrame, slice_bytes: int = COPY_WRITE_BYTES) -> Iterato
 
 
 def lookup(conn: Connection, table: Table, key: str, columns: list[str], keys: pl.Series) -> list[tuple]:
-    """Rows (key, *columns) whose `key` is among `keys` (each row once; nulls left out).
-
-    Integer keys, and text keys of letters, digits and `_.:-` (ids, hashes), go as one parameter that Polars
-    writes: an array literal on PostgreSQL, a JSON array on SQLite. No Python object per key: a batch's
+    """Rows (key, *columns) whose `key` is among `keys` (each row once; nulls left out). The keys go as one
+    parameter that Polars writes, whatever they hold: an array literal on PostgreSQL, a JSON document on
+    SQLite (read by `json_each`; SQLite answers from the key's index). No Python object per key: a batch's
     25,000 hashes had been a list of 25,000 strings and, on PostgreSQL, two more small objects per key in the
     driver's binary array, made and dropped at every lookup beside the other stages' work, and Python's
-    allocator kept the space they spread over (README, Benchmarks). Other text keys go as a list: a binary
-    array parameter on PostgreSQL, chunked IN lists on SQLite."""
+    allocator kept the space they spread over (README, Benchmarks)."""
     keys = keys.drop_nulls().unique()
     if keys.is_empty():
         return []
-    cols = ", ".join([key, *columns])
-    whole = keys.dtype.is_integer()
-    if whole or keys.str.contains(PLAIN_KEY).all():
-        joined = keys.cast(pl.String).str.join('","' if conn.dialect.name == "sqlite" and not whole else ",").item()
-        if conn.dialect.name == "postgresql":
-            return conn.exec_driver_sql(f"SELECT {cols} FROM {table.name} WHERE {key} = ANY(%s::"
-                                        f"{'bigint' if whole else 'text'}[])", ("{" + joined + "}",)).all()
-        quoted = joined if whole else f'"{joined}"'
-        return conn.exec_driver_sql(f"SELECT {cols} FROM {table.name} WHERE {key} IN (SELECT value FROM json_each(?))",
-                                    (f"[{quoted}]",)).all()
-    values = keys.to_list()
+    select = f"SELECT {', '.join([key, *columns])} FROM {table.name} WHERE {key}"
     if conn.dialect.name == "postgresql":
-        # %b: the array goes in binary (no per-element quoting: 4x quicker for 100k hashes)
-        return conn.exec_driver_sql(f"SELECT {cols} FROM {table.name} WHERE {key} = ANY(%b)", (values,)).all()
-    found: list[tuple] = []
-    start = 0
-    for size in statement_sizes(len(values), IN_CHUNK):
-        marks = ", ".join("?" * size)
-        found += conn.exec_driver_sql(f"SELECT {cols} FROM {table.name} WHERE {key} IN ({marks})",
-                                      tuple(values[start : start + size])).all()
-        start += size
-    return found
+        quoted = pl.concat_str(pl.lit('"'), pl.col("k").str.replace_all("\\", "\\\\", literal=True)
+                               .str.replace_all('"', '\\"', literal=True), pl.lit('"'))
+        literal = keys.cast(pl.String).to_frame("k").select(quoted.str.join(",")).item()
+        array_type = "bigint" if keys.dtype.is_integer() else "text"
+        return conn.exec_driver_sql(f"{select} = ANY(%s::{array_type}[])", ("{" + literal + "}",)).all()
+    document = keys.implode().to_frame("k").write_ndjson()
+    return conn.exec_driver_sql(f"{select} IN (SELECT value FROM json_each(?, '$.k'))", (document,)).all()
 
 
 def stored_hashes(conn: Connection, table: Table, key: str, keys: pl.Series) -> pl.DataFrame:

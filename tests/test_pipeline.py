@@ -412,8 +412,7 @@ def test_sqlite_statements_come_in_a_few_shapes_whatever_the_batch_sizes(setting
     IN list holds hundreds of KB to a MB prepared. One statement per row count (each piece's remainder, each
     batch's number of keys) filled that cache as a run went on: SQLite's memory grew from 15 MB at 100k users
     to 23 MB at 1M. Inserts and lookups of every size must store every row and find every key (no more)
-    with a handful of statement shapes: ids and plain text keys in one statement of one shape, other text
-    keys in IN lists of a few sizes."""
+    with a handful of statement shapes: inserts in a few sizes, each lookup one statement whatever the keys."""
     from sqlalchemy import Column, Integer, MetaData, String, Table
 
     from tasks.persist import bulk_insert, lookup
@@ -442,16 +441,17 @@ def test_sqlite_statements_come_in_a_few_shapes_whatever_the_batch_sizes(setting
             wanted = list(range(start - h, start + h))  # h stored before this batch (fewer at first), h just stored
             stored = [i for i in wanted if i >= 0]
             assert sorted(lookup(conn, table, "id", ["b"], pl.Series(wanted))) == [(i, f"b {i}") for i in stored]
-            plain = pl.Series([f"a{i}" for i in wanted])  # (ids, hashes...: one parameter)
+            plain = pl.Series([f"a{i}" for i in wanted])
             assert sorted(lookup(conn, table, "a", ["id"], plain)) == sorted((f"a{i}", i) for i in stored)
-            spaced = pl.Series([f"b {i}" for i in wanted])  # a key a JSON string would have to quote: IN lists
+            spaced = pl.Series([f"b {i}" for i in wanted])
             assert sorted(lookup(conn, table, "b", ["id"], spaced)) == sorted((f"b {i}", i) for i in stored)
             start += h
         conn.connection.driver_connection.set_trace_callback(None)
     assert count(f"sqlite:///{tmp_path / 'shapes.db'}", "t") == sum(heights)
     assert sizes["insert"] <= {1 << b for b in range(8)}, sorted(sizes["insert"])  # 1 ... 128 rows
     assert len(sizes["in"]) <= 12 and all(n & (n - 1) == 0 for n in sizes["in"]), sorted(sizes["in"])
-    assert len(shapes) == 2, shapes  # one for the ids, one for the plain text keys
+    assert not sizes["in"], sorted(sizes["in"])  # no lookup expands into an IN list
+    assert len(shapes) == 3, shapes  # one for each of the three lookups
 
 
 AWKWARD_TEXTS = ["\\N", "", None, "a,b", 'say "hi"', "back\\slash", "ü €", '{"k": "v, \\"w\\""}', " padded "]
@@ -481,8 +481,9 @@ def test_bulk_insert_stores_awkward_text_as_it_is(database_url):
 
 
 def test_lookup_finds_every_stored_key_and_no_other(database_url):
-    """Ids and plain text keys (hashes) go to the database as one parameter, other text keys as a list: each
-    way finds exactly the stored keys among those asked for, nulls and repeats included, on both databases."""
+    """Keys go to the database as one parameter Polars writes: ids, hashes and texts an array literal or JSON
+    must quote or escape each find exactly the stored keys among those asked for, nulls and repeats included,
+    on both databases."""
     from sqlalchemy import BigInteger, Column, MetaData, String, Table
 
     from tasks.persist import bulk_insert, lookup
@@ -492,7 +493,7 @@ def test_lookup_finds_every_stored_key_and_no_other(database_url):
                   Column("t", String, unique=True))
     table.drop(engine, checkfirst=True)
     table.create(engine)
-    odd = [t for t in AWKWARD_TEXTS if t] + ["{a,b}", "NULL", "x y"]  # texts an array literal or JSON would quote
+    odd = [t for t in AWKWARD_TEXTS if t] + ["{a,b}", "NULL", "x y", "tab\there", "new\nline"]  # texts an array literal or JSON must quote
     try:
         n = 5_000
         stored = pl.DataFrame({"id": range(0, 2 * n, 2), "h": [f"{i:064x}" for i in range(0, 2 * n, 2)],
