@@ -256,7 +256,7 @@ def _update_rows(conn: Connection, table: Table, rows: pl.DataFrame) -> None:
 def first_stored(conn: Connection, hashes: pl.Series) -> pl.DataFrame:
     """(`record_hash`, `_first`: when it was first stored) for the raw versions among `hashes` stored already."""
     table = RawUser.__table__
-    return _frame(conn, lookup(conn, table, "record_hash", ["inserted_at"], hashes.unique()),
+    return _frame(conn, lookup(conn, table, "record_hash", ["inserted_at"], hashes),
                   {"record_hash": pl.String}, "_first")
 
 
