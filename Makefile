@@ -19,7 +19,7 @@ export SLUICE_WORK_POOL := $(WORK_POOL)
 # prefect.yaml's cron: the environment's EXTRACT_SCHEDULE_CRON, else `.env`'s, else the default in models/settings.py
 SCHEDULE_CRON = $(BIN)/python -c 'from models.settings import get_settings; print(get_settings().extract_schedule_cron)'
 
-.PHONY: install run test server deploy worker trigger api bench bench-api lint clean
+.PHONY: install migrate run test server deploy worker trigger api bench bench-api lint clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ $(STAMP): pyproject.toml constraints.txt
 	mkdir -p var
 	$(BIN)/prefect server database upgrade -y >/dev/null
 	touch $@
+
+# Sluice's database (DATABASE_URL, or `.env`'s) to the code's schema revision; `make run` does it by itself
+migrate: install
+	$(BIN)/alembic -c $(CURDIR)/alembic.ini upgrade head
 
 run: install
 	$(BIN)/python -m flows.run_all

@@ -54,11 +54,11 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
 
 
 def require_api_key(given: Annotated[str | None, Depends(_api_key_header)]) -> None:
-    """503 when API_KEY is unset (runs cannot be started), 401 without a key, 403 with a wrong one."""
+    """403 when API_KEY is unset (no key can be right: starting runs is turned off), 401 without a key, 403
+    with a wrong one."""
     configured = get_settings().api_key
     if configured is None or not configured.get_secret_value():
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            "starting runs is disabled: the server has no API_KEY configured")
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "starting runs through the API is disabled: set API_KEY")
     if not given:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing X-API-Key header",
                             headers={"WWW-Authenticate": "APIKey"})

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from fastapi import Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -28,6 +29,21 @@ class ValidationErrorBody(BaseModel):
     """FastAPI's 422 body: `loc` names the parameter, e.g. ["query", "page_size"]."""
 
     detail: list[ValidationIssue]
+
+
+class ErrorBody(BaseModel):
+    """FastAPI's answer to an HTTP error: what went wrong, in words."""
+
+    detail: str
+
+
+class UserNotServedBody(ErrorBody):
+    """A 404 for a user id: unknown (only `detail`), or stored but not current (`status` and since when)."""
+
+    status: str | None = Field(None, description="invalid (its newest record failed validation) or deleted (absent "
+                                                 "from the source); absent for an unknown id")
+    status_run_id: str | None = Field(None, description="the run that set the status")
+    status_changed_at: datetime | None = None
 
 
 def query_error(name: str, message: str) -> RequestValidationError:

@@ -11,7 +11,8 @@ import uuid
 from contextlib import asynccontextmanager
 
 import orjson
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import DATABASE_DOWN, database_unavailable, http_error
 from api.metrics import HttpMetrics
 from api.routes import data, dlq, health, metrics, runs, stats, users
+from models.migrate import SchemaOutOfDate
 from models.settings import get_settings
 
 log = logging.getLogger("api")
@@ -74,6 +76,13 @@ class RequestContextMiddleware:
             self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)
 
 
+async def schema_out_of_date(_request: Request, exc: SchemaOutOfDate) -> JSONResponse:
+    """The database is not at the code's schema revision: every route (and /health) says so, naming `make
+    migrate`, until it is migrated (each request checks again)."""
+    log.error("%s", exc)
+    return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "30"})
+
+
 _heap_frozen = False
 
 
@@ -104,6 +113,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, http_error)
     for exc_type in DATABASE_DOWN:
         app.add_exception_handler(exc_type, database_unavailable)
+    app.add_exception_handler(SchemaOutOfDate, schema_out_of_date)
     if settings.cors_origins:  # no origins, no cross-origin answers: the middleware would only cost time
         app.add_middleware(
             CORSMiddleware,

@@ -105,9 +105,11 @@ def generate_users(n: int) -> pl.DataFrame:
 def fill_database(url: str, n: int) -> float:
     """The users into processed_users of a fresh database; secondary indexes built after the load."""
     from models.db import engine_for
+    from models.migrate import upgrade
     from models.runs import EtlRun
     from models.users import ProcessedUser
 
+    upgrade(url)
     table, engine = ProcessedUser.__table__, engine_for(url)
     started = time.perf_counter()
     frame = generate_users(n)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlmodel import Session, select
 
 from models.db import engine_for
+from models.migrate import upgrade
 from models.schema import EMAIL_PATTERN, MAX_AGE, MIN_AGE
 from models.settings import get_settings
 from models.users import DlqUser, ProcessedUser, RawUser
@@ -138,6 +139,7 @@ def main() -> None:
     api, db_url, limit, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
     full = "--inserts-only" not in sys.argv[5:]
     DEPARTMENTS.update(dict(read_departments("data/departments.csv").iter_rows()))
+    upgrade(db_url)
     engine = engine_for(db_url)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "raw.jsonl", out / "processed.jsonl", out / "dlq.jsonl"]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
+from models.migrate import upgrade
 from models.settings import DEFAULT_BATCH_RECORDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,6 +123,7 @@ def pg_database():
 def run_flow(api: str, db_url: str, sftp_env: dict[str, str], data_dir: Path, prefect_url: str | None) -> dict:
     """The flow in a fresh process, clock started before Python is: against `prefect_url`, else with the
     local Prefect server the flow process starts itself (as `make run` does)."""
+    upgrade(db_url)  # as `make migrate` does before the first run; the flow checks the schema, never creates it
     env = _env(DATABASE_URL=db_url, DATA_DIR=str(data_dir), BENCH_T0=repr(time.time()), **sftp_env)
     if prefect_url:
         env["PREFECT_API_URL"] = prefect_url

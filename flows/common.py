@@ -18,9 +18,11 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from sqlalchemy import Engine
 
 from models.db import resolve_engine
+from models.migrate import SchemaOutOfDate
 from models.settings import get_settings
 from tasks import handoff, runs
 from tasks.deliver import SftpTarget, deliver_files_task, remote_dir_for
+from tasks.deliver_files import files_to_deliver
 from tasks.retention import prune_run_dirs
 
 
@@ -48,8 +50,10 @@ def parent_flow(**options) -> Callable[[Callable[..., dict]], Flow]:
 
 
 @flow(name="deliver")
-def deliver(files: list[str], run_date: str) -> dict:
-    """The run's JSONL files -> SFTP_REMOTE_BASE/<run date>/ (skipped, and said so, when SFTP_HOST is unset)."""
+def deliver(files: list[str], run_date: str, raw_files: list[str] | None = None) -> dict:
+    """The run's JSONL files -> SFTP_REMOTE_BASE/<run date>/ (skipped, and said so, when SFTP_HOST is unset).
+    `raw_files`, those of `files` that are raw-layer files, go as DELIVER_RAW says: masked copies by default,
+    as staged (`full`) or not at all (`none`)."""
     settings, logger = get_settings(), get_run_logger()
     if not settings.sftp_enabled:
         logger.warning("SFTP_HOST is not set: delivery skipped")
@@ -57,7 +61,10 @@ def deliver(files: list[str], run_date: str) -> dict:
     target = SftpTarget.from_settings(settings)  # passphrase: SFTP_KEY_PASSPHRASE or its Secret block
     remote_dir = remote_dir_for(target.remote_base, datetime.fromisoformat(run_date).date())
     started = time.time()
-    delivered = deliver_files_task(target, [Path(f) for f in files], remote_dir)
+    paths = files_to_deliver(files, raw_files or [], settings.deliver_raw)
+    if raw_files:
+        logger.info("deliver: %d raw file(s), DELIVER_RAW=%s", len(raw_files), settings.deliver_raw)
+    delivered = deliver_files_task(target, paths, remote_dir)
     work = [started, time.time()]
     logger.info("deliver: %d files, %d bytes to %s:%s", len(delivered), sum(d["bytes"] for d in delivered),
                 target.host, remote_dir)
@@ -66,7 +73,10 @@ def deliver(files: list[str], run_date: str) -> dict:
 
 def record_failure(flow, flow_run, state) -> None:
     """on_failure / on_crashed: the run's row says what happened, so the API sees it."""
-    engine = resolve_engine((flow_run.parameters or {}).get("database_block"))
+    try:
+        engine = resolve_engine((flow_run.parameters or {}).get("database_block"))
+    except SchemaOutOfDate:  # the run failed on it: there is no row to write to
+        return
     status = "crashed" if state.is_crashed() else "failed"
     runs.finish_run(engine, run_id=str(flow_run.id), status=status, error=(state.message or status)[:4000])
 

@@ -76,7 +76,7 @@ def extract(run_id: str, run_dir: str, stamp: str, feed_urls: list[str], databas
             exc = state.result(raise_on_failure=False)
             outcomes.append({"url": url, "status": "failed", "items": 0,
                              "error": _failure_message(url, exc if isinstance(exc, BaseException) else None)})
-    raw_path = Path(run_dir) / "raw_feed_items" / f"items_{stamp}.jsonl"
+    raw_path = Path(run_dir) / "raw_feed_items" / f"feed_records_{stamp}.jsonl"
     _merge_parts([o["path"] for o in outcomes if o["status"] == "fetched"], raw_path)
     shutil.rmtree(parts_dir, ignore_errors=True)
     for o in outcomes:
@@ -99,7 +99,7 @@ def transform(raw_path: str, run_dir: str, stamp: str, records: int, batch_recor
     logger = get_run_logger()
     files = {
         "raw": raw_path,
-        "processed": str(Path(run_dir) / "feed_items" / f"items_{stamp}.jsonl"),
+        "processed": str(Path(run_dir) / "feed_items" / f"feed_items_{stamp}.jsonl"),
         "dlq": str(Path(run_dir) / "dlq" / f"invalid_feed_items_{stamp}.jsonl"),
     }
     for key in ("processed", "dlq"):
@@ -167,8 +167,8 @@ def feeds_etl(feed_urls: list[str] | None = None, batch_records: int = 10_000, d
         fetched = [o for o in ex["feeds"] if o["status"] == "fetched"]
         ps = clock.run("persist", persist, run_id, tr["files"], tr["batches"], fetched, database_block)
         runs.update_run(engine, run_id=run_id, stage_seconds=seconds, **ps)
-        delivered = (clock.run("deliver", deliver, list(tr["files"].values()), started.date().isoformat())["delivered"]
-                     if deliver_files else [])
+        delivered = (clock.run("deliver", deliver, list(tr["files"].values()), started.date().isoformat(),
+                               raw_files=[tr["files"]["raw"]])["delivered"] if deliver_files else [])
     except BaseException:
         runs.update_run(engine, run_id=run_id, failed_stage=clock.stage, stage_seconds=seconds)
         raise

@@ -1,7 +1,8 @@
 """`make run`: every configured flow once, then where the results are.
 
-With SFTP_HOST unset, a loopback SFTP server of the project's own (key in var/sftp) receives the delivery; with
-no Prefect API configured, a local Prefect server started at once (flows/prefect_api.py) runs the flows."""
+The database is migrated first (as `make migrate` does). With SFTP_HOST unset, a loopback SFTP server of the
+project's own (key in var/sftp) receives the delivery; with no Prefect API configured, a local Prefect server
+started at once (flows/prefect_api.py) runs the flows."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def main() -> int:
             settings = get_settings()
         except ConfigError as exc:
             print(f"sluice: {exc}", file=sys.stderr)
+            return 2
+        if not settings.database_block and not migrate_database(settings.database_url_value):
             return 2
         if api.process is not None:
             print(f"sluice: no Prefect API configured; started a local Prefect server at {api.url} for this run",
@@ -57,6 +60,22 @@ def main() -> int:
         print(f"feeds-etl: {f['extracted']} items read, {f['inserted']} new, {f['updated']} updated, "
               f"{f['unchanged']} unchanged, {f['invalid']} to the DLQ")
     return 0
+
+
+def migrate_database(url: str) -> bool:
+    """`make migrate` for the database of this run (DATABASE_URL; a block's database is migrated where it is
+    deployed); False, having said why, when it fails."""
+    from models.migrate import head_revision, upgrade
+
+    try:
+        before = upgrade(url)
+    except Exception as exc:  # noqa: BLE001 (unreachable, or a database no revision knows: said as it is)
+        print(f"sluice: migrating the database failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False
+    if before != head_revision():
+        print(f"sluice: database migrated from schema revision {before or 'none'} to {head_revision()}",
+              file=sys.stderr)
+    return True
 
 
 def report(summary: dict, demo_root: Path | None) -> None:

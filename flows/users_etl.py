@@ -12,6 +12,7 @@ from collections import Counter
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_run
@@ -26,11 +27,17 @@ from tasks.drift import describe, merge_types, record_schema, schema_changes
 from tasks.extract import dummyjson, source_module
 from tasks.extract.constants import SOURCE
 from tasks.extract.sample import offline_users_api
-from tasks.persist import persist_batch
+from tasks.persist import BATCH_COUNTS, persist_batch
 from tasks.report import publish_run_artifacts
+from tasks.sync import mark_absent_task, staged_ids
 from tasks.transform import append_failure, file_sha256, load_departments, split_spans, transform_batch
 
+if TYPE_CHECKING:  # Polars loads after `models` has set its pool and allocator (models/__init__.py)
+    import polars as pl
+
 FLOW_NAME = "users-etl"
+RUN_COUNTS = (*BATCH_COUNTS, "deleted")  # what persist adds to the run's record
+SOURCE_COUNTS = ("inserted", "updated", "unchanged", "restored", "invalidated")  # and to each source's
 OFFLINE_FINGERPRINT = "offline-sample"
 
 
@@ -93,7 +100,7 @@ def _extract_api(engine, settings, logger, run_dir: str, stamp: str, api_base: s
 def extract(run_dir: str, stamp: str, api_base: str | None = None, page_size: int = 100,
             batch_records: int = DEFAULT_BATCH_RECORDS, database_block: str | None = None, csv_dir: str | None = None,
             manifest: str | None = None) -> dict:
-    """Sources -> staged raw JSONL files. The API is paged and checkpointed after every batch of pages (an
+    """Sources -> staged raw JSONL files. The API is paged and checkpointed after every page (an
     interrupted run resumes there); CSV files in `csv_dir` are staged when new or changed. Each staged
     batch is posted to `manifest` as soon as it is on disk, for the transform stage to follow."""
     settings, logger = get_settings(), get_run_logger()
@@ -155,6 +162,7 @@ def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str,
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(b"")
     counts, reasons, drift, spans = Counter(), Counter(), [], []
+    seen_ids: dict[str, pl.Series] = {}  # per source: the ids of its batches so far (a later copy is a duplicate)
     types: dict[str, list[dict]] = {}
     held: dict[str, list[dict]] = {}  # batches of sources whose drift policy is `fail`, until their check
 
@@ -180,7 +188,9 @@ def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str,
         for offset, length in _source_spans(entry, batch_records):
             out = transform_batch(departments, raw_path=entry["raw_path"], offset=offset, length=length,
                                   processed_path=files["processed"], dlq_path=files["dlq"], keys_path=keys_path,
-                                  source=source, fields=plugin.FIELDS if plugin else None)
+                                  source=source, fields=plugin.FIELDS if plugin else None,
+                                  seen_ids=seen_ids.get(source))
+            seen_ids[source] = out["ids"]
             reasons.update(out["reasons"])
             types.setdefault(source, []).append(out["types"])
             spans.append(out["work_span"])
@@ -213,10 +223,11 @@ def persist(run_id: str, transformed: str, extracted: str, run_dir: str | None =
     """Each batch posted to the `transformed` manifest -> raw_users, processed_users, dlq_users, one
     transaction per batch, while transform is still working. Inputs besides the API (CSV files...) are
     checkpointed by their module once all their rows are stored."""
+    settings, logger = get_settings(), get_run_logger()
     engine = resolve_engine(database_block)
     totals: Counter = Counter()
     per_source: dict[str, Counter] = {}
-    spans = []
+    spans, api_keys = [], []
     with deferred_checkpoints(engine):
         for b in handoff.follow(transformed, stage="persist", run_dir=run_dir):
             counts = persist_batch(engine, run_id=run_id, source=b["source"], as_of=b["as_of"],
@@ -225,15 +236,25 @@ def persist(run_id: str, transformed: str, extracted: str, run_dir: str | None =
             spans.append(counts.pop("work_span"))
             totals.update(counts)
             per_source.setdefault(b["source"], Counter()).update(
-                {k: v for k, v in counts.items() if k in ("inserted", "updated", "unchanged")}
-                | {"failed": b["invalid"]})
+                {k: v for k, v in counts.items() if k in SOURCE_COUNTS} | {"failed": b["invalid"]})
+            if b["source"] == SOURCE and b.get("raw_keys"):
+                api_keys.append((b["files"]["raw_keys"], b["raw_keys"]))
     staged_inputs = [e for e in handoff.read_all(extracted) if e.get("module")]
     for name in {s["module"] for s in staged_inputs}:
         source_module(name).mark_done(engine, [s for s in staged_inputs if s["module"] == name], run_id=run_id)
-    keys = ("inserted", "updated", "unchanged", "raw_inserted", "dlq_inserted")
-    counts = {k: totals.get(k, 0) for k in keys}
-    get_run_logger().info("persist: %s", counts)
-    return counts | {"sources": {s: dict(c) for s, c in per_source.items()}, "work_spans": spans}
+    withheld = None
+    if settings.users_detect_deleted:  # the manifests ended normally: the API's page walk was complete
+        absence = mark_absent_task(engine, source=SOURCE, seen_ids=staged_ids(api_keys), run_id=run_id,
+                                   max_share=settings.users_delete_max_share)
+        totals.update(deleted=absence.deleted, dlq_resolved=absence.dlq_resolved)
+        per_source.setdefault(SOURCE, Counter()).update(deleted=absence.deleted)
+        withheld = absence.withheld
+        if withheld:
+            logger.warning("deletions withheld: %s", withheld)
+    counts = {k: totals.get(k, 0) for k in RUN_COUNTS}
+    logger.info("persist: %s", counts)
+    return counts | {"sources": {s: dict(c) for s, c in per_source.items()}, "work_spans": spans,
+                     "deletions_withheld": withheld}
 
 
 @parent_flow(name=FLOW_NAME, on_failure=[record_failure], on_crashed=[record_failure])
@@ -276,12 +297,13 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
         staged_files |= {f"{s['source']}:{s.get('file', n)}": s["raw_path"]
                          for n, s in enumerate(ex["staged"][1:]) if s.get("raw_path")}
         if deliver_files:  # first: on SQLite the run's row waits for persist's transaction of the moment
-            clock.start("deliver", deliver, list(staged_files.values()), started.date().isoformat())
+            clock.start("deliver", deliver, list(staged_files.values()), started.date().isoformat(),
+                        raw_files=[path for kind, path in staged_files.items() if kind not in tr["files"]])
         runs.update_run(engine, run_id=run_id, valid=tr["valid"], invalid=tr["invalid"], files=staged_files,
                         dlq_reasons=tr["reasons"], schema_drift="; ".join(tr["drift"]) or None,
                         observed_schema=tr["observed_schema"])
         ps = clock.result("persist")
-        sources = ps.pop("sources")
+        sources, withheld = ps.pop("sources"), ps.pop("deletions_withheld")
         runs.update_run(engine, run_id=run_id, stage_seconds=seconds, sources=sources, **ps)
         # the schemas seen, stored once persist is done (transform's write would wait for its transaction)
         for source, observed in tr["observed_schema"].items():
@@ -303,6 +325,8 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
         count_tolerance=settings.anomaly_count_tolerance, invalid_rate_tolerance=settings.anomaly_invalid_rate_tolerance,
         duration_factor=settings.anomaly_duration_factor,
     )
+    if withheld:
+        anomalies.append(withheld)
     if anomalies:
         logger.warning("anomalous run: %s", "; ".join(anomalies))
         runs.update_run(engine, run_id=run_id, anomalies="; ".join(anomalies))

@@ -22,7 +22,7 @@ HALF_THE_CORES = max(1, (os.cpu_count() or 2) // 2)
 # jemalloc also gives each thread one of 4 arenas per core, each keeping its own freed pages for those
 # 0.5 s, so a page one stage freed could not serve the next stage's piece. With arenas as many as half the
 # cores (one on 2) the flow process peaked 5-10 MB lower at 100k, 300k and 1M users, on SQLite and
-# PostgreSQL, with the same CPU (README, Benchmarks).
+# PostgreSQL, with the same CPU (docs/benchmarks.md).
 # Polars appends this to its own settings (the last one wins); a value already in the environment is left
 # as it is.
 POLARS_ALLOCATOR_ENV = "_RJEM_MALLOC_CONF"
@@ -57,3 +57,6 @@ def _fix_glibc_mmap_threshold() -> None:
 
 
 _fix_glibc_mmap_threshold()
+
+# constraint names for the tables every model module defines (migrations refer to them)
+import models.naming  # noqa: E402, F401

@@ -1,4 +1,5 @@
-"""The engine: one per database URL, SQLite in WAL mode, tables created on first use."""
+"""The engine: one per database URL, SQLite in WAL mode, its database checked once to be at the code's schema
+revision (models/migrate.py; `make migrate` brings it there)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import make_url
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
+from models.migrate import check_current
 from models.settings import get_settings
 
 BUSY_TIMEOUT_MS = 30_000
@@ -44,29 +46,41 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercise
 
 
 def prepare_engine(engine: Engine) -> Engine:
-    """Create the tables (idempotent) on an engine built elsewhere, e.g. by a SqlAlchemyConnector block."""
-    import models.drift  # noqa: F401  (register tables)
-    import models.feeds  # noqa: F401
-    import models.runs  # noqa: F401
-    import models.users  # noqa: F401
-
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+    """Tune an engine built elsewhere (e.g. by a SqlAlchemyConnector block) and check that its database is at
+    the code's schema revision: SchemaOutOfDate, naming `make migrate`, otherwise (the engine is disposed of)."""
+    try:
+        check_current(_tuned(engine))
+    except BaseException:
         engine.dispose()
-    SQLModel.metadata.create_all(engine)
+        raise
     return engine
 
 
-@lru_cache(maxsize=8)
-def engine_for(url: str) -> Engine:
+def _tuned(engine: Engine) -> Engine:
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+        engine.dispose()
+    return engine
+
+
+def _new_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-    else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
-    return prepare_engine(engine)
+        return create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def unchecked_engine(url: str) -> Engine:
+    """A new engine with the product's settings, its database not checked (for migrating it); the caller
+    disposes of it."""
+    return _tuned(_new_engine(url))
+
+
+@lru_cache(maxsize=8)
+def engine_for(url: str) -> Engine:
+    return prepare_engine(_new_engine(url))
 
 
 def get_engine() -> Engine:

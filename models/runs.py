@@ -22,8 +22,13 @@ class EtlRunBase(SQLModel):
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
+    invalidated: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # current users now invalid
+    deleted: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # absent from a complete extraction
+    restored: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # current again (valid again, or back)
     raw_inserted: int = 0
     dlq_inserted: int = 0
+    dlq_opened: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # new or reopened entries
+    dlq_resolved: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     delivered_files: int = 0
     delivered_bytes: int = Field(default=0, sa_type=BigInteger)  # a big day's files pass 2 GiB
     failed_stage: str | None = Field(default=None, max_length=32)
@@ -155,6 +160,9 @@ class StatsPublic(SQLModel):
     last_duration_seconds: float | None = Field(description="of the most recent finished run")
     recent_runs: list[RunBrief] = Field(default=[], description="the last 10 runs of every flow, newest first")
     checkpoints: list[CheckpointPublic] = Field(default=[], description="per source")
+    invalid_users: int = Field(default=0, description="stored users whose newest record failed validation")
+    deleted_users: int = Field(default=0, description="stored users absent from the source")
+    dlq_users_resolved: int = Field(default=0, description="DLQ entries closed (not in dlq_users)")
 
 
 class HealthPublic(SQLModel):

@@ -28,10 +28,10 @@ class Settings(BaseSettings):
     users_page_size: int = Field(100, ge=1, le=10_000)
     # records per task run of each stage: each task run costs the flow and the Prefect server API calls, logs
     # and events, while the stages work through a batch in pieces, so a larger one holds little more memory
-    # (25,000 against 10,000: 100k users 0.7 s quicker, 1M as quick, as much memory; README, Benchmarks)
+    # (25,000 against 10,000: 100k users 0.7 s quicker, 1M as quick, as much memory; docs/benchmarks.md)
     users_batch_records: int = Field(DEFAULT_BATCH_RECORDS, ge=1, le=1_000_000)
     # stage the whole API extract before transform and persist start (for a source quicker than the stages
-    # after it: extract then no longer competes with them for the cores; see README, Benchmarks)
+    # after it: extract then no longer competes with them for the cores; see docs/benchmarks.md)
     users_extract_first: bool = False
     users_csv_dir: Path | None = None
     # users sources staged beside the API, each a module tasks/extract/<name>.py (see csv_drop.py)
@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     extract_retry_base_seconds: float = Field(2.0, ge=0)
     max_retry_after_seconds: float = Field(120.0, ge=0)
     feed_urls: Annotated[list[str], NoDecode] = []
+    # users absent from a complete extraction of the API are marked deleted, unless more than this share of
+    # the source's known users would go at once (then none is, and the run is flagged as anomalous)
+    users_detect_deleted: bool = True
+    users_delete_max_share: float = Field(0.10, ge=0, le=1)
 
     # storage
     database_url: SecretStr = SecretStr("sqlite:///var/app.db")
@@ -72,6 +76,9 @@ class Settings(BaseSettings):
     sftp_key_passphrase_block: str | None = None
     sftp_known_hosts: Path | None = None
     sftp_remote_base: str = "/upload"
+    # the raw records file as delivered: sensitive values masked (as everywhere outside the raw layer), in
+    # full as received (passwords are never kept), or not delivered at all
+    deliver_raw: Literal["masked", "full", "none"] = "masked"
 
     # API
     api_host: str = "127.0.0.1"

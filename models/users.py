@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, DateTime, Index, Text
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, Text
 from sqlmodel import Field, SQLModel
 
 TZ = DateTime(timezone=True)
+# 64-bit ids; on SQLite INTEGER, which is 64-bit there too and, as a primary key, the table's rowid (a BIGINT
+# key is a second index, and the keyset pages stop reading their index in order)
+ID = BigInteger().with_variant(Integer(), "sqlite")
+
+# processed_users.status: what the source's newest observation of the user says (README, "Sync semantics")
+CURRENT, INVALID, DELETED = "current", "invalid", "deleted"
+# dlq_users.resolution: why an entry closed
+RESOLVED_VALID, RESOLVED_SUPERSEDED, RESOLVED_GONE = "valid", "superseded", "gone"
 
 
 class RawUser(SQLModel, table=True):
@@ -24,7 +32,7 @@ class RawUser(SQLModel, table=True):
 
 
 class UserBase(SQLModel):
-    id: int = Field(primary_key=True)
+    id: int = Field(primary_key=True, sa_type=ID)
     first_name: str = Field(max_length=200)
     last_name: str | None = Field(default=None, max_length=200, index=True)
     maiden_name: str | None = None
@@ -60,46 +68,67 @@ class UserBase(SQLModel):
 class ProcessedUser(UserBase, table=True):
     __tablename__ = "processed_users"
     __table_args__ = (Index("ix_processed_users_updated_at_id", "updated_at", "id"),)
-    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    id: int = Field(primary_key=True, sa_type=ID, sa_column_kwargs={"autoincrement": False})
     record_hash: str = Field(max_length=64)
-    source_updated_at: datetime | None = Field(default=None, sa_type=TZ)  # newest record wins across sources
+    source_updated_at: datetime | None = Field(default=None, sa_type=TZ)  # when the newest observation was made
     first_seen_at: datetime = Field(sa_type=TZ)
     updated_at: datetime = Field(sa_type=TZ)
     run_id: str = Field(max_length=64, index=True)
+    # current | invalid (its newest observation failed validation) | deleted (absent from a complete extraction)
+    status: str = Field(default=CURRENT, max_length=16, index=True, sa_column_kwargs={"server_default": CURRENT})
+    status_changed_at: datetime | None = Field(default=None, sa_type=TZ)
+    status_run_id: str | None = Field(default=None, max_length=64)  # the run that set the status
 
 
 class UserPublic(UserBase):
     first_seen_at: datetime
     updated_at: datetime
     run_id: str
+    status: str = CURRENT
+    status_changed_at: datetime | None = None  # when the status last changed
+    status_run_id: str | None = None  # the run that set it
 
 
 class DlqBase(SQLModel):
-    run_id: str = Field(max_length=64, index=True)
+    run_id: str = Field(max_length=64, index=True)  # the first run that rejected the record
     source: str = Field(default="dummyjson", max_length=64)
     error_reason: str = Field(sa_column=Column(Text, nullable=False))
     data: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class DlqUser(DlqBase, table=True):
-    """A record that failed validation: every failed rule, and the record (sensitive fields masked)."""
+    """A record that failed validation: every failed rule, and the record (sensitive fields masked). Open
+    until the record's user arrives valid, is seen with other content, or is gone from its source."""
 
     __tablename__ = "dlq_users"
     id: int | None = Field(default=None, primary_key=True)
     record_hash: str = Field(max_length=64, unique=True)
     inserted_at: datetime = Field(sa_type=TZ)
     last_seen_at: datetime = Field(sa_type=TZ)
+    # the record's user id, when it has a usable one (null for an id that is not an integer, and for a second
+    # copy of an id within one extraction: neither says anything about the user's own state)
+    user_id: int | None = Field(default=None, sa_type=BigInteger, index=True)
+    last_run_id: str | None = Field(default=None, max_length=64, index=True)  # the last run that rejected it
+    resolved_at: datetime | None = Field(default=None, sa_type=TZ, index=True)  # null while open
+    resolved_run_id: str | None = Field(default=None, max_length=64)
+    resolution: str | None = Field(default=None, max_length=16)  # valid | superseded | gone
 
 
 class DlqPublic(SQLModel):
     id: int
-    run_id: str
+    run_id: str = Field(description="the first run that rejected the record")
+    last_run_id: str | None = Field(description="the last run that rejected the record")
     source: str
+    user_id: int | None
     error_reason: str
     reasons: list[str]
     data: dict
     inserted_at: datetime
     last_seen_at: datetime
+    status: str = Field(description='"open" or "resolved"')
+    resolved_at: datetime | None = None
+    resolved_run_id: str | None = None
+    resolution: str | None = Field(default=None, description="valid | superseded | gone, once resolved")
 
 
 # Flattened processed columns, in file/table order (the contract between transform and persist).

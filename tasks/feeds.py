@@ -17,8 +17,9 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Connection, Engine, bindparam, update
 
 from models.feeds import FEED_ITEM_COLUMNS, DlqFeedItem, FeedItem, RawFeedItem, feed_item_rules
-from tasks.persist import _stamp, _stamp_col, bulk_insert, insert_new_versions, stored_hashes, upsert_failures
+from tasks.bulk import bulk_insert, insert_new_versions, stamp_literal, stamp_text, stored_hashes, upsert_failures
 from tasks.persist import raw_frame as persist_raw_frame
+from tasks.redact import mask_sensitive
 from tasks.transform import append_lines, append_text_lines, dlq_lines, read_dlq_span, read_lines, read_span
 
 LINE = "_raw"
@@ -77,7 +78,7 @@ def content_hash(columns: list[str]) -> pl.Expr:
 
 def transform_frame(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(processed, dlq). Processed rows follow PROCESSED_SCHEMA; DLQ rows carry error_reason (every failed
-    rule), reasons (list), record_hash (of the staged line) and the staged line as `record`."""
+    rule), reasons (list), record_hash (of the staged line) and the staged line, masked, as `record`."""
     if raw.height == 0:
         return pl.DataFrame(schema=PROCESSED_SCHEMA), pl.DataFrame(schema=DLQ_SCHEMA)
     staged = (
@@ -106,7 +107,7 @@ def transform_frame(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         pl.col("reasons").list.join("; ").alias("error_reason"),
         "reasons",
         pl.col(LINE).chash.sha2_256().alias("record_hash"),
-        pl.col(LINE).alias("record"),
+        mask_sensitive(pl.col(LINE)).alias("record"),
     )
     return processed, dlq
 
@@ -153,8 +154,8 @@ def upsert_items(conn: Connection, items: pl.DataFrame, *, run_id: str, now: dat
     joined = items.join(stored, left_on="item_id", right_on="_key", how="left", maintain_order="left")
     new = joined.filter(pl.col("_stored").is_null()).drop("_stored")
     changed = joined.filter(pl.col("_stored").is_not_null() & (pl.col("_stored") != pl.col("record_hash"))).drop("_stored")
-    stamp = _stamp(conn, now)
-    bulk_insert(conn, table, new.with_columns(_stamp_col(conn, "published_at"), first_seen_at=stamp,
+    stamp = stamp_literal(conn, now)
+    bulk_insert(conn, table, new.with_columns(stamp_text(conn, "published_at"), first_seen_at=stamp,
                                               updated_at=stamp, run_id=pl.lit(run_id)))
     if changed.height:
         cols = [c for c in (*FEED_ITEM_COLUMNS, "record_hash") if c != "item_id"]

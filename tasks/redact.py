@@ -1,20 +1,58 @@
-"""What never leaves the source (secrets) and what is masked outside the raw layer (sensitive values), as
-Polars expressions over JSON text: one place for every source and stage."""
+"""What never leaves the source (secrets) and what is masked outside the raw layer (sensitive values): one
+table of masks, applied as Polars expressions to a column (`mask_value`) and to JSON text (`mask_sensitive`)
+with the same result for the same value, for every source and stage."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import polars as pl
 
 SECRET_FIELDS = ("password",)  # never staged, stored, logged or shipped
-SENSITIVE_FIELDS = ("ssn", "cardNumber", "iban", "ein")  # kept in the raw layer only; masked everywhere else
 
-_SECRET = "|".join(SECRET_FIELDS)
+SHOWN = 4  # significant characters a mask keeps, the last ones...
+SHOWN_FROM = 8  # ...of a value that has at least this many (a shorter one is all stars, one with none is null)
+STARS = "****"
+
+
+@dataclass(frozen=True)
+class Mask:
+    """A sensitive value's mask: `prefix` + its last SHOWN significant characters (`ignored`: a regex of the
+    characters that are not); `keys`: the JSON keys it goes by, at any depth."""
+
+    keys: tuple[str, ...]
+    prefix: str
+    ignored: str
+
+
+SSN = Mask(("ssn",), "***-**-", r"\D")  # ***-**-6789
+CARD = Mask(("cardNumber", "card_number"), "**** **** **** ", r"\D")  # **** **** **** 1234
+IBAN = Mask(("iban",), STARS, r"\s")  # ****1234
+EIN = Mask(("ein",), "**-***", r"\D")  # **-***6789 (an EIN is written 12-3456789)
+MASKS = (SSN, CARD, IBAN, EIN)
+SENSITIVE_FIELDS = tuple(key for mask in MASKS for key in mask.keys)  # kept in the raw layer only
+
+
+def mask_value(value: pl.Expr, mask: Mask) -> pl.Expr:
+    """Text values masked: the one definition of a mask, for columns and JSON text alike. A chain, each step
+    reading the one before once (`value` may be costly to work out, and an eager select works out a
+    subexpression as often as it occurs): long enough -> prefix and the last ones; else, if any, stars
+    (every prefix has 4 characters or more, so the step before never gives something short); else null."""
+    prefix = mask.prefix.replace("$", "$$")
+    return (value.str.replace_all(mask.ignored, "")
+            .str.replace(rf"(?s)^.{{{SHOWN_FROM - SHOWN},}}(.{{{SHOWN}}})$", prefix + "${1}")
+            .str.replace(rf"(?s)^.{{1,{SHOWN_FROM - 1}}}$", STARS)
+            .str.extract(r"(?s)^(.+)$", 1))
+
+
+# ---------------------------------------------------------------- JSON text
+
 _VALUE = r'(?:"(?:[^"\\]|\\.)*"|[^,{}\[\]"]*)'  # a JSON string, or a scalar
+_SECRET = "|".join(SECRET_FIELDS)
 # a secret key with its value, and the comma that joined it to a neighbour (before, after, or none)
 _SECRET_BEFORE = rf'"(?:{_SECRET})"\s*:\s*{_VALUE}\s*,'
 _SECRET_AFTER = rf',\s*"(?:{_SECRET})"\s*:\s*{_VALUE}'
 _SECRET_ONLY = rf'"(?:{_SECRET})"\s*:\s*{_VALUE}'
-_SENSITIVE = "|".join(SENSITIVE_FIELDS)
 
 
 def drop_secrets(json_text: pl.Expr) -> pl.Expr:
@@ -23,9 +61,26 @@ def drop_secrets(json_text: pl.Expr) -> pl.Expr:
             .str.replace_all(_SECRET_ONLY, ""))
 
 
+def _keyed(key: str) -> str:
+    """A key (one: an alternation of keys is ten times slower to search for) and its value: a text, number or
+    boolean, or an object or array with none inside (each masked as its JSON text, as a column has it)."""
+    return rf'"{key}"\s*:\s*("(?:[^"\\]|\\.)*"|-?[0-9][0-9.eE+-]*|true|false|\{{[^{{}}\[\]]*\}}|\[[^{{}}\[\]]*\])'
+
+
+def _as_json(value: pl.Expr) -> pl.Expr:
+    """Text values as JSON literals (quoted and escaped; null as null)."""
+    return pl.struct(value.alias("v")).struct.json_encode().str.strip_prefix('{"v":').str.strip_suffix("}")
+
+
 def mask_sensitive(json_text: pl.Expr) -> pl.Expr:
-    """Sensitive values inside JSON text masked (the last four characters kept), secrets dropped."""
-    out = json_text.str.replace_all(rf'"({_SENSITIVE})"\s*:\s*"[^"]*?([^"]{{4}})"', r'"${1}":"****${2}"')
-    out = out.str.replace_all(rf'"({_SENSITIVE})"\s*:\s*"[^"]{{0,3}}"', r'"${1}":"****"')
-    out = out.str.replace_all(rf'"({_SENSITIVE})"\s*:\s*-?[0-9][0-9.eE+-]*', r'"${1}":"****"')
+    """JSON text with every sensitive value (at any depth) masked by `mask_value`, secrets dropped. A key's
+    first value in a record is read, masked and written over each of its values there (a record holding
+    one key twice, with two values, shows the first one's mask twice)."""
+    out = json_text
+    for mask in MASKS:
+        for key in mask.keys:  # (read from the text given: `out` twice a step would be worked out 2^n times)
+            found = json_text.str.extract(_keyed(key), 1)
+            value = pl.concat_str(pl.lit('{"v":'), found, pl.lit("}")).str.json_path_match("$.v")
+            masked = _as_json(mask_value(value, mask)).str.replace_all("$", "$$", literal=True)
+            out = out.str.replace_all(_keyed(key), pl.lit(f'"{key}":') + masked)
     return drop_secrets(out)

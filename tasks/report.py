@@ -17,9 +17,11 @@ def publish_run_artifacts(summary: dict) -> None:
     lines = [
         f"# users-etl run `{summary['run_id']}`: {summary['status']}",
         "",
-        "| extracted | valid | invalid | inserted | updated | unchanged | raw rows added | DLQ rows added |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-        "| {extracted} | {valid} | {invalid} | {inserted} | {updated} | {unchanged} | {raw_inserted} | {dlq_inserted} |".format(**counts),
+        "| extracted | valid | invalid | inserted | updated | unchanged | invalidated | deleted | restored "
+        "| raw rows added | DLQ opened | DLQ resolved |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| {extracted} | {valid} | {invalid} | {inserted} | {updated} | {unchanged} | {invalidated} | {deleted} "
+        "| {restored} | {raw_inserted} | {dlq_opened} | {dlq_resolved} |".format(**counts),
         "",
         "## Dead-letter reasons",
         "",

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+import sys
 from collections.abc import Callable
+
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 
 def retry_when(is_transient: Callable[[BaseException], bool]) -> Callable:
@@ -16,3 +20,14 @@ def retry_when(is_transient: Callable[[BaseException], bool]) -> Callable:
         return False
 
     return condition
+
+
+def db_transient(exc: BaseException) -> bool:
+    """A lost connection or a locked database, not a row the database refuses; raised through SQLAlchemy or
+    straight from the driver (the bulk inserts and COPY use the driver's own cursor)."""
+    if isinstance(exc, DBAPIError):
+        return isinstance(exc, OperationalError) or exc.connection_invalidated
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
+    psycopg = sys.modules.get("psycopg")  # loaded by any PostgreSQL connection
+    return psycopg is not None and isinstance(exc, psycopg.OperationalError)

@@ -11,7 +11,8 @@ from sqlmodel import Session, select
 
 from models.runs import EtlRun
 
-COUNT_FIELDS = ("extracted", "valid", "invalid", "inserted", "updated", "unchanged", "raw_inserted", "dlq_inserted",
+COUNT_FIELDS = ("extracted", "valid", "invalid", "inserted", "updated", "unchanged", "invalidated", "deleted",
+                "restored", "raw_inserted", "dlq_inserted", "dlq_opened", "dlq_resolved",
                 "delivered_files", "delivered_bytes")
 
 

@@ -24,7 +24,7 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from models.schema import user_rules
 from models.users import PROCESSED_COLUMNS
 from tasks.drift import field_types, merge_types
-from tasks.redact import mask_sensitive
+from tasks.redact import CARD, IBAN, SSN, mask_sensitive, mask_value
 
 LINE = "_raw"
 # transform works through a batch in pieces of about this many bytes of staged JSONL (about 1,500 DummyJSON
@@ -308,18 +308,6 @@ def flatten(df: pl.DataFrame, fields: dict[str, tuple[str, ...]] | None = None) 
     return df.select(*cols, pl.col(LINE))
 
 
-# ---------------------------------------------------------------- masking
-
-
-def _last4(expr: pl.Expr, prefix: str, *, digits_only: bool = False) -> pl.Expr:
-    text = expr.str.replace_all(r"\D" if digits_only else r"\s", "")
-    return (
-        pl.when(text.str.len_chars() >= 8).then(pl.lit(prefix) + text.str.slice(-4))
-        .when(text.str.len_chars() > 0).then(pl.lit("****"))
-        .otherwise(None)
-    )
-
-
 # ---------------------------------------------------------------- the transform
 
 
@@ -331,7 +319,8 @@ def transform_frame(raw: pl.DataFrame, departments: pl.DataFrame, *, source: str
     lines' hashes when the caller has them already."""
     if raw.height == 0:
         return pl.DataFrame(schema=PROCESSED_SCHEMA), pl.DataFrame(
-            schema={"error_reason": pl.String, "reasons": pl.List(pl.String), "record_hash": pl.String, "record": pl.String}
+            schema={"error_reason": pl.String, "reasons": pl.List(pl.String), "record_hash": pl.String,
+                    "user_id": pl.Int64, "record": pl.String}
         )
     return split_checked(check_frame(raw, departments, fields=fields, raw_hash=raw_hash), source=source)
 
@@ -374,10 +363,10 @@ def split_checked(staged: pl.DataFrame, *, source: str = "dummyjson") -> tuple[p
         "gender", "birth_date", "blood_group", "height", "weight", "eye_color", "university", "role",
         "city", "state", "country", "postal_code", "latitude", "longitude",
         "department", "department_code", "company_name", "company_title",
-        _last4(pl.col("ssn"), "***-**-", digits_only=True).alias("ssn_masked"),
-        _last4(pl.col("card_number"), "**** **** **** ", digits_only=True).alias("card_number_masked"),
+        mask_value(pl.col("ssn"), SSN).alias("ssn_masked"),
+        mask_value(pl.col("card_number"), CARD).alias("card_number_masked"),
         "card_type",
-        _last4(pl.col("iban"), "****").alias("iban_masked"),
+        mask_value(pl.col("iban"), IBAN).alias("iban_masked"),
         pl.lit(source).alias("source"),
         "raw_hash",
     )
@@ -390,6 +379,8 @@ def split_checked(staged: pl.DataFrame, *, source: str = "dummyjson") -> tuple[p
         pl.col("reasons").list.join("; ").alias("error_reason"),
         "reasons",
         pl.col("raw_hash").alias("record_hash"),
+        # the user the record speaks for; none for a second copy of an id (the first copy speaks for it)
+        pl.when(~pl.col("id_duplicate")).then(pl.col("id_int")).alias("user_id"),
         mask_sensitive(pl.col(LINE)).alias("record"),
     )
     return processed, dlq
@@ -402,7 +393,9 @@ def dlq_lines(dlq: pl.DataFrame) -> pl.Series:
             pl.lit('{"error_reason":"'), pl.col("error_reason"),
             pl.lit('","reasons":["'), pl.col("reasons").list.join('","'),
             pl.lit('"],"record_hash":"'), pl.col("record_hash"),
-            pl.lit('","record":'), pl.col("record"), pl.lit("}"),
+            *([pl.lit('","user_id":'), pl.col("user_id").cast(pl.String).fill_null("null"), pl.lit(',"record":')]
+              if "user_id" in dlq.columns else [pl.lit('","record":')]),
+            pl.col("record"), pl.lit("}"),
         ).alias("line")
     ).get_column("line")
 
@@ -410,15 +403,18 @@ def dlq_lines(dlq: pl.DataFrame) -> pl.Series:
 def append_failure(dlq_path: Path | str, *, reason: str, record: str) -> tuple[int, int]:
     """A DLQ line for something that never became records (a rejected file); `record` is JSON text."""
     line = pl.DataFrame({"error_reason": [reason], "reasons": [[reason]], "record": [record]}).with_columns(
-        pl.col("record").chash.sha2_256().alias("record_hash"))
+        pl.col("record").chash.sha2_256().alias("record_hash"), pl.lit(None, pl.Int64).alias("user_id"))
     return append_text_lines(dlq_path, dlq_lines(line))
 
 
-def read_dlq_span(data: bytes) -> pl.DataFrame:
+def read_dlq_span(data: bytes, *, user_ids: bool = False) -> pl.DataFrame:
+    """Staged DLQ lines as rows (error_reason, record_hash, [user_id,] data)."""
+    line = pl.col("l")
     return read_lines(data, "l").select(
-        pl.col("l").str.json_path_match("$.error_reason").alias("error_reason"),
-        pl.col("l").str.json_path_match("$.record_hash").alias("record_hash"),
-        pl.col("l").str.json_path_match("$.record").alias("data"),
+        line.str.json_path_match("$.error_reason").alias("error_reason"),
+        line.str.json_path_match("$.record_hash").alias("record_hash"),
+        *([line.str.json_path_match("$.user_id").cast(pl.Int64, strict=False).alias("user_id")] if user_ids else []),
+        line.str.json_path_match("$.record").alias("data"),
     )
 
 
@@ -454,6 +450,7 @@ def transform_batch(
     keys_path: str | None = None,
     source: str = "dummyjson",
     fields: dict[str, list[str]] | None = None,
+    seen_ids: pl.Series | None = None,
     piece_bytes: int = PIECE_BYTES,
 ) -> dict:
     """One span of the staged raw file through the rules; outputs appended to the run's files. `fields` is
@@ -463,13 +460,15 @@ def transform_batch(
     The span is worked through in pieces of about `piece_bytes` (one task run all the same): a piece's
     frames are freed before the next is parsed, so the stage's memory is a piece's, not the batch's. The
     pieces' outputs follow each other in the run's files, so the batch's outputs are still one span each;
-    an id seen in an earlier piece of the batch is a duplicate as it would be within one piece."""
+    an id seen in an earlier piece of the batch, or in `seen_ids` (the source's earlier batches of the run),
+    is a duplicate as it would be within one piece: the first copy of an extraction counts, whatever the
+    batch size. Returns the ids it saw as `ids`, for the next batch."""
     started = time.time()
     field_map = {k: tuple(v) for k, v in fields.items()} if fields else None
     p_start, d_start = file_size(processed_path), file_size(dlq_path)
     keys, types, reasons = [], [], Counter()
     valid = invalid = 0
-    seen_ids = pl.Series("id_int", [], pl.Int64)
+    seen_ids = pl.Series("id_int", [], pl.Int64) if seen_ids is None else seen_ids.rename("id_int")
     like = None  # the fields the pieces so far were found to have
     for data in read_pieces(raw_path, piece_bytes, offset, length):
         raw = parse_raw(data, like)
@@ -506,4 +505,5 @@ def transform_batch(
         "types": merge_types(types),
         "work_span": [started, time.time()],
         "reasons": dict(reasons),
+        "ids": seen_ids,
     }

@@ -1,14 +1,19 @@
-"""Shared fixtures: real databases (SQLite file, PostgreSQL on 127.0.0.1), one Prefect server per session
-(the one `make run` starts), settings from a clean environment, loopback peers from tests/servers."""
+"""Shared fixtures: real databases (SQLite file, PostgreSQL on 127.0.0.1) migrated as `make migrate` leaves them,
+one Prefect server per session (the one `make run` starts), settings from a clean environment, loopback peers
+from tests/servers."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from models.settings import get_settings
 
@@ -58,8 +63,12 @@ def create_pg_database(prefix: str) -> str:
 
 def drop_pg_database(url: str) -> None:
     from models.db import engine_for
+    from models.migrate import SchemaOutOfDate
 
-    engine_for(url).dispose()
+    try:
+        engine_for(url).dispose()
+    except SchemaOutOfDate:  # never migrated: no engine was kept
+        pass
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
@@ -68,10 +77,37 @@ def drop_pg_database(url: str) -> None:
         admin.dispose()
 
 
+_sqlite_template: list[Path] = []  # a SQLite file migrated once per session, which new ones are copies of
+
+
+def migrated(url: str) -> str:
+    """`url`, its database brought to the code's schema revision as `make migrate` does (a new SQLite file is
+    a copy of one migrated once per session)."""
+    from models.migrate import upgrade
+
+    parsed = make_url(url)
+    path = Path(parsed.database) if parsed.get_backend_name() == "sqlite" and parsed.database else None
+    if path is None or path.name == ":memory:" or path.exists():
+        upgrade(url)
+        return url
+    if not _sqlite_template:
+        template = Path(tempfile.mkdtemp(prefix="sluice-schema-")) / "migrated.db"
+        upgrade(f"sqlite:///{template}")  # its engine is gone: the file holds everything (no WAL left)
+        _sqlite_template.append(template)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_sqlite_template[0], path)
+    return url
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    for template in _sqlite_template:
+        shutil.rmtree(template.parent, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this session, dropped afterwards."""
-    url = create_pg_database("sluice_test")
+    """A fresh PostgreSQL database for this session, migrated, dropped afterwards."""
+    url = migrated(create_pg_database("sluice_test"))
     yield url
     drop_pg_database(url)
 
@@ -88,9 +124,9 @@ def _reset(url: str) -> None:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path) -> str:
-    """Each test using this runs on both databases, starting empty."""
+    """Each test using this runs on both databases, migrated, starting empty."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'app.db'}"
+        url = migrated(f"sqlite:///{tmp_path / 'app.db'}")
     else:
         url = request.getfixturevalue("pg_database")
     _reset(url)

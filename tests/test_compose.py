@@ -23,8 +23,8 @@ PREFECT_YAML = ROOT / "prefect.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 
 REQUIRED_SERVICES = {"postgres", "prefect-server", "worker", "api", "sftp"}
-APP_SERVICES = {"prefect-server", "deploy", "worker", "api"}  # built from our Dockerfile
-ONE_SHOT = {"deploy"}
+APP_SERVICES = {"prefect-server", "deploy", "migrate", "worker", "api"}  # built from our Dockerfile
+ONE_SHOT = {"deploy", "migrate"}
 SECRET_WORDS = re.compile(r"PASSWORD|PASSPHRASE|SECRET|TOKEN|API_KEY|PRIVATE", re.I)
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
@@ -160,6 +160,23 @@ def test_start_order_waits_for_health(services):
     assert worker["deploy"] == "service_completed_successfully"
     assert depends(services["deploy"])["prefect-server"] == "service_healthy"
     assert depends(services["api"])["postgres"] == "service_healthy"
+    # Sluice's database is migrated before anything reads or writes it
+    assert worker["migrate"] == depends(services["api"])["migrate"] == "service_completed_successfully"
+    assert depends(services["migrate"]) == {"postgres": "service_healthy"}
+
+
+def test_migrate_brings_the_workers_database_to_the_schema(services):
+    """The one-shot `migrate` is `make migrate` on the database the worker and the API use, from the image,
+    which has alembic.ini and the revisions."""
+    migrate, worker = services["migrate"], services["worker"]
+    assert migrate["command"] == ["alembic", "upgrade", "head"]
+    assert env_of(migrate)["DATABASE_URL"] == env_of(worker)["DATABASE_URL"] == env_of(services["api"])["DATABASE_URL"]
+    assert secret_names(migrate) == ["sluice_db_password"]
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert not {"alembic.ini", "migrations", "migrations/", "models"} & ignored
+    ini = (ROOT / "alembic.ini").read_text()
+    assert re.search(r"^script_location = %\(here\)s/migrations$", ini, re.M)
+    assert (ROOT / "migrations" / "env.py").is_file() and list((ROOT / "migrations" / "versions").glob("0001_*.py"))
 
 
 def test_named_volumes_are_declared_and_bind_mounts_exist(compose, services):

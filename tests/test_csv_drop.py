@@ -89,7 +89,8 @@ def test_csv_drop_end_to_end(settings_env, database_url, tmp_path):
         changed[4] = {**changed[4], "lastName": "Changed"}
         good.write_text(HEADER + csv_rows(changed))
         third = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
-        assert third["sources"]["csv"] == {"inserted": 1, "updated": 1, "unchanged": 29, "failed": 0}
+        assert third["sources"]["csv"] == {"inserted": 1, "updated": 1, "unchanged": 29, "restored": 0,
+                                           "invalidated": 0, "failed": 0}
         assert rows(url, "SELECT last_name FROM processed_users WHERE id = 5004") == [("Changed",)]
 
 
@@ -109,17 +110,18 @@ def test_newest_record_wins_between_api_and_csv(settings_env, database_url, tmp_
         # the API (fetched now) is newer than the hour-old file: the API's record stands
         assert rows(url, f"SELECT last_name, source FROM processed_users WHERE id = {user['id']}") == [
             (user["lastName"], "dummyjson")]
+        # a drop produced after the API's next fetch (its file time an hour ahead) is the newest observation:
+        # it wins, and keeps winning over every fetch made before its time, whatever the API serves
         new_csv = drop / "new.csv"
         new_csv.write_text(HEADER + csv_rows([{**user, "lastName": "FromNewCsv"}], start_id=user["id"]))
-        asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
-        # a file written after the API's record appeared is newer: it wins, and keeps winning while the API
-        # serves the same (older) record
+        future = time.time() + 3600
+        os.utime(new_csv, (future, future))
         for _ in range(2):
+            asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
             assert rows(url, f"SELECT last_name, source FROM processed_users WHERE id = {user['id']}") == [
                 ("FromNewCsv", "csv")]
-            asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
         server.set_users([{**user, "lastName": "FromApiAgain"}])
         asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
     assert rows(url, f"SELECT last_name, source FROM processed_users WHERE id = {user['id']}") == [
-        ("FromApiAgain", "dummyjson")]
+        ("FromNewCsv", "csv")]
     assert pl.DataFrame(rows(url, "SELECT id FROM processed_users"), orient="row").height == 1

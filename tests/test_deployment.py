@@ -85,6 +85,7 @@ def test_scheduled_deployment_runs_on_a_worker(local_server, clean_env, tmp_path
     flow_env = {**clean_env, "DATABASE_URL": f"sqlite:///{db}", "DATA_DIR": str(tmp_path / "data"),
                 "EXTRACT_RETRY_BASE_SECONDS": "0"}
     users = load_real_users()
+    _run(_make("migrate"), flow_env, tmp_path / "migrate.log", "`make migrate`")  # the database, as a user makes it
 
     # deploy to an explicit PREFECT_API_URL, as against a remote server
     _run(_make("deploy"), {**flow_env, "PREFECT_API_URL": api_url, "EXTRACT_SCHEDULE_CRON": CRON},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
@@ -248,3 +249,35 @@ def test_transient_errors_are_retried(feeds_env, server):
     assert summary["counts"]["inserted"] == 5 and summary["counts"]["feeds_failed"] == 0
     assert count(url, "feed_items") == 5
     assert summary["delivered"] == [] and "deliver" in summary["stage_seconds"]  # SFTP_HOST unset: skipped
+
+
+@pytest.mark.sshd
+def test_one_rss_and_one_atom_feed_delivered_under_distinct_names(feeds_env, server, sshd):
+    """Raw, processed and DLQ files each under a name of its own (they once shared `items_<stamp>.jsonl`,
+    and deliver refused them); the raw file goes as a masked copy, like every raw file."""
+    set_env, url = feeds_env
+    server.set_feed("/rss", rss_document(make_items(3, prefix="rss") + [{"guid": "urn:rss:bad", "summary": "no title"}]),
+                    RSS)
+    server.set_feed("/atom", atom_document(make_items(2, prefix="atom")), ATOM)
+    set_env(sftp_host=sshd.host, sftp_port=sshd.port, sftp_username=sshd.username, sftp_key_path=sshd.key_path,
+            sftp_known_hosts=sshd.known_hosts, sftp_key_passphrase=sshd.passphrase, sftp_remote_base=sshd.remote_base)
+
+    summary = asyncio.run(feeds_etl(feed_urls=[server.url("/rss"), server.url("/atom")]))
+
+    assert summary["status"] == "completed" and summary["counts"]["delivered_files"] == 3
+    files = {kind: Path(path) for kind, path in summary["files"].items()}
+    stamp = files["raw"].stem.removeprefix("feed_records_")
+    assert {kind: path.name for kind, path in files.items()} == {
+        "raw": f"feed_records_{stamp}.jsonl", "processed": f"feed_items_{stamp}.jsonl",
+        "dlq": f"invalid_feed_items_{stamp}.jsonl"}
+    day = Path(summary["delivered"][0]["remote_path"]).parent.name  # the run's date
+    on_server = {p.relative_to(sshd.local_root).as_posix(): p.read_bytes()
+                 for p in sshd.local_root.rglob("*") if p.is_file()}
+    assert set(on_server) == {f"{day}/{path.name}" for path in files.values()}
+    raw_copy = files["raw"].parent.parent / "deliver" / files["raw"].name
+    assert summary["delivered"][0]["local_path"] == str(raw_copy)
+    assert on_server[f"{day}/{files['raw'].name}"] == files["raw"].read_bytes()  # nothing sensitive in feed items
+    assert len(files["raw"].read_bytes().splitlines()) == 6
+    assert len(on_server[f"{day}/{files['processed'].name}"].splitlines()) == 5
+    assert json.loads(on_server[f"{day}/{files['dlq'].name}"])["record"]["guid"] == "urn:rss:bad"
+    assert rows(url, "SELECT count(*) FROM feed_items")[0][0] == 5

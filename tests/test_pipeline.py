@@ -18,8 +18,9 @@ from sqlalchemy import text
 
 from flows.users_etl import users_etl
 from models.db import engine_for
-from tasks.extract.dummyjson import CHECKPOINT_KEY
+from tasks.extract.constants import CHECKPOINT_KEY
 from tasks.extract.sample import DummyJsonServer, Fault
+from tests.conftest import migrated
 from tests.servers.dummyjson import break_users, load_real_users, staged_lines
 from tests.servers.prefect_server import run_artifacts
 
@@ -106,8 +107,9 @@ def test_rerun_adds_no_duplicates_and_counts_changes(pipeline_env):
     assert renamed == [("Renamed", third["run_id"], True, True)]
     assert rows(url, f"SELECT run_id FROM processed_users WHERE id = {users[6]['id']}") == [(first["run_id"],)]
     assert count(url, "raw_users") == 210  # two new distinct records, nothing repeated
-    # the failure seen in each run is stored once, stamped by the run that saw it last
-    assert rows(url, "SELECT run_id, last_seen_at > inserted_at FROM dlq_users") == [(third["run_id"], True)]
+    # the failure seen in each run is stored once, with the first run that saw it and the last
+    assert rows(url, "SELECT run_id, last_run_id, last_seen_at > inserted_at FROM dlq_users") == [
+        (first["run_id"], third["run_id"], True)]
 
 
 def test_500_then_200_is_retried(pipeline_env):
@@ -167,17 +169,17 @@ def test_source_down_keeps_checkpoint_and_next_run_resumes(pipeline_env, extract
 
 
 def test_a_batch_failing_after_some_of_its_pages_were_written_stages_each_record_once(pipeline_env):
-    """Extract writes each page as it arrives, so a batch that fails part-way leaves pages past the last
-    checkpoint: once on its third page (the task's retry refetches the batch), then on its fourth at every
-    try (the run fails; the next one resumes). Both cut them off first: the staged file and the raw layer
-    hold each record once."""
+    """Extract writes and checkpoints each page as it arrives: a batch failing once on its third page is
+    retried from that page (the two before it stay staged); one failing on its fourth at every try fails the
+    run with its checkpoint on that page, where the next run resumes. The staged file and the raw layer hold
+    each record once."""
     url = pipeline_env
     users = load_real_users()
     with DummyJsonServer(users) as server:
         once = iter([Fault(500)])
         server.fail_when = lambda limit, skip: next(once, None) if skip == 100 else None
         summary = asyncio.run(users_etl(api_base=server.base_url, batch_records=200, deliver_files=False))
-        assert [skip for _, skip in server.requests[:4]] == [0, 50, 100, 0]  # the retry refetched the batch
+        assert [skip for _, skip in server.requests[:4]] == [0, 50, 100, 100]  # the retry went on from its page
     staged = pl.read_ndjson(summary["files"]["raw"])
     assert staged.height == 208 and staged.get_column("id").n_unique() == 208
     assert count(url, "raw_users") == 208
@@ -188,11 +190,13 @@ def test_a_batch_failing_after_some_of_its_pages_were_written_stages_each_record
         state = asyncio.run(users_etl(api_base=server.base_url, batch_records=200, deliver_files=False,
                                       return_state=True))
         assert state.is_failed()
-        [(raw_path, staged_bytes)] = rows(url, f"SELECT staged_path, staged_bytes FROM etl_checkpoints "
-                                                f"WHERE source = '{CHECKPOINT_KEY}'")
-        assert Path(raw_path).stat().st_size > staged_bytes  # the failed batch's first pages are past its checkpoint
+        [(raw_path, staged_bytes, cursor)] = rows(url, f"SELECT staged_path, staged_bytes, cursor FROM "
+                                                        f"etl_checkpoints WHERE source = '{CHECKPOINT_KEY}'")
+        assert cursor == 150 and Path(raw_path).stat().st_size == staged_bytes  # its three pages before the failing one
         server.fail_when = None
+        server.requests.clear()
         summary = asyncio.run(users_etl(api_base=server.base_url, batch_records=200, deliver_files=False))
+        assert server.requests[0] == (50, 150)  # resumed at the failing page
     staged = pl.read_ndjson(summary["files"]["raw"])
     assert staged.height == 208 and staged.get_column("id").n_unique() == 208
     assert count(url, "etl_runs") == runs_before + 2
@@ -241,6 +245,7 @@ def test_database_from_a_sqlalchemy_connector_block(settings_env, tmp_path):
     from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector, SyncDriver
 
     db = tmp_path / "from-block.db"
+    migrated(f"sqlite:///{db}")
     SqlAlchemyConnector(
         connection_info=ConnectionComponents(driver=SyncDriver.SQLITE_PYSQLITE, database=str(db))
     ).save("sluice-test-db", overwrite=True)
@@ -320,13 +325,14 @@ def test_persist_in_pieces_stores_what_the_batch_taken_whole_would(pipeline_env,
     piece = 4096
     assert len(split_spans(raw, piece)) > 50  # a few records a piece
 
-    whole_url = f"sqlite:///{tmp_path / 'whole.db'}"
+    whole_url = migrated(f"sqlite:///{tmp_path / 'whole.db'}")
     whole = persist_spans(engine_for(whole_url), run_id="r1", source="dummyjson", files=files, spans=spans,
                           piece_bytes=1 << 30)
     pieces = persist_spans(engine_for(pipeline_env), run_id="r1", source="dummyjson", files=files, spans=spans,
                            piece_bytes=piece)
-    assert pieces == whole == {"inserted": 208 - invalid, "updated": 0, "unchanged": 0,
-                               "raw_inserted": 208, "dlq_inserted": invalid + 3}
+    assert pieces == whole == {"inserted": 208 - invalid, "updated": 0, "unchanged": 0, "restored": 0,
+                               "invalidated": 0, "raw_inserted": 208, "dlq_inserted": invalid + 3,
+                               "dlq_opened": invalid + 3, "dlq_resolved": 0}
 
     truth = raw_frame(raw.read_bytes()).select("source_id", "record_hash", "data").rows()
     raw_sql = "SELECT source_id, record_hash, data FROM raw_users"
@@ -349,7 +355,7 @@ def test_sqlite_bulk_load_checkpoints_beside_the_writer_and_keeps_the_wal_small(
     from tasks.persist import persist_batch
 
     settings_env()
-    url = f"sqlite:///{tmp_path / 'bulk.db'}"
+    url = migrated(f"sqlite:///{tmp_path / 'bulk.db'}")
     wal = tmp_path / "bulk.db-wal"
     engine = engine_for(url)
     sizes, raw_inserted = [], 0
@@ -379,7 +385,7 @@ def test_sqlite_bulk_load_writes_through_one_connection_whatever_runs_between_it
     from tasks.persist import persist_batch
 
     settings_env()
-    url = f"sqlite:///{tmp_path / 'bulk.db'}"
+    url = migrated(f"sqlite:///{tmp_path / 'bulk.db'}")
     engine = engine_for(url)
     writers = set()
 
@@ -415,10 +421,10 @@ def test_sqlite_statements_come_in_a_few_shapes_whatever_the_batch_sizes(setting
     with a handful of statement shapes: inserts in a few sizes, each lookup one statement whatever the keys."""
     from sqlalchemy import Column, Integer, MetaData, String, Table
 
-    from tasks.persist import bulk_insert, lookup
+    from tasks.bulk import bulk_insert, lookup
 
     settings_env()
-    engine = engine_for(f"sqlite:///{tmp_path / 'shapes.db'}")
+    engine = engine_for(migrated(f"sqlite:///{tmp_path / 'shapes.db'}"))
     table = Table("t", MetaData(), Column("id", Integer, primary_key=True), Column("a", String), Column("b", String))
     table.create(engine)
     sizes: dict[str, set[int]] = {"insert": set(), "in": set()}
@@ -462,7 +468,7 @@ def test_bulk_insert_stores_awkward_text_as_it_is(database_url):
     quotes, commas, backslashes, blanks and non-ASCII text come back as they went in; a null stays null."""
     from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table
 
-    from tasks.persist import bulk_insert
+    from tasks.bulk import bulk_insert
 
     engine = engine_for(database_url)
     table = Table("awkward", MetaData(), Column("id", Integer, primary_key=True), Column("a", String),
@@ -486,7 +492,7 @@ def test_lookup_finds_every_stored_key_and_no_other(database_url):
     on both databases."""
     from sqlalchemy import BigInteger, Column, MetaData, String, Table
 
-    from tasks.persist import bulk_insert, lookup
+    from tasks.bulk import bulk_insert, lookup
 
     engine = engine_for(database_url)
     table = Table("lookups", MetaData(), Column("id", BigInteger, primary_key=True), Column("h", String, unique=True),
@@ -515,7 +521,7 @@ def test_lookup_finds_every_stored_key_and_no_other(database_url):
 def test_copy_csv_comes_in_slices_that_add_up_to_the_frame():
     """The CSV for a COPY is rendered a slice of the frame at a time (a piece's whole CSV was held twice at
     once); the slices joined are the frame's CSV, every row once, in order."""
-    from tasks.persist import csv_slices
+    from tasks.bulk import csv_slices
 
     n = 3_000
     df = pl.DataFrame({"id": range(n), "line": [f'{{"id": {i}, "text": "{"x" * 1_000}", "q": "a,\\"b\\""}}'
@@ -544,7 +550,7 @@ def test_sqlite_batch_writes_its_wal_frames_and_nothing_besides(settings_env, tm
 
     settings_env()
     files, spans, invalid = _transformed_real_users(tmp_path / "batch", keys=True)
-    url = f"sqlite:///{tmp_path / 'w.db'}"
+    url = migrated(f"sqlite:///{tmp_path / 'w.db'}")
     engine = engine_for(url)
     wal = tmp_path / "w.db-wal"
     with engine.connect() as conn:
@@ -561,10 +567,10 @@ def test_a_row_the_database_refuses_halfway_through_a_statement_leaves_nothing_o
     rows before it in the same statement included, is rolled back whole."""
     from sqlalchemy import Column, Integer, MetaData, String, Table
 
-    from tasks.persist import bulk_insert
+    from tasks.bulk import bulk_insert
 
     settings_env()
-    url = f"sqlite:///{tmp_path / 'refuse.db'}"
+    url = migrated(f"sqlite:///{tmp_path / 'refuse.db'}")
     engine = engine_for(url)
     table = Table("t", MetaData(), Column("id", Integer, primary_key=True), Column("a", String, nullable=False))
     table.create(engine)
@@ -581,7 +587,7 @@ def test_a_row_the_database_refuses_halfway_through_a_statement_leaves_nothing_o
 def test_persist_retries_a_locked_database_from_the_driver_but_not_a_refused_row(tmp_path):
     """The bulk inserts run on the driver's own cursor, so its errors arrive unwrapped by SQLAlchemy: a
     locked database is still worth a retry, a row the database refuses is not."""
-    from tasks.persist import _db_transient
+    from tasks.retry import db_transient as _db_transient
 
     path = tmp_path / "locked.db"
     holder, other = sqlite3.connect(path, timeout=0), sqlite3.connect(path, timeout=0)
@@ -628,7 +634,7 @@ def test_extract_checkpoint_does_not_wait_for_a_batch_being_stored(settings_env,
     from tasks.extract.dummyjson import CheckpointWriter, begin_extract
 
     settings_env()
-    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    url = migrated(f"sqlite:///{tmp_path / 'cp.db'}")
     engine = engine_for(url)
     begin_extract(engine, run_id="r1", fingerprint="f", new_path=tmp_path / "raw.jsonl")
     with CheckpointWriter(engine) as checkpoints:
@@ -653,7 +659,7 @@ def test_fetched_pages_are_freed_once_staged_without_the_garbage_collector(setti
     from tasks.extract.dummyjson import CheckpointWriter, begin_extract, fetch_batch
 
     settings_env()
-    engine = engine_for(f"sqlite:///{tmp_path / 'cp.db'}")
+    engine = engine_for(migrated(f"sqlite:///{tmp_path / 'cp.db'}"))
     plan = begin_extract(engine, run_id="r1", fingerprint="f", new_path=tmp_path / "raw.jsonl")
     users = load_real_users()
     with DummyJsonServer(users) as server, CheckpointWriter(engine) as checkpoints:
@@ -686,7 +692,7 @@ def test_extract_checkpoint_write_error_reaches_the_extracting_thread(settings_e
     from tasks.extract.dummyjson import CheckpointWriter, begin_extract
 
     settings_env()
-    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    url = migrated(f"sqlite:///{tmp_path / 'cp.db'}")
     engine = engine_for(url)
     begin_extract(engine, run_id="r1", fingerprint="f", new_path=tmp_path / "raw.jsonl")
     with engine.begin() as conn:

@@ -20,6 +20,7 @@ from models.db import engine_for
 from models.settings import ConfigError, get_settings
 from tasks.extract import source_module
 from tasks.extract.sample import DummyJsonServer
+from tests.conftest import migrated
 from tests.servers.dummyjson import load_real_users
 
 PARTNER_ROWS = [
@@ -53,14 +54,15 @@ def partner_module() -> types.ModuleType:
 
 @pytest.mark.usefixtures("prefect_server")
 def test_a_new_source_is_a_module_and_a_line_of_configuration(settings_env, tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path / 'app.db'}"
+    url = migrated(f"sqlite:///{tmp_path / 'app.db'}")
     module = partner_module()
     monkeypatch.setitem(sys.modules, "tasks.extract.partner_drop", module)
     settings_env(database_url=url, users_sources="csv_drop,partner_drop")
     with DummyJsonServer(load_real_users()[:5]) as server:
         first = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
         second = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
-    assert first["sources"]["partner"] == {"inserted": 1, "updated": 0, "unchanged": 0, "failed": 1}
+    assert first["sources"]["partner"] == {"inserted": 1, "updated": 0, "unchanged": 0, "restored": 0,
+                                           "invalidated": 0, "failed": 1}
     assert "partner" not in second["sources"] and len(module.done) == 1  # checkpointed by its module
     with engine_for(url).connect() as conn:
         assert conn.execute(text("SELECT first_name, last_name, source FROM processed_users WHERE id = 7001")).all() == [

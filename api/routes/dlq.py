@@ -1,9 +1,9 @@
-"""GET /dlq: the records that failed validation, with every rule they failed."""
+"""GET /dlq: the records that failed validation, with every rule they failed; open ones unless asked."""
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 
@@ -23,11 +23,18 @@ def list_dlq(
     session: SessionDep,
     page: Annotated[int, Query(ge=1, le=2**31 - 1)] = 1,
     page_size: Annotated[int, Query(ge=1, le=500)] = 20,
-    run_id: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$")] = None,
+    status: Annotated[Literal["open", "resolved", "all"], Query(
+        description="open (default): records still rejected; resolved: closed since (the user arrived valid, "
+                    "with other content, or is gone from the source); all")] = "open",
+    run_id: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$",
+                                        description="the first or the last run that rejected the record")] = None,
+    user_id: Annotated[int | None, Query(ge=-(2**63), le=2**63 - 1, description="the record's user id")] = None,
     reason: Annotated[DlqReason | None, Query(description="a rule name, e.g. email_invalid")] = None,
 ) -> DlqListPublic:
-    filters = {k: v for k, v in {"run_id": run_id, "reason": reason and reason.value}.items() if v is not None}
-    where = crud.dlq_filters(**filters)
+    given = {k: v for k, v in {"run_id": run_id, "user_id": user_id, "reason": reason and reason.value}.items()
+             if v is not None}
+    where = crud.dlq_filters(status=status, **given)
+    filters = given | ({"status": status} if status != "open" else {})  # as meta shows them
     total = crud.count_rows(session=session, model=DlqUser, where=where)
     offset = crud.page_offset(page=page, page_size=page_size)
     rows = [] if offset is None else crud.fetch_dlq(session=session, where=where, limit=page_size + 1, offset=offset)

@@ -11,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from api import crud
 from api.deps import overridable_session
 from api.errors import describe_database_error
+from models.migrate import SchemaOutOfDate
 from models.runs import EtlRun, HealthPublic
 
 router = APIRouter(tags=["health"])
@@ -35,6 +36,8 @@ def health(request: Request) -> JSONResponse:
         with overridable_session(request) as session:  # by hand: a database that cannot be reached is an answer
             crud.database_ping(session=session)
             verdict = _verdict(crud.latest_run(session=session))
+    except SchemaOutOfDate as exc:
+        verdict = HealthPublic(status="unhealthy", database="schema out of date", reason=str(exc))
     except (SQLAlchemyError, OSError) as exc:
         verdict = HealthPublic(status="unhealthy", database="unreachable",
                                reason=f"database unreachable: {describe_database_error(exc)}")

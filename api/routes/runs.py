@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, HTTPException, Path, Query, status
 
 from api import crud
 from api.deps import ApiKeyDep, SessionDep
+from api.errors import ErrorBody
 from models.runs import EtlRun, EtlRunCreate, EtlRunPublic, EtlRunsPublic, EtlRunStarted
 from models.settings import get_settings
 
@@ -77,9 +78,11 @@ def _unavailable(message: str) -> HTTPException:
     response_model=EtlRunStarted,
     dependencies=[ApiKeyDep],
     summary=f"Start a run of {DEPLOYMENT} (needs X-API-Key)",
-    responses={400: {"description": "the body could not be read as JSON"}, 401: {"description": "no X-API-Key"},
-               403: {"description": "wrong X-API-Key"},
-               503: {"description": "API_KEY unset, Prefect unreachable or the deployment missing"}},
+    responses={400: {"description": "the body could not be read as JSON"},
+               401: {"model": ErrorBody, "description": "no X-API-Key header"},
+               403: {"model": ErrorBody, "description": "a wrong X-API-Key; or no API_KEY is set on the server, "
+                                                        "which turns starting runs through the API off"},
+               503: {"model": ErrorBody, "description": "Prefect unreachable, or the deployment missing"}},
 )
 async def start_run(body: Annotated[EtlRunCreate | None, Body()] = None) -> EtlRunStarted:
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError

@@ -1,7 +1,7 @@
 """DummyJSON-style paginated users API (`GET base?limit=L&skip=S` -> {users, total, skip, limit}).
 
 Public entry points: `fetch_batch` (a Prefect task: fetches a run of pages, appends them to the staged
-raw file and moves the checkpoint), `begin_extract` / `finish_extract` (checkpoint bookkeeping),
+raw file and moves the checkpoint after each), `begin_extract` / `finish_extract` (checkpoint bookkeeping),
 `CheckpointWriter` (moves the checkpoint from a thread of its own).
 """
 
@@ -10,13 +10,9 @@ from __future__ import annotations
 import email.utils
 import functools
 import logging
-import os
 import ssl
-import threading
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import BinaryIO
 
 import httpx
@@ -25,14 +21,18 @@ import orjson
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
 from prefect.tasks import exponential_backoff
-from sqlalchemy import Engine
-from sqlmodel import Session
 
-from models.runs import EtlCheckpoint
+from tasks.extract.checkpoint import (  # noqa: F401  (the extraction's entry points, with fetch_batch)
+    CheckpointWriter,
+    ExtractPlan,
+    Position,
+    begin_extract,
+    finish_extract,
+)
 from tasks.extract.constants import (
-    CHECKPOINT_KEY,
     DEFAULT_RETRY_AFTER_SECONDS,
     MAX_429_WAITS,
 )
@@ -46,15 +46,6 @@ class SourceError(RuntimeError):
 
 class TransientSourceError(RuntimeError):
     """The source is down, slow or overloaded; worth another try."""
-
-
-@dataclass(frozen=True)
-class ExtractPlan:
-    staged_path: str
-    skip: int
-    offset: int
-    records: int
-    resumed: bool
 
 
 # ---------------------------------------------------------------- HTTP
@@ -151,123 +142,6 @@ def write_lines(fh: BinaryIO, users: list) -> None:
 is_transient = retry_when(lambda exc: isinstance(exc, TransientSourceError))
 
 
-# ---------------------------------------------------------------- checkpoint
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def begin_extract(engine: Engine, *, run_id: str, fingerprint: str, new_path: Path) -> ExtractPlan:
-    """Resume an interrupted extraction of the same source, or start a new staged file."""
-    with Session(engine) as session:
-        cp = session.get(EtlCheckpoint, CHECKPOINT_KEY) or EtlCheckpoint(source=CHECKPOINT_KEY)
-        staged = Path(cp.staged_path) if cp.staged_path else None
-        if (
-            cp.status in ("in_progress", "failed")
-            and cp.fingerprint == fingerprint
-            and staged is not None
-            and staged.exists()
-            and staged.stat().st_size >= cp.staged_bytes
-        ):
-            plan = ExtractPlan(str(staged), cp.cursor, cp.staged_bytes, cp.staged_records, True)
-        else:
-            new_path.parent.mkdir(parents=True, exist_ok=True)
-            new_path.write_bytes(b"")
-            plan = ExtractPlan(str(new_path), 0, 0, 0, False)
-        cp.status, cp.run_id, cp.fingerprint = "in_progress", run_id, fingerprint
-        cp.cursor, cp.staged_path, cp.staged_bytes, cp.staged_records = plan.skip, plan.staged_path, plan.offset, plan.records
-        cp.updated_at = _now()
-        session.add(cp)
-        session.commit()
-    return plan
-
-
-def finish_extract(engine: Engine, *, error: str | None = None) -> None:
-    with Session(engine) as session:
-        cp = session.get(EtlCheckpoint, CHECKPOINT_KEY)
-        if cp is None:
-            return
-        now = _now()
-        if error is None:
-            cp.status, cp.last_success_at, cp.last_error = "complete", now, None
-        else:
-            cp.status, cp.last_failure_at, cp.last_error = "failed", now, error[:2000]
-        cp.updated_at = now
-        session.add(cp)
-        session.commit()
-
-
-def _advance(engine: Engine, *, skip: int, total: int, offset: int, records: int) -> None:
-    with Session(engine) as session:
-        cp = session.get(EtlCheckpoint, CHECKPOINT_KEY)
-        cp.cursor, cp.total, cp.staged_bytes, cp.staged_records = skip, total, offset, records
-        cp.updated_at = _now()
-        session.add(cp)
-        session.commit()
-
-
-class CheckpointWriter:
-    """Stores extract's position from a thread of its own; the newest position given wins.
-
-    On SQLite, persist's batch transactions hold the database's one write lock most of the time while the
-    stages stream, and a fetcher writing its checkpoint inline waited for it after every batch (at 1M users,
-    80 s of extract's 130 s), which starved transform and persist in turn. A crash can lose only positions
-    not yet written: the next run resumes from an earlier one, which is still consistent (the staged file is
-    cut back to its offset and those pages are fetched again). Use as a context manager; leaving it stores
-    the last position given, `close` too."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._cond = threading.Condition()
-        self._pending: dict | None = None
-        self._closed = False
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="extract-checkpoint", daemon=True)
-        self._thread.start()
-
-    def advance(self, **position) -> None:
-        """Queue a new position (skip, total, offset, records); raises if an earlier write failed."""
-        with self._cond:
-            if self._error is not None:
-                raise self._error
-            self._pending = position
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        """Wait until the last position given is stored, stop the thread; raise what a write raised."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-    def __enter__(self) -> CheckpointWriter:
-        return self
-
-    def __exit__(self, exc_type, *_) -> None:
-        try:
-            self.close()
-        except Exception:
-            if exc_type is None:  # an error already on its way out is the one to report
-                raise
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._pending is not None or self._closed)
-                if self._pending is None:
-                    return
-                position, self._pending = self._pending, None
-            try:
-                _advance(self._engine, **position)
-            except Exception as exc:  # noqa: BLE001 (handed to the extracting thread)
-                with self._cond:
-                    self._error = exc
-                return
-
-
 # ---------------------------------------------------------------- task
 
 
@@ -300,34 +174,48 @@ def fetch_batch(
     max_retry_after: float = 120.0,
 ) -> dict:
     """Fetch pages from `skip` until `max_records` are in hand or the source is exhausted, append them to
-    the staged file at `offset` (dropping anything a failed attempt left past it), then hand the new
-    position to `checkpoints`.
-    Each page is written as it arrives (one page in memory at a time). A retry refetches the same pages and
-    first cuts the file back to `offset`; no stage reads past the last checkpointed batch, so what a failed
-    attempt wrote is never seen."""
+    the staged file at `offset` (dropping anything a failed attempt left past its last page), handing the new
+    position to `checkpoints` after each page: a killed run refetches only the pages in flight.
+    Each page is written as it arrives (one page in memory at a time) and flushed to the kernel before its
+    position is given, so the process dying cannot lose it. A retry goes on from the last page the failed
+    attempt staged. The flow posts a batch to the later stages only once it returns."""
     started = time.time()
-    got, total, cursor = 0, None, skip
+    retried = _retried_from(checkpoints, skip=skip, offset=offset)
+    cursor, at, total = (retried.skip, retried.offset, retried.total) if retried else (skip, offset, None)
+    got = retried.records - records_before if retried else 0
     with (httpx.Client(timeout=httpx.Timeout(timeout), headers={"Accept": "application/json"},
                        verify=_tls_context()) as client,
           open(staged_path, "r+b") as fh):
-        fh.truncate(offset)
-        fh.seek(offset)
+        fh.truncate(at)
+        fh.seek(at)
         while got < max_records:
             page = fetch_page(client, base_url, limit=page_size, skip=cursor, max_retry_after=max_retry_after)
             users, total = page["users"], page["total"]
             if not users:
                 break
             write_lines(fh, users)
+            fh.flush()
             got += len(users)
             cursor += len(users)
+            checkpoints.advance(skip=cursor, total=total, offset=fh.tell(), records=records_before + got,
+                                staged_path=staged_path)
             del page, users  # (the page's body) before the next is read
             if cursor >= total:
                 break
-        fh.flush()
-        os.fsync(fh.fileno())
         new_offset = fh.tell()
     done = got == 0 or (total is not None and cursor >= total)
-    checkpoints.advance(skip=cursor, total=total if total is not None else cursor, offset=new_offset, records=records_before + got)
+    if new_offset == at:  # no page this time: the position still learns the total
+        checkpoints.advance(skip=cursor, total=total if total is not None else cursor, offset=new_offset,
+                            records=records_before + got, staged_path=staged_path)
     _logger().info("pages skip=%d..%d: %d records staged (total %s)", skip, cursor, got, total)
     return {"records": got, "next_skip": cursor, "total": total, "offset": new_offset, "done": done,
             "work_span": [started, time.time()]}
+
+
+def _retried_from(checkpoints: CheckpointWriter, *, skip: int, offset: int) -> Position | None:
+    """In a retry of `fetch_batch`, the last position its failed attempts gave (their pages stay staged)."""
+    ctx = TaskRunContext.get()
+    last = checkpoints.last
+    if ctx is None or ctx.task_run.run_count <= 1 or last is None:
+        return None
+    return last if last.skip >= skip and last.offset >= offset else None

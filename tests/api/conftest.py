@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from models.settings import get_settings
-from tests.conftest import create_pg_database, drop_pg_database
+from tests.conftest import create_pg_database, drop_pg_database, migrated
 from tests.servers.dummyjson import DummyJsonServer, break_users, load_real_users
 
 with warnings.catch_warnings():  # Starlette deprecates httpx in its TestClient (wants httpx2, not pinned here)
@@ -56,7 +56,8 @@ def filled_db(request, prefect_server, tmp_path_factory) -> Iterator[FilledDatab
     from models.db import engine_for
 
     pg = request.param == "postgresql"
-    url = create_pg_database("sluice_api") if pg else f"sqlite:///{tmp_path_factory.mktemp('api-sqlite') / 'app.db'}"
+    url = migrated(create_pg_database("sluice_api") if pg
+                   else f"sqlite:///{tmp_path_factory.mktemp('api-sqlite') / 'app.db'}")
     users, broken = break_users(load_real_users())
     summary = _run_pipeline(url, str(tmp_path_factory.mktemp(f"api-data-{request.param}")), users)
     yield FilledDatabase(kind=request.param, url=url, run_id=summary["run_id"], summary=summary,

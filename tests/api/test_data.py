@@ -34,7 +34,7 @@ def client(settings_env, database_url, tmp_path):
         asyncio.run(feeds_etl(feed_urls=[feeds.url("/news")], deliver_files=False))
         feed_url = feeds.url("/news")
     with TestClient(create_app()) as c:
-        c.feed_url = feed_url
+        c.feed_url, c.database_url = feed_url, database_url
         yield c
 
 
@@ -82,8 +82,25 @@ def check_stats_show_sources_checkpoints_and_recent_runs(client):
     assert sources["csv:people.csv"]["status"] == "complete"
     assert sources[f"feed:{client.feed_url}"]["status"] == "complete"
     run = client.get(f"/etl_runs/{users_run['id']}").json()
-    assert run["sources"] == {"dummyjson": {"inserted": 12, "updated": 0, "unchanged": 0, "failed": 0},
-                              "csv": {"inserted": 1, "updated": 0, "unchanged": 0, "failed": 0}}
+    assert set(run["sources"]) == {"dummyjson", "csv"}
+    for source, inserted in (("dummyjson", 12), ("csv", 1)):
+        counts = run["sources"][source]
+        assert counts == {**counts, "inserted": inserted, "updated": 0, "unchanged": 0, "failed": 0}
+        assert not any(n for k, n in counts.items() if k != "inserted"), counts  # a first run: nothing else happened
+
+
+def check_users_not_current_leave_the_view(client, url):
+    from sqlalchemy import text
+
+    from models.db import engine_for
+
+    with engine_for(url).begin() as conn:
+        conn.execute(text("UPDATE processed_users SET status = 'deleted' WHERE id = 9001"))
+        conn.execute(text("UPDATE processed_users SET status = 'invalid' WHERE id = 1"))
+    body = client.get("/data", params={"page_size": 500}).json()
+    assert body["total"] == 12 + 1 + 3 - 2
+    assert not {"9001", "1"} & {i["source_id"] for i in body["data"] if i["source"] != "feed"}
+    assert client.get("/data", params={"source": "csv"}).json()["total"] == 0
 
 
 def test_unified_view_and_per_source_stats(client):
@@ -91,3 +108,4 @@ def test_unified_view_and_per_source_stats(client):
     check_every_source_in_one_shape(client)
     check_filters_search_and_pages(client)
     check_stats_show_sources_checkpoints_and_recent_runs(client)
+    check_users_not_current_leave_the_view(client, client.database_url)

@@ -28,6 +28,7 @@ def test_stats(client, filled_db):
     assert r.status_code == 200
     s = r.json()
     assert (s["processed_users"], s["dlq_users"], s["raw_users"]) == (195, 13, 208)
+    assert (s["invalid_users"], s["deleted_users"], s["dlq_users_resolved"]) == (0, 0, 0)  # one run: all as found
     assert s["dlq_rate"] == pytest.approx(13 / 208, abs=1e-6)
     assert sum(d["users"] for d in s["by_department"]) == 195
     eng = next(d for d in s["by_department"] if d["department"] == "Engineering")

@@ -1,4 +1,4 @@
-"""POST /etl_runs: the API key (503 unset, 401 missing, 403 wrong), body validation, Prefect unreachable or the
+"""POST /etl_runs: the API key (403 unset, 401 missing, 403 wrong), body validation, Prefect unreachable or the
 deployment missing (503), and a real flow run created on the session's Prefect server for a real deployment."""
 
 from __future__ import annotations
@@ -38,10 +38,20 @@ def keyed(settings_env, prefect_server):
 
 def test_unset_api_key_disables_the_endpoint(settings_env):
     settings_env(api_key=None)
-    r = post(key="anything")
-    assert r.status_code == 503 and "API_KEY" in r.json()["detail"]
+    for key in ("anything", None, ""):
+        r = post(key=key)
+        assert r.status_code == 403, key
+        assert r.json() == {"detail": "starting runs through the API is disabled: set API_KEY"}
     settings_env(api_key="")
-    assert post(key="").status_code == 503
+    assert post(key="").status_code == 403
+
+
+def test_key_errors_are_documented(settings_env):
+    responses = create_app().openapi()["paths"]["/etl_runs"]["post"]["responses"]
+    assert "API_KEY" in responses["403"]["description"] and "X-API-Key" in responses["401"]["description"]
+    for code in ("401", "403"):
+        schema = responses[code]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorBody"}
 
 
 def test_missing_and_wrong_keys(keyed):

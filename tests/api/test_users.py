@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 
 import pytest
@@ -171,7 +173,13 @@ def test_user_by_id(client, filled_db):
     broken_id = filled_db.source_users[3]["id"]  # went to the DLQ (bad email)
     assert client.get(f"/users/{broken_id}").status_code == 404
     assert client.get("/users/abc").status_code == 422
-    assert client.get(f"/users/{2**70}").status_code == 422
+    for beyond in (2**63, -(2**63) - 1, 2**70):  # no BIGINT holds it
+        r = client.get(f"/users/{beyond}")
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["path", "user_id"], r.text
+        assert "less than or equal" in r.json()["detail"][0]["msg"] or "greater than" in r.json()["detail"][0]["msg"]
+    for edge in (2**63 - 1, -(2**63)):
+        r = client.get(f"/users/{edge}")
+        assert r.status_code == 404 and r.json() == {"detail": f"user {edge} not found"}
 
 
 @pytest.mark.parametrize(
@@ -204,6 +212,38 @@ def test_cursor_must_be_used_with_its_own_sort_and_filters(client):
         r = client.get("/users", params={**params, "cursor": cursor, "page_size": 5})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "cursor"]
     assert client.get("/users", params={"sort": "age", "cursor": cursor, "page_size": 5}).status_code == 200
+
+
+def forged(cursor: str, **changes) -> str:
+    """A next_cursor with fields changed, as a client tampering with it would (stdlib json: any integer)."""
+    data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    return base64.urlsafe_b64encode(json.dumps({**data, **changes}).encode()).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    ("sort", "changes"),
+    [
+        ("id", {"i": 2**63}), ("id", {"i": -(2**63) - 1}), ("id", {"i": 2**64}), ("id", {"i": 10**40}),
+        ("id", {"k": 2**63}), ("id", {"k": -(2**63) - 1}), ("age", {"k": 2**63}), ("age", {"i": 2**63}),
+        ("last_name", {"k": "Ito\x00"}), ("updated_at", {"k": "yesterday"}), ("age", {"k": 1.5}),
+        ("id", {"i": True}),
+    ],
+)
+def test_a_tampered_cursor_is_422_naming_it(client, sort, changes):
+    params = {"sort": sort, "page_size": 5}
+    cursor = forged(client.get("/users", params=params).json()["next_cursor"], **changes)
+    r = client.get("/users", params={**params, "cursor": cursor})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["query", "cursor"] and "not a valid cursor" in r.json()["detail"][0]["msg"]
+
+
+def test_a_cursor_at_the_64_bit_edges_pages_on(client):
+    everything = [u["id"] for u in all_users(client)]
+    cursor = client.get("/users", params={"page_size": 5}).json()["next_cursor"]
+    last = client.get("/users", params={"page_size": 5, "cursor": forged(cursor, k=2**63 - 1, i=2**63 - 1)})
+    assert last.status_code == 200 and last.json()["data"] == [] and last.json()["next_cursor"] is None
+    first = client.get("/users", params={"page_size": 5, "cursor": forged(cursor, k=-(2**63), i=-(2**63))})
+    assert first.status_code == 200 and [u["id"] for u in first.json()["data"]] == everything[:5]
 
 
 def _insert_users(url: str, rows: list[dict]) -> None:

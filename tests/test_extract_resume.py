@@ -1,0 +1,190 @@
+"""A killed extraction resumes at its last staged page: a users-etl run in a child process is SIGKILLed part-way
+through its first batch of pages, and the next run's requests to a loopback DummyJSON server and the stored
+users show what it fetched again and what it kept (real SQLite / PostgreSQL, real Prefect server)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import polars as pl
+import pytest
+from sqlalchemy import text
+
+from flows.users_etl import users_etl
+from models.db import engine_for
+from tasks.extract.sample import DummyJsonServer, Fault
+from tests.servers.dummyjson import load_real_users
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+ROOT = Path(__file__).resolve().parents[1]
+USERS, PAGE, BATCH = 3000, 50, 25_000  # 60 pages, all in the first batch
+STALL_SKIP = 1500  # the page (the 31st) the source hangs on while the run is killed
+PAGE_SECONDS = 0.1  # a rate-limited source: 10 pages a second
+CHILD_TIMEOUT = 120  # the child's start (imports, the flow run) and its first 30 pages
+RUN = """
+import asyncio, sys
+from flows.users_etl import users_etl
+asyncio.run(users_etl(api_base=sys.argv[1], page_size={page}, batch_records={batch}, deliver_files=False))
+"""
+
+
+def _users(n: int) -> list[dict]:
+    """`n` valid users: the real ones over and over, each with an id, email and username of its own."""
+    real = load_real_users()
+    return [real[i % len(real)] | {"id": i + 1, "email": f"user{i + 1}@example.com", "username": f"user{i + 1}"}
+            for i in range(n)]
+
+
+def _rows(url: str, sql: str) -> list:
+    with engine_for(url).connect() as conn:
+        return conn.execute(text(sql)).all()
+
+
+def _checkpoint(url: str) -> tuple[int, int, str]:
+    return _rows(url, "SELECT cursor, staged_bytes, staged_path FROM etl_checkpoints")[0]
+
+
+def _stored_cursor(url: str) -> int:
+    return max((r[0] for r in _rows(url, "SELECT cursor FROM etl_checkpoints")), default=-1)
+
+
+def _wait_for(what: str, check, *, timeout: float, child: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        if child is not None and child.poll() is not None:
+            pytest.fail(f"the run ended (exit {child.returncode}) before {what}:\n{log.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout}s" + (f":\n{log.read_text()[-4000:]}" if log else ""))
+        time.sleep(0.05)
+    return found
+
+
+@pytest.fixture
+def env(settings_env, database_url):
+    settings_env(database_url=database_url, extract_retries=2)
+    return database_url
+
+
+@pytest.fixture
+def source() -> Iterator[DummyJsonServer]:
+    """The users, each page a little slow, hanging on STALL_SKIP until `source.release` is set."""
+    with DummyJsonServer(_users(USERS)) as server:
+        server.release = threading.Event()
+
+        def slow_then_stall(limit: int, skip: int) -> None:
+            time.sleep(PAGE_SECONDS)
+            if skip == STALL_SKIP:
+                server.release.wait(CHILD_TIMEOUT)
+
+        server.fail_when = slow_then_stall
+        try:
+            yield server
+        finally:
+            server.release.set()
+
+
+@contextmanager
+def _run_in_child(server: DummyJsonServer, log: Path) -> Iterator[subprocess.Popen]:
+    """users-etl in a process of its own (this one's environment: database, data dir, Prefect API), killed on
+    leaving if still alive."""
+    with log.open("w") as out:
+        child = subprocess.Popen([sys.executable, "-c", RUN.format(page=PAGE, batch=BATCH), server.base_url],
+                                 cwd=ROOT, env=os.environ.copy(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(30)
+
+
+def _kill_when_stalled(server: DummyJsonServer, child: subprocess.Popen, log: Path) -> int:
+    """SIGKILL the run while it waits for STALL_SKIP; the number of requests the source had by then."""
+    _wait_for(f"request for skip={STALL_SKIP}", lambda: (PAGE, STALL_SKIP) in server.requests,
+              timeout=CHILD_TIMEOUT, child=child, log=log)
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait(30) == -signal.SIGKILL
+    served = len(server.requests)
+    server.fail_when = None  # the source is well again
+    server.release.set()
+    return served
+
+
+def _rerun_and_check_each_user_stored_once(url: str, server: DummyJsonServer, served: int) -> list[int]:
+    """Run again to the end; every user stored and staged exactly once. The skips the rerun asked for."""
+    summary = asyncio.run(users_etl(api_base=server.base_url, page_size=PAGE, batch_records=BATCH,
+                                    deliver_files=False))
+    refetched = [skip for _, skip in server.requests[served:]]
+    assert summary["counts"]["extracted"] == USERS
+    assert [r[0] for r in _rows(url, "SELECT id FROM processed_users ORDER BY id")] == list(range(1, USERS + 1))
+    assert _rows(url, "SELECT count(*), count(DISTINCT id) FROM raw_users")[0] == (USERS, USERS)
+    staged = pl.read_ndjson(summary["files"]["raw"]).get_column("id")
+    assert staged.len() == USERS and staged.n_unique() == USERS
+    assert refetched == list(range(refetched[0], USERS, PAGE)), refetched  # page after page, none twice
+    return refetched
+
+
+def test_a_killed_run_fetches_again_only_the_pages_in_flight(env, source, tmp_path):
+    """Killed on its 31st page of a 60-page batch, the run has its checkpoint on that page (or a page before,
+    if the last position was still on its way to the database); the next run starts there, not at skip=0."""
+    url, log = env, tmp_path / "killed-run.log"
+    with _run_in_child(source, log) as child:
+        served = _kill_when_stalled(source, child, log)
+    cursor, staged_bytes, staged_path = _checkpoint(url)
+    assert STALL_SKIP - 2 * PAGE <= cursor <= STALL_SKIP
+    assert Path(staged_path).stat().st_size >= staged_bytes
+
+    refetched = _rerun_and_check_each_user_stored_once(url, source, served)
+    assert refetched[0] == cursor  # resumed at the checkpoint: at most the page in flight and two before it
+    assert sum(skip < STALL_SKIP for skip in refetched) <= 2
+
+
+def test_pages_staged_past_the_stored_checkpoint_are_cut_off_and_fetched_again(env, source, tmp_path):
+    """While the database keeps the checkpoint from moving (another writer holds the row, as persist may), the
+    run stages pages past it; killed then, the next run cuts the staged file back to the stored position and
+    fetches those pages again: none twice, none lost."""
+    url, log = env, tmp_path / "killed-run.log"
+    holder = engine_for(url).connect()
+    try:
+        with _run_in_child(source, log) as child:
+            _wait_for("checkpoint at skip>=500", lambda: _stored_cursor(url) >= 500, timeout=CHILD_TIMEOUT,
+                      child=child, log=log)
+            if holder.dialect.name == "sqlite":
+                holder.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                holder.execute(text("SELECT cursor FROM etl_checkpoints FOR UPDATE"))
+            served = _kill_when_stalled(source, child, log)
+    finally:
+        holder.rollback()
+        holder.close()
+    cursor, staged_bytes, staged_path = _checkpoint(url)
+    assert 500 <= cursor < STALL_SKIP - 2 * PAGE
+    assert Path(staged_path).stat().st_size > staged_bytes  # pages the run staged past its stored position
+
+    refetched = _rerun_and_check_each_user_stored_once(url, source, served)
+    assert refetched[0] == cursor
+
+
+def test_a_retried_batch_goes_on_from_its_last_staged_page(env):
+    """The fetch task's retry (after a 500 on the batch's third page) asks for that page again, not the
+    batch's first: the pages before it are staged and checkpointed already."""
+    url = env
+    with DummyJsonServer(_users(400)) as server:
+        once = iter([Fault(500)])
+        server.fail_when = lambda limit, skip: next(once, None) if skip == 100 else None
+        summary = asyncio.run(users_etl(api_base=server.base_url, page_size=PAGE, batch_records=200,
+                                        deliver_files=False))
+    assert [skip for _, skip in server.requests] == [0, 50, 100, 100, 150, 200, 250, 300, 350]
+    staged = pl.read_ndjson(summary["files"]["raw"]).get_column("id")
+    assert staged.len() == 400 and staged.n_unique() == 400
+    assert _rows(url, "SELECT count(*), count(DISTINCT id) FROM processed_users")[0] == (400, 400)
