@@ -1,10 +1,14 @@
-"""What every flow shares: the deliver subflow, run bookkeeping hooks and the stage clock."""
+"""What every flow shares: the parent flows' wrapper, run bookkeeping (hooks, liveness, crashes noticed) and the
+stage clock."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
+import os
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -14,16 +18,23 @@ from pathlib import Path
 
 from prefect import Flow, flow, get_client, get_run_logger
 from prefect.runtime import flow_run as current_run
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
 from sqlalchemy import Engine
 
+from flows.prefect_api import api_answers
 from models.db import resolve_engine
 from models.migrate import SchemaOutOfDate
 from models.settings import get_settings
 from tasks import handoff, runs
-from tasks.deliver import SftpTarget, deliver_files_task, remote_dir_for
-from tasks.deliver_files import files_to_deliver
 from tasks.retention import prune_run_dirs
+
+STOP_SECONDS = 20.0  # an interrupted run waits this long for its stages to stop (Prefect's runner kills at 30 s)
+# no answer from the Prefect API for this long ends the run at once (Prefect's client would try each call
+# again for a minute, and a run makes dozens: minutes of retries, then a traceback)
+API_LOST_SECONDS = 30.0
+API_LOST_EXIT_CODE = 3
+
+_active: dict[str, RunStart] = {}  # run id -> the parent flow run this process is running
 
 
 def parent_flow(**options) -> Callable[[Callable[..., dict]], Flow]:
@@ -37,38 +48,45 @@ def parent_flow(**options) -> Callable[[Callable[..., dict]], Flow]:
 
     In the body (and in the hooks), Prefect's dual sync/async helpers see an async flow and return a
     coroutine, which nothing awaits: call them with `_sync=True` (`Block.load`, `create_*_artifact`...).
-    The child flows are sync and need nothing."""
+    The child flows are sync and need nothing.
+
+    Interrupted (SIGTERM, which Prefect's engine turns into a crash, or Ctrl-C), the flow stops its stages,
+    waits up to STOP_SECONDS for the body to end, marks its run crashed in etl_runs and lets the interruption
+    go on: the process ends within seconds, its run's record saying so."""
 
     def wrap(body: Callable[..., dict]) -> Flow:
         @functools.wraps(body)
         async def in_thread(*args, **kwargs) -> dict:
-            return await asyncio.to_thread(body, *args, **kwargs)  # the flow run's context goes along
+            run_id, loop = str(current_run.id), asyncio.get_running_loop()
+            # a future of the loop's executor, not a task: cancelling the flow's task leaves it to be waited for
+            done = loop.run_in_executor(None, functools.partial(contextvars.copy_context().run, body, *args,
+                                                                **kwargs))  # the flow run's context goes along
+            try:
+                return await asyncio.shield(done)
+            except BaseException:
+                if not done.done():  # the flow was interrupted, not failed by its body
+                    await _interrupted(run_id, done)
+                raise
+            finally:
+                _end_watch(run_id, over=done.done())
 
         return flow(**options)(in_thread)
 
     return wrap
 
 
-@flow(name="deliver")
-def deliver(files: list[str], run_date: str, raw_files: list[str] | None = None) -> dict:
-    """The run's JSONL files -> SFTP_REMOTE_BASE/<run date>/ (skipped, and said so, when SFTP_HOST is unset).
-    `raw_files`, those of `files` that are raw-layer files, go as DELIVER_RAW says: masked copies by default,
-    as staged (`full`) or not at all (`none`)."""
-    settings, logger = get_settings(), get_run_logger()
-    if not settings.sftp_enabled:
-        logger.warning("SFTP_HOST is not set: delivery skipped")
-        return {"delivered": [], "work_spans": []}
-    target = SftpTarget.from_settings(settings)  # passphrase: SFTP_KEY_PASSPHRASE or its Secret block
-    remote_dir = remote_dir_for(target.remote_base, datetime.fromisoformat(run_date).date())
-    started = time.time()
-    paths = files_to_deliver(files, raw_files or [], settings.deliver_raw)
-    if raw_files:
-        logger.info("deliver: %d raw file(s), DELIVER_RAW=%s", len(raw_files), settings.deliver_raw)
-    delivered = deliver_files_task(target, paths, remote_dir)
-    work = [started, time.time()]
-    logger.info("deliver: %d files, %d bytes to %s:%s", len(delivered), sum(d["bytes"] for d in delivered),
-                target.host, remote_dir)
-    return {"delivered": delivered, "work_spans": [work]}
+async def _interrupted(run_id: str, body: asyncio.Future) -> None:
+    """Stop the run's stages, wait for its body to end (up to STOP_SECONDS), and record it as stopped."""
+    run = _active.get(run_id)
+    stages = run.clock.running() if run is not None else []
+    if run is not None:
+        handoff.cancel(run.run_dir, handoff.RUN)
+    await asyncio.wait({body}, timeout=STOP_SECONDS)
+    if run is not None:
+        runs.finish_run(run.engine, run_id=run_id, status="crashed", if_running=True,
+                        failed_stage=stages[0] if stages else run.clock.stage,
+                        error="the run was stopped (SIGTERM, Ctrl-C or a cancellation)"
+                              + (f" while {', '.join(stages)} ran" if stages else ""))
 
 
 def record_failure(flow, flow_run, state) -> None:
@@ -78,24 +96,32 @@ def record_failure(flow, flow_run, state) -> None:
     except SchemaOutOfDate:  # the run failed on it: there is no row to write to
         return
     status = "crashed" if state.is_crashed() else "failed"
-    runs.finish_run(engine, run_id=str(flow_run.id), status=status, error=(state.message or status)[:4000])
+    # if_running: a run that ended itself (stopped, or failed with its own message) keeps what it said
+    runs.finish_run(engine, run_id=str(flow_run.id), status=status, error=(state.message or status)[:4000],
+                    if_running=True)
 
 
-def mark_stale_runs(engine, *, run_id: str, flow_name: str) -> None:
-    """Runs of `flow_name` still 'running' in etl_runs whose Prefect run is over (or unknown) crashed."""
-    stale = runs.open_runs(engine, flow_name=flow_name, exclude=run_id)
-    if not stale:
-        return
-    over = []
-    with get_client(sync_client=True) as client:
-        for other in stale:
-            try:
-                state = client.read_flow_run(other).state
-            except Exception:  # noqa: BLE001 (unknown to this Prefect server: it cannot be running)
-                state = None
-            if state is None or state.is_final():
-                over.append(other)
-    runs.mark_crashed(engine, over, noticed_by=run_id)
+def mark_stale_runs(engine, *, run_id: str) -> None:
+    """Runs still 'running' in etl_runs whose process died crashed: known from their own rows (process gone
+    from this host, or no heartbeat for a minute), whatever Prefect says; a row without a heartbeat (written
+    before runs had one) crashed if its Prefect run is over or unknown."""
+    crashes, unknown = [], []
+    for other in runs.open_runs(engine, exclude=run_id):
+        why = runs.why_dead(other)
+        if why is not None:
+            crashes.append(runs.Crash(other.id, why, other.heartbeat_at))
+        elif other.heartbeat_at is None:
+            unknown.append(other.id)
+    if unknown:
+        with get_client(sync_client=True) as client:
+            for other in unknown:
+                try:
+                    state = client.read_flow_run(other).state
+                except Exception:  # noqa: BLE001 (unknown to this Prefect server: it cannot be running)
+                    state = None
+                if state is None or state.is_final():
+                    crashes.append(runs.Crash(other, "its Prefect run is over" if state else "unknown to Prefect"))
+    runs.mark_crashed(engine, crashes, noticed_by=run_id)
 
 
 @dataclass
@@ -108,22 +134,68 @@ class RunStart:
     stamp: str
     run_dir: str
     clock: StageClock
+    flow_name: str = ""
+    heartbeat: runs.Heartbeat | None = None
 
 
 def begin_run(flow_name: str, database_block: str | None) -> RunStart:
-    """Open the run's etl_runs row, mark earlier runs that died as crashed, remove expired staging folders
-    (RUN_FILES_KEEP_DAYS), name this run's."""
+    """Open the run's etl_runs row and keep it alive (a heartbeat, and a watch on the Prefect API), mark earlier
+    runs that died as crashed, remove expired staging folders (RUN_FILES_KEEP_DAYS), name this run's."""
     engine = resolve_engine(database_block)
     run_id = str(current_run.id)
     runs.start_run(engine, run_id=run_id, flow_name=flow_name)
-    mark_stale_runs(engine, run_id=run_id, flow_name=flow_name)
+    mark_stale_runs(engine, run_id=run_id)
     settings, started = get_settings(), datetime.now(UTC)
     if settings.run_files_keep_days:  # before this run stages its own files
         prune_run_dirs(engine, runs_dir=settings.data_dir / "runs", keep_days=settings.run_files_keep_days,
                        logger=get_run_logger())
     run_dir = str((settings.data_dir / "runs" / run_id).resolve())
-    return RunStart(engine=engine, run_id=run_id, started=started, stamp=started.strftime("%Y%m%d_%H%M%S"),
-                    run_dir=run_dir, clock=StageClock(run_dir))
+    run = RunStart(engine=engine, run_id=run_id, started=started, stamp=started.strftime("%Y%m%d_%H%M%S"),
+                   run_dir=run_dir, clock=StageClock(run_dir), flow_name=flow_name)
+    api_url = get_current_settings().api.url
+    run.heartbeat = runs.Heartbeat(engine, run_id, also=_ApiWatch(run, api_url) if api_url else None).start()
+    _active[run_id] = run
+    return run
+
+
+def _end_watch(run_id: str, *, over: bool) -> None:
+    """The parent flow is leaving: no more heartbeats; once its body is `over`, its stages' cancel flags go."""
+    run = _active.pop(run_id, None)
+    if run is not None:
+        run.heartbeat.stop()
+        if over:  # else stages still stopping must go on seeing the run's cancel
+            handoff.forget(run.run_dir)
+
+
+class _ApiWatch:
+    """After each heartbeat: is the Prefect API still there? Once it has not answered for API_LOST_SECONDS,
+    the run ends at once: its record says why, one line on stderr says so, and the process exits
+    (API_LOST_EXIT_CODE) instead of retrying every Prefect call for minutes. The stages end with it as they
+    would if it were killed (a transaction in flight is rolled back; extract resumes at its checkpoint)."""
+
+    def __init__(self, run: RunStart, api_url: str) -> None:
+        self.run, self.api_url = run, api_url
+        self.failing_since: float | None = None  # the first unanswered probe since the last answer
+
+    def __call__(self) -> None:
+        if api_answers(self.api_url):
+            self.failing_since = None
+            return
+        now = time.monotonic()
+        self.failing_since = self.failing_since or now
+        silent = now - self.failing_since
+        if silent < API_LOST_SECONDS:
+            return
+        run, why = self.run, f"lost the Prefect API at {self.api_url}: no answer for {silent:.0f} s"
+        stages = run.clock.running()  # they end with the process, as if killed: each resumes or redoes its batch
+        try:
+            runs.finish_run(run.engine, run_id=run.run_id, status="failed", error=why, if_running=True,
+                            failed_stage=stages[0] if stages else run.clock.stage)
+        finally:
+            # on a line of its own: Prefect's log worker may have left one unfinished ("Error logging to API")
+            print(f"\nsluice: {run.flow_name} run {run.run_id} failed: {why}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(API_LOST_EXIT_CODE)  # Prefect's own exit would try the lost API again, for minutes
 
 
 class StageClock:
@@ -149,15 +221,24 @@ class StageClock:
         self.spans: list[list[float]] = []
         self._pool: ThreadPoolExecutor | None = None
         self._futures: dict[str, Future] = {}
+        self._running: list[str] = []
 
     def run(self, name: str, fn, *args, **kwargs) -> dict:
         self.stage = name
         return self._timed(name, fn, args, kwargs)
 
+    def running(self) -> list[str]:
+        """The stages running now, in the order they started."""
+        return list(self._running)
+
     def _timed(self, name: str, fn, args, kwargs) -> dict:
         t0 = time.perf_counter()
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            out = fn(*args, **kwargs)
+        self._running.append(name)
+        try:
+            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                out = fn(*args, **kwargs)
+        finally:
+            self._running.remove(name)
         self.seconds[name] = round(time.perf_counter() - t0, 3)
         spans = out.pop("work_spans")
         self.work[name] = round(sum(end - start for start, end in spans), 3)
@@ -182,14 +263,16 @@ class StageClock:
                                                 kwargs, manifest)
 
     def _streamed(self, name: str, fn, args, kwargs, manifest: str | None) -> dict:
-        try:
-            return self._timed(name, fn, args, kwargs)
-        except BaseException as exc:
-            if manifest:
-                handoff.close(manifest, error=f"{type(exc).__name__}: {exc}")
-            if self.run_dir and not isinstance(exc, (handoff.UpstreamFailedError, handoff.RunCancelledError)):
-                handoff.cancel(self.run_dir, name)
-            raise
+        # while it runs, its followers wait for it as long as it takes
+        with handoff.writing(manifest) if manifest else contextlib.nullcontext():
+            try:
+                return self._timed(name, fn, args, kwargs)
+            except BaseException as exc:
+                if manifest:
+                    handoff.close(manifest, error=f"{type(exc).__name__}: {exc}")
+                if self.run_dir and not isinstance(exc, (handoff.UpstreamFailedError, handoff.RunCancelledError)):
+                    handoff.cancel(self.run_dir, name)
+                raise
 
     def result(self, name: str) -> dict:
         """The stage's summary; if any started stage failed, waits for all and raises the root error."""

@@ -16,7 +16,8 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from flows.common import begin_run, deliver, parent_flow, record_failure
+from flows.common import begin_run, parent_flow, record_failure
+from flows.deliver import deliver, discard_delivery
 from models.db import resolve_engine
 from models.settings import get_settings
 from tasks import feeds, runs
@@ -168,9 +169,12 @@ def feeds_etl(feed_urls: list[str] | None = None, batch_records: int = 10_000, d
         ps = clock.run("persist", persist, run_id, tr["files"], tr["batches"], fetched, database_block)
         runs.update_run(engine, run_id=run_id, stage_seconds=seconds, **ps)
         delivered = (clock.run("deliver", deliver, list(tr["files"].values()), started.date().isoformat(),
-                               raw_files=[tr["files"]["raw"]])["delivered"] if deliver_files else [])
+                               raw_files=[tr["files"]["raw"]], run_id=run_id,
+                               database_block=database_block)["delivered"] if deliver_files else [])
     except BaseException:
         runs.update_run(engine, run_id=run_id, failed_stage=clock.stage, stage_seconds=seconds)
+        if deliver_files and clock.stage == "deliver":  # what it uploaded and did not publish goes
+            discard_delivery(run_id)
         raise
 
     outcomes = Counter(o["status"] for o in ex["feeds"])
@@ -182,7 +186,7 @@ def feeds_etl(feed_urls: list[str] | None = None, batch_records: int = 10_000, d
     error = (f"{len(failed)} of {len(ex['feeds'])} feeds failed: " + "; ".join(o["error"] for o in failed)
              if failed else None)
     status = "failed" if failed else "completed"
-    runs.finish_run(engine, run_id=run_id, status=status, error=error, stage_seconds=seconds, delivered=delivered,
+    runs.finish_run(engine, run_id=run_id, status=status, error=error, stage_seconds=seconds,
                     **({"failed_stage": "extract"} if failed else {}), **counts)
     summary = {"run_id": run_id, "status": status, "counts": counts | feed_counts, "feeds": ex["feeds"],
                "stage_seconds": seconds, "stage_work_seconds": work, "files": tr["files"],

@@ -26,6 +26,7 @@ from pathlib import Path
 POLL_SECONDS = 0.05
 STOP_SECONDS = 5
 PARENT_CHECK_SECONDS = 1.0
+PROBE_TIMEOUT_SECONDS = 5.0
 
 
 class PrefectApiError(RuntimeError):
@@ -59,6 +60,18 @@ def wait_until_healthy(process: subprocess.Popen, api_url: str, *, timeout: floa
             if time.monotonic() > deadline:
                 raise PrefectApiError(f"{what} did not answer within {timeout:.0f} s; {log_tail(log_path)}")
             time.sleep(POLL_SECONDS)
+
+
+def api_answers(api_url: str, *, timeout: float = PROBE_TIMEOUT_SECONDS) -> bool:
+    """Whether the Prefect API at `api_url` is there: any HTTP answer to its health check (an error status
+    too: a server answered), not a refused or timed-out connection."""
+    import httpx
+
+    try:
+        httpx.get(f"{api_url}/health", timeout=timeout)
+    except httpx.TransportError:
+        return False
+    return True
 
 
 @dataclass

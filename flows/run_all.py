@@ -2,7 +2,11 @@
 
 The database is migrated first (as `make migrate` does). With SFTP_HOST unset, a loopback SFTP server of the
 project's own (key in var/sftp) receives the delivery; with no Prefect API configured, a local Prefect server
-started at once (flows/prefect_api.py) runs the flows."""
+started at once (flows/prefect_api.py) runs the flows.
+
+A run that does not end by itself ends with one line on stderr, not a traceback: stopped by SIGTERM or Ctrl-C
+(after its run is marked crashed in etl_runs), or its Prefect API gone (at the start, or for
+API_LOST_SECONDS during the run: see flows/common.py)."""
 
 from __future__ import annotations
 
@@ -45,13 +49,17 @@ def main() -> int:
             demo = stack.enter_context(running_demo_sftp(VAR_DIR))
             os.environ.update(demo.env())
             get_settings.cache_clear()
-        state = asyncio.run(users_etl(return_state=True))
+        state = run_flow(users_etl, api.url)
+        if isinstance(state, int):
+            return state
         if not state.is_completed():
             print(f"sluice: users-etl {state.name}: {state.message}", file=sys.stderr)
             return 1
         summary = state.result()
-        feeds = asyncio.run(feeds_etl(return_state=True)) if settings.feed_urls else None
+        feeds = run_flow(feeds_etl, api.url) if settings.feed_urls else None
     report(summary, demo.root if demo else None)
+    if isinstance(feeds, int):
+        return feeds
     if feeds is not None:
         if not feeds.is_completed():
             print(f"sluice: feeds-etl {feeds.name}: {feeds.message}", file=sys.stderr)
@@ -60,6 +68,29 @@ def main() -> int:
         print(f"feeds-etl: {f['extracted']} items read, {f['inserted']} new, {f['updated']} updated, "
               f"{f['unchanged']} unchanged, {f['invalid']} to the DLQ")
     return 0
+
+
+def run_flow(parent, api_url: str | None):
+    """The parent flow's final state; or, having said why in one line, the exit code of a run stopped by a
+    signal (its record marked by the flow) or whose Prefect API does not answer."""
+    import httpx
+    from prefect.exceptions import TerminationSignal
+
+    try:
+        return asyncio.run(parent(return_state=True))
+    except (KeyboardInterrupt, TerminationSignal) as exc:
+        how, code = ("Ctrl-C", 130) if isinstance(exc, KeyboardInterrupt) else ("SIGTERM", 143)
+        print(f"sluice: {parent.name} stopped ({how}); its run is marked crashed in etl_runs", file=sys.stderr)
+        return code
+    except Exception as exc:
+        cause = exc  # Prefect's client raises its own error from httpx's (at the start: "Failed to reach API")
+        while cause is not None and not isinstance(cause, httpx.TransportError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        print(f"sluice: {parent.name}: the Prefect API at {api_url or 'the configured URL'} does not answer "
+              f"({type(cause).__name__}: {cause})", file=sys.stderr)
+        return 1
 
 
 def migrate_database(url: str) -> bool:

@@ -2,8 +2,8 @@
 
 Stages hand each other paths to staged files and small summaries, never frames. Extract, transform and
 persist stream: each posts a batch to its manifest as soon as it is staged and the next stage, following
-that manifest, works on it meanwhile (`tasks/handoff.py`); deliver starts once transform is done. The flows
-only coordinate: the work is in `tasks/`."""
+that manifest, works on it meanwhile (`tasks/handoff.py`); deliver uploads once transform is done and
+publishes once persist succeeded (`flows/deliver.py`). The flows only coordinate: the work is in `tasks/`."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_run
-from prefect.tasks import exponential_backoff
 
-from flows.common import begin_run, deliver, parent_flow, record_failure
+from flows.common import begin_run, parent_flow, record_failure
+from flows.deliver import deliver, discard_delivery, publish_delivery
 from models.db import deferred_checkpoints, resolve_engine
 from models.settings import DEFAULT_BATCH_RECORDS, get_settings
 from tasks import handoff, runs
@@ -53,10 +53,6 @@ def _users_source(api_base: str | None):
 
 def _extract_api(engine, settings, logger, run_dir: str, stamp: str, api_base: str | None, page_size: int,
                  batch_records: int, manifest: str | None) -> dict:
-    fetch = dummyjson.fetch_batch.with_options(
-        retries=settings.extract_retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=settings.extract_retry_base_seconds),
-    )
     as_of = datetime.now(UTC).isoformat()
     with _users_source(api_base) as (base_url, fingerprint):
         plan = dummyjson.begin_extract(
@@ -72,13 +68,15 @@ def _extract_api(engine, settings, logger, run_dir: str, stamp: str, api_base: s
             handoff.post(manifest, entry | {"offset": 0, "length": plan.offset, "records": plan.records})
         try:
             # the last position given is stored on leaving the block, before the outcome below
-            with dummyjson.CheckpointWriter(engine) as checkpoints:
+            with dummyjson.CheckpointWriter(engine, total=plan.total) as checkpoints:
                 while True:
                     handoff.check_cancelled(run_dir, "extract")
-                    got = fetch(checkpoints, base_url=base_url, page_size=page_size, skip=skip,
-                                max_records=batch_records, staged_path=plan.staged_path, offset=offset,
-                                records_before=records, timeout=settings.users_request_timeout,
-                                max_retry_after=settings.max_retry_after_seconds)
+                    got = dummyjson.fetch_batch(
+                        checkpoints, base_url=base_url, page_size=page_size, skip=skip, max_records=batch_records,
+                        staged_path=plan.staged_path, offset=offset, records_before=records,
+                        timeout=settings.users_request_timeout, max_retry_after=settings.max_retry_after_seconds,
+                        retries=settings.extract_retries, retry_base_seconds=settings.extract_retry_base_seconds,
+                        run_dir=run_dir)
                     if manifest and got["records"]:
                         handoff.post(manifest, entry | {"offset": offset, "length": got["offset"] - offset,
                                                         "records": got["records"]})
@@ -92,8 +90,11 @@ def _extract_api(engine, settings, logger, run_dir: str, stamp: str, api_base: s
             raise
         dummyjson.finish_extract(engine)
     logger.info("extract: %d API records staged in %s", records, plan.staged_path)
+    findings = dummyjson.walk_findings(checkpoints.totals, records)
+    if findings:  # the walk is no complete picture of the source: persist marks no absent user deleted
+        logger.warning("extract: %s; users absent from this extraction are not marked deleted", "; ".join(findings))
     return {"source": SOURCE, "raw_path": plan.staged_path, "records": records, "as_of": as_of,
-            "resumed_from": plan.skip if plan.resumed else None, "work_spans": spans}
+            "resumed_from": plan.skip if plan.resumed else None, "work_spans": spans, "findings": findings}
 
 
 @flow(name="extract")
@@ -108,7 +109,7 @@ def extract(run_dir: str, stamp: str, api_base: str | None = None, page_size: in
         handoff.mark_started(manifest)
     engine = resolve_engine(database_block)
     staged = [_extract_api(engine, settings, logger, run_dir, stamp, api_base, page_size, batch_records, manifest)]
-    spans = staged[0].pop("work_spans")
+    spans, findings = staged[0].pop("work_spans"), staged[0].pop("findings")
     if csv_dir:
         settings = settings.model_copy(update={"users_csv_dir": Path(csv_dir)})
     for name in settings.users_sources:
@@ -127,9 +128,9 @@ def extract(run_dir: str, stamp: str, api_base: str | None = None, page_size: in
                 handoff.post(manifest, staged[-1] | {"offset": 0, "length": size})
     logger.info("extract: %d staged input(s) besides the API", len(staged) - 1)
     records = sum(s["records"] for s in staged)
-    if manifest:
-        handoff.close(manifest, records=records)
-    return {"staged": staged, "records": records, "work_spans": spans}
+    if manifest:  # persist marks users absent from the API deleted only after a complete walk
+        handoff.close(manifest, records=records, api_complete=not findings)
+    return {"staged": staged, "records": records, "work_spans": spans, "source_findings": findings}
 
 
 def _source_spans(entry: dict, batch_records: int) -> list[tuple[int, int]]:
@@ -243,7 +244,8 @@ def persist(run_id: str, transformed: str, extracted: str, run_dir: str | None =
     for name in {s["module"] for s in staged_inputs}:
         source_module(name).mark_done(engine, [s for s in staged_inputs if s["module"] == name], run_id=run_id)
     withheld = None
-    if settings.users_detect_deleted:  # the manifests ended normally: the API's page walk was complete
+    # the manifests ended normally, so extract did; it says whether the API's page walk was complete
+    if settings.users_detect_deleted and handoff.end_summary(extracted).get("api_complete", True):
         absence = mark_absent_task(engine, source=SOURCE, seen_ids=staged_ids(api_keys), run_id=run_id,
                                    max_share=settings.users_delete_max_share)
         totals.update(deleted=absence.deleted, dlq_resolved=absence.dlq_resolved)
@@ -276,10 +278,11 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
     extract_first = settings.users_extract_first if extract_first is None else extract_first
 
     # extract, transform and persist stream batches to each other through manifests (tasks/handoff.py):
-    # all three work at once (with `extract_first`, the other two start once extract is done); deliver starts
-    # once transform has written the last of the run's files
+    # all three work at once (with `extract_first`, the other two start once extract is done); deliver uploads
+    # once transform has written the last of the run's files, and publishes them once persist succeeded
     extracted = handoff.open_manifest(Path(run_dir) / "stages" / "extracted.jsonl")
     transformed = handoff.open_manifest(Path(run_dir) / "stages" / "transformed.jsonl")
+    uploading = False
     try:
         clock.start("extract", extract, run_dir, stamp, api_base or settings.users_api_base, page_size,
                     batch_records, database_block, str(csv_dir or settings.users_csv_dir or "") or None,
@@ -298,7 +301,9 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
                          for n, s in enumerate(ex["staged"][1:]) if s.get("raw_path")}
         if deliver_files:  # first: on SQLite the run's row waits for persist's transaction of the moment
             clock.start("deliver", deliver, list(staged_files.values()), started.date().isoformat(),
-                        raw_files=[path for kind, path in staged_files.items() if kind not in tr["files"]])
+                        raw_files=[path for kind, path in staged_files.items() if kind not in tr["files"]],
+                        run_id=run_id, database_block=database_block, publish=False, daily_names=True)
+            uploading = True
         runs.update_run(engine, run_id=run_id, valid=tr["valid"], invalid=tr["invalid"], files=staged_files,
                         dlq_reasons=tr["reasons"], schema_drift="; ".join(tr["drift"]) or None,
                         observed_schema=tr["observed_schema"])
@@ -309,10 +314,15 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
         for source, observed in tr["observed_schema"].items():
             record_schema(engine, run_id=run_id, source=source, types=observed, policy=settings.drift_policy(source),
                           changes=tr["schema_changes"][source])
-        delivered = clock.result("deliver")["delivered"] if deliver_files else []
+        staged = clock.result("deliver")["staged"] if deliver_files else []
+        # published only now that persist succeeded, each file recorded as it lands
+        delivered = clock.run("publish", publish_delivery, staged, run_id, database_block)["delivered"] if staged else []
     except BaseException:
         handoff.cancel(run_dir, handoff.RUN)  # stages still running stop at their next batch (finally waits)
         runs.update_run(engine, run_id=run_id, failed_stage=clock.stage, stage_seconds=seconds)
+        if uploading:  # nothing more is published: this run's uploads go (else the next run removes them)
+            clock.close()
+            discard_delivery(run_id)
         raise
     finally:
         clock.close()
@@ -325,6 +335,7 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
         count_tolerance=settings.anomaly_count_tolerance, invalid_rate_tolerance=settings.anomaly_invalid_rate_tolerance,
         duration_factor=settings.anomaly_duration_factor,
     )
+    anomalies += ex["source_findings"]  # a source whose total changed or that ended short during the walk
     if withheld:
         anomalies.append(withheld)
     if anomalies:
@@ -333,7 +344,7 @@ def users_etl(api_base: str | None = None, page_size: int | None = None, batch_r
         if settings.anomaly_fail:
             runs.update_run(engine, run_id=run_id, failed_stage="anomaly-check", stage_seconds=seconds, **counts)
             raise AnomalyError("anomalous run (ANOMALY_FAIL is set): " + "; ".join(anomalies))
-    runs.finish_run(engine, run_id=run_id, status="completed", stage_seconds=seconds, delivered=delivered, **counts)
+    runs.finish_run(engine, run_id=run_id, status="completed", stage_seconds=seconds, **counts)
     summary = {"run_id": run_id, "status": "completed", "counts": counts, "stage_seconds": seconds,
                "anomalies": anomalies, "schema_drift": tr["drift"],
                "stage_work_seconds": work, "work_spans": clock.spans,

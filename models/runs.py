@@ -46,6 +46,10 @@ class EtlRun(EtlRunBase, table=True):
     dlq_reasons: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
     sources: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # per-source counts
     observed_schema: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # source -> field -> type
+    # where a running run runs and when it was last known alive (tasks/runs.py: its process's heartbeat)
+    heartbeat_at: datetime | None = Field(default=None, sa_type=TZ)
+    pid: int | None = None
+    host: str | None = Field(default=None, max_length=255)
 
 
 class EtlRunPublic(EtlRunBase):

@@ -1,16 +1,27 @@
 """Validation rules for users frames: each a name, a message and a Polars expression that is true when the
 row passes. `split` (in tasks.transform) keeps rows passing every rule and sends the rest to the DLQ with
-the names of every rule they failed, dataframely-style."""
+the names of every rule they failed, dataframely-style. The rules cover what the target tables enforce
+(64-bit ids, the columns' lengths, text PostgreSQL can hold, finite numbers), read from the table models, so
+that no row the rules let through is refused by either database."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import polars as pl
+from sqlmodel import SQLModel
+
+from models.users import UserBase
 
 EMAIL_PATTERN = r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
 INTEGER_PATTERN = r"^\s*[+-]?\d+(?:\.0+)?\s*$"
 MIN_AGE, MAX_AGE = 18, 65
+
+# staging column: what a staged line held (a JSON object, other JSON, or no JSON at all); REWRITTEN: an object
+# Polars read only once its numbers beyond what a column holds were written as text (judged as any object)
+RECORD = "_record"
+OBJECT, REWRITTEN, NOT_OBJECT, UNPARSEABLE = "object", "rewritten", "not_object", "unparseable"
+SET_BY_PIPELINE = ("source",)  # stored columns no record gives a value to
 
 
 @dataclass(frozen=True)
@@ -18,10 +29,17 @@ class Rule:
     name: str
     message: str
     passes: pl.Expr
+    alone: bool = False  # failed, it is the record's one reason: a record that is no object has no fields to judge
 
 
 def _integer_text(col: str) -> pl.Expr:
     return pl.col(col).str.contains(INTEGER_PATTERN).fill_null(False)
+
+
+def integer_value(col: str) -> pl.Expr:
+    """Integer text (INTEGER_PATTERN) as a 64-bit integer, read exactly (no float on the way, which would
+    change ids beyond 2^53); null when it is no integer or outside the signed 64-bit range."""
+    return pl.col(col).str.strip_chars().str.replace(r"\.0+$", "").cast(pl.Int64, strict=False)
 
 
 def present(col: str) -> pl.Expr:
@@ -29,10 +47,55 @@ def present(col: str) -> pl.Expr:
     return pl.col(col).str.strip_chars().str.len_chars().fill_null(0) > 0
 
 
+def max_lengths(model: type[SQLModel] = UserBase) -> dict[str, int]:
+    """The model's text columns with a declared length (VARCHAR(n) on PostgreSQL), those records fill."""
+    return {name: meta.max_length for name, field in model.model_fields.items() for meta in field.metadata
+            if getattr(meta, "max_length", None) and name not in SET_BY_PIPELINE}
+
+
+def text_columns(model: type[SQLModel] = UserBase) -> list[str]:
+    """The staging columns the model's text columns are made of (a masked column from the value it masks)."""
+    return [name.removesuffix("_masked") for name, field in model.model_fields.items()
+            if field.annotation in (str, str | None) and name not in SET_BY_PIPELINE]
+
+
+def number_columns(model: type[SQLModel] = UserBase) -> list[str]:
+    return [name for name, field in model.model_fields.items() if field.annotation in (float, float | None)]
+
+
+def record_rules() -> list[Rule]:
+    """Over `RECORD`: a staged line that is not a JSON object fails one of these, and only that."""
+    return [
+        Rule("record_unparseable", "the staged line is not JSON (invalid or cut short)",
+             pl.col(RECORD) != UNPARSEABLE, alone=True),
+        Rule("record_not_object", "the record is JSON but not an object (a text, number, array or null)",
+             pl.col(RECORD) != NOT_OBJECT, alone=True),
+    ]
+
+
+def storage_rules() -> list[Rule]:
+    """What the tables enforce, over the values as they would be stored: `id` (the integer read from
+    `id_text`), the text columns (stripped or lowercased as stored) and the number columns."""
+    lengths = [Rule(f"{col}_too_long", f"{col} is longer than {n} characters",
+                    (pl.col(col).str.len_chars() <= n).fill_null(True)) for col, n in max_lengths().items()]
+    return [
+        Rule("id_out_of_range", "id is an integer outside the signed 64-bit range",
+             ~_integer_text("id_text") | pl.col("id").is_not_null()),
+        *lengths,
+        Rule("text_contains_nul", "a text value holds a NUL character (\\u0000), which PostgreSQL cannot store",
+             ~pl.concat_str(text_columns(), ignore_nulls=True).str.contains("\x00", literal=True).fill_null(False)),
+        Rule("number_not_finite", "height, weight, latitude or longitude is NaN, infinite or beyond a double",
+             pl.all_horizontal(pl.col(number_columns()).is_finite().fill_null(True))),
+    ]
+
+
 def user_rules() -> list[Rule]:
     """The product's rules, over the staging columns `id_text, first_name, email, age_text, department,
-    department_code` (text as received; `department_code` null when not found) and `id_duplicate`."""
+    department_code` (text as received, `first_name` stripped, `email` stripped and lowercased, `department`
+    stripped; `department_code` null when not found), `id_duplicate`, `RECORD` and those `storage_rules`
+    reads."""
     return [
+        *record_rules(),
         Rule("id_not_integer", "id is missing or not an integer", _integer_text("id_text")),
         Rule("id_duplicate", "id appears more than once in the batch", ~pl.col("id_duplicate")),
         Rule("first_name_missing", "firstName is missing or empty", present("first_name")),
@@ -40,9 +103,9 @@ def user_rules() -> list[Rule]:
              pl.col("email").str.strip_chars().str.contains(EMAIL_PATTERN).fill_null(False)),
         Rule("age_not_integer", "age is missing or not an integer", _integer_text("age_text")),
         Rule("age_out_of_range", f"age is outside {MIN_AGE}-{MAX_AGE}",
-             ~_integer_text("age_text")
-             | pl.col("age_text").cast(pl.Float64, strict=False).is_between(MIN_AGE, MAX_AGE).fill_null(False)),
+             ~_integer_text("age_text") | pl.col("age").is_between(MIN_AGE, MAX_AGE).fill_null(False)),
         Rule("department_missing", "company.department is missing or empty", present("department")),
         Rule("department_unknown", "company.department is not in the departments table",
              ~present("department") | pl.col("department_code").is_not_null()),
+        *storage_rules(),
     ]

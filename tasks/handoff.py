@@ -7,13 +7,20 @@ that is complete can also be replayed on its own: a stage re-runs from what the 
 
 A failing stage raises its own error; the stages it feeds get `UpstreamFailedError` once they have handled
 every batch posted before the failure (nothing already staged is dropped), and the stages feeding it see
-the run's cancel flag between batches and stop with `RunCancelledError`."""
+the run's cancel flag between batches and stop with `RunCancelledError`.
+
+The stages of a run share one process, so a failure and a cancel are also told in memory, first: a stage
+that fails because the disk is full, and so cannot write its end line or flag, still stops the others
+within a poll. A follower waits on a manifest without limit only while its writer is known to be running in
+this process (`writing`); a manifest nobody here writes is abandoned after IDLE_TIMEOUT_SECONDS of silence."""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -23,7 +30,7 @@ STAGES = ("extract", "transform", "persist")  # stream order: a failure stops th
 # which starts once transform is done, stops nothing: what is being stored gets stored)
 RUN = "run"  # the parent itself failed: every stage stops
 POLL_SECONDS = 0.01
-IDLE_TIMEOUT_SECONDS = 6 * 3600.0  # a manifest with no new line for this long is taken as abandoned
+IDLE_TIMEOUT_SECONDS = 60.0  # a manifest no stage of this process writes, silent this long, is abandoned
 
 
 class UpstreamFailedError(RuntimeError):
@@ -32,6 +39,40 @@ class UpstreamFailedError(RuntimeError):
 
 class RunCancelledError(RuntimeError):
     """A later stage failed, so this one stopped early."""
+
+
+_lock = threading.Lock()
+_failed: dict[str, str] = {}  # manifest -> the error its stage closed it with (told in memory too)
+_cancelled: dict[str, set[str]] = {}  # run dir -> the stages (or RUN) that failed
+_writers: dict[str, int] = {}  # manifest -> stages of this process writing it now
+
+
+def _key(path: str | Path) -> str:
+    return os.path.abspath(os.fspath(path))
+
+
+@contextmanager
+def writing(manifest: str | Path) -> Iterator[None]:
+    """While the block runs, a stage of this process is writing `manifest`: its followers wait for it."""
+    key = _key(manifest)
+    with _lock:
+        _writers[key] = _writers.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _writers[key] -= 1
+            if not _writers[key]:
+                del _writers[key]
+
+
+def forget(run_dir: str | Path) -> None:
+    """The run is over: drop what this process kept in memory about its stages."""
+    root = _key(run_dir)
+    with _lock:
+        _cancelled.pop(root, None)
+        for manifest in [m for m in _failed if m.startswith(root + os.sep)]:
+            del _failed[manifest]
 
 
 def post(manifest: str | Path, entry: dict) -> None:
@@ -48,6 +89,8 @@ def open_manifest(manifest: str | Path) -> str:
     Path(manifest).parent.mkdir(parents=True, exist_ok=True)
     Path(manifest).write_bytes(b"")
     _started_mark(manifest).unlink(missing_ok=True)
+    with _lock:
+        _failed.pop(_key(manifest), None)
     return str(manifest)
 
 
@@ -66,7 +109,16 @@ def has_started(manifest: str | Path) -> bool:
 
 
 def close(manifest: str | Path, *, error: str | None = None, **summary) -> None:
-    post(manifest, {END: "failed" if error else "done", "error": error, **summary})
+    """The end line. A failure is told in memory first, and its end line is written if the disk lets it."""
+    if not error:
+        post(manifest, {END: "done", "error": None, **summary})
+        return
+    with _lock:
+        _failed[_key(manifest)] = error
+    try:
+        post(manifest, {END: "failed", "error": error, **summary})
+    except OSError:  # a full disk, say: this process's followers know already
+        pass
 
 
 def _flag(run_dir: str | Path, stage: str) -> Path:
@@ -75,27 +127,36 @@ def _flag(run_dir: str | Path, stage: str) -> Path:
 
 def cancel(run_dir: str | Path, failed_stage: str) -> None:
     """`failed_stage` failed: the stages feeding it stop at their next batch (those it feeds are told by its
-    manifest's end line, after the batches already posted)."""
-    _flag(run_dir, failed_stage).parent.mkdir(parents=True, exist_ok=True)
-    _flag(run_dir, failed_stage).touch()
+    manifest's end line, after the batches already posted). Told in memory, then by a flag file if the disk
+    lets it."""
+    with _lock:
+        _cancelled.setdefault(_key(run_dir), set()).add(failed_stage)
+    try:
+        _flag(run_dir, failed_stage).parent.mkdir(parents=True, exist_ok=True)
+        _flag(run_dir, failed_stage).touch()
+    except OSError:
+        pass
 
 
 def check_cancelled(run_dir: str | Path | None, stage: str) -> None:
     """Raise if a stage that `stage` feeds (or the run itself) has failed."""
     if run_dir is None:
         return
+    told = _cancelled.get(_key(run_dir), ())
     for later in (*STAGES[STAGES.index(stage) + 1:], RUN):
-        if _flag(run_dir, later).exists():
+        if later in told or _flag(run_dir, later).exists():
             raise RunCancelledError(f"{stage} stopped: {later} failed")
 
 
 def follow(manifest: str | Path, *, stage: str | None = None, run_dir: str | Path | None = None,
            poll: float = POLL_SECONDS, idle_timeout: float = IDLE_TIMEOUT_SECONDS) -> Iterator[dict]:
-    """Each entry of `manifest` as it is posted, until its end line; waits while the upstream is working.
+    """Each entry of `manifest` as it is posted, until its end line; waits while the upstream is working (as
+    long as it takes while its stage runs in this process, else up to `idle_timeout` without a new line).
     With `run_dir`, `stage` (the follower) stops when a stage it feeds has failed."""
-    buf, last_growth = b"", time.monotonic()
+    buf, last_growth, key = b"", time.monotonic(), _key(manifest)
     with open(manifest, "rb") as fh:
         while True:
+            failed, writer_running = _failed.get(key), key in _writers  # before the read: nothing is missed
             chunk = fh.read()
             if chunk:
                 last_growth = time.monotonic()
@@ -112,9 +173,11 @@ def follow(manifest: str | Path, *, stage: str | None = None, run_dir: str | Pat
                     else:
                         return
                 continue
+            if failed is not None:  # every line posted before the failure was read: its end line may never come
+                raise UpstreamFailedError(f"{Path(manifest).stem} failed: {failed}")
             if stage:
                 check_cancelled(run_dir, stage)
-            if time.monotonic() - last_growth > idle_timeout:
+            if not writer_running and time.monotonic() - last_growth > idle_timeout:
                 raise UpstreamFailedError(f"{manifest}: no end line after {idle_timeout:.0f}s without news")
             time.sleep(poll)
 
@@ -122,3 +185,13 @@ def follow(manifest: str | Path, *, stage: str | None = None, run_dir: str | Pat
 def read_all(manifest: str | Path) -> list[dict]:
     """The entries of a finished manifest (its end line excluded)."""
     return list(follow(manifest, idle_timeout=0.0))
+
+
+def end_summary(manifest: str | Path) -> dict:
+    """What a finished manifest's end line says (the summary its stage closed it with); {} before its end."""
+    with open(manifest, "rb") as fh:
+        for line in reversed(fh.read().splitlines()):
+            entry = orjson.loads(line)
+            if END in entry:
+                return {k: v for k, v in entry.items() if k not in (END, "error")}
+    return {}

@@ -4,11 +4,13 @@ with the same result for the same value, for every source and stage."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+import msgspec
 import polars as pl
 
-SECRET_FIELDS = ("password",)  # never staged, stored, logged or shipped
+SECRET_FIELDS = ("password",)  # never staged, stored, logged or shipped (a key of exactly this name, at any depth)
 
 SHOWN = 4  # significant characters a mask keeps, the last ones...
 SHOWN_FROM = 8  # ...of a value that has at least this many (a shorter one is all stars, one with none is null)
@@ -47,18 +49,59 @@ def mask_value(value: pl.Expr, mask: Mask) -> pl.Expr:
 
 # ---------------------------------------------------------------- JSON text
 
-_VALUE = r'(?:"(?:[^"\\]|\\.)*"|[^,{}\[\]"]*)'  # a JSON string, or a scalar
-_SECRET = "|".join(SECRET_FIELDS)
+_VALUE = r'(?:"(?:[^"\\]|\\.)*"|[^,{}\[\]"\s]+)'  # a JSON string, or a scalar (never an object or array)
+_SECRET = "|".join(re.escape(key) for key in SECRET_FIELDS)
 # a secret key with its value, and the comma that joined it to a neighbour (before, after, or none)
 _SECRET_BEFORE = rf'"(?:{_SECRET})"\s*:\s*{_VALUE}\s*,'
 _SECRET_AFTER = rf',\s*"(?:{_SECRET})"\s*:\s*{_VALUE}'
 _SECRET_ONLY = rf'"(?:{_SECRET})"\s*:\s*{_VALUE}'
+# where JSON text may still hold a secret: a secret key's name, or an escaped ASCII character (a key may be
+# spelled with escapes, "pass\u0077ord"). Text without either holds no secret key.
+SECRET_TRACE = rf"{_SECRET}|\\u00[0-7][0-9A-Fa-f]"
+_TRACE = re.compile(SECRET_TRACE.encode())
+CUT = " [cut: a secret may follow]"  # what replaces the rest of text that cannot be parsed, from a trace on
 
 
 def drop_secrets(json_text: pl.Expr) -> pl.Expr:
-    """JSON objects as text with every secret key (at any depth) cut out, still valid JSON."""
+    """JSON text with every secret key whose value is a text, number, boolean or null (at any depth) cut out,
+    still valid JSON: the fast path for whole records. A secret holding an object or array, or spelled with
+    escapes, is left for `without_secrets` (its text still shows a SECRET_TRACE)."""
     return (json_text.str.replace_all(_SECRET_BEFORE, "").str.replace_all(_SECRET_AFTER, "")
             .str.replace_all(_SECRET_ONLY, ""))
+
+
+_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def without_secrets(record: bytes) -> bytes:
+    """A JSON value's text with every secret key dropped at any depth, whatever its value: objects and arrays
+    that show a SECRET_TRACE are parsed (escaped keys read as what they spell) and written again, all else
+    is kept byte for byte. ValueError when the text is not JSON, or too deeply nested to parse."""
+    if not _TRACE.search(record):
+        return record
+    start = record.lstrip()[:1]
+    try:
+        if start == b"{":
+            return b"{" + b",".join(msgspec.json.encode(key) + b":" + without_secrets(bytes(value))
+                                    for key, value in _OBJECT.decode(record).items() if key not in SECRET_FIELDS) + b"}"
+        if start == b"[":
+            return b"[" + b",".join(without_secrets(bytes(value)) for value in _ARRAY.decode(record)) + b"]"
+        msgspec.json.decode(record, type=msgspec.Raw)  # a text or number: a value, never a key, if it is JSON
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ValueError(f"not a JSON value: {exc}") from exc
+    return record
+
+
+def cut_secrets(text: bytes) -> bytes:
+    """Text that cannot be parsed cut at its first SECRET_TRACE (a secret in it cannot be found by key)."""
+    found = _TRACE.search(text)
+    return text if found is None else text[:found.start()] + CUT.encode()
+
+
+def cut_at_secrets(text: pl.Expr) -> pl.Expr:
+    """`cut_secrets` as a column expression."""
+    return text.str.replace(rf"(?s)(?:{SECRET_TRACE}).*$", CUT.replace("$", "$$"))
 
 
 def _keyed(key: str) -> str:
@@ -84,3 +127,10 @@ def mask_sensitive(json_text: pl.Expr) -> pl.Expr:
             masked = _as_json(mask_value(value, mask)).str.replace_all("$", "$$", literal=True)
             out = out.str.replace_all(_keyed(key), pl.lit(f'"{key}":') + masked)
     return drop_secrets(out)
+
+
+def mask_unparsed(text: pl.Expr) -> pl.Expr:
+    """A line that is no JSON object as a JSON string: masked as JSON text as far as its keys can be found,
+    and cut at any trace of a secret left (the staged line of an API record holds none; text that cannot be
+    parsed cannot show one by key)."""
+    return _as_json(cut_at_secrets(mask_sensitive(text)))

@@ -21,12 +21,14 @@ import polars_hash  # noqa: F401  (registers the .chash namespace)
 from prefect import task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
-from models.schema import user_rules
-from models.users import PROCESSED_COLUMNS
+from models.schema import OBJECT, RECORD, Rule, integer_value, max_lengths, user_rules
+from models.users import PROCESSED_COLUMNS, RawUser
 from tasks.drift import field_types, merge_types
-from tasks.redact import CARD, IBAN, SSN, mask_sensitive, mask_value
+from tasks.parse import LINE, parse_like, parse_raw, read_lines  # noqa: F401  (transform's parsing, re-exported)
+from tasks.redact import CARD, IBAN, SSN, mask_sensitive, mask_unparsed, mask_value
 
-LINE = "_raw"
+FAILED = "_failed"  # the rules a row fails, as bits
+RAW_ID_CHARS = max_lengths(RawUser)  # raw_users' column lengths: a longer source id is no id there
 # transform works through a batch in pieces of about this many bytes of staged JSONL (about 1,500 DummyJSON
 # users): the stage's memory is a piece's
 PIECE_BYTES = 2 << 20
@@ -167,9 +169,11 @@ def read_frame(data: bytes) -> pl.DataFrame:
 def raw_keys(lines: pl.Expr, *, ids: pl.Expr | None = None, id_path: str = "$.id",
              id_column: str = "source_id") -> list[pl.Expr]:
     """A raw line's keys in the raw layer: the source's id as text (`ids`, else read from the line at
-    `id_path`) and the line's content hash."""
+    `id_path`; none when longer than raw_users' column of that name holds) and the line's content hash."""
     ids = lines.str.json_path_match(id_path) if ids is None else ids
-    return [ids.alias(id_column), lines.chash.sha2_256().alias("record_hash")]
+    limit = RAW_ID_CHARS.get(id_column)
+    return [(ids if limit is None else pl.when(ids.str.len_chars() <= limit).then(ids)).alias(id_column),
+            lines.chash.sha2_256().alias("record_hash")]
 
 
 def parsed_ids(raw: pl.DataFrame) -> pl.Expr | None:
@@ -187,112 +191,47 @@ def append_text_lines(path: Path | str, lines: pl.Series) -> tuple[int, int]:
     return _append(path, functools.partial(frame.write_csv, include_header=False, quote_style="never", separator="\x1f"))
 
 
-# ---------------------------------------------------------------- parsing
-
-
-def read_lines(data: bytes, name: str = LINE) -> pl.DataFrame:
-    """JSONL bytes as one text column, a row per line, untouched (JSON escapes control characters, so the
-    unit separator never occurs inside a line)."""
-    if not data or data.isspace():  # (strip() would copy the whole span)
-        return pl.DataFrame(schema={name: pl.String})
-    return pl.read_csv(io.BytesIO(data), has_header=False, separator="\x1f", quote_char=None,
-                       new_columns=[name], schema={name: pl.String}, truncate_ragged_lines=True)
-
-
-def parse_raw(data: bytes, like: pl.Schema | None = None) -> pl.DataFrame:
-    """JSONL bytes -> one row per record: the original line in `_raw` plus the parsed top-level fields.
-    Types are inferred over the whole span, so a field whose type drifts becomes text, never an error.
-    `like`: the fields an earlier span of the same source was inferred to have; the span is parsed with
-    them in one pass when that gives exactly what inferring would (`parse_like`)."""
-    lines = read_lines(data)
-    if lines.height == 0:
-        return lines
-    parsed = parse_like(data, lines.get_column(LINE), like) if like else None
-    if parsed is None:
-        parsed = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
-    if parsed.height != lines.height:
-        raise ValueError(f"staged span holds {lines.height} lines but {parsed.height} JSON records")
-    return parsed.with_columns(lines.get_column(LINE))
-
-
-CHECKED_TYPES = (pl.String, pl.Int64, pl.Float64, pl.Boolean, pl.Struct)
-
-
-def _types(schema: pl.Schema | dict) -> Iterator[pl.DataType]:
-    for dtype in schema.values():
-        yield dtype
-        if isinstance(dtype, pl.Struct):
-            yield from _types({f.name: f.dtype for f in dtype.fields})
-
-
-def _fields(frame: pl.DataFrame) -> Iterator[pl.Series]:
-    """Every column of a parsed frame and every field of its structs, nested ones too (a struct's fields
-    are null where the struct is)."""
-    for column in frame.iter_columns():
-        yield column
-        if isinstance(column.dtype, pl.Struct):
-            yield from _fields(column.struct.unnest())
-
-
-def parse_like(data: bytes, lines: pl.Series, schema: pl.Schema) -> pl.DataFrame | None:
-    """The span (its `lines`) parsed in one pass with `schema`, another span's inferred fields, if that is
-    exactly what inferring its own would give; else None. Inferring reads every record twice: 1.4 s for
-    100k DummyJSON users, against 0.7 s with the fields given and 0.1 s for the checks below.
-
-    Polars' parse with a schema raises on a value of another type, except that it drops keys the schema
-    lacks, reads an absent key as null, takes any value as text for a String field and an integer for a
-    Float64 one. So the parse stands only if the span's keys (`":`) are as many as the fields parsed
-    non-null and its text values (`":"`) as many as the String fields parsed non-null (a null value or a
-    stray `":` in a text sends the span to inference too), every field occurs in it, and every Float64
-    field has a fraction somewhere in it (else inference would say Int64). A line holds at least as many
-    `":` as fields parsed non-null, so the counts agree on every line when they agree in all; JSON with a
-    space before its colons goes to inference."""
-    if not all(isinstance(dtype, CHECKED_TYPES) for dtype in _types(schema)):
-        return None
-    try:
-        parsed = pl.read_ndjson(io.BytesIO(data), schema=schema)
-    except pl.exceptions.PolarsError:
-        return None
-    if parsed.height != lines.len():
-        return None
-    fields = list(_fields(parsed))
-    present = [f.len() - f.null_count() for f in fields]
-    texts = sum(n for n, f in zip(present, fields, strict=True) if f.dtype == pl.String)
-    text = pl.col("l")
-    keys, strings = lines.to_frame("l").select(text.str.count_matches('":', literal=True).sum().alias("keys"),
-                                               text.str.count_matches('":"', literal=True).sum().alias("texts")).row(0)
-    if 0 in present or keys != sum(present) or strings != texts:
-        return None
-    if not all((f != f.floor()).any() for f in fields if f.dtype == pl.Float64):
-        return None
-    return parsed
+# ---------------------------------------------------------------- flattening
 
 
 def _field(schema: pl.Schema, path: tuple[str, ...]) -> tuple[pl.Expr, pl.DataType | None]:
-    """The value at `path`, whatever shape the batch gave it (struct, JSON text after a type drift, absent)."""
+    """The value at `path`, whatever shape the batch gave it (struct; text after a type drift, when it is read
+    from the line itself: Polars writes an object it reads as text without escaping backslashes or control
+    characters, so that text is not always JSON; absent)."""
     head, *rest = path
     if head not in schema:
         return pl.lit(None, pl.String), None
     expr, dtype = pl.col(head), schema[head]
-    for i, key in enumerate(rest):
+    for key in rest:
         if isinstance(dtype, pl.Struct):
             fields = {f.name: f.dtype for f in dtype.fields}
             if key not in fields:
                 return pl.lit(None, pl.String), None
             expr, dtype = expr.struct.field(key), fields[key]
         elif dtype == pl.String:
-            return expr.str.json_path_match("$." + ".".join(rest[i:])), pl.String()
+            return pl.col(LINE).str.json_path_match("$." + ".".join(path)), pl.String()
         else:
             return pl.lit(None, pl.String), None
     return expr, dtype
 
 
 def _as_text(expr: pl.Expr, dtype: pl.DataType | None) -> pl.Expr:
+    """A value as text: an object or array where text is expected as its JSON text (as inference makes it
+    when other records of the batch have text there), for the rules to judge like any text."""
     if isinstance(dtype, pl.Struct):
         return expr.struct.json_encode()
     if isinstance(dtype, (pl.List, pl.Array)):
-        return pl.lit(None, pl.String)
+        encoded = pl.struct(expr.alias("v")).struct.json_encode().str.strip_prefix('{"v":').str.strip_suffix("}")
+        return pl.when(expr.is_not_null()).then(encoded)
     return expr.cast(pl.String)  # floats too: 30.0 stays recognisable as an integer, 30.5 does not
+
+
+def _as_number(expr: pl.Expr, dtype: pl.DataType | None) -> pl.Expr:
+    """A value as a float: numbers and numeric text as they read (1e999 and "NaN" too, for the rules to
+    refuse), anything else (other text, a boolean, an object or array) as none."""
+    if dtype is None or dtype == pl.String or dtype == pl.Null or dtype.is_numeric():
+        return expr.cast(pl.Float64, strict=False)
+    return pl.lit(None, pl.Float64)
 
 
 def flatten(df: pl.DataFrame, fields: dict[str, tuple[str, ...]] | None = None) -> pl.DataFrame:
@@ -303,9 +242,8 @@ def flatten(df: pl.DataFrame, fields: dict[str, tuple[str, ...]] | None = None) 
     fields = DUMMYJSON_FIELDS if fields is None else fields
     missing = ("\x00missing",)
     cols = [_as_text(*_field(schema, fields.get(name, missing))).alias(name) for name in TEXT_FIELDS]
-    cols += [_field(schema, fields.get(name, missing))[0].cast(pl.Float64, strict=False).alias(name)
-             for name in FLOAT_FIELDS]
-    return df.select(*cols, pl.col(LINE))
+    cols += [_as_number(*_field(schema, fields.get(name, missing))).alias(name) for name in FLOAT_FIELDS]
+    return df.select(*cols, pl.col(LINE), pl.col(RECORD) if RECORD in schema else pl.lit(OBJECT).alias(RECORD))
 
 
 # ---------------------------------------------------------------- the transform
@@ -327,25 +265,36 @@ def transform_frame(raw: pl.DataFrame, departments: pl.DataFrame, *, source: str
 
 def check_frame(raw: pl.DataFrame, departments: pl.DataFrame, *, fields: dict[str, tuple[str, ...]] | None = None,
                 raw_hash: pl.Series | None = None, seen_ids: pl.Series | None = None) -> pl.DataFrame:
-    """Parsed records as staging columns, each row with the names of the rules it fails (`reasons`).
-    `seen_ids`: ids that earlier rows of the same batch had (a later row with one is a duplicate)."""
-    seen = seen_ids if seen_ids is not None else pl.Series("id_int", [], pl.Int64)
+    """Parsed records as staging columns, the values the rules judge as they would be stored (`id` and `age`
+    read as 64-bit integers, names and email cleaned), each row with the names of the rules it fails
+    (`reasons`). `seen_ids`: ids that earlier rows of the same batch had (a later row with one is a duplicate)."""
+    seen = seen_ids if seen_ids is not None else pl.Series("id", [], pl.Int64)
     staged = (
         flatten(raw, fields)
         .with_columns(pl.col(LINE).chash.sha2_256().alias("raw_hash") if raw_hash is None else raw_hash.alias("raw_hash"))
-        .with_columns(pl.col("department").str.strip_chars().alias("department"))
+        .with_columns(pl.col("department").str.strip_chars(), pl.col("first_name").str.strip_chars(),
+                      pl.col("email").str.strip_chars().str.to_lowercase(),
+                      integer_value("id_text").alias("id"), integer_value("age_text").alias("age"))
         .join(departments, on="department", how="left", maintain_order="left")
         .with_columns(
-            pl.col("id_text").cast(pl.Float64, strict=False).cast(pl.Int64, strict=False).alias("id_int"),
-        )
-        .with_columns(
-            (pl.col("id_int").is_not_null()
-             & (~pl.col("id_int").is_first_distinct() | pl.col("id_int").is_in(seen.implode()))).alias("id_duplicate"),
+            (pl.col("id").is_not_null()
+             & (~pl.col("id").is_first_distinct() | pl.col("id").is_in(seen.implode()))).alias("id_duplicate"),
         )
     )
     rules = user_rules()
-    failed = [pl.when(~r.passes.fill_null(False)).then(pl.lit(r.name)) for r in rules]
-    return staged.with_columns(pl.concat_list(failed).list.drop_nulls().alias("reasons"))
+    failed = staged.select(pl.sum_horizontal([(~r.passes.fill_null(False)).cast(pl.UInt64) * pl.lit(1 << i, pl.UInt64)
+                                              for i, r in enumerate(rules)]).alias(FAILED)).to_series()
+    return (staged.with_columns(failed).join(reason_lists(failed.unique(), rules), on=FAILED, how="left",
+                                             maintain_order="left").drop(FAILED))
+
+
+def reason_lists(failed: pl.Series, rules: list[Rule]) -> pl.DataFrame:
+    """Sets of failed rules (`FAILED` bits, rule i the i-th) with their names (`reasons`), for a join: the
+    lists are made once per distinct set, not on every row. A line that is no object fails its record rule
+    alone (it has no fields for the others to judge)."""
+    sets = [[r for i, r in enumerate(rules) if bits >> i & 1] for bits in failed.to_list()]
+    names = [[r.name for r in ([r for r in chosen if r.alone] or chosen)] for chosen in sets]
+    return pl.DataFrame([failed, pl.Series("reasons", names, pl.List(pl.String))])
 
 
 def split_checked(staged: pl.DataFrame, *, source: str = "dummyjson") -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -354,12 +303,7 @@ def split_checked(staged: pl.DataFrame, *, source: str = "dummyjson") -> tuple[p
     ok = pl.col("reasons").list.len() == 0
 
     processed = staged.filter(ok).select(
-        pl.col("id_int").alias("id"),
-        pl.col("first_name").str.strip_chars(),
-        "last_name", "maiden_name", "username",
-        pl.col("email").str.strip_chars().str.to_lowercase(),
-        "phone",
-        pl.col("age_text").cast(pl.Float64, strict=False).cast(pl.Int64).alias("age"),
+        "id", "first_name", "last_name", "maiden_name", "username", "email", "phone", "age",
         "gender", "birth_date", "blood_group", "height", "weight", "eye_color", "university", "role",
         "city", "state", "country", "postal_code", "latitude", "longitude",
         "department", "department_code", "company_name", "company_title",
@@ -380,10 +324,21 @@ def split_checked(staged: pl.DataFrame, *, source: str = "dummyjson") -> tuple[p
         "reasons",
         pl.col("raw_hash").alias("record_hash"),
         # the user the record speaks for; none for a second copy of an id (the first copy speaks for it)
-        pl.when(~pl.col("id_duplicate")).then(pl.col("id_int")).alias("user_id"),
+        pl.when(~pl.col("id_duplicate")).then(pl.col("id")).alias("user_id"),
         mask_sensitive(pl.col(LINE)).alias("record"),
+        LINE, RECORD,
     )
-    return processed, dlq
+    return processed, dlq_records(dlq).drop(LINE, RECORD)
+
+
+def dlq_records(dlq: pl.DataFrame) -> pl.DataFrame:
+    """DLQ rows whose `record` is always JSON that Polars reads back: an object the span's parse read as it is,
+    masked (`mask_sensitive` keeps it JSON); any other line, as a JSON string of its masked text
+    (`mask_unparsed`, worked out only when some row needs it: each mask is a chain of regular expressions)."""
+    other = pl.col(RECORD) != OBJECT
+    if not dlq.height or not dlq.select(other.any()).item():
+        return dlq
+    return dlq.with_columns(pl.when(other).then(mask_unparsed(pl.col(LINE))).otherwise("record").alias("record"))
 
 
 def dlq_lines(dlq: pl.DataFrame) -> pl.Series:
@@ -468,12 +423,12 @@ def transform_batch(
     p_start, d_start = file_size(processed_path), file_size(dlq_path)
     keys, types, reasons = [], [], Counter()
     valid = invalid = 0
-    seen_ids = pl.Series("id_int", [], pl.Int64) if seen_ids is None else seen_ids.rename("id_int")
+    seen_ids = pl.Series("id", [], pl.Int64) if seen_ids is None else seen_ids.rename("id")
     like = None  # the fields the pieces so far were found to have
     for data in read_pieces(raw_path, piece_bytes, offset, length):
         raw = parse_raw(data, like)
         del data  # (each piece's bytes and frames are let go as soon as done with, not when the next is read)
-        like = raw.drop(LINE).schema if raw.height else like
+        like = raw.drop(LINE, RECORD, strict=False).schema if raw.height else like
         types.append(field_types(raw.schema))
         if not raw.height:
             continue
@@ -481,7 +436,7 @@ def transform_batch(
         checked = check_frame(raw, departments, fields=field_map, raw_hash=piece_keys.get_column("record_hash"),
                               seen_ids=seen_ids)
         del raw
-        seen_ids = pl.concat([seen_ids, checked.get_column("id_int").drop_nulls()])
+        seen_ids = pl.concat([seen_ids, checked.get_column("id").drop_nulls()])
         processed, dlq = split_checked(checked, source=source)
         del checked
         append_lines(processed_path, processed)

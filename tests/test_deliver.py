@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 from pydantic import SecretStr
 
-from flows.common import deliver
+from flows.deliver import deliver
 from models.settings import BUNDLED_DEPARTMENTS, ConfigError, Settings
 from tasks.deliver import (
     AuthRefusedError,
@@ -27,12 +27,17 @@ from tasks.deliver import (
     KeyPassphraseError,
     SftpConnectionLostError,
     SftpRemoteError,
+    SftpSession,
     SftpTarget,
     SftpUnavailableError,
-    _Session,
+    daily_name,
     deliver_files_task,
+    incoming_dir,
     is_transient,
+    load_private_key,
+    publish_task,
     remote_dir_for,
+    stage_task,
     upload_files,
 )
 from tasks.deliver_files import files_to_deliver, write_masked_copy
@@ -121,13 +126,40 @@ def test_target_from_incomplete_settings_names_the_variables() -> None:
         assert name in str(info.value)
 
 
-def test_task_retry_policy() -> None:
-    assert deliver_files_task.name == "sftp-upload"
-    assert deliver_files_task.retries == 3
-    assert deliver_files_task.retry_delay_seconds == [2, 4, 8]
-    assert deliver_files_task.retry_jitter_factor
-    quick = deliver_files_task.with_options(retry_delay_seconds=0)
-    assert quick.retry_delay_seconds == 0 and quick.retry_condition_fn is deliver_files_task.retry_condition_fn
+@pytest.mark.parametrize("task", [deliver_files_task, stage_task, publish_task], ids=lambda t: t.name)
+def test_task_retry_policy(task) -> None:
+    assert task.name in ("sftp-upload", "sftp-stage", "sftp-publish")
+    assert task.retries == 3
+    assert task.retry_delay_seconds == [2, 4, 8]
+    assert task.retry_jitter_factor
+    quick = task.with_options(retry_delay_seconds=0)
+    assert quick.retry_delay_seconds == 0 and quick.retry_condition_fn is task.retry_condition_fn
+
+
+def test_one_remote_name_per_day_and_kind() -> None:
+    assert [daily_name(n) for n in ("records_20240517_120000.jsonl", "etl_20240517_120000.jsonl",
+                                    "invalid_users_20240517_120000.jsonl", "csv_users_b_20240517_120000.jsonl",
+                                    "notes.jsonl")] == [
+        "records.jsonl", "etl.jsonl", "invalid_users.jsonl", "csv_users_b.jsonl", "notes.jsonl"]
+    assert incoming_dir("/upload/", "0f1e") == "/upload/.sluice-incoming/0f1e"
+    assert incoming_dir("/", "0f1e") == "/.sluice-incoming/0f1e"
+    for bad in ("../up", "a/b", ""):
+        with pytest.raises(ValueError, match="run id"):
+            incoming_dir("/upload", bad)
+
+
+def test_a_loaded_key_is_reused_only_with_the_same_file_and_passphrase(tmp_path: Path) -> None:
+    """Upload and publish connect apiece: the key's KDF runs once, yet a wrong passphrase is still refused."""
+    path = tmp_path / "id"
+    path.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key(passphrase="right one"))
+    first = load_private_key(path, SecretStr("right one"))
+    started = time.perf_counter()
+    assert load_private_key(path, SecretStr("right one")) is first
+    assert time.perf_counter() - started < 0.05
+    with pytest.raises(KeyPassphraseError, match="wrong"):
+        load_private_key(path, SecretStr("wrong one"))
+    path.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key(passphrase="right one"))
+    assert load_private_key(path, SecretStr("right one")).get_base64() != first.get_base64()
 
 
 # -- real sshd ------------------------------------------------------------------------------
@@ -163,7 +195,7 @@ def test_delivers_byte_identical_files_under_dated_dir(
 @pytest.mark.sshd
 def test_openssh_negotiates_aes_gcm(sshd: SshdServer) -> None:
     """Against OpenSSH the session uses AES-GCM both ways (no per-packet HMAC in Python)."""
-    with _Session(make_target(sshd)) as session:
+    with SftpSession(make_target(sshd)) as session:
         transport = session.client.get_transport()
         assert (transport.local_cipher, transport.remote_cipher) == ("aes128-gcm@openssh.com",) * 2
 
@@ -439,7 +471,7 @@ def sftp_env(set_env, server: SshdServer, **more: object) -> None:
 
 def download(server: SshdServer, remote_dir: str) -> dict[str, bytes]:
     """Every file in `remote_dir`, fetched over SFTP as the receiving side would."""
-    with _Session(make_target(server)) as session:
+    with SftpSession(make_target(server)) as session:
         sftp = session.sftp
         out = {}
         for name in sorted(sftp.listdir(remote_dir)):

@@ -176,7 +176,7 @@ def test_pages_staged_past_the_stored_checkpoint_are_cut_off_and_fetched_again(e
 
 
 def test_a_retried_batch_goes_on_from_its_last_staged_page(env):
-    """The fetch task's retry (after a 500 on the batch's third page) asks for that page again, not the
+    """A page's retry (after a 500 on the batch's third page) asks for that page again, not the
     batch's first: the pages before it are staged and checkpointed already."""
     url = env
     with DummyJsonServer(_users(400)) as server:

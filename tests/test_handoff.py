@@ -3,6 +3,7 @@ failure, and stops when a stage it feeds has failed."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 
@@ -121,3 +122,60 @@ def test_a_stage_starts_once_the_one_before_it_runs_not_once_it_first_posts(tmp_
         clock.close()
     assert seen["posted_before_start"] == 0
     assert handoff.has_started(first) and not handoff.has_started(handoff.open_manifest(first))
+
+
+def test_a_failure_whose_end_line_cannot_be_written_still_stops_its_followers(tmp_path):
+    """The failing stage's disk takes no more (here its folder is gone): its followers, in this process, still
+    get every batch posted before and then the failure, within a poll; a cancel with no flag file still
+    stops the stages feeding the failed one."""
+    stages = tmp_path / "stages"
+    manifest = handoff.open_manifest(stages / "extracted.jsonl")
+    handoff.post(manifest, {"n": 0})
+    got, outcome = [], {}
+
+    def follow():
+        try:
+            for entry in handoff.follow(manifest, stage="transform", run_dir=tmp_path):
+                got.append(entry["n"])
+        except handoff.UpstreamFailedError as exc:
+            outcome["error"], outcome["at"] = str(exc), time.monotonic()
+
+    with open(manifest, "rb"):  # the follower's file stays readable once its folder is removed
+        follower = threading.Thread(target=follow)
+        follower.start()
+        time.sleep(0.2)
+        shutil.rmtree(stages)
+        failed_at = time.monotonic()
+        handoff.close(manifest, error="OSError: [Errno 28] No space left on device")
+        follower.join(timeout=10)
+    assert got == [0] and "No space left on device" in outcome["error"]
+    assert outcome["at"] - failed_at < 0.5
+
+    nowhere = tmp_path / "a-file"
+    nowhere.write_text("")  # a run dir inside a file: no flag can be written there
+    handoff.cancel(nowhere, handoff.RUN)
+    with pytest.raises(handoff.RunCancelledError, match="run failed"):
+        handoff.check_cancelled(nowhere, "extract")
+    handoff.forget(nowhere)
+    handoff.check_cancelled(nowhere, "extract")  # the run is over: nothing of it is kept
+
+
+def test_a_follower_waits_for_a_running_writer_however_long_and_gives_up_on_a_gone_one(tmp_path):
+    manifest = handoff.open_manifest(tmp_path / "extracted.jsonl")
+
+    def slow_stage():
+        handoff.post(manifest, {"n": 0})
+        time.sleep(0.5)  # its next batch takes longer than the idle timeout
+        handoff.close(manifest)
+
+    with handoff.writing(manifest):  # a stage of this process is writing it
+        quiet = threading.Thread(target=slow_stage)
+        quiet.start()
+        assert [e["n"] for e in handoff.follow(manifest, idle_timeout=0.1)] == [0]
+        quiet.join()
+    abandoned = handoff.open_manifest(tmp_path / "abandoned.jsonl")
+    handoff.post(abandoned, {"n": 0})
+    started = time.monotonic()
+    with pytest.raises(handoff.UpstreamFailedError, match="no end line"):
+        list(handoff.follow(abandoned, idle_timeout=0.3))
+    assert 0.3 < time.monotonic() - started < 2

@@ -105,3 +105,24 @@ def test_a_folder_that_cannot_be_removed_is_named_and_the_run_goes_on(database_u
         subprocess.run(unlock, check=True)
     assert out["removed"] == [gone.name] and not gone.exists() and stuck.exists()
     assert f"could not remove the expired run folder {stuck}" in caplog.text
+
+
+def test_a_run_noticed_as_crashed_is_over_from_its_last_heartbeat(database_url, tmp_path):
+    """A run left 'running' by a process that died is marked crashed at a later run's start, ended at its
+    last heartbeat: its folder goes once that is older than kept, unless an extraction would resume from it."""
+    from tasks import runs
+
+    runs_dir = tmp_path / "data" / "runs"
+    dead = add_run(database_url, runs_dir, status="running", ended_days_ago=None)
+    resumable = add_run(database_url, runs_dir, status="running", ended_days_ago=None)
+    set_checkpoint(database_url, resumable / "raw_users" / "records.jsonl", "in_progress")
+    engine, log = engine_for(database_url), logging.getLogger("test")
+    assert prune_run_dirs(engine, runs_dir=runs_dir, keep_days=7, logger=log, now=NOW)["removed"] == []
+
+    runs.mark_crashed(engine, [runs.Crash(d.name, "its process is gone", NOW - timedelta(days=8))
+                               for d in (dead, resumable)], noticed_by="the next run")
+    assert prune_run_dirs(engine, runs_dir=runs_dir, keep_days=7, logger=log, now=NOW)["removed"] == [dead.name]
+    assert resumable.exists()
+    with Session(engine) as session:
+        run = session.get(EtlRun, dead.name)
+        assert run.status == "crashed" and "its process is gone" in run.error and "the next run" in run.error

@@ -25,12 +25,14 @@ class ExtractPlan:
     offset: int
     records: int
     resumed: bool
+    total: int | None = None  # the total the source reported when the resumed walk began
 
 
 @dataclass(frozen=True)
 class Position:
-    """Where extraction stands: the next `skip`, the source's `total`, and the staged file's length in bytes
-    (`offset`) and records; `staged_path`, when given, is synced to disk before the position is stored."""
+    """Where extraction stands: the next `skip`, the `total` the source reported when the walk began, and the
+    staged file's length in bytes (`offset`) and records; `staged_path`, when given, is synced to disk before
+    the position is stored."""
 
     skip: int
     total: int
@@ -56,11 +58,12 @@ def begin_extract(engine: Engine, *, run_id: str, fingerprint: str, new_path: Pa
             and staged.exists()
             and staged.stat().st_size >= cp.staged_bytes
         ):
-            plan = ExtractPlan(str(staged), cp.cursor, cp.staged_bytes, cp.staged_records, True)
+            plan = ExtractPlan(str(staged), cp.cursor, cp.staged_bytes, cp.staged_records, True, cp.total)
         else:
             new_path.parent.mkdir(parents=True, exist_ok=True)
             new_path.write_bytes(b"")
             plan = ExtractPlan(str(new_path), 0, 0, 0, False)
+            cp.total = None
         cp.status, cp.run_id, cp.fingerprint = "in_progress", run_id, fingerprint
         cp.cursor, cp.staged_path, cp.staged_bytes, cp.staged_records = plan.skip, plan.staged_path, plan.offset, plan.records
         cp.updated_at = _now()
@@ -111,10 +114,13 @@ class CheckpointWriter:
     CHECKPOINT_EVERY_SECONDS apart, and each first syncs the staged file (once, however many pages came in
     between). A crash can lose only positions not yet written: the next run resumes from an earlier one,
     which is still consistent (the staged file is cut back to its offset and those pages are fetched again).
-    Use as a context manager; leaving it stores the last position given, `close` too."""
+    `totals` keeps every total the source reported, in order (repeats dropped), from `total`, the first of a
+    resumed walk; positions store the first. Use as a context manager; leaving it stores the last position
+    given, `close` too."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, total: int | None = None) -> None:
         self._engine = engine
+        self.totals: list[int] = [] if total is None else [total]
         self._cond = threading.Condition()
         self._pending: Position | None = None
         self.last: Position | None = None  # the last position given, stored or not
@@ -124,12 +130,14 @@ class CheckpointWriter:
         self._thread.start()
 
     def advance(self, *, skip: int, total: int, offset: int, records: int, staged_path: str | None = None) -> None:
-        """Queue a new position (see `Position`); raises if an earlier write failed."""
-        position = Position(skip, total, offset, records, staged_path)
+        """Queue a new position (see `Position`), `total` as the source reported it with this page; raises if
+        an earlier write failed."""
         with self._cond:
             if self._error is not None:
                 raise self._error
-            self._pending = self.last = position
+            if not self.totals or self.totals[-1] != total:
+                self.totals.append(total)
+            self._pending = self.last = Position(skip, self.totals[0], offset, records, staged_path)
             self._cond.notify_all()
 
     def close(self) -> None:

@@ -174,11 +174,13 @@ class SshdServer:
 
     def stop(self) -> None:
         """Stop the listener and every per-connection sshd process it started."""
-        proc, self._proc = self._proc, None
+        proc = self._proc
         if proc is None:
             return
         if proc.poll() is None:
-            self.kill_connections()
+            self.kill_connections()  # (while `_proc` still says the server runs: it finds them by it)
+        self._proc = None
+        if proc.poll() is None:
             proc.terminate()
             try:
                 proc.wait(timeout=10)
