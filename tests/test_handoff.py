@@ -78,7 +78,7 @@ def test_an_api_batch_is_one_transform_batch_and_a_big_input_is_cut_without_sliv
     run, never a big one plus a sliver of a few lines; a larger input is cut in about equal batches."""
     import orjson
 
-    from flows.users_etl import _source_spans
+    from flows.users_stages import source_spans
     from tests.servers.dummyjson import load_real_users
 
     users = load_real_users()
@@ -86,8 +86,8 @@ def test_an_api_batch_is_one_transform_batch_and_a_big_input_is_cut_without_sliv
     raw = tmp_path / "raw.jsonl"
     raw.write_bytes(b"".join(lines))
     whole = {"raw_path": str(raw), "offset": 0, "length": raw.stat().st_size, "records": len(lines)}
-    assert _source_spans(whole, batch_records=len(lines)) == [(0, whole["length"])]
-    spans = _source_spans(whole, batch_records=1000)
+    assert source_spans(whole, batch_records=len(lines)) == [(0, whole["length"])]
+    spans = source_spans(whole, batch_records=1000)
     counts = [raw.read_bytes()[o:o + n].count(b"\n") for o, n in spans]
     assert len(spans) == 3 and sum(counts) == len(lines) and min(counts) > 50
 
