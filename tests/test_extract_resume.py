@@ -22,7 +22,8 @@ from sqlalchemy import text
 from flows.users_etl import users_etl
 from models.db import engine_for
 from tasks.extract.sample import DummyJsonServer, Fault
-from tests.servers.dummyjson import load_real_users
+from tests.child import rows, wait_for
+from tests.servers.dummyjson import distinct_users
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -38,35 +39,14 @@ asyncio.run(users_etl(api_base=sys.argv[1], page_size={page}, batch_records={bat
 """
 
 
-def _users(n: int) -> list[dict]:
-    """`n` valid users: the real ones over and over, each with an id, email and username of its own."""
-    real = load_real_users()
-    return [real[i % len(real)] | {"id": i + 1, "email": f"user{i + 1}@example.com", "username": f"user{i + 1}"}
-            for i in range(n)]
-
-
-def _rows(url: str, sql: str) -> list:
-    with engine_for(url).connect() as conn:
-        return conn.execute(text(sql)).all()
-
 
 def _checkpoint(url: str) -> tuple[int, int, str]:
-    return _rows(url, "SELECT cursor, staged_bytes, staged_path FROM etl_checkpoints")[0]
+    return rows(url, "SELECT cursor, staged_bytes, staged_path FROM etl_checkpoints")[0]
 
 
 def _stored_cursor(url: str) -> int:
-    return max((r[0] for r in _rows(url, "SELECT cursor FROM etl_checkpoints")), default=-1)
+    return max((r[0] for r in rows(url, "SELECT cursor FROM etl_checkpoints")), default=-1)
 
-
-def _wait_for(what: str, check, *, timeout: float, child: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        if child is not None and child.poll() is not None:
-            pytest.fail(f"the run ended (exit {child.returncode}) before {what}:\n{log.read_text()[-4000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} within {timeout}s" + (f":\n{log.read_text()[-4000:]}" if log else ""))
-        time.sleep(0.05)
-    return found
 
 
 @pytest.fixture
@@ -78,7 +58,7 @@ def env(settings_env, database_url):
 @pytest.fixture
 def source() -> Iterator[DummyJsonServer]:
     """The users, each page a little slow, hanging on STALL_SKIP until `source.release` is set."""
-    with DummyJsonServer(_users(USERS)) as server:
+    with DummyJsonServer(distinct_users(USERS)) as server:
         server.release = threading.Event()
 
         def slow_then_stall(limit: int, skip: int) -> None:
@@ -110,7 +90,7 @@ def _run_in_child(server: DummyJsonServer, log: Path) -> Iterator[subprocess.Pop
 
 def _kill_when_stalled(server: DummyJsonServer, child: subprocess.Popen, log: Path) -> int:
     """SIGKILL the run while it waits for STALL_SKIP; the number of requests the source had by then."""
-    _wait_for(f"request for skip={STALL_SKIP}", lambda: (PAGE, STALL_SKIP) in server.requests,
+    wait_for(f"request for skip={STALL_SKIP}", lambda: (PAGE, STALL_SKIP) in server.requests,
               timeout=CHILD_TIMEOUT, child=child, log=log)
     os.kill(child.pid, signal.SIGKILL)
     assert child.wait(30) == -signal.SIGKILL
@@ -126,8 +106,8 @@ def _rerun_and_check_each_user_stored_once(url: str, server: DummyJsonServer, se
                                     deliver_files=False))
     refetched = [skip for _, skip in server.requests[served:]]
     assert summary["counts"]["extracted"] == USERS
-    assert [r[0] for r in _rows(url, "SELECT id FROM processed_users ORDER BY id")] == list(range(1, USERS + 1))
-    assert _rows(url, "SELECT count(*), count(DISTINCT id) FROM raw_users")[0] == (USERS, USERS)
+    assert [r[0] for r in rows(url, "SELECT id FROM processed_users ORDER BY id")] == list(range(1, USERS + 1))
+    assert rows(url, "SELECT count(*), count(DISTINCT id) FROM raw_users")[0] == (USERS, USERS)
     staged = pl.read_ndjson(summary["files"]["raw"]).get_column("id")
     assert staged.len() == USERS and staged.n_unique() == USERS
     assert refetched == list(range(refetched[0], USERS, PAGE)), refetched  # page after page, none twice
@@ -157,7 +137,7 @@ def test_pages_staged_past_the_stored_checkpoint_are_cut_off_and_fetched_again(e
     holder = engine_for(url).connect()
     try:
         with _run_in_child(source, log) as child:
-            _wait_for("checkpoint at skip>=500", lambda: _stored_cursor(url) >= 500, timeout=CHILD_TIMEOUT,
+            wait_for("checkpoint at skip>=500", lambda: _stored_cursor(url) >= 500, timeout=CHILD_TIMEOUT,
                       child=child, log=log)
             if holder.dialect.name == "sqlite":
                 holder.exec_driver_sql("BEGIN IMMEDIATE")
@@ -179,7 +159,7 @@ def test_a_retried_batch_goes_on_from_its_last_staged_page(env):
     """A page's retry (after a 500 on the batch's third page) asks for that page again, not the
     batch's first: the pages before it are staged and checkpointed already."""
     url = env
-    with DummyJsonServer(_users(400)) as server:
+    with DummyJsonServer(distinct_users(400)) as server:
         once = iter([Fault(500)])
         server.fail_when = lambda limit, skip: next(once, None) if skip == 100 else None
         summary = asyncio.run(users_etl(api_base=server.base_url, page_size=PAGE, batch_records=200,
@@ -187,4 +167,4 @@ def test_a_retried_batch_goes_on_from_its_last_staged_page(env):
     assert [skip for _, skip in server.requests] == [0, 50, 100, 100, 150, 200, 250, 300, 350]
     staged = pl.read_ndjson(summary["files"]["raw"]).get_column("id")
     assert staged.len() == 400 and staged.n_unique() == 400
-    assert _rows(url, "SELECT count(*), count(DISTINCT id) FROM processed_users")[0] == (400, 400)
+    assert rows(url, "SELECT count(*), count(DISTINCT id) FROM processed_users")[0] == (400, 400)

@@ -18,15 +18,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
 from flows.users_etl import users_etl
 from models.db import engine_for
 from models.settings import get_settings
 from tasks.extract.sample import DummyJsonServer
 from tasks.retention import expired_run_dirs
+from tests.child import rows, wait_for
 from tests.conftest import skip_or_fail
-from tests.servers.dummyjson import load_real_users
+from tests.servers.dummyjson import distinct_users
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -42,32 +42,12 @@ asyncio.run(users_etl(api_base=sys.argv[1], page_size={PAGE}, deliver_files=Fals
 """
 
 
-def _users(n: int) -> list[dict]:
-    """`n` valid users: the real ones over and over, each with an id, email and username of its own."""
-    real = load_real_users()
-    return [real[i % len(real)] | {"id": i + 1, "email": f"user{i + 1}@example.com", "username": f"user{i + 1}"}
-            for i in range(n)]
-
-
-def _rows(url: str, sql: str, **params) -> list:
-    with engine_for(url).connect() as conn:
-        return conn.execute(text(sql), params).all()
 
 
 def _run_row(url: str, run_id: str):
-    return _rows(url, "SELECT status, failed_stage, error, finished_at, heartbeat_at, pid FROM etl_runs WHERE id = :id",
+    return rows(url, "SELECT status, failed_stage, error, finished_at, heartbeat_at, pid FROM etl_runs WHERE id = :id",
                  id=run_id)[0]
 
-
-def _wait_for(what: str, check, *, timeout: float, child: subprocess.Popen, log: Path):
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        if child.poll() is not None:
-            pytest.fail(f"the run ended (exit {child.returncode}) before {what}:\n{log.read_text()[-4000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} within {timeout}s:\n{log.read_text()[-4000:]}")
-        time.sleep(0.05)
-    return found
 
 
 @pytest.fixture
@@ -78,7 +58,7 @@ def env(settings_env, database_url):
 
 @pytest.fixture
 def slow_source() -> Iterator[DummyJsonServer]:
-    with DummyJsonServer(_users(2000)) as server:
+    with DummyJsonServer(distinct_users(2000)) as server:
         server.fail_when = lambda limit, skip: time.sleep(PAGE_SECONDS)
         yield server
 
@@ -99,9 +79,9 @@ def _child(script: str, *args: str, log: Path, env: dict | None = None) -> Itera
 
 def _running_run(url: str, server: DummyJsonServer, child: subprocess.Popen, log: Path) -> str:
     """Once the child's run has its row and is a few pages into the source: its id."""
-    _wait_for("a few pages fetched", lambda: len(server.requests) >= 4, timeout=CHILD_START_TIMEOUT, child=child,
+    wait_for("a few pages fetched", lambda: len(server.requests) >= 4, timeout=CHILD_START_TIMEOUT, child=child,
               log=log)
-    return _wait_for("the run's row", lambda: _rows(url, "SELECT id FROM etl_runs WHERE status = 'running'"),
+    return wait_for("the run's row", lambda: rows(url, "SELECT id FROM etl_runs WHERE status = 'running'"),
                      timeout=10, child=child, log=log)[0][0]
 
 
@@ -116,7 +96,7 @@ def test_a_full_disk_fails_the_run_within_seconds_naming_extract(env, settings_e
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
     try:
         settings_env(data_dir=disk / "data")
-        with DummyJsonServer(_users(3000)) as server:
+        with DummyJsonServer(distinct_users(3000)) as server:
             started = time.monotonic()
             state = asyncio.run(users_etl(api_base=server.base_url, page_size=100, deliver_files=False,
                                           return_state=True))
@@ -125,7 +105,7 @@ def test_a_full_disk_fails_the_run_within_seconds_naming_extract(env, settings_e
         subprocess.run(["umount", "-l", str(disk)], check=True)
     assert state.is_failed() and "No space left on device" in state.message
     assert took < 60, took
-    (status, stage, error, finished, *_), = _rows(env, "SELECT status, failed_stage, error, finished_at FROM etl_runs")
+    (status, stage, error, finished, *_), = rows(env, "SELECT status, failed_stage, error, finished_at FROM etl_runs")
     assert (status, stage) == ("failed", "extract") and "No space left on device" in error and finished
 
 
@@ -206,7 +186,7 @@ def test_a_lost_prefect_api_ends_the_run_with_one_line(env, slow_source, tmp_pat
     with _child(LOST_API_RUN, slow_source.base_url, str(home), log=log, env=child_env) as child:
         run_id = _running_run(url, slow_source, child, log)
         # every stage's flow run made (a stage that could not be made would fail the run its own way)
-        _wait_for("persist's flow run", lambda: "for flow 'persist'" in log.read_text(), timeout=30, child=child,
+        wait_for("persist's flow run", lambda: "for flow 'persist'" in log.read_text(), timeout=30, child=child,
                   log=log)
         server_pid = int(next(line for line in log.read_text().splitlines()
                               if line.startswith("prefect server pid")).split()[-1])

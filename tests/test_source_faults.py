@@ -10,42 +10,32 @@ from collections import Counter
 
 import polars as pl
 import pytest
-from sqlalchemy import text
 
 from flows.users_etl import users_etl
 from models.db import engine_for
 from tasks.extract.constants import CHECKPOINT_KEY
 from tasks.extract.dummyjson import CheckpointWriter, begin_extract, fetch_batch
+from tests.child import rows
 from tests.conftest import migrated
-from tests.servers.dummyjson import DummyJsonServer, Fault, load_real_users
+from tests.servers.dummyjson import DummyJsonServer, Fault, distinct_users
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 PAGE = 50
 
 
-def _users(n: int) -> list[dict]:
-    """`n` valid users: the real ones over and over, each with an id, email and username of its own."""
-    real = load_real_users()
-    return [real[i % len(real)] | {"id": i + 1, "email": f"user{i + 1}@example.com", "username": f"user{i + 1}"}
-            for i in range(n)]
-
-
-def _rows(url: str, sql: str, **params) -> list:
-    with engine_for(url).connect() as conn:
-        return conn.execute(text(sql), params).all()
 
 
 def _statuses(url: str) -> Counter:
-    return Counter(dict(_rows(url, "SELECT status, count(*) FROM processed_users GROUP BY status")))
+    return Counter(dict(rows(url, "SELECT status, count(*) FROM processed_users GROUP BY status")))
 
 
 def _checkpoint(url: str, columns: str) -> list:
-    return _rows(url, f"SELECT {columns} FROM etl_checkpoints WHERE source = :source", source=CHECKPOINT_KEY)
+    return rows(url, f"SELECT {columns} FROM etl_checkpoints WHERE source = :source", source=CHECKPOINT_KEY)
 
 
 def _anomalies(url: str, run_id: str) -> str:
-    return _rows(url, "SELECT anomalies FROM etl_runs WHERE id = :id", id=run_id)[0][0] or ""
+    return rows(url, "SELECT anomalies FROM etl_runs WHERE id = :id", id=run_id)[0][0] or ""
 
 
 def _failing(fails: dict[int, int]):
@@ -86,7 +76,7 @@ def test_a_source_answering_one_percent_500s_completes_retrying_only_the_failing
     stores every user once."""
     url, n, page = env, 5000, 20
     fails = {740: 2, 2740: 1, 4740: 2}
-    with DummyJsonServer(_users(n)) as server:
+    with DummyJsonServer(distinct_users(n)) as server:
         server.fail_when = _failing(fails)
         summary = asyncio.run(users_etl(api_base=server.base_url, page_size=page, batch_records=n,
                                         deliver_files=False))
@@ -94,8 +84,8 @@ def test_a_source_answering_one_percent_500s_completes_retrying_only_the_failing
     assert skips == [s for s in range(0, n, page) for _ in range(1 + fails.get(s, 0))]
     assert summary["status"] == "completed" and summary["counts"]["extracted"] == n
     assert summary["anomalies"] == []
-    assert _rows(url, "SELECT count(*), count(DISTINCT id) FROM processed_users")[0] == (n, n)
-    assert _rows(url, "SELECT count(*) FROM raw_users")[0][0] == n
+    assert rows(url, "SELECT count(*), count(DISTINCT id) FROM processed_users")[0] == (n, n)
+    assert rows(url, "SELECT count(*) FROM raw_users")[0][0] == n
     staged = pl.read_ndjson(summary["files"]["raw"]).get_column("id")
     assert staged.len() == n and staged.n_unique() == n
 
@@ -104,7 +94,7 @@ def test_a_page_failing_past_its_own_retries_fails_the_run_at_that_page(env):
     """Three 500s on one page, against two retries a page: the run fails naming the page, after asking for it
     three times; the checkpoint is on it, and the pages before it were each asked for once."""
     url = env
-    with DummyJsonServer(_users(400)) as server:
+    with DummyJsonServer(distinct_users(400)) as server:
         server.fail_when = _failing({200: 3})
         state = asyncio.run(users_etl(api_base=server.base_url, page_size=PAGE, batch_records=400,
                                       deliver_files=False, return_state=True))
@@ -122,7 +112,7 @@ def test_a_retried_page_is_logged_with_its_reason_after_a_growing_wait_and_no_cr
     settings_env()
     engine = engine_for(migrated(f"sqlite:///{tmp_path / 'cp.db'}"))
     plan = begin_extract(engine, run_id="r1", fingerprint="f", new_path=tmp_path / "raw.jsonl")
-    with DummyJsonServer(_users(100)) as server, CheckpointWriter(engine) as checkpoints:
+    with DummyJsonServer(distinct_users(100)) as server, CheckpointWriter(engine) as checkpoints:
         server.fail_when = _failing({40: 2})
         base = server.base_url.replace("http://", "http://etl:s3cret-pw@") + "?token=s3cret-tok"
         with caplog.at_level(logging.WARNING):
@@ -144,7 +134,7 @@ def test_a_total_falling_during_the_walk_is_an_anomaly_and_deletes_nobody(env):
     total falls from 3000 to 2900 and 100 users still there shift onto pages already walked. The run
     completes, says so in its record and artifact, and marks none of the users it missed deleted (100 of
     3000, under the 10% guard: without the finding they would have been)."""
-    url, users = env, _users(3000)
+    url, users = env, distinct_users(3000)
     with DummyJsonServer(users) as server:
         asyncio.run(users_etl(api_base=server.base_url, page_size=PAGE, batch_records=1000, deliver_files=False))
         server.fail_when = _shrink_at(server, users, skip=1000, drop=100)
@@ -158,14 +148,14 @@ def test_a_total_falling_during_the_walk_is_an_anomaly_and_deletes_nobody(env):
     assert "the walk ended at 2900 records, short of the total 3000" in summary["anomalies"]
     assert changed in _anomalies(url, summary["run_id"])
     assert _statuses(url) == {"current": 3000}
-    assert _rows(url, "SELECT deleted FROM etl_runs WHERE id = :id", id=summary["run_id"]) == [(0,)]
+    assert rows(url, "SELECT deleted FROM etl_runs WHERE id = :id", id=summary["run_id"]) == [(0,)]
 
 
 def test_a_walk_ending_short_of_the_total_is_an_anomaly_and_deletes_nobody(env):
     """The source answers an empty page at skip=2900 while still saying total 3000: the run completes, names
     the short walk, and the 100 users it did not reach stay current. A later complete walk of a source that
     really has 2900 users marks the 100 others deleted."""
-    url, users = env, _users(3000)
+    url, users = env, distinct_users(3000)
     empty = Fault(200, body=b'{"users": [], "total": 3000, "skip": 2900, "limit": 50}')
     with DummyJsonServer(users) as server:
         asyncio.run(users_etl(api_base=server.base_url, page_size=PAGE, batch_records=1000, deliver_files=False))
@@ -188,7 +178,7 @@ def test_a_walk_ending_short_of_the_total_is_an_anomaly_and_deletes_nobody(env):
 def test_a_resumed_walk_compares_with_the_total_its_first_run_saw(env):
     """A run fails at skip=1500 with its checkpoint on total 3000; the source then loses 100 users and the next
     run resumes there: its walk ends at 2900 against the 3000 the walk began with, and says so."""
-    url, users = env, _users(3000)
+    url, users = env, distinct_users(3000)
     with DummyJsonServer(users) as server:
         server.fail_when = lambda limit, skip: Fault(503) if skip >= 1500 else None
         state = asyncio.run(users_etl(api_base=server.base_url, page_size=PAGE, batch_records=500,

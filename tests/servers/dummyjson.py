@@ -24,6 +24,13 @@ def load_real_users() -> list[dict]:
     return data["users"] if isinstance(data, dict) else data
 
 
+def distinct_users(n: int) -> list[dict]:
+    """`n` valid users: the real ones over and over, each with an id, email and username of its own."""
+    real = load_real_users()
+    return [real[i % len(real)] | {"id": i + 1, "email": f"user{i + 1}@example.com", "username": f"user{i + 1}"}
+            for i in range(n)]
+
+
 def staged_lines(users: list) -> bytes:
     """Records as extract stages them (JSONL, secrets cut out), for tests that start from a staged file."""
     buf = io.BytesIO()

@@ -1,0 +1,30 @@
+"""Helpers for tests that run users-etl in a child process and watch it from outside."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from models.db import engine_for
+
+
+def wait_for(what: str, check, *, timeout: float, child: subprocess.Popen | None = None, log: Path | None = None):
+    """`check()`'s first truthy answer; fails naming `what` (with the child's log) on a timeout or the child's
+    early end."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        if child is not None and child.poll() is not None:
+            pytest.fail(f"the run ended (exit {child.returncode}) before {what}:\n{log.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout}s" + (f":\n{log.read_text()[-4000:]}" if log else ""))
+        time.sleep(0.05)
+    return found
+
+
+def rows(url: str, sql: str, **params) -> list:
+    with engine_for(url).connect() as conn:
+        return conn.execute(text(sql), params).all()
