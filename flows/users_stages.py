@@ -25,7 +25,7 @@ from tasks.persist import BATCH_COUNTS, persist_batch
 from tasks.sync import mark_absent_task, staged_ids
 from tasks.transform import append_failure, file_sha256, load_departments, split_spans, transform_batch
 
-if TYPE_CHECKING:  # Polars loads after `models` has set its pool and allocator (models/__init__.py)
+if TYPE_CHECKING:  # (Polars loads once the flows package has tuned the process: flows/process.py)
     import polars as pl
 
 RUN_COUNTS = (*BATCH_COUNTS, "deleted")  # what persist adds to the run's record

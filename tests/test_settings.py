@@ -82,7 +82,7 @@ def test_polars_pool_is_half_the_cores_unless_the_operator_says_otherwise(own):
 
 MAPPED_BLOCKS = """
 import ctypes
-import models  # noqa: F401
+import flows  # noqa: F401  (a flow process: tuned by the flows package)
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
