@@ -20,11 +20,30 @@ COPY_WRITE_BYTES = 1 << 20  # the CSV a COPY to PostgreSQL is written in: slices
 RESTAMPED_ON_FAILURE = ("run_id", "last_seen_at", "error_reason")  # what a failure seen again updates
 
 
+SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy's DateTime stores a UTC time on SQLite (naive text)
+
+
 def stamp_literal(conn: Connection, when: datetime) -> pl.Expr:
     """A timestamp literal in the form each database's DateTime column reads back."""
     if conn.dialect.name == "sqlite":
-        return pl.lit(when.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f"))
+        return pl.lit(when.replace(tzinfo=None).strftime(SQLITE_TIME))
     return pl.lit(when.isoformat())
+
+
+def time_param(conn: Connection, when: datetime) -> datetime | str:
+    """A timestamp as a driver parameter, in the form each database's DateTime column reads back."""
+    return when.replace(tzinfo=None).strftime(SQLITE_TIME) if conn.dialect.name == "sqlite" else when
+
+
+def placeholder(conn: Connection) -> str:
+    """The driver's parameter mark, for statements run with `exec_driver_sql`."""
+    return "%s" if conn.dialect.name == "postgresql" else "?"
+
+
+def update_verb(conn: Connection) -> str:
+    """UPDATE; on SQLite OR FAIL, which spares it copying each page the statement touches to a statement
+    journal first (a row it refuses still fails the transaction, as on PostgreSQL)."""
+    return "UPDATE" if conn.dialect.name == "postgresql" else "UPDATE OR FAIL"
 
 
 def statement_sizes(rows: int, most: int) -> list[int]:
@@ -163,16 +182,15 @@ def insert_new_versions(conn: Connection, table: Table, rows: pl.DataFrame, *, n
                            **constants)
 
 
-def upsert_failures(conn: Connection, table: Table, dlq: pl.DataFrame, *, now: datetime,
-                    restamped: tuple[str, ...] = RESTAMPED_ON_FAILURE, **constants) -> int:
-    """New failures inserted; a failure seen before gets the `restamped` columns of this sighting (no second
-    row). Returns how many were new."""
+def upsert_failures(conn: Connection, table: Table, dlq: pl.DataFrame, *, now: datetime, **constants) -> int:
+    """New failures inserted; a failure seen before is re-stamped with this sighting (no second row). Returns
+    how many were new."""
     if dlq.height == 0:
         return 0
     dlq = dlq.unique(subset="record_hash", keep="first", maintain_order=True)
     seen = stored_hashes(conn, table, "record_hash", dlq.get_column("record_hash"))
     rows = _stamped(conn, dlq, now, ("inserted_at", "last_seen_at"), **constants)
-    conflict = " ON CONFLICT (record_hash) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in restamped)
+    conflict = " ON CONFLICT (record_hash) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in RESTAMPED_ON_FAILURE)
     if conn.dialect.name == "sqlite":
         _sqlite_insert(conn, table.name, rows, conflict)
     else:
@@ -191,7 +209,7 @@ def timestamped_frame(conn: Connection, rows: list[tuple], schema: dict, stamp: 
 
 
 def stamp_text(conn: Connection, col: str) -> pl.Expr:
-    fmt = "%Y-%m-%d %H:%M:%S.%f" if conn.dialect.name == "sqlite" else "%Y-%m-%dT%H:%M:%S.%f+00:00"
+    fmt = SQLITE_TIME if conn.dialect.name == "sqlite" else "%Y-%m-%dT%H:%M:%S.%f+00:00"
     return pl.col(col).dt.convert_time_zone("UTC").dt.strftime(fmt)
 
 
@@ -199,6 +217,5 @@ def update_rows(conn: Connection, table: Table, rows: pl.DataFrame, *, key: str 
     """Rows of `table` set to `rows`' values, matched on `key`: staged, then one UPDATE ... FROM (on SQLite OR
     FAIL, as the inserts: no statement journal; a row the database refuses still fails the transaction)."""
     stage = _staged(conn, table, rows)
-    update = "UPDATE" if conn.dialect.name == "postgresql" else "UPDATE OR FAIL"
-    conn.exec_driver_sql(f"{update} {table.name} SET {', '.join(f'{c} = s.{c}' for c in rows.columns if c != key)} "
+    conn.exec_driver_sql(f"{update_verb(conn)} {table.name} SET {', '.join(f'{c} = s.{c}' for c in rows.columns if c != key)} "
                          f"FROM {stage} AS s WHERE {table.name}.{key} = s.{key}")

@@ -22,9 +22,6 @@ from sqlmodel import Session, select
 
 from models.runs import EtlRun
 
-COUNT_FIELDS = ("extracted", "valid", "invalid", "inserted", "updated", "unchanged", "invalidated", "deleted",
-                "restored", "raw_inserted", "dlq_inserted", "dlq_opened", "dlq_resolved",
-                "delivered_files", "delivered_bytes")
 HEARTBEAT_SECONDS = 5.0
 # a running run whose heartbeat is older than this has died (a dozen beats: a beat may wait for SQLite's write
 # lock, and hosts' clocks may differ by a few seconds)

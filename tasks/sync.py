@@ -24,7 +24,16 @@ from models.users import (
     DlqUser,
     ProcessedUser,
 )
-from tasks.bulk import bulk_insert, key_filter, lookup_frame, stamp_literal, update_rows
+from tasks.bulk import (
+    bulk_insert,
+    key_filter,
+    lookup_frame,
+    placeholder,
+    stamp_literal,
+    time_param,
+    update_rows,
+    update_verb,
+)
 from tasks.retry import db_transient, retry_when
 from tasks.transform import read_frame, read_span
 
@@ -32,30 +41,13 @@ USERS, DLQ = ProcessedUser.__tablename__, DlqUser.__tablename__
 REOPENED_NULLS = ("resolved_at", "resolved_run_id", "resolution")  # an entry seen again is open
 
 
-def _param(conn: Connection) -> str:
-    return "%s" if conn.dialect.name == "postgresql" else "?"
-
-
-def _update(conn: Connection) -> str:
-    """UPDATE; on SQLite OR FAIL, which spares it copying each page the statement touches to a statement
-    journal first (a row it refuses still fails the batch's transaction, as on PostgreSQL)."""
-    return "UPDATE" if conn.dialect.name == "postgresql" else "UPDATE OR FAIL"
-
-
-def _when(conn: Connection, when: datetime) -> datetime | str:
-    """A timestamp parameter in the form each database's DateTime column reads back."""
-    if conn.dialect.name == "sqlite":
-        return when.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return when
-
-
 def resolve_entries(conn: Connection, where: str, params: tuple, *, run_id: str, now: datetime,
                     resolution: str) -> int:
     """Open DLQ entries matching `where` closed by this run; how many."""
-    p = _param(conn)
+    p = placeholder(conn)
     return conn.exec_driver_sql(
-        f"{_update(conn)} {DLQ} SET resolved_at = {p}, resolved_run_id = {p}, resolution = {p} "
-        f"WHERE resolved_at IS NULL AND {where}", (_when(conn, now), run_id, resolution, *params)).rowcount
+        f"{update_verb(conn)} {DLQ} SET resolved_at = {p}, resolved_run_id = {p}, resolution = {p} "
+        f"WHERE resolved_at IS NULL AND {where}", (time_param(conn, now), run_id, resolution, *params)).rowcount
 
 
 def resolve_valid(conn: Connection, user_ids: pl.Series, *, run_id: str, now: datetime) -> int:
@@ -103,12 +95,12 @@ def store_failures(conn: Connection, dlq: pl.DataFrame, *, run_id: str, source: 
     current = spoken.filter(newest)
     if current.is_empty():
         return counts
-    ids, p = current.get_column("user_id"), _param(conn)
+    ids, p = current.get_column("user_id"), placeholder(conn)
     in_ids, id_params = key_filter(conn, "id", ids)
     counts["invalidated"] += conn.exec_driver_sql(
-        f"{_update(conn)} {USERS} SET status = {p}, status_changed_at = {p}, updated_at = {p}, status_run_id = {p}, "
+        f"{update_verb(conn)} {USERS} SET status = {p}, status_changed_at = {p}, updated_at = {p}, status_run_id = {p}, "
         f"source_updated_at = {p} WHERE {in_ids} AND status <> {p}",
-        (INVALID, _when(conn, now), _when(conn, now), run_id, _when(conn, as_of), *id_params, INVALID)).rowcount
+        (INVALID, time_param(conn, now), time_param(conn, now), run_id, time_param(conn, as_of), *id_params, INVALID)).rowcount
     in_users, user_params = key_filter(conn, "user_id", ids)
     in_hashes, hash_params = key_filter(conn, "record_hash", current.get_column("record_hash"))
     counts["dlq_resolved"] += resolve_entries(conn, f"{in_users} AND NOT ({in_hashes})", (*user_params, *hash_params),
@@ -131,7 +123,7 @@ def mark_absent(engine: Engine, *, source: str, seen_ids: pl.Series, run_id: str
     """After a complete extraction of `source`: its users whose ids it did not see are deleted and its open DLQ
     entries it did not see again close, unless more than `max_share` of its known users would go at once."""
     with write_transaction(engine) as conn:
-        p = _param(conn)
+        p = placeholder(conn)
         of_source = f"source = {p} AND status <> {p}"
         known = conn.exec_driver_sql(f"SELECT count(*) FROM {USERS} WHERE {of_source}", (source, DELETED)).scalar()
         seen_ids = seen_ids.drop_nulls().unique()
@@ -146,8 +138,8 @@ def mark_absent(engine: Engine, *, source: str, seen_ids: pl.Series, run_id: str
                                     f"the extraction, over the {max_share:.0%} allowed: none marked deleted "
                                     f"(USERS_DELETE_MAX_SHARE)")
         deleted = conn.exec_driver_sql(
-            f"{_update(conn)} {USERS} SET status = {p}, status_changed_at = {p}, updated_at = {p}, status_run_id = {p} "
-            f"WHERE {gone_where}", (DELETED, _when(conn, now), _when(conn, now), run_id, *gone_params)).rowcount if gone else 0
+            f"{update_verb(conn)} {USERS} SET status = {p}, status_changed_at = {p}, updated_at = {p}, status_run_id = {p} "
+            f"WHERE {gone_where}", (DELETED, time_param(conn, now), time_param(conn, now), run_id, *gone_params)).rowcount if gone else 0
         closed = resolve_entries(conn, f"source = {p} AND (last_run_id IS NULL OR last_run_id <> {p})",
                                  (source, run_id), run_id=run_id, now=now, resolution=RESOLVED_GONE)
     return Absence(deleted=deleted, dlq_resolved=closed)

@@ -25,6 +25,13 @@ def wait_for(what: str, check, *, timeout: float, child: subprocess.Popen | None
     return found
 
 
+@pytest.fixture
+def env(settings_env, database_url):
+    """A child run's database, and a source retried twice a page."""
+    settings_env(database_url=database_url, extract_retries=2)
+    return database_url
+
+
 def rows(url: str, sql: str, **params) -> list:
     with engine_for(url).connect() as conn:
         return conn.execute(text(sql), params).all()

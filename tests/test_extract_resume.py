@@ -50,12 +50,6 @@ def _stored_cursor(url: str) -> int:
 
 
 @pytest.fixture
-def env(settings_env, database_url):
-    settings_env(database_url=database_url, extract_retries=2)
-    return database_url
-
-
-@pytest.fixture
 def source() -> Iterator[DummyJsonServer]:
     """The users, each page a little slow, hanging on STALL_SKIP until `source.release` is set."""
     with DummyJsonServer(distinct_users(USERS)) as server:

@@ -51,12 +51,6 @@ def _run_row(url: str, run_id: str):
 
 
 @pytest.fixture
-def env(settings_env, database_url):
-    settings_env(database_url=database_url, extract_retries=2)
-    return database_url
-
-
-@pytest.fixture
 def slow_source() -> Iterator[DummyJsonServer]:
     with DummyJsonServer(distinct_users(2000)) as server:
         server.fail_when = lambda limit, skip: time.sleep(PAGE_SECONDS)
