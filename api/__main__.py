@@ -15,8 +15,9 @@ def main() -> int:
     except ConfigError as exc:
         print(f"sluice api: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run("api.main:app", host=settings.api_host, port=settings.api_port,
-                log_level=settings.log_level.lower(), workers=1)
+    uvicorn.run(
+        "api.main:app", host=settings.api_host, port=settings.api_port, log_level=settings.log_level.lower(), workers=1
+    )
     return 0
 
 

@@ -51,8 +51,9 @@ def like_pattern(*, text: str) -> str:
 DLQ_STATUSES = ("open", "resolved", "all")
 
 
-def dlq_filters(*, status: str = "open", run_id: str | None = None, reason: str | None = None,
-                user_id: int | None = None) -> list[ColumnElement]:
+def dlq_filters(
+    *, status: str = "open", run_id: str | None = None, reason: str | None = None, user_id: int | None = None
+) -> list[ColumnElement]:
     """`status` open (resolved_at null), resolved or all; `run_id` is the first or the last run that rejected
     the record; `reason` is one rule name among the '; '-joined names of error_reason (a whole name)."""
     where: list[ColumnElement] = []
@@ -86,13 +87,22 @@ def dlq_public(*, row: DlqUser) -> DlqPublic:
         record = orjson.loads(row.data)
     except orjson.JSONDecodeError:
         record = {"unparsed": row.data}
-    return DlqPublic(id=row.id, run_id=row.run_id, last_run_id=row.last_run_id, source=row.source,
-                     user_id=row.user_id, error_reason=row.error_reason,
-                     reasons=[r for r in row.error_reason.split("; ") if r],
-                     data=record if isinstance(record, dict) else {"value": record},
-                     inserted_at=as_utc(row.inserted_at), last_seen_at=as_utc(row.last_seen_at),
-                     status="open" if row.resolved_at is None else "resolved", resolved_at=as_utc(row.resolved_at),
-                     resolved_run_id=row.resolved_run_id, resolution=row.resolution)
+    return DlqPublic(
+        id=row.id,
+        run_id=row.run_id,
+        last_run_id=row.last_run_id,
+        source=row.source,
+        user_id=row.user_id,
+        error_reason=row.error_reason,
+        reasons=[r for r in row.error_reason.split("; ") if r],
+        data=record if isinstance(record, dict) else {"value": record},
+        inserted_at=as_utc(row.inserted_at),
+        last_seen_at=as_utc(row.last_seen_at),
+        status="open" if row.resolved_at is None else "resolved",
+        resolved_at=as_utc(row.resolved_at),
+        resolved_run_id=row.resolved_run_id,
+        resolution=row.resolution,
+    )
 
 
 # ---------------------------------------------------------------- runs
@@ -100,8 +110,7 @@ def dlq_public(*, row: DlqUser) -> DlqPublic:
 
 def run_public(*, run: EtlRun) -> EtlRunPublic:
     """The row with its JSON text columns parsed (anything unparseable reads as empty)."""
-    data = run.model_dump(exclude={"stage_seconds", "delivered", "files", "dlq_reasons", "sources",
-                                    "observed_schema"})
+    data = run.model_dump(exclude={"stage_seconds", "delivered", "files", "dlq_reasons", "sources", "observed_schema"})
     data.update(started_at=as_utc(run.started_at), finished_at=as_utc(run.finished_at))
     stages = loads(run.stage_seconds, default={})
     files = loads(run.files, default={})
@@ -111,37 +120,64 @@ def run_public(*, run: EtlRun) -> EtlRunPublic:
         delivered=[d for d in loads(run.delivered, default=[]) if isinstance(d, dict)],
         files={k: v for k, v in files.items() if isinstance(v, str)},
         dlq_reasons={k: v for k, v in loads(run.dlq_reasons, default={}).items() if isinstance(v, int)},
-        sources={k: {n: c for n, c in v.items() if isinstance(c, int)}
-                 for k, v in loads(run.sources, default={}).items() if isinstance(v, dict)},
-        observed_schema={k: {f: t for f, t in v.items() if isinstance(t, str)}
-                         for k, v in loads(run.observed_schema, default={}).items() if isinstance(v, dict)},
+        sources={
+            k: {n: c for n, c in v.items() if isinstance(c, int)}
+            for k, v in loads(run.sources, default={}).items()
+            if isinstance(v, dict)
+        },
+        observed_schema={
+            k: {f: t for f, t in v.items() if isinstance(t, str)}
+            for k, v in loads(run.observed_schema, default={}).items()
+            if isinstance(v, dict)
+        },
     )
 
 
 def run_brief(*, run: EtlRun | None) -> RunBrief | None:
     if run is None:
         return None
-    return RunBrief(id=run.id, flow_name=run.flow_name, status=run.status, started_at=as_utc(run.started_at),
-                    finished_at=as_utc(run.finished_at), duration_seconds=run.duration_seconds,
-                    failed_stage=run.failed_stage, error=run.error, extracted=run.extracted, inserted=run.inserted,
-                    updated=run.updated, unchanged=run.unchanged, invalid=run.invalid, anomalies=run.anomalies)
+    return RunBrief(
+        id=run.id,
+        flow_name=run.flow_name,
+        status=run.status,
+        started_at=as_utc(run.started_at),
+        finished_at=as_utc(run.finished_at),
+        duration_seconds=run.duration_seconds,
+        failed_stage=run.failed_stage,
+        error=run.error,
+        extracted=run.extracted,
+        inserted=run.inserted,
+        updated=run.updated,
+        unchanged=run.unchanged,
+        invalid=run.invalid,
+        anomalies=run.anomalies,
+    )
 
 
 def checkpoints(*, session: Session) -> list[CheckpointPublic]:
     rows = session.exec(sm_select(EtlCheckpoint).order_by(EtlCheckpoint.source)).all()
-    return [CheckpointPublic(**r.model_dump(exclude={"state"}) | {
-        k: as_utc(getattr(r, k)) for k in ("last_success_at", "last_failure_at", "updated_at")}) for r in rows]
+    return [
+        CheckpointPublic(
+            **r.model_dump(exclude={"state"})
+            | {k: as_utc(getattr(r, k)) for k in ("last_success_at", "last_failure_at", "updated_at")}
+        )
+        for r in rows
+    ]
 
 
 def fetch_runs(*, session: Session, where: list[ColumnElement], limit: int, offset: int) -> list[EtlRun]:
     """Newest first."""
-    stmt = (sm_select(EtlRun).where(*where).order_by(col(EtlRun.started_at).desc(), col(EtlRun.id).desc())
-            .limit(limit).offset(offset))
+    stmt = (
+        sm_select(EtlRun)
+        .where(*where)
+        .order_by(col(EtlRun.started_at).desc(), col(EtlRun.id).desc())
+        .limit(limit)
+        .offset(offset)
+    )
     return list(session.exec(stmt).all())
 
 
-def latest_run(*, session: Session, statuses: tuple[str, ...] | None = None,
-               finished: bool = False) -> EtlRun | None:
+def latest_run(*, session: Session, statuses: tuple[str, ...] | None = None, finished: bool = False) -> EtlRun | None:
     """The most recently started run (among `statuses`; only finished ones when `finished`)."""
     where = [col(EtlRun.status).in_(statuses)] if statuses else []
     if finished:
@@ -165,8 +201,10 @@ def mean_duration(*, session: Session) -> float | None:
 
 
 def table_counts(*, session: Session) -> dict[str, int]:
-    return {model.__tablename__: count_rows(session=session, model=model)
-            for model in (RawUser, ProcessedUser, DlqUser, EtlRun)}
+    return {
+        model.__tablename__: count_rows(session=session, model=model)
+        for model in (RawUser, ProcessedUser, DlqUser, EtlRun)
+    }
 
 
 def database_ping(*, session: Session) -> None:
@@ -186,20 +224,33 @@ def unified_rows() -> Select:
         cast(USERS.c.id, String).label("source_id"),
         (func.coalesce(USERS.c.first_name, "") + " " + func.coalesce(USERS.c.last_name, "")).label("title"),
         (func.coalesce(USERS.c.company_title, "") + " at " + func.coalesce(USERS.c.company_name, "")).label(
-            "description"),
+            "description"
+        ),
         USERS.c.department.label("category"),
         cast(USERS.c.age, Float).label("value"),
         USERS.c.updated_at.label("timestamp"),
     ).where(USERS.c.status == CURRENT)
     feeds = select(
-        literal("feed").label("source"), items.item_id, items.title, items.summary, items.feed,
-        cast(null(), Float), func.coalesce(items.published_at, items.updated_at),
+        literal("feed").label("source"),
+        items.item_id,
+        items.title,
+        items.summary,
+        items.feed,
+        cast(null(), Float),
+        func.coalesce(items.published_at, items.updated_at),
     )
     return union_all(users, feeds).subquery("data")
 
 
-def unified_page(*, session: Session, limit: int, offset: int | None, source: str | None = None,
-                 category: str | None = None, search: str | None = None) -> tuple[int, list[dict]]:
+def unified_page(
+    *,
+    session: Session,
+    limit: int,
+    offset: int | None,
+    source: str | None = None,
+    category: str | None = None,
+    search: str | None = None,
+) -> tuple[int, list[dict]]:
     """(total, rows) of the unified view, newest first; `search` is plain text in title or description."""
     data = unified_rows()
     where = [data.c.source == source] if source else []
@@ -207,13 +258,21 @@ def unified_page(*, session: Session, limit: int, offset: int | None, source: st
         where.append(data.c.category == category)
     if search:
         pattern = like_pattern(text=search.lower())
-        where.append(or_(func.lower(data.c.title).like(pattern, escape="\\"),
-                         func.lower(data.c.description).like(pattern, escape="\\")))
+        where.append(
+            or_(
+                func.lower(data.c.title).like(pattern, escape="\\"),
+                func.lower(data.c.description).like(pattern, escape="\\"),
+            )
+        )
     conn = session.connection()
     total = conn.execute(select(func.count()).select_from(data).where(*where)).scalar_one()
     if offset is None:
         return total, []
-    stmt = (select(data).where(*where)
-            .order_by(data.c.timestamp.desc().nulls_last(), data.c.source, data.c.source_id)
-            .limit(limit).offset(offset))
+    stmt = (
+        select(data)
+        .where(*where)
+        .order_by(data.c.timestamp.desc().nulls_last(), data.c.source, data.c.source_id)
+        .limit(limit)
+        .offset(offset)
+    )
     return total, [dict(r._mapping) | {"timestamp": as_utc(r.timestamp)} for r in conn.execute(stmt)]

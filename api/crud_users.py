@@ -74,8 +74,14 @@ def filter_clauses(keys: tuple[str, ...], status: str, dialect: str) -> list[Col
     for key in keys:
         if key == "search":
             pattern, ilike = bindparam("search"), dialect == "postgresql"
-            where.append(or_(*(column.ilike(pattern, escape="\\") if ilike else column.like(pattern, escape="\\")
-                               for column in SEARCH_COLUMNS)))
+            where.append(
+                or_(
+                    *(
+                        column.ilike(pattern, escape="\\") if ilike else column.like(pattern, escape="\\")
+                        for column in SEARCH_COLUMNS
+                    )
+                )
+            )
         elif key in ("min_age", "max_age"):
             where.append(c.age >= bindparam(key) if key == "min_age" else c.age <= bindparam(key))
         else:
@@ -121,8 +127,10 @@ def _part(*, sort: str, order: str, part: str, dialect: str) -> tuple[list[Colum
     return {
         "id": ([id_after], by_id),
         "same": ([column == bindparam("key"), id_after], by_id),
-        "beyond": ([column > bindparam("key") if asc else column < bindparam("key")],
-                   user_order(sort=sort, order=order, dialect=dialect)),
+        "beyond": (
+            [column > bindparam("key") if asc else column < bindparam("key")],
+            user_order(sort=sort, order=order, dialect=dialect),
+        ),
         "null_same": ([column.is_(None), id_after], by_id),
         "not_null": ([column.is_not(None)], user_order(sort=sort, order=order, dialect=dialect)),
         "null": ([column.is_(None)], by_id),
@@ -149,8 +157,9 @@ def row_columns(*, sort: str, dialect: str) -> list:
 
 
 @lru_cache(maxsize=512)
-def page_statement(*, keys: tuple[str, ...], status: str, sort: str, order: str, part: str | None,
-                   dialect: str) -> Select:
+def page_statement(
+    *, keys: tuple[str, ...], status: str, sort: str, order: str, part: str | None, dialect: str
+) -> Select:
     """A page of users under the filters `keys`: by OFFSET when `part` is None, else one keyset part."""
     where = filter_clauses(keys, status, dialect)
     order_by = user_order(sort=sort, order=order, dialect=dialect)
@@ -172,15 +181,27 @@ def count_statement(*, keys: tuple[str, ...], status: str, dialect: str) -> Sele
 
 
 VERSION_STATEMENT = select(func.max(USERS.c.updated_at))
-NOT_CURRENT_COUNTS = (select(USERS.c.status, func.count()).where(IS_NOT_CURRENT).group_by(USERS.c.status)
-                      .order_by(USERS.c.status))
+NOT_CURRENT_COUNTS = (
+    select(USERS.c.status, func.count()).where(IS_NOT_CURRENT).group_by(USERS.c.status).order_by(USERS.c.status)
+)
 STATE_COLUMNS = (USERS.c.status, USERS.c.status_run_id, USERS.c.status_changed_at)
-USER_BY_ID = {"sqlite": select(SQLITE_USER_JSON, *STATE_COLUMNS).where(USERS.c.id == bindparam("id")),
-              "other": select(*USER_COLUMNS, *STATE_COLUMNS).where(USERS.c.id == bindparam("id"))}
+USER_BY_ID = {
+    "sqlite": select(SQLITE_USER_JSON, *STATE_COLUMNS).where(USERS.c.id == bindparam("id")),
+    "other": select(*USER_COLUMNS, *STATE_COLUMNS).where(USERS.c.id == bindparam("id")),
+}
 
 
-def fetch_users(*, session: Session, filters: dict[str, Any], status: str, sort: str, order: str, limit: int,
-                offset: int = 0, after: tuple[Any, int] | None = None) -> list[tuple]:
+def fetch_users(
+    *,
+    session: Session,
+    filters: dict[str, Any],
+    status: str,
+    sort: str,
+    order: str,
+    limit: int,
+    offset: int = 0,
+    after: tuple[Any, int] | None = None,
+) -> list[tuple]:
     """Rows as `row_columns` says (no ORM objects): by OFFSET, or the keyset parts after `after`."""
     conn, dialect, keys = session.connection(), session.get_bind().dialect.name, tuple(sorted(filters))
     params = filter_params(filters=filters, status=status)
@@ -236,17 +257,35 @@ class UsersPage:
     last: tuple[Any, int] | None  # (sort value, id) of the page's last user: where a next cursor starts
 
 
-def users_page(*, session: Session, filters: dict[str, Any], status: str, sort: str, order: str, page_size: int,
-               offset: int = 0, after: tuple[Any, int] | None = None) -> UsersPage:
-    rows = fetch_users(session=session, filters=filters, status=status, sort=sort, order=order, limit=page_size + 1,
-                       offset=offset, after=after)
+def users_page(
+    *,
+    session: Session,
+    filters: dict[str, Any],
+    status: str,
+    sort: str,
+    order: str,
+    page_size: int,
+    offset: int = 0,
+    after: tuple[Any, int] | None = None,
+) -> UsersPage:
+    rows = fetch_users(
+        session=session,
+        filters=filters,
+        status=status,
+        sort=sort,
+        order=order,
+        limit=page_size + 1,
+        offset=offset,
+        after=after,
+    )
     has_more, rows = len(rows) > page_size, rows[:page_size]
     if session.get_bind().dialect.name == "sqlite":
         last = (rows[-1][1], rows[-1][2]) if rows else None
         return UsersPage(("[" + ",".join(row[0] for row in rows) + "]").encode(), has_more, last)
     users = [user_dict(row=row) for row in rows]
-    return UsersPage(orjson.dumps(users, option=JSON_OPTIONS), has_more,
-                     (users[-1][sort], users[-1]["id"]) if users else None)
+    return UsersPage(
+        orjson.dumps(users, option=JSON_OPTIONS), has_more, (users[-1][sort], users[-1]["id"]) if users else None
+    )
 
 
 @dataclass(frozen=True)
@@ -289,5 +328,8 @@ def department_counts(*, session: Session) -> list[DepartmentCount]:
     conn = session.connection()
     less = dict(conn.execute(gone).all())
     rows = [(d, code, n - less.get(d, 0)) for d, code, n in conn.execute(stmt).all()]
-    return [DepartmentCount(department=d, department_code=code or "", users=n)
-            for d, code, n in sorted(rows, key=lambda r: (-r[2], r[0])) if n > 0]
+    return [
+        DepartmentCount(department=d, department_code=code or "", users=n)
+        for d, code, n in sorted(rows, key=lambda r: (-r[2], r[0]))
+        if n > 0
+    ]

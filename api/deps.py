@@ -49,8 +49,9 @@ async def inline_session(request: Request) -> AsyncIterator[Session]:
 # requests do not each hold a pooled connection while their bodies go out
 InlineSessionDep = Annotated[Session, Depends(inline_session, scope="function")]
 
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
-                               description="Required to start runs; must equal the server's API_KEY.")
+_api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="Required to start runs; must equal the server's API_KEY."
+)
 
 
 def require_api_key(given: Annotated[str | None, Depends(_api_key_header)]) -> None:
@@ -60,8 +61,9 @@ def require_api_key(given: Annotated[str | None, Depends(_api_key_header)]) -> N
     if configured is None or not configured.get_secret_value():
         raise HTTPException(status.HTTP_403_FORBIDDEN, "starting runs through the API is disabled: set API_KEY")
     if not given:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing X-API-Key header",
-                            headers={"WWW-Authenticate": "APIKey"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing X-API-Key header", headers={"WWW-Authenticate": "APIKey"}
+        )
     # header values arrive as latin-1 text: compare bytes, in constant time
     if not hmac.compare_digest(given.encode("latin-1", "replace"), configured.get_secret_value().encode()):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid X-API-Key")
@@ -77,8 +79,11 @@ def request_id(request: Request) -> str:
 def page_meta(request: Request, filters: dict[str, str | int]) -> dict[str, Any]:
     """The `meta` block (PageMeta's fields) of a list answer."""
     started = request.scope.get("state", {}).get("started_at", time.perf_counter())
-    return {"request_id": request_id(request), "api_latency_ms": round((time.perf_counter() - started) * 1000, 3),
-            "filters_applied": filters}
+    return {
+        "request_id": request_id(request),
+        "api_latency_ms": round((time.perf_counter() - started) * 1000, 3),
+        "filters_applied": filters,
+    }
 
 
 def query_model(model: type[M]) -> Callable[[Request], M]:
@@ -90,8 +95,9 @@ def query_model(model: type[M]) -> Callable[[Request], M]:
         try:
             return model.model_validate(dict(request.query_params))
         except ValidationError as exc:
-            raise RequestValidationError([{**err, "loc": ("query", *err["loc"])}
-                                          for err in exc.errors(include_url=False)]) from None
+            raise RequestValidationError(
+                [{**err, "loc": ("query", *err["loc"])} for err in exc.errors(include_url=False)]
+            ) from None
 
     return dependency
 
@@ -99,7 +105,13 @@ def query_model(model: type[M]) -> Callable[[Request], M]:
 def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     """OpenAPI `parameters` for `model`'s fields, as FastAPI would have written them."""
     schema = model.model_json_schema()
-    return [{"name": name, "in": "query", "required": name in schema.get("required", ()),
-             "description": prop.get("description", ""),
-             "schema": {k: v for k, v in prop.items() if k != "description"}}
-            for name, prop in schema["properties"].items()]
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in schema.get("required", ()),
+            "description": prop.get("description", ""),
+            "schema": {k: v for k, v in prop.items() if k != "description"},
+        }
+        for name, prop in schema["properties"].items()
+    ]

@@ -40,8 +40,11 @@ class ErrorBody(BaseModel):
 class UserNotServedBody(ErrorBody):
     """A 404 for a user id: unknown (only `detail`), or stored but not current (`status` and since when)."""
 
-    status: str | None = Field(None, description="invalid (its newest record failed validation) or deleted (absent "
-                                                 "from the source); absent for an unknown id")
+    status: str | None = Field(
+        None,
+        description="invalid (its newest record failed validation) or deleted (absent "
+        "from the source); absent for an unknown id",
+    )
     status_run_id: str | None = Field(None, description="the run that set the status")
     status_changed_at: datetime | None = None
 
@@ -59,8 +62,9 @@ def describe_database_error(exc: BaseException) -> str:
 
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, describe_database_error(exc))
-    return JSONResponse({"detail": "database unavailable, try again later"}, status_code=503,
-                        headers={"Retry-After": "5"})
+    return JSONResponse(
+        {"detail": "database unavailable, try again later"}, status_code=503, headers={"Retry-After": "5"}
+    )
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -67,9 +67,16 @@ class RequestContextMiddleware:
             log.exception("unhandled error on %s %s (request %s)", scope["method"], scope["path"], rid)
             if not response_started:
                 body = orjson.dumps({"detail": "internal error", "request_id": rid})
-                await send_with_id({"type": "http.response.start", "status": 500,
-                                    "headers": [(b"content-type", b"application/json"),
-                                                (b"content-length", str(len(body)).encode())]})
+                await send_with_id(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
         finally:
             route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE

@@ -14,10 +14,16 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class HttpMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("sluice_api_requests", "HTTP requests answered", ["method", "route", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("sluice_api_request_duration_seconds", "Time to answer, by route template",
-                                 ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "sluice_api_requests", "HTTP requests answered", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "sluice_api_request_duration_seconds",
+            "Time to answer, by route template",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         method = method if method in KNOWN_METHODS else "OTHER"
@@ -47,8 +53,10 @@ def pipeline_exposition(*, rows: dict[str, int], last_run: dict | None) -> bytes
         status.add_metric([name], 1.0 if last_run and last_run["status"] == name else 0.0)
     families = [tables, status]
     if last_run:
-        for key, help_text in (("duration_seconds", "Duration of the last finished run"),
-                               ("started_timestamp_seconds", "When the last run started (unix time)")):
+        for key, help_text in (
+            ("duration_seconds", "Duration of the last finished run"),
+            ("started_timestamp_seconds", "When the last run started (unix time)"),
+        ):
             if last_run.get(key) is not None:
                 families.append(GaugeMetricFamily(f"sluice_last_run_{key}", help_text, value=last_run[key]))
     registry = CollectorRegistry(auto_describe=False)

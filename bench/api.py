@@ -37,10 +37,58 @@ PAGE_SIZE = 20
 DEEP_PAGE = 5_000
 CHUNK = 100_000
 
-FIRST = ["Ava", "Ben", "Chloe", "Dara", "Eli", "Farah", "Gus", "Hana", "Ivo", "Jin", "Kira", "Liam", "Mona", "Nico",
-         "Omar", "Pia", "Quin", "Rosa", "Sami", "Tara", "Uma", "Vik", "Wren", "Xia", "Yusuf", "Zoe"]
-LAST = ["Abara", "Brandt", "Castillo", "Dubois", "Eriksen", "Fontaine", "Gallo", "Haddad", "Ito", "Jansen", "Kowal",
-        "Lindqvist", "Moreau", "Nakamura", "Okafor", "Petrov", "Quinn", "Rossi", "Silva", "Tanaka", "Ueda", "Varga"]
+FIRST = [
+    "Ava",
+    "Ben",
+    "Chloe",
+    "Dara",
+    "Eli",
+    "Farah",
+    "Gus",
+    "Hana",
+    "Ivo",
+    "Jin",
+    "Kira",
+    "Liam",
+    "Mona",
+    "Nico",
+    "Omar",
+    "Pia",
+    "Quin",
+    "Rosa",
+    "Sami",
+    "Tara",
+    "Uma",
+    "Vik",
+    "Wren",
+    "Xia",
+    "Yusuf",
+    "Zoe",
+]
+LAST = [
+    "Abara",
+    "Brandt",
+    "Castillo",
+    "Dubois",
+    "Eriksen",
+    "Fontaine",
+    "Gallo",
+    "Haddad",
+    "Ito",
+    "Jansen",
+    "Kowal",
+    "Lindqvist",
+    "Moreau",
+    "Nakamura",
+    "Okafor",
+    "Petrov",
+    "Quinn",
+    "Rossi",
+    "Silva",
+    "Tanaka",
+    "Ueda",
+    "Varga",
+]
 CITIES = ["Lisbon", "Osaka", "Lagos", "Denver", "Lyon", "Krakow", "Austin", "Porto"]
 
 
@@ -69,9 +117,11 @@ def generate_users(n: int) -> pl.DataFrame:
     return frame.with_columns(
         pl.lit(None, pl.String).alias("maiden_name"),
         (pl.col("first_name").str.slice(0, 3) + pl.col("last_name").str.slice(0, 3) + pl.col("id").cast(pl.String))
-        .str.to_lowercase().alias("username"),
+        .str.to_lowercase()
+        .alias("username"),
         (pl.col("first_name") + "." + pl.col("last_name") + pl.col("id").cast(pl.String) + "@example.test")
-        .str.to_lowercase().alias("email"),
+        .str.to_lowercase()
+        .alias("email"),
         pl.format("+1 555-{}", pl.col("id") % 10_000).alias("phone"),
         pl.lit("1990-1-1").alias("birth_date"),
         pl.lit("O+").alias("blood_group"),
@@ -97,7 +147,8 @@ def generate_users(n: int) -> pl.DataFrame:
         pl.lit(stamp.strftime("%Y-%m-%d %H:%M:%S.%f")).alias("first_seen_at"),
         # spread over a day, so that sorting by updated_at means something
         (pl.lit(stamp.replace(tzinfo=None)) + pl.duration(seconds=pl.col("id").hash(7) % 86_400))
-        .dt.strftime("%Y-%m-%d %H:%M:%S.%6f").alias("updated_at"),
+        .dt.strftime("%Y-%m-%d %H:%M:%S.%6f")
+        .alias("updated_at"),
         pl.lit("bench-run").alias("run_id"),
     )
 
@@ -129,9 +180,17 @@ def fill_database(url: str, n: int) -> float:
     for index in table.indexes:
         index.create(bind=engine)
     with engine.begin() as conn:
-        conn.execute(EtlRun.__table__.insert().values(
-            id="bench-run", status="completed", started_at=datetime.now(UTC), finished_at=datetime.now(UTC),
-            duration_seconds=1.0, extracted=n, valid=n))
+        conn.execute(
+            EtlRun.__table__.insert().values(
+                id="bench-run",
+                status="completed",
+                started_at=datetime.now(UTC),
+                finished_at=datetime.now(UTC),
+                duration_seconds=1.0,
+                extracted=n,
+                valid=n,
+            )
+        )
         conn.exec_driver_sql("ANALYZE")
     engine.dispose()
     return time.perf_counter() - started
@@ -155,8 +214,21 @@ def pinned(cmd: list[str], core: int) -> list[str]:
 def start_api(url: str, port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "API_"))}
     env.update(DATABASE_URL=url, PYTHONPATH=str(ROOT), LOG_LEVEL="WARNING")
-    cmd = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--no-access-log", "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
     proc = subprocess.Popen(pinned(cmd, 0), cwd=ROOT, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -188,11 +260,15 @@ def run_wrk(url: str, seconds: float) -> dict:
     pct = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)", out, re.M))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50": _ms(pct["50"]), "p90": _ms(pct["90"]), "p99": _ms(pct["99"]),
-            "requests": int(re.search(r"(\d+) requests in", out).group(1)),
-            "errors": int(bad.group(1)) if bad else 0,
-            "socket_errors": socket_errors.group(1) if socket_errors else ""}
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": _ms(pct["50"]),
+        "p90": _ms(pct["90"]),
+        "p99": _ms(pct["99"]),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "errors": int(bad.group(1)) if bad else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
 
 
 async def _python_load(url: str, seconds: float) -> dict:
@@ -201,6 +277,7 @@ async def _python_load(url: str, seconds: float) -> dict:
     stop = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
         async def worker():
             nonlocal errors
             while time.perf_counter() < stop:
@@ -208,12 +285,20 @@ async def _python_load(url: str, seconds: float) -> dict:
                 r = await client.get(url)
                 latencies.append((time.perf_counter() - t0) * 1000)
                 errors += r.status_code >= 300
+
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(CONNECTIONS)))
         elapsed = time.perf_counter() - started
     q = statistics.quantiles(latencies, n=100)
-    return {"rps": len(latencies) / elapsed, "p50": q[49], "p90": q[89], "p99": q[98], "requests": len(latencies),
-            "errors": errors, "socket_errors": ""}
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50": q[49],
+        "p90": q[89],
+        "p99": q[98],
+        "requests": len(latencies),
+        "errors": errors,
+        "socket_errors": "",
+    }
 
 
 def load(url: str, seconds: float) -> dict:
@@ -236,8 +321,10 @@ def scenarios(base: str) -> list[tuple[str, str]]:
         ("first page", f"{base}/users?page_size={PAGE_SIZE}"),
         (f"page {deep:,} by offset", f"{base}/users?page={deep}&page_size={PAGE_SIZE}"),
         (f"page {deep:,} by cursor", f"{base}/users?cursor={cursor}&page_size={PAGE_SIZE}"),
-        ("filter + search", f"{base}/users?department=Engineering&gender=female&min_age=30&search=ava"
-                            f"&page_size={PAGE_SIZE}"),
+        (
+            "filter + search",
+            f"{base}/users?department=Engineering&gender=female&min_age=30&search=ava&page_size={PAGE_SIZE}",
+        ),
     ]
 
 
@@ -268,8 +355,11 @@ def main() -> int:
             load(target, WARMUP_SECONDS)
             result = load(target, SECONDS)
             results.append((name, result))
-            print(f"  {name:<24} {result['rps']:>8,.0f} req/s  p50 {result['p50']:6.2f} ms  "
-                  f"p99 {result['p99']:6.2f} ms  non-2xx {result['errors']}", flush=True)
+            print(
+                f"  {name:<24} {result['rps']:>8,.0f} req/s  p50 {result['p50']:6.2f} ms  "
+                f"p99 {result['p99']:6.2f} ms  non-2xx {result['errors']}",
+                flush=True,
+            )
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -280,9 +370,11 @@ def main() -> int:
     checks = [
         (f"first page >= 1,000 req/s ({first['rps']:,.0f})", first["rps"] >= 1000),
         (f"first page p99 <= 50 ms ({first['p99']:.1f} ms)", first["p99"] <= 50),
-        (f"deep cursor page within 1.5x of the first page ({first['rps'] / cursor['rps']:.2f}x req/s, "
-         f"{cursor['p50'] / first['p50']:.2f}x p50)",
-         first["rps"] / cursor["rps"] <= 1.5 and cursor["p50"] <= 1.5 * first["p50"]),
+        (
+            f"deep cursor page within 1.5x of the first page ({first['rps'] / cursor['rps']:.2f}x req/s, "
+            f"{cursor['p50'] / first['p50']:.2f}x p50)",
+            first["rps"] / cursor["rps"] <= 1.5 and cursor["p50"] <= 1.5 * first["p50"],
+        ),
     ]
     lines = [
         f"API over {USERS:,} users (SQLite, fill {fill_seconds:.0f} s); uvicorn, 1 worker; {tool}, "
@@ -291,8 +383,11 @@ def main() -> int:
         "",
         "| scenario | req/s | p50 ms | p90 ms | p99 ms | requests | non-2xx |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        *(f"| {name} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['requests']:,} | "
-          f"{r['errors']} |" for name, r in results),
+        *(
+            f"| {name} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['requests']:,} | "
+            f"{r['errors']} |"
+            for name, r in results
+        ),
         "",
         *(f"- {'met' if ok else 'NOT met'}: {text}" for text, ok in checks),
     ]

@@ -108,14 +108,41 @@ def processed_row(u: User, record_hash: str, now: datetime) -> dict:
     a, b = u.address or Address(), u.bank or Bank()
     c = a.coordinates or Coordinates()
     return dict(
-        id=u.id, first_name=u.firstName, last_name=u.lastName, maiden_name=u.maidenName, username=u.username,
-        email=u.email, phone=u.phone, age=u.age, gender=u.gender, birth_date=u.birthDate, blood_group=u.bloodGroup,
-        height=u.height, weight=u.weight, eye_color=u.eyeColor, university=u.university, role=u.role, city=a.city,
-        state=a.state, country=a.country, postal_code=a.postalCode, latitude=c.lat, longitude=c.lng,
-        department=u.company.department, department_code=DEPARTMENTS[u.company.department],
-        company_name=u.company.name, company_title=u.company.title, ssn_masked=mask(u.ssn),
-        card_number_masked=mask(b.cardNumber), card_type=b.cardType, iban_masked=mask(b.iban),
-        record_hash=record_hash, first_seen_at=now, updated_at=now, run_id="naive")
+        id=u.id,
+        first_name=u.firstName,
+        last_name=u.lastName,
+        maiden_name=u.maidenName,
+        username=u.username,
+        email=u.email,
+        phone=u.phone,
+        age=u.age,
+        gender=u.gender,
+        birth_date=u.birthDate,
+        blood_group=u.bloodGroup,
+        height=u.height,
+        weight=u.weight,
+        eye_color=u.eyeColor,
+        university=u.university,
+        role=u.role,
+        city=a.city,
+        state=a.state,
+        country=a.country,
+        postal_code=a.postalCode,
+        latitude=c.lat,
+        longitude=c.lng,
+        department=u.company.department,
+        department_code=DEPARTMENTS[u.company.department],
+        company_name=u.company.name,
+        company_title=u.company.title,
+        ssn_masked=mask(u.ssn),
+        card_number_masked=mask(b.cardNumber),
+        card_type=b.cardType,
+        iban_masked=mask(b.iban),
+        record_hash=record_hash,
+        first_seen_at=now,
+        updated_at=now,
+        run_id="naive",
+    )
 
 
 def deliver(files: list[Path]) -> None:
@@ -125,9 +152,15 @@ def deliver(files: list[Path]) -> None:
     client.load_host_keys(str(target.known_hosts))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     try:
-        client.connect(target.host, port=target.port, username=target.username, key_filename=str(target.key_path),
-                       passphrase=target.passphrase.get_secret_value() if target.passphrase else None,
-                       allow_agent=False, look_for_keys=False)
+        client.connect(
+            target.host,
+            port=target.port,
+            username=target.username,
+            key_filename=str(target.key_path),
+            passphrase=target.passphrase.get_secret_value() if target.passphrase else None,
+            allow_agent=False,
+            look_for_keys=False,
+        )
         sftp = client.open_sftp()
         for f in files:
             sftp.put(str(f), f"{target.remote_base}/naive-{f.name}")
@@ -145,8 +178,13 @@ def main() -> None:
     files = [out / "raw.jsonl", out / "processed.jsonl", out / "dlq.jsonl"]
     started = time.perf_counter()
     skip, seen = 0, 0
-    with (httpx.Client(timeout=60) as client, Session(engine) as session, open(files[0], "w") as raw_out,
-          open(files[1], "w") as processed_out, open(files[2], "w") as dlq_out):
+    with (
+        httpx.Client(timeout=60) as client,
+        Session(engine) as session,
+        open(files[0], "w") as raw_out,
+        open(files[1], "w") as processed_out,
+        open(files[2], "w") as dlq_out,
+    ):
         while seen < limit:
             page = client.get(api, params={"limit": 1000, "skip": skip}).json()
             if not page["users"]:
@@ -159,8 +197,15 @@ def main() -> None:
                 if full:
                     raw_out.write(text + "\n")
                 if not full or session.exec(select(RawUser).where(RawUser.record_hash == record_hash)).first() is None:
-                    session.add(RawUser(run_id="naive", source_id=str(rec.get("id")), record_hash=record_hash,
-                                        inserted_at=now, data=text))
+                    session.add(
+                        RawUser(
+                            run_id="naive",
+                            source_id=str(rec.get("id")),
+                            record_hash=record_hash,
+                            inserted_at=now,
+                            data=text,
+                        )
+                    )
                 try:
                     u = User.model_validate(rec)
                 except ValidationError as exc:
@@ -168,10 +213,22 @@ def main() -> None:
                     masked = json.dumps(masked_copy(rec))
                     if full:
                         dlq_out.write(json.dumps({"error_reason": reasons, "data": masked}) + "\n")
-                    dlq = session.exec(select(DlqUser).where(DlqUser.record_hash == record_hash)).first() if full else None
+                    dlq = (
+                        session.exec(select(DlqUser).where(DlqUser.record_hash == record_hash)).first()
+                        if full
+                        else None
+                    )
                     if dlq is None:
-                        session.add(DlqUser(run_id="naive", error_reason=reasons, data=masked, record_hash=record_hash,
-                                            inserted_at=now, last_seen_at=now))
+                        session.add(
+                            DlqUser(
+                                run_id="naive",
+                                error_reason=reasons,
+                                data=masked,
+                                record_hash=record_hash,
+                                inserted_at=now,
+                                last_seen_at=now,
+                            )
+                        )
                     else:
                         dlq.last_seen_at = now
                 else:

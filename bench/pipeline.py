@@ -52,8 +52,9 @@ def _env(**extra: str) -> dict[str, str]:
 def users_server(n: int):
     url_file = OUT / "users_url"
     url_file.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "bench.users_server", "--n", str(n), "--url-file", str(url_file)],
-                            cwd=ROOT, env=_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.users_server", "--n", str(n), "--url-file", str(url_file)], cwd=ROOT, env=_env()
+    )
     try:
         deadline = time.monotonic() + 600
         while not url_file.exists():
@@ -82,9 +83,15 @@ def sftp_server():
         return
     server.start()
     try:
-        env = {"SFTP_HOST": server.host, "SFTP_PORT": str(server.port), "SFTP_USERNAME": server.username,
-               "SFTP_KEY_PATH": str(server.key_path), "SFTP_KEY_PASSPHRASE": server.passphrase,
-               "SFTP_KNOWN_HOSTS": str(server.known_hosts), "SFTP_REMOTE_BASE": server.remote_base}
+        env = {
+            "SFTP_HOST": server.host,
+            "SFTP_PORT": str(server.port),
+            "SFTP_USERNAME": server.username,
+            "SFTP_KEY_PATH": str(server.key_path),
+            "SFTP_KEY_PASSPHRASE": server.passphrase,
+            "SFTP_KNOWN_HOSTS": str(server.known_hosts),
+            "SFTP_REMOTE_BASE": server.remote_base,
+        }
         yield env, server
     finally:
         server.stop()
@@ -98,8 +105,9 @@ def prefect_api():
     from tests.servers.prefect_server import make_server
 
     with pg_database() as url:
-        env = _env(PREFECT_SERVER_DATABASE_CONNECTION_URL=url.replace("+psycopg", "+asyncpg"),
-                   PREFECT_UI_ENABLED="false")
+        env = _env(
+            PREFECT_SERVER_DATABASE_CONNECTION_URL=url.replace("+psycopg", "+asyncpg"), PREFECT_UI_ENABLED="false"
+        )
         prefect = str(Path(sys.executable).parent / "prefect")
         subprocess.run([prefect, "server", "database", "upgrade", "-y"], env=env, check=True, capture_output=True)
         with make_server(env, OUT / "prefect-server.log", timeout=180) as (_port, api_url):
@@ -129,8 +137,9 @@ def run_flow(api: str, db_url: str, sftp_env: dict[str, str], data_dir: Path, pr
         env["PREFECT_API_URL"] = prefect_url
     else:
         env.pop("PREFECT_API_URL", None)
-    out = subprocess.run([sys.executable, "-m", "bench.run_flow", api, str(data_dir)], cwd=ROOT, env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.run_flow", api, str(data_dir)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     if out.returncode != 0:
         raise RuntimeError(f"users-etl failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -140,8 +149,13 @@ def run_naive(api: str, n: int, sftp_env: dict[str, str], *flags: str) -> dict:
     db, files = OUT / "naive.db", OUT / "naive-files"
     db.unlink(missing_ok=True)
     shutil.rmtree(files, ignore_errors=True)
-    out = subprocess.run([sys.executable, "-m", "bench.naive", api, f"sqlite:///{db}", str(n), str(files), *flags],
-                         cwd=ROOT, env=_env(**sftp_env), capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.naive", api, f"sqlite:///{db}", str(n), str(files), *flags],
+        cwd=ROOT,
+        env=_env(**sftp_env),
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"naive path failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -166,14 +180,35 @@ def openssh_sftp_seconds(server, files: list[str]) -> float | None:
         key = Path(tmp) / "id"
         shutil.copyfile(server.key_path, key)
         os.chmod(key, 0o600)
-        subprocess.run(["ssh-keygen", "-q", "-p", "-P", server.passphrase, "-N", "", "-f", str(key)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-p", "-P", server.passphrase, "-N", "", "-f", str(key)],
+            check=True,
+            capture_output=True,
+        )
         batch = Path(tmp) / "batch"
         batch.write_text("".join(f"put {f} {server.remote_base}/openssh-{Path(f).name}\n" for f in files))
         t0 = time.perf_counter()
-        subprocess.run(["sftp", "-q", "-b", str(batch), "-i", str(key), "-P", str(server.port),
-                        "-o", f"UserKnownHostsFile={server.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-                        "-o", "BatchMode=yes", f"{server.username}@{server.host}"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "sftp",
+                "-q",
+                "-b",
+                str(batch),
+                "-i",
+                str(key),
+                "-P",
+                str(server.port),
+                "-o",
+                f"UserKnownHostsFile={server.known_hosts}",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "BatchMode=yes",
+                f"{server.username}@{server.host}",
+            ],
+            check=True,
+            capture_output=True,
+        )
         return time.perf_counter() - t0
 
 
@@ -195,13 +230,20 @@ def main() -> None:
         shutil.rmtree(warm, ignore_errors=True)
         warm.mkdir(parents=True)
         run_flow("", f"sqlite:///{warm / 'warm.db'}", sftp_env, warm, prefect_url)
-        runs = ["sqlite", "postgresql"] + (["sqlite-ephemeral"] if os.environ.get("BENCH_EPHEMERAL", "1") == "1" else [])
+        runs = ["sqlite", "postgresql"] + (
+            ["sqlite-ephemeral"] if os.environ.get("BENCH_EPHEMERAL", "1") == "1" else []
+        )
         for name in runs:
             sizes = [(reference, ref_api, REFERENCE_USERS, f"data-{name}-100k")] if ref_api else []
             for into, source, size, folder in [*sizes, (results, api, n, f"data-{name}")]:
                 print(f"users-etl on {size:,} users into {name} ...", file=sys.stderr)
-                into[name] = run_flow(source, stack.enter_context(_database(name)), sftp_env, _fresh(OUT / folder),
-                                      None if name.endswith("ephemeral") else prefect_url)
+                into[name] = run_flow(
+                    source,
+                    stack.enter_context(_database(name)),
+                    sftp_env,
+                    _fresh(OUT / folder),
+                    None if name.endswith("ephemeral") else prefect_url,
+                )
         naive_n = min(n, NAIVE_MAX)
         print(f"naive path on {naive_n:,} users ...", file=sys.stderr)
         naive = run_naive(api, naive_n, sftp_env)
@@ -232,19 +274,32 @@ def _database(column: str):
         yield url
 
 
-def check_targets(n: int, results: dict[str, dict], ratios: dict[str, float], sftp_share: float | None,
-                  reference: dict[str, dict] | None) -> list[tuple[str, bool | None]]:
+def check_targets(
+    n: int,
+    results: dict[str, dict],
+    ratios: dict[str, float],
+    sftp_share: float | None,
+    reference: dict[str, dict] | None,
+) -> list[tuple[str, bool | None]]:
     """Each target of the issue as (what was measured against it, met?); None: not measured by this run.
     `reference`: the runs of the same columns at 100k users, beside a larger run's."""
     out: list[tuple[str, bool | None]] = []
     columns = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "sqlite-ephemeral": "local server"}
     walls = ", ".join(f"{columns[k]} {r['wall_seconds']:.1f} s" for k, r in results.items())
     if n == 100_000:
-        out.append((f"100k end to end <= {TARGET_100K_SECONDS:g} s: {walls}",
-                    all(r["wall_seconds"] <= TARGET_100K_SECONDS for r in results.values())))
+        out.append(
+            (
+                f"100k end to end <= {TARGET_100K_SECONDS:g} s: {walls}",
+                all(r["wall_seconds"] <= TARGET_100K_SECONDS for r in results.values()),
+            )
+        )
     elif n == 1_000_000:
-        out.append((f"1M end to end on SQLite <= {TARGET_1M_SQLITE_SECONDS:g} s: {walls}",
-                    results["sqlite"]["wall_seconds"] <= TARGET_1M_SQLITE_SECONDS))
+        out.append(
+            (
+                f"1M end to end on SQLite <= {TARGET_1M_SQLITE_SECONDS:g} s: {walls}",
+                results["sqlite"]["wall_seconds"] <= TARGET_1M_SQLITE_SECONDS,
+            )
+        )
     for name, ratio in ratios.items():
         # two decimals: 4.98x printed as "5.0x" read as met
         out.append((f">= {TARGET_NAIVE_RATIO:g}x the {name} naive path: {ratio:.2f}x", ratio >= TARGET_NAIVE_RATIO))
@@ -255,23 +310,43 @@ def check_targets(n: int, results: dict[str, dict], ratios: dict[str, float], sf
             out.append(("peak RSS no higher than at 100k: no 100k run beside it", None))
         else:
             ref = max(r["peak_rss_mb"] for r in reference.values())
-            each = ", ".join(f"{columns[k]} {results[k]['peak_rss_mb']:.0f} against {r['peak_rss_mb']:.0f}"
-                             for k, r in reference.items() if k in results)
-            out.append((f"peak RSS no higher than at 100k: {peak:.0f} MB against {ref:.0f} MB "
-                        f"(the 100k runs just before each: {each})", peak <= ref))
+            each = ", ".join(
+                f"{columns[k]} {results[k]['peak_rss_mb']:.0f} against {r['peak_rss_mb']:.0f}"
+                for k, r in reference.items()
+                if k in results
+            )
+            out.append(
+                (
+                    f"peak RSS no higher than at 100k: {peak:.0f} MB against {ref:.0f} MB "
+                    f"(the 100k runs just before each: {each})",
+                    peak <= ref,
+                )
+            )
     batches = -(-n // DEFAULT_BATCH_RECORDS)  # the bench leaves USERS_BATCH_RECORDS out of the flow's environment
     runs = {r["task_runs"] for r in results.values()}
-    out.append((f"task runs grow with batches, not records (at most 4 a batch, plus 10): "
-                f"{', '.join(map(str, sorted(runs)))} for {batches} batches of {DEFAULT_BATCH_RECORDS:,} records",
-                max(runs) <= 4 * batches + 10))
+    out.append(
+        (
+            f"task runs grow with batches, not records (at most 4 a batch, plus 10): "
+            f"{', '.join(map(str, sorted(runs)))} for {batches} batches of {DEFAULT_BATCH_RECORDS:,} records",
+            max(runs) <= 4 * batches + 10,
+        )
+    )
     if sftp_share is not None:
-        out.append((f"SFTP >= {TARGET_SFTP_SHARE:.0%} of OpenSSH's speed: {sftp_share:.0%}",
-                    sftp_share >= TARGET_SFTP_SHARE))
+        out.append(
+            (f"SFTP >= {TARGET_SFTP_SHARE:.0%} of OpenSSH's speed: {sftp_share:.0%}", sftp_share >= TARGET_SFTP_SHARE)
+        )
     return out
 
 
-def render(n: int, results: dict[str, dict], naive: dict, inserts_only: dict, openssh: float | None,
-           alone: float, reference: dict[str, dict] | None = None) -> str:
+def render(
+    n: int,
+    results: dict[str, dict],
+    naive: dict,
+    inserts_only: dict,
+    openssh: float | None,
+    alone: float,
+    reference: dict[str, dict] | None = None,
+) -> str:
     lines = [
         f"users-etl on {n:,} users ({results['sqlite']['counts']['invalid']:,} invalid), page size 1000; "
         f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, {platform.machine()}",
@@ -280,7 +355,8 @@ def render(n: int, results: dict[str, dict], naive: dict, inserts_only: dict, op
         "PostgreSQL; the last column has no Prefect API configured: the local Prefect server `make run` starts",
         "(flows/prefect_api.py), launched as the flow process starts.",
         "",
-        "| | SQLite | PostgreSQL |" + (" SQLite, local Prefect server (`make run`) |" if "sqlite-ephemeral" in results else ""),
+        "| | SQLite | PostgreSQL |"
+        + (" SQLite, local Prefect server (`make run`) |" if "sqlite-ephemeral" in results else ""),
         "|---|---:|---:|" + ("---:|" if "sqlite-ephemeral" in results else ""),
     ]
     columns = [k for k in ("sqlite", "postgresql", "sqlite-ephemeral") if k in results]
@@ -290,16 +366,21 @@ def render(n: int, results: dict[str, dict], naive: dict, inserts_only: dict, op
 
     row("end to end, Prefect start-up included (s)", lambda r: f"{r['wall_seconds']:.1f}")
     for stage in ("extract", "transform", "persist", "deliver"):
-        row(f"{stage} (s, of which task work)",
-            lambda r, s=stage: f"{r['stage_seconds'].get(s, 0):.1f} ({r['stage_work_seconds'].get(s, 0):.1f})")
+        row(
+            f"{stage} (s, of which task work)",
+            lambda r, s=stage: f"{r['stage_seconds'].get(s, 0):.1f} ({r['stage_work_seconds'].get(s, 0):.1f})",
+        )
     row("records/s end to end", lambda r: f"{n / r['wall_seconds']:,.0f}")
     row("time some task was working (s; stages overlap)", lambda r: f"{r['busy_seconds']:.1f}")
     row("orchestration overhead (s): total minus that", lambda r: f"{r['wall_seconds'] - r['busy_seconds']:.1f}")
     row("peak RSS of the flow process (MB)", lambda r: f"{r['peak_rss_mb']:.0f}")
     row("its peak in each quarter of the run (MB)", lambda r: " / ".join(f"{q:.0f}" for q in r["rss_quarters_mb"]))
     if reference:
-        lines.append("| the same at 100k users, run just before it (MB) | "
-                     + " | ".join(f"{reference[k]['peak_rss_mb']:.0f}" if k in reference else "" for k in columns) + " |")
+        lines.append(
+            "| the same at 100k users, run just before it (MB) | "
+            + " | ".join(f"{reference[k]['peak_rss_mb']:.0f}" if k in reference else "" for k in columns)
+            + " |"
+        )
     row("CPU seconds of the flow process", lambda r: f"{r['cpu_seconds']:.1f}")
     row("task runs", lambda r: str(r["task_runs"]))
     row("bytes delivered", lambda r: f"{r['counts']['delivered_bytes']:,}")
@@ -317,11 +398,14 @@ def render(n: int, results: dict[str, dict], naive: dict, inserts_only: dict, op
     deliver = results["sqlite"]["stage_work_seconds"].get("deliver", 0)
     sftp_share = openssh / alone if openssh is not None and deliver else None
     if sftp_share is not None:
-        lines.append(f"SFTP, the same files to the same server, each client alone: ours {alone:.2f} s, OpenSSH `sftp` "
-                     f"{openssh:.2f} s: **{sftp_share:.0%}** of OpenSSH's speed (in the run, sharing the cores "
-                     f"with persist: {deliver:.2f} s).")
-    checks = check_targets(n, results, {"same-job": ours / naive_rate, "lighter": ours / light_rate}, sftp_share,
-                           reference)
+        lines.append(
+            f"SFTP, the same files to the same server, each client alone: ours {alone:.2f} s, OpenSSH `sftp` "
+            f"{openssh:.2f} s: **{sftp_share:.0%}** of OpenSSH's speed (in the run, sharing the cores "
+            f"with persist: {deliver:.2f} s)."
+        )
+    checks = check_targets(
+        n, results, {"same-job": ours / naive_rate, "lighter": ours / light_rate}, sftp_share, reference
+    )
     lines += ["", f"Targets: {sum(met is True for _, met in checks)} of {len(checks)} met"]
     lines += [f"- {'met' if met else 'not measured' if met is None else '**MISSED**'}: {what}" for what, met in checks]
     return "\n".join(lines) + "\n"

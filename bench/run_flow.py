@@ -67,31 +67,41 @@ def main() -> None:
         from flows.users_etl import users_etl
 
         api.wait_ready()
-        summary = asyncio.run(users_etl(api_base=sys.argv[1], page_size=int(os.environ.get("BENCH_PAGE_SIZE", "1000")),
-                                        deliver_files=os.environ.get("BENCH_DELIVER", "1") == "1",
-                                        extract_first=os.environ.get("BENCH_EXTRACT_FIRST", "0") == "1"))
+        summary = asyncio.run(
+            users_etl(
+                api_base=sys.argv[1],
+                page_size=int(os.environ.get("BENCH_PAGE_SIZE", "1000")),
+                deliver_files=os.environ.get("BENCH_DELIVER", "1") == "1",
+                extract_first=os.environ.get("BENCH_EXTRACT_FIRST", "0") == "1",
+            )
+        )
         wall = time.time() - t0
         with get_client(sync_client=True) as client:
-            resp = client._client.post("/task_runs/count",
-                                       json={"task_runs": {"start_time": {"after_": started_at.isoformat()}}})
+            resp = client._client.post(
+                "/task_runs/count", json={"task_runs": {"start_time": {"after_": started_at.isoformat()}}}
+            )
             task_runs = resp.json()
     quarters = trace.quarters()
     if os.environ.get("BENCH_RSS_TRACE"):  # the samples themselves, (seconds since the clock started, MB)
         with open(os.environ["BENCH_RSS_TRACE"], "w") as f:
             json.dump([(round(t - t0, 2), round(mb, 1)) for t, mb in trace.samples], f)
-    print(json.dumps({
-        "wall_seconds": wall,
-        "stage_seconds": summary["stage_seconds"],
-        "stage_work_seconds": summary["stage_work_seconds"],
-        "busy_seconds": covered_seconds(summary["work_spans"]),
-        "counts": summary["counts"],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_quarters_mb": quarters,
-        "cpu_seconds": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
-        "task_runs": task_runs,
-        "delivered": summary["delivered"],
-        "files": summary["files"],
-    }))
+    print(
+        json.dumps(
+            {
+                "wall_seconds": wall,
+                "stage_seconds": summary["stage_seconds"],
+                "stage_work_seconds": summary["stage_work_seconds"],
+                "busy_seconds": covered_seconds(summary["work_spans"]),
+                "counts": summary["counts"],
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "rss_quarters_mb": quarters,
+                "cpu_seconds": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
+                "task_runs": task_runs,
+                "delivered": summary["delivered"],
+                "files": summary["files"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,9 @@ def parent_flow(**options) -> Callable[[Callable[..., dict]], Flow]:
         async def in_thread(*args, **kwargs) -> dict:
             run_id, loop = str(current_run.id), asyncio.get_running_loop()
             # a future of the loop's executor, not a task: cancelling the flow's task leaves it to be waited for
-            done = loop.run_in_executor(None, functools.partial(contextvars.copy_context().run, body, *args,
-                                                                **kwargs))  # the flow run's context goes along
+            done = loop.run_in_executor(
+                None, functools.partial(contextvars.copy_context().run, body, *args, **kwargs)
+            )  # the flow run's context goes along
             try:
                 return await asyncio.shield(done)
             except BaseException:
@@ -83,10 +84,15 @@ async def _interrupted(run_id: str, body: asyncio.Future) -> None:
         handoff.cancel(run.run_dir, handoff.RUN)
     await asyncio.wait({body}, timeout=STOP_SECONDS)
     if run is not None:
-        runs.finish_run(run.engine, run_id=run_id, status="crashed", if_running=True,
-                        failed_stage=stages[0] if stages else run.clock.stage,
-                        error="the run was stopped (SIGTERM, Ctrl-C or a cancellation)"
-                              + (f" while {', '.join(stages)} ran" if stages else ""))
+        runs.finish_run(
+            run.engine,
+            run_id=run_id,
+            status="crashed",
+            if_running=True,
+            failed_stage=stages[0] if stages else run.clock.stage,
+            error="the run was stopped (SIGTERM, Ctrl-C or a cancellation)"
+            + (f" while {', '.join(stages)} ran" if stages else ""),
+        )
 
 
 def record_failure(flow, flow_run, state) -> None:
@@ -97,8 +103,9 @@ def record_failure(flow, flow_run, state) -> None:
         return
     status = "crashed" if state.is_crashed() else "failed"
     # if_running: a run that ended itself (stopped, or failed with its own message) keeps what it said
-    runs.finish_run(engine, run_id=str(flow_run.id), status=status, error=(state.message or status)[:4000],
-                    if_running=True)
+    runs.finish_run(
+        engine, run_id=str(flow_run.id), status=status, error=(state.message or status)[:4000], if_running=True
+    )
 
 
 def mark_stale_runs(engine, *, run_id: str) -> None:
@@ -147,11 +154,19 @@ def begin_run(flow_name: str, database_block: str | None) -> RunStart:
     mark_stale_runs(engine, run_id=run_id)
     settings, started = get_settings(), datetime.now(UTC)
     if settings.run_files_keep_days:  # before this run stages its own files
-        prune_run_dirs(engine, runs_dir=settings.data_dir / "runs", keep_days=settings.run_files_keep_days,
-                       logger=get_run_logger())
+        prune_run_dirs(
+            engine, runs_dir=settings.data_dir / "runs", keep_days=settings.run_files_keep_days, logger=get_run_logger()
+        )
     run_dir = str((settings.data_dir / "runs" / run_id).resolve())
-    run = RunStart(engine=engine, run_id=run_id, started=started, stamp=started.strftime("%Y%m%d_%H%M%S"),
-                   run_dir=run_dir, clock=StageClock(run_dir), flow_name=flow_name)
+    run = RunStart(
+        engine=engine,
+        run_id=run_id,
+        started=started,
+        stamp=started.strftime("%Y%m%d_%H%M%S"),
+        run_dir=run_dir,
+        clock=StageClock(run_dir),
+        flow_name=flow_name,
+    )
     api_url = get_current_settings().api.url
     run.heartbeat = runs.Heartbeat(engine, run_id, also=_ApiWatch(run, api_url) if api_url else None).start()
     _active[run_id] = run
@@ -189,8 +204,14 @@ class _ApiWatch:
         run, why = self.run, f"lost the Prefect API at {self.api_url}: no answer for {silent:.0f} s"
         stages = run.clock.running()  # they end with the process, as if killed: each resumes or redoes its batch
         try:
-            runs.finish_run(run.engine, run_id=run.run_id, status="failed", error=why, if_running=True,
-                            failed_stage=stages[0] if stages else run.clock.stage)
+            runs.finish_run(
+                run.engine,
+                run_id=run.run_id,
+                status="failed",
+                error=why,
+                if_running=True,
+                failed_stage=stages[0] if stages else run.clock.stage,
+            )
         finally:
             # on a line of its own: Prefect's log worker may have left one unfinished ("Error logging to API")
             print(f"\nsluice: {run.flow_name} run {run.run_id} failed: {why}", file=sys.stderr, flush=True)
@@ -245,8 +266,9 @@ class StageClock:
         self.spans += spans
         return out
 
-    def start(self, name: str, fn, *args, manifest: str | None = None, after: tuple[str, str] | None = None,
-              **kwargs) -> None:
+    def start(
+        self, name: str, fn, *args, manifest: str | None = None, after: tuple[str, str] | None = None, **kwargs
+    ) -> None:
         """Run a stage alongside the others; `manifest` is the one it posts to (closed as failed if it dies).
         `after` = (stage, its manifest): start once that stage is running (`handoff.mark_started`), has
         posted something or has ended, so the child flow runs are not all created at the same instant (a
@@ -259,8 +281,9 @@ class StageClock:
             kwargs["manifest"] = manifest
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stage")
-        self._futures[name] = self._pool.submit(contextvars.copy_context().run, self._streamed, name, fn, args,
-                                                kwargs, manifest)
+        self._futures[name] = self._pool.submit(
+            contextvars.copy_context().run, self._streamed, name, fn, args, kwargs, manifest
+        )
 
     def _streamed(self, name: str, fn, args, kwargs, manifest: str | None) -> dict:
         # while it runs, its followers wait for it as long as it takes

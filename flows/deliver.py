@@ -50,8 +50,9 @@ def run_is_live(run_id: str) -> bool:
 
 
 def _delivered(landed: list[StagedFile]) -> list[dict]:
-    return [{"local_path": f.local_path, "remote_path": f.remote_path, "bytes": f.bytes, "sha256": f.sha256}
-            for f in landed]
+    return [
+        {"local_path": f.local_path, "remote_path": f.remote_path, "bytes": f.bytes, "sha256": f.sha256} for f in landed
+    ]
 
 
 def _recorder(run_id: str | None, database_block: str | None):
@@ -61,16 +62,27 @@ def _recorder(run_id: str | None, database_block: str | None):
     engine = resolve_engine(database_block)
 
     def record(landed: list[StagedFile]) -> None:
-        runs.update_run(engine, run_id=run_id, delivered=[{"remote_path": f.remote_path, "bytes": f.bytes}
-                                                          for f in landed],
-                        delivered_files=len(landed), delivered_bytes=sum(f.bytes for f in landed))
+        runs.update_run(
+            engine,
+            run_id=run_id,
+            delivered=[{"remote_path": f.remote_path, "bytes": f.bytes} for f in landed],
+            delivered_files=len(landed),
+            delivered_bytes=sum(f.bytes for f in landed),
+        )
 
     return record
 
 
 @flow(name="deliver")
-def deliver(files: list[str], run_date: str, raw_files: list[str] | None = None, run_id: str | None = None,
-            database_block: str | None = None, publish: bool = True, daily_names: bool = False) -> dict:
+def deliver(
+    files: list[str],
+    run_date: str,
+    raw_files: list[str] | None = None,
+    run_id: str | None = None,
+    database_block: str | None = None,
+    publish: bool = True,
+    daily_names: bool = False,
+) -> dict:
     """The run's JSONL files -> SFTP_REMOTE_BASE/<run date>/ (skipped, and said so, when SFTP_HOST is unset).
     `raw_files`, those of `files` that are raw-layer files, go as DELIVER_RAW says: masked copies by default,
     as staged (`full`) or not at all (`none`). `daily_names`: one remote name per day and kind (the staged
@@ -95,8 +107,9 @@ def deliver(files: list[str], run_date: str, raw_files: list[str] | None = None,
     if not publish:
         return {"delivered": [], "staged": staged, "work_spans": [[started, time.time()]]}
     landed = publish_task(target, staged, record=_recorder(run_id, database_block))
-    logger.info("deliver: %d files, %d bytes to %s:%s", len(landed), sum(f.bytes for f in landed), target.host,
-                remote_dir)
+    logger.info(
+        "deliver: %d files, %d bytes to %s:%s", len(landed), sum(f.bytes for f in landed), target.host, remote_dir
+    )
     return {"delivered": _delivered(landed), "staged": [], "work_spans": [[started, time.time()]]}
 
 

@@ -50,8 +50,14 @@ def _merge_parts(parts: list[str], target: Path) -> None:
 
 
 @flow(name="feeds-extract", task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_FETCHES))
-def extract(run_id: str, run_dir: str, stamp: str, feed_urls: list[str], database_block: str | None = None,
-            request_timeout: float = REQUEST_TIMEOUT_SECONDS) -> dict:
+def extract(
+    run_id: str,
+    run_dir: str,
+    stamp: str,
+    feed_urls: list[str],
+    database_block: str | None = None,
+    request_timeout: float = REQUEST_TIMEOUT_SECONDS,
+) -> dict:
     """Every feed fetched concurrently (one task each, conditional GET); items staged as one raw JSONL file.
     304s and failures are checkpointed here; fetched feeds once their items are persisted."""
     settings, logger = get_settings(), get_run_logger()
@@ -63,8 +69,9 @@ def extract(run_id: str, run_dir: str, stamp: str, feed_urls: list[str], databas
     validators = feed_source.load_validators(engine, feed_urls)
     parts_dir = Path(run_dir) / "raw_feed_items" / f"parts_{stamp}"
     futures = [
-        fetch.submit(url, validators=validators[url], part_path=str(parts_dir / f"{i:05d}.jsonl"),
-                     timeout=request_timeout)
+        fetch.submit(
+            url, validators=validators[url], part_path=str(parts_dir / f"{i:05d}.jsonl"), timeout=request_timeout
+        )
         for i, url in enumerate(feed_urls)
     ]
     wait(futures)
@@ -75,8 +82,14 @@ def extract(run_id: str, run_dir: str, stamp: str, feed_urls: list[str], databas
             outcomes.append(future.result())
         else:
             exc = state.result(raise_on_failure=False)
-            outcomes.append({"url": url, "status": "failed", "items": 0,
-                             "error": _failure_message(url, exc if isinstance(exc, BaseException) else None)})
+            outcomes.append(
+                {
+                    "url": url,
+                    "status": "failed",
+                    "items": 0,
+                    "error": _failure_message(url, exc if isinstance(exc, BaseException) else None),
+                }
+            )
     raw_path = Path(run_dir) / "raw_feed_items" / f"feed_records_{stamp}.jsonl"
     _merge_parts([o["path"] for o in outcomes if o["status"] == "fetched"], raw_path)
     shutil.rmtree(parts_dir, ignore_errors=True)
@@ -90,8 +103,12 @@ def extract(run_id: str, run_dir: str, stamp: str, feed_urls: list[str], databas
     records = sum(o["items"] for o in outcomes)
     by_status = Counter(o["status"] for o in outcomes)
     logger.info("extract: %d feeds (%s), %d items staged in %s", len(outcomes), dict(by_status), records, raw_path)
-    return {"raw_path": str(raw_path), "records": records, "feeds": outcomes,
-            "work_spans": [o.pop("work_span") for o in outcomes if "work_span" in o]}
+    return {
+        "raw_path": str(raw_path),
+        "records": records,
+        "feeds": outcomes,
+        "work_spans": [o.pop("work_span") for o in outcomes if "work_span" in o],
+    }
 
 
 @flow(name="feeds-transform")
@@ -110,20 +127,27 @@ def transform(raw_path: str, run_dir: str, stamp: str, records: int, batch_recor
     span_bytes = max(1 << 20, (size // records if records else APPROX_ITEM_BYTES) * batch_records)
     batches, reasons = [], Counter()
     for offset, length in split_spans(raw_path, span_bytes):
-        out = feeds.transform_batch(raw_path=raw_path, offset=offset, length=length,
-                                    processed_path=files["processed"], dlq_path=files["dlq"])
+        out = feeds.transform_batch(
+            raw_path=raw_path, offset=offset, length=length, processed_path=files["processed"], dlq_path=files["dlq"]
+        )
         reasons.update(out.pop("reasons"))
         batches.append(out)
     valid, invalid = sum(b["valid"] for b in batches), sum(b["invalid"] for b in batches)
     logger.info("transform: %d valid, %d invalid %s", valid, invalid, dict(reasons))
-    return {"files": files, "batches": [{k: b[k] for k in ("raw", "processed", "dlq")} for b in batches],
-            "valid": valid, "invalid": invalid, "reasons": dict(reasons),
-            "work_spans": [b["work_span"] for b in batches]}
+    return {
+        "files": files,
+        "batches": [{k: b[k] for k in ("raw", "processed", "dlq")} for b in batches],
+        "valid": valid,
+        "invalid": invalid,
+        "reasons": dict(reasons),
+        "work_spans": [b["work_span"] for b in batches],
+    }
 
 
 @flow(name="feeds-persist")
-def persist(run_id: str, files: dict[str, str], batches: list[dict], fetched: list[dict],
-            database_block: str | None = None) -> dict:
+def persist(
+    run_id: str, files: dict[str, str], batches: list[dict], fetched: list[dict], database_block: str | None = None
+) -> dict:
     """Staged files -> raw_feed_items, feed_items, dlq_feed_items (one transaction per batch); then the
     fetched feeds' checkpoints take their new ETag / Last-Modified."""
     engine = resolve_engine(database_block)
@@ -149,13 +173,24 @@ def _feed_list(feed_urls: list[str] | None) -> list[str]:
 
 
 @parent_flow(name=FLOW_NAME, on_failure=[record_failure], on_crashed=[record_failure])
-def feeds_etl(feed_urls: list[str] | None = None, batch_records: int = 10_000, deliver_files: bool = True,
-              request_timeout: float = REQUEST_TIMEOUT_SECONDS, database_block: str | None = None) -> dict:
+def feeds_etl(
+    feed_urls: list[str] | None = None,
+    batch_records: int = 10_000,
+    deliver_files: bool = True,
+    request_timeout: float = REQUEST_TIMEOUT_SECONDS,
+    database_block: str | None = None,
+) -> dict:
     """Parameters override the environment (FEED_URLS, DATABASE_BLOCK)."""
     logger = get_run_logger()
     run = begin_run(FLOW_NAME, database_block)
-    engine, run_id, started, stamp, run_dir, clock = (run.engine, run.run_id, run.started, run.stamp, run.run_dir,
-                                                      run.clock)
+    engine, run_id, started, stamp, run_dir, clock = (
+        run.engine,
+        run.run_id,
+        run.started,
+        run.stamp,
+        run.run_dir,
+        run.clock,
+    )
     seconds, work = clock.seconds, clock.work
 
     try:
@@ -163,14 +198,30 @@ def feeds_etl(feed_urls: list[str] | None = None, batch_records: int = 10_000, d
         ex = clock.run("extract", extract, run_id, run_dir, stamp, urls, database_block, request_timeout)
         runs.update_run(engine, run_id=run_id, extracted=ex["records"])
         tr = clock.run("transform", transform, ex["raw_path"], run_dir, stamp, ex["records"], batch_records)
-        runs.update_run(engine, run_id=run_id, valid=tr["valid"], invalid=tr["invalid"], files=tr["files"],
-                        dlq_reasons=tr["reasons"])
+        runs.update_run(
+            engine,
+            run_id=run_id,
+            valid=tr["valid"],
+            invalid=tr["invalid"],
+            files=tr["files"],
+            dlq_reasons=tr["reasons"],
+        )
         fetched = [o for o in ex["feeds"] if o["status"] == "fetched"]
         ps = clock.run("persist", persist, run_id, tr["files"], tr["batches"], fetched, database_block)
         runs.update_run(engine, run_id=run_id, stage_seconds=seconds, **ps)
-        delivered = (clock.run("deliver", deliver, list(tr["files"].values()), started.date().isoformat(),
-                               raw_files=[tr["files"]["raw"]], run_id=run_id,
-                               database_block=database_block)["delivered"] if deliver_files else [])
+        delivered = (
+            clock.run(
+                "deliver",
+                deliver,
+                list(tr["files"].values()),
+                started.date().isoformat(),
+                raw_files=[tr["files"]["raw"]],
+                run_id=run_id,
+                database_block=database_block,
+            )["delivered"]
+            if deliver_files
+            else []
+        )
     except BaseException:
         runs.update_run(engine, run_id=run_id, failed_stage=clock.stage, stage_seconds=seconds)
         if deliver_files and clock.stage == "deliver":  # what it uploaded and did not publish goes
@@ -179,19 +230,48 @@ def feeds_etl(feed_urls: list[str] | None = None, batch_records: int = 10_000, d
 
     outcomes = Counter(o["status"] for o in ex["feeds"])
     failed = [o for o in ex["feeds"] if o["status"] == "failed"]
-    counts = {"extracted": ex["records"], "valid": tr["valid"], "invalid": tr["invalid"], **ps,
-              "delivered_files": len(delivered), "delivered_bytes": sum(d["bytes"] for d in delivered)}
-    feed_counts = {"feeds": len(ex["feeds"]), "feeds_fetched": outcomes["fetched"],
-                   "feeds_not_modified": outcomes["not_modified"], "feeds_failed": outcomes["failed"]}
-    error = (f"{len(failed)} of {len(ex['feeds'])} feeds failed: " + "; ".join(o["error"] for o in failed)
-             if failed else None)
+    counts = {
+        "extracted": ex["records"],
+        "valid": tr["valid"],
+        "invalid": tr["invalid"],
+        **ps,
+        "delivered_files": len(delivered),
+        "delivered_bytes": sum(d["bytes"] for d in delivered),
+    }
+    feed_counts = {
+        "feeds": len(ex["feeds"]),
+        "feeds_fetched": outcomes["fetched"],
+        "feeds_not_modified": outcomes["not_modified"],
+        "feeds_failed": outcomes["failed"],
+    }
+    error = (
+        f"{len(failed)} of {len(ex['feeds'])} feeds failed: " + "; ".join(o["error"] for o in failed)
+        if failed
+        else None
+    )
     status = "failed" if failed else "completed"
-    runs.finish_run(engine, run_id=run_id, status=status, error=error, stage_seconds=seconds,
-                    **({"failed_stage": "extract"} if failed else {}), **counts)
-    summary = {"run_id": run_id, "status": status, "counts": counts | feed_counts, "feeds": ex["feeds"],
-               "stage_seconds": seconds, "stage_work_seconds": work, "files": tr["files"],
-               "dlq_reasons": tr["reasons"], "delivered": delivered, "error": error,
-               "database": engine.url.render_as_string(hide_password=True)}
+    runs.finish_run(
+        engine,
+        run_id=run_id,
+        status=status,
+        error=error,
+        stage_seconds=seconds,
+        **({"failed_stage": "extract"} if failed else {}),
+        **counts,
+    )
+    summary = {
+        "run_id": run_id,
+        "status": status,
+        "counts": counts | feed_counts,
+        "feeds": ex["feeds"],
+        "stage_seconds": seconds,
+        "stage_work_seconds": work,
+        "files": tr["files"],
+        "dlq_reasons": tr["reasons"],
+        "delivered": delivered,
+        "error": error,
+        "database": engine.url.render_as_string(hide_password=True),
+    }
     feeds.publish_artifacts(summary)
     if failed:
         raise FeedsFailedError(error)

@@ -40,8 +40,14 @@ def log_tail(path: Path | None, lines: int = 60) -> str:
     return f"--- last lines of {path.name} ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def wait_until_healthy(process: subprocess.Popen, api_url: str, *, timeout: float, log_path: Path | None,
-                       what: str = "the local Prefect server") -> None:
+def wait_until_healthy(
+    process: subprocess.Popen,
+    api_url: str,
+    *,
+    timeout: float,
+    log_path: Path | None,
+    what: str = "the local Prefect server",
+) -> None:
     """Block until the Prefect server `process` runs answers `api_url`/health; raise PrefectApiError with its
     last output as soon as it exits, or once `timeout` seconds have passed."""
     import httpx  # here, not at the top: `make run` launches the server before importing what the launch does not need
@@ -99,11 +105,15 @@ def _launch(log_dir: Path | str, env: dict[str, str] | None = None) -> tuple[sub
         log = stack.enter_context(open(log_path, "wb"))
         # a session of its own: a Ctrl-C at the terminal reaches this process, which sends the queued logs
         # and events first and then stops the server (the server stops itself if this process dies)
-        process = subprocess.Popen([sys.executable, "-m", __name__, str(listener.fileno()), str(os.getpid())],
-                                   pass_fds=(listener.fileno(),),
-                                   env=os.environ | {"PREFECT_UI_ENABLED": "false"} | (env or {}),
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(listener.fileno()), str(os.getpid())],
+            pass_fds=(listener.fileno(),),
+            env=os.environ | {"PREFECT_UI_ENABLED": "false"} | (env or {}),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         return process, f"http://127.0.0.1:{listener.getsockname()[1]}/api", log_path
 
 
@@ -118,7 +128,9 @@ def local_prefect_api(log_dir: Path | str = "var") -> Iterator[LocalApi]:
     those settings name an API after all (a profile, prefect.toml), it is stopped unused."""
     early = None
     if not os.environ.get("PREFECT_API_URL") and os.environ.get("PREFECT_SERVER_EPHEMERAL_ENABLED", "").lower() not in (
-            "0", "false"):
+        "0",
+        "false",
+    ):
         early = _launch(log_dir)
     needed = False
     try:

@@ -36,8 +36,10 @@ def main() -> int:
         if not settings.database_block and not migrate_database(settings.database_url_value):
             return 2
         if api.process is not None:
-            print(f"sluice: no Prefect API configured; started a local Prefect server at {api.url} for this run",
-                  file=sys.stderr)
+            print(
+                f"sluice: no Prefect API configured; started a local Prefect server at {api.url} for this run",
+                file=sys.stderr,
+            )
         from flows.feeds_etl import feeds_etl  # imported while that server starts
         from flows.users_etl import users_etl
 
@@ -65,8 +67,10 @@ def main() -> int:
             print(f"sluice: feeds-etl {feeds.name}: {feeds.message}", file=sys.stderr)
             return 1
         f = feeds.result()["counts"]
-        print(f"feeds-etl: {f['extracted']} items read, {f['inserted']} new, {f['updated']} updated, "
-              f"{f['unchanged']} unchanged, {f['invalid']} to the DLQ")
+        print(
+            f"feeds-etl: {f['extracted']} items read, {f['inserted']} new, {f['updated']} updated, "
+            f"{f['unchanged']} unchanged, {f['invalid']} to the DLQ"
+        )
     return 0
 
 
@@ -88,8 +92,11 @@ def run_flow(parent, api_url: str | None):
             cause = cause.__cause__
         if cause is None:
             raise
-        print(f"sluice: {parent.name}: the Prefect API at {api_url or 'the configured URL'} does not answer "
-              f"({type(cause).__name__}: {cause})", file=sys.stderr)
+        print(
+            f"sluice: {parent.name}: the Prefect API at {api_url or 'the configured URL'} does not answer "
+            f"({type(cause).__name__}: {cause})",
+            file=sys.stderr,
+        )
         return 1
 
 
@@ -104,8 +111,9 @@ def migrate_database(url: str) -> bool:
         print(f"sluice: migrating the database failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return False
     if before != head_revision():
-        print(f"sluice: database migrated from schema revision {before or 'none'} to {head_revision()}",
-              file=sys.stderr)
+        print(
+            f"sluice: database migrated from schema revision {before or 'none'} to {head_revision()}", file=sys.stderr
+        )
     return True
 
 
@@ -114,8 +122,10 @@ def report(summary: dict, demo_root: Path | None) -> None:
     print()
     print(f"users-etl run {summary['run_id']} completed")
     print(f"  database   {summary['database']}")
-    print("  tables     raw_users (+{raw_inserted}), processed_users (+{inserted} new, {updated} updated, "
-          "{unchanged} unchanged), dlq_users (+{dlq_inserted})".format(**counts))
+    print(
+        "  tables     raw_users (+{raw_inserted}), processed_users (+{inserted} new, {updated} updated, "
+        "{unchanged} unchanged), dlq_users (+{dlq_inserted})".format(**counts)
+    )
     print(f"  records    {counts['extracted']} extracted, {counts['valid']} valid, {counts['invalid']} to the DLQ")
     for kind, path in summary["files"].items():
         print(f"  {kind:<10} {path}")

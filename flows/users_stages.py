@@ -43,17 +43,32 @@ def _users_source(api_base: str | None):
             yield url, OFFLINE_FINGERPRINT
 
 
-def _extract_api(engine, settings, logger, run_dir: str, stamp: str, api_base: str | None, page_size: int,
-                 batch_records: int, manifest: str | None) -> dict:
+def _extract_api(
+    engine,
+    settings,
+    logger,
+    run_dir: str,
+    stamp: str,
+    api_base: str | None,
+    page_size: int,
+    batch_records: int,
+    manifest: str | None,
+) -> dict:
     as_of = datetime.now(UTC).isoformat()
     with _users_source(api_base) as (base_url, fingerprint):
         plan = dummyjson.begin_extract(
-            engine, run_id=str(current_run.id), fingerprint=fingerprint or f"{base_url}|{page_size}",
+            engine,
+            run_id=str(current_run.id),
+            fingerprint=fingerprint or f"{base_url}|{page_size}",
             new_path=Path(run_dir) / "raw_users" / f"records_{stamp}.jsonl",
         )
         if plan.resumed:
-            logger.info("resuming the interrupted extraction at skip=%d (%d records already staged in %s)",
-                        plan.skip, plan.records, plan.staged_path)
+            logger.info(
+                "resuming the interrupted extraction at skip=%d (%d records already staged in %s)",
+                plan.skip,
+                plan.records,
+                plan.staged_path,
+            )
         skip, offset, records, spans = plan.skip, plan.offset, plan.records, []
         entry = {"source": SOURCE, "raw_path": plan.staged_path, "as_of": as_of}
         if manifest and plan.offset:  # what the interrupted run staged goes through the stages again
@@ -64,14 +79,25 @@ def _extract_api(engine, settings, logger, run_dir: str, stamp: str, api_base: s
                 while True:
                     handoff.check_cancelled(run_dir, "extract")
                     got = dummyjson.fetch_batch(
-                        checkpoints, base_url=base_url, page_size=page_size, skip=skip, max_records=batch_records,
-                        staged_path=plan.staged_path, offset=offset, records_before=records,
-                        timeout=settings.users_request_timeout, max_retry_after=settings.max_retry_after_seconds,
-                        retries=settings.extract_retries, retry_base_seconds=settings.extract_retry_base_seconds,
-                        run_dir=run_dir)
+                        checkpoints,
+                        base_url=base_url,
+                        page_size=page_size,
+                        skip=skip,
+                        max_records=batch_records,
+                        staged_path=plan.staged_path,
+                        offset=offset,
+                        records_before=records,
+                        timeout=settings.users_request_timeout,
+                        max_retry_after=settings.max_retry_after_seconds,
+                        retries=settings.extract_retries,
+                        retry_base_seconds=settings.extract_retry_base_seconds,
+                        run_dir=run_dir,
+                    )
                     if manifest and got["records"]:
-                        handoff.post(manifest, entry | {"offset": offset, "length": got["offset"] - offset,
-                                                        "records": got["records"]})
+                        handoff.post(
+                            manifest,
+                            entry | {"offset": offset, "length": got["offset"] - offset, "records": got["records"]},
+                        )
                     skip, offset, records = got["next_skip"], got["offset"], records + got["records"]
                     spans.append(got["work_span"])
                     if got["done"]:
@@ -85,14 +111,28 @@ def _extract_api(engine, settings, logger, run_dir: str, stamp: str, api_base: s
     findings = dummyjson.walk_findings(checkpoints.totals, records)
     if findings:  # the walk is no complete picture of the source: persist marks no absent user deleted
         logger.warning("extract: %s; users absent from this extraction are not marked deleted", "; ".join(findings))
-    return {"source": SOURCE, "raw_path": plan.staged_path, "records": records, "as_of": as_of,
-            "resumed_from": plan.skip if plan.resumed else None, "work_spans": spans, "findings": findings}
+    return {
+        "source": SOURCE,
+        "raw_path": plan.staged_path,
+        "records": records,
+        "as_of": as_of,
+        "resumed_from": plan.skip if plan.resumed else None,
+        "work_spans": spans,
+        "findings": findings,
+    }
 
 
 @flow(name="extract")
-def extract(run_dir: str, stamp: str, api_base: str | None = None, page_size: int = 100,
-            batch_records: int = DEFAULT_BATCH_RECORDS, database_block: str | None = None, csv_dir: str | None = None,
-            manifest: str | None = None) -> dict:
+def extract(
+    run_dir: str,
+    stamp: str,
+    api_base: str | None = None,
+    page_size: int = 100,
+    batch_records: int = DEFAULT_BATCH_RECORDS,
+    database_block: str | None = None,
+    csv_dir: str | None = None,
+    manifest: str | None = None,
+) -> dict:
     """Sources -> staged raw JSONL files. The API is paged and checkpointed after every page (an
     interrupted run resumes there); CSV files in `csv_dir` are staged when new or changed. Each staged
     batch is posted to `manifest` as soon as it is on disk, for the transform stage to follow."""
@@ -135,9 +175,16 @@ def source_spans(entry: dict, batch_records: int) -> list[tuple[int, int]]:
 
 
 @flow(name="transform")
-def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str,
-              batch_records: int = DEFAULT_BATCH_RECORDS,
-              database_block: str | None = None, run_id: str | None = None, manifest: str | None = None) -> dict:
+def transform(
+    extracted: str,
+    run_dir: str,
+    stamp: str,
+    departments_csv: str,
+    batch_records: int = DEFAULT_BATCH_RECORDS,
+    database_block: str | None = None,
+    run_id: str | None = None,
+    manifest: str | None = None,
+) -> dict:
     """Staged raw JSONL -> processed + DLQ JSONL, batch by batch as extract posts them to the `extracted`
     manifest; each transformed batch is posted to `manifest` for persist. Each source's schema is checked for
     drift once it is all in; a source whose policy is `fail` posts its batches only after that check."""
@@ -168,8 +215,11 @@ def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str,
 
     for entry in handoff.follow(extracted, stage="transform", run_dir=run_dir):
         source = entry["source"]
-        meta = {"source": source, "as_of": entry["as_of"],
-                "files": {"raw": entry.get("raw_path"), **files, "raw_keys": keys_path}}
+        meta = {
+            "source": source,
+            "as_of": entry["as_of"],
+            "files": {"raw": entry.get("raw_path"), **files, "raw_keys": keys_path},
+        }
         plugin = source_module(entry["module"]) if entry.get("module") else None
         if entry.get("error"):  # a rejected input: one DLQ entry naming file and line
             span = append_failure(files["dlq"], reason=plugin.FAILURE_REASON, record=plugin.failure_record(entry))
@@ -179,10 +229,18 @@ def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str,
         if not entry["records"]:
             continue
         for offset, length in source_spans(entry, batch_records):
-            out = transform_batch(departments, raw_path=entry["raw_path"], offset=offset, length=length,
-                                  processed_path=files["processed"], dlq_path=files["dlq"], keys_path=keys_path,
-                                  source=source, fields=plugin.FIELDS if plugin else None,
-                                  seen_ids=seen_ids.get(source))
+            out = transform_batch(
+                departments,
+                raw_path=entry["raw_path"],
+                offset=offset,
+                length=length,
+                processed_path=files["processed"],
+                dlq_path=files["dlq"],
+                keys_path=keys_path,
+                source=source,
+                fields=plugin.FIELDS if plugin else None,
+                seen_ids=seen_ids.get(source),
+            )
             seen_ids[source] = out["ids"]
             reasons.update(out["reasons"])
             types.setdefault(source, []).append(out["types"])
@@ -193,11 +251,18 @@ def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str,
         policy, observed[source] = settings.drift_policy(source), merge_types(seen)
         changes = changed[source] = schema_changes(engine, source=source, types=observed[source])
         if changes and policy == "fail":  # stored and raised here: nothing of the source reaches persist
-            record_schema(engine, run_id=run_id or str(current_run.id), source=source, types=observed[source],
-                          policy=policy, changes=changes)
+            record_schema(
+                engine,
+                run_id=run_id or str(current_run.id),
+                source=source,
+                types=observed[source],
+                policy=policy,
+                changes=changes,
+            )
         if changes:
             (logger.info if policy == "evolve" else logger.warning)(
-                "schema drift in %s (policy %s): %s", source, policy, "; ".join(describe(c) for c in changes))
+                "schema drift in %s (policy %s): %s", source, policy, "; ".join(describe(c) for c in changes)
+            )
         drift += [describe(c) if source == SOURCE else f"{source}: {describe(c)}" for c in changes]
     for batch in (b for batches in held.values() for b in batches):
         if manifest:
@@ -206,13 +271,22 @@ def transform(extracted: str, run_dir: str, stamp: str, departments_csv: str,
         handoff.close(manifest)
     valid, invalid = counts["valid"], counts["invalid"]
     logger.info("transform: %d valid, %d invalid %s", valid, invalid, dict(reasons))
-    return {"files": files, "valid": valid, "invalid": invalid, "reasons": dict(reasons),
-            "drift": drift, "observed_schema": observed, "schema_changes": changed, "work_spans": spans}
+    return {
+        "files": files,
+        "valid": valid,
+        "invalid": invalid,
+        "reasons": dict(reasons),
+        "drift": drift,
+        "observed_schema": observed,
+        "schema_changes": changed,
+        "work_spans": spans,
+    }
 
 
 @flow(name="persist")
-def persist(run_id: str, transformed: str, extracted: str, run_dir: str | None = None,
-            database_block: str | None = None) -> dict:
+def persist(
+    run_id: str, transformed: str, extracted: str, run_dir: str | None = None, database_block: str | None = None
+) -> dict:
     """Each batch posted to the `transformed` manifest -> raw_users, processed_users, dlq_users, one
     transaction per batch, while transform is still working. Inputs besides the API (CSV files...) are
     checkpointed by their module once all their rows are stored."""
@@ -223,13 +297,19 @@ def persist(run_id: str, transformed: str, extracted: str, run_dir: str | None =
     spans, api_keys = [], []
     with deferred_checkpoints(engine):
         for b in handoff.follow(transformed, stage="persist", run_dir=run_dir):
-            counts = persist_batch(engine, run_id=run_id, source=b["source"], as_of=b["as_of"],
-                                   files=b["files"],
-                                   spans={k: b[k] for k in ("raw", "processed", "dlq", "raw_keys") if b.get(k)})
+            counts = persist_batch(
+                engine,
+                run_id=run_id,
+                source=b["source"],
+                as_of=b["as_of"],
+                files=b["files"],
+                spans={k: b[k] for k in ("raw", "processed", "dlq", "raw_keys") if b.get(k)},
+            )
             spans.append(counts.pop("work_span"))
             totals.update(counts)
             per_source.setdefault(b["source"], Counter()).update(
-                {k: v for k, v in counts.items() if k in SOURCE_COUNTS} | {"failed": b["invalid"]})
+                {k: v for k, v in counts.items() if k in SOURCE_COUNTS} | {"failed": b["invalid"]}
+            )
             if b["source"] == SOURCE and b.get("raw_keys"):
                 api_keys.append((b["files"]["raw_keys"], b["raw_keys"]))
     staged_inputs = [e for e in handoff.read_all(extracted) if e.get("module")]
@@ -238,8 +318,13 @@ def persist(run_id: str, transformed: str, extracted: str, run_dir: str | None =
     withheld = None
     # the manifests ended normally, so extract did; it says whether the API's page walk was complete
     if settings.users_detect_deleted and handoff.end_summary(extracted).get("api_complete", True):
-        absence = mark_absent_task(engine, source=SOURCE, seen_ids=staged_ids(api_keys), run_id=run_id,
-                                   max_share=settings.users_delete_max_share)
+        absence = mark_absent_task(
+            engine,
+            source=SOURCE,
+            seen_ids=staged_ids(api_keys),
+            run_id=run_id,
+            max_share=settings.users_delete_max_share,
+        )
         totals.update(deleted=absence.deleted, dlq_resolved=absence.dlq_resolved)
         per_source.setdefault(SOURCE, Counter()).update(deleted=absence.deleted)
         withheld = absence.withheld
@@ -247,5 +332,8 @@ def persist(run_id: str, transformed: str, extracted: str, run_dir: str | None =
             logger.warning("deletions withheld: %s", withheld)
     counts = {k: totals.get(k, 0) for k in RUN_COUNTS}
     logger.info("persist: %s", counts)
-    return counts | {"sources": {s: dict(c) for s, c in per_source.items()}, "work_spans": spans,
-                     "deletions_withheld": withheld}
+    return counts | {
+        "sources": {s: dict(c) for s, c in per_source.items()},
+        "work_spans": spans,
+        "deletions_withheld": withheld,
+    }

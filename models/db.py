@@ -40,8 +40,14 @@ _deferred: dict[int, _BulkLoad] = {}
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercised through every SQLite test
     # the page size first: switching a new database to WAL writes its header, page size included
-    for pragma in (f"page_size={SQLITE_PAGE_SIZE}", "journal_mode=WAL", "synchronous=NORMAL",
-                   f"busy_timeout={BUSY_TIMEOUT_MS}", "foreign_keys=ON", f"cache_size=-{SQLITE_CACHE_KIB}"):
+    for pragma in (
+        f"page_size={SQLITE_PAGE_SIZE}",
+        "journal_mode=WAL",
+        "synchronous=NORMAL",
+        f"busy_timeout={BUSY_TIMEOUT_MS}",
+        "foreign_keys=ON",
+        f"cache_size=-{SQLITE_CACHE_KIB}",
+    ):
         _pragma(dbapi_conn, f"PRAGMA {pragma}")
 
 
@@ -145,6 +151,7 @@ class _BulkLoad:
     keeps its page cache (up to SQLITE_CACHE_KIB) while it waits in the pool: writes taking whichever
     connection is free (the pool hands out the one idle longest) would leave a full cache on every connection
     they passed through whenever other work (a checkpoint, a run update) got between two batches."""
+
     writer: Connection
     wal: Path
     checkpoint_bytes: int
@@ -209,6 +216,7 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         if full or bulk.checkpoint is None or not bulk.checkpoint.is_alive():
             bulk.wait_for_checkpoint()
             bulk.emptying = full
-            bulk.checkpoint = threading.Thread(target=_checkpoint, args=(engine, "TRUNCATE" if full else "PASSIVE"),
-                                               name="sqlite-checkpointer")
+            bulk.checkpoint = threading.Thread(
+                target=_checkpoint, args=(engine, "TRUNCATE" if full else "PASSIVE"), name="sqlite-checkpointer"
+            )
             bulk.checkpoint.start()

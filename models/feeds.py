@@ -66,16 +66,25 @@ class DlqFeedItem(SQLModel, table=True):
 
 # Columns of the processed file and of feed_items' content, in order (the contract between transform and
 # persist). `record_hash` is computed over these minus `item_id`.
-FEED_ITEM_COLUMNS: tuple[str, ...] = ("item_id", "feed", "item_key", "guid", "title", "link", "summary", "author",
-                                      "categories", "published_at")
+FEED_ITEM_COLUMNS: tuple[str, ...] = (
+    "item_id",
+    "feed",
+    "item_key",
+    "guid",
+    "title",
+    "link",
+    "summary",
+    "author",
+    "categories",
+    "published_at",
+)
 
 
 def feed_item_rules() -> list[Rule]:
     """Rules over the staging columns `title, link, item_key` (text, trimmed, empty as null) and
     `key_duplicate` (the key was already seen earlier in the same feed document)."""
     return [
-        Rule("title_and_link_missing", "the item has neither a title nor a link",
-             present("title") | present("link")),
+        Rule("title_and_link_missing", "the item has neither a title nor a link", present("title") | present("link")),
         Rule("key_missing", "the item has neither a guid nor a link to key it by", present("item_key")),
         Rule("key_duplicate", "the item's guid (or link) appears earlier in the same feed", ~pl.col("key_duplicate")),
     ]

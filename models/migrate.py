@@ -56,10 +56,14 @@ def check_current(engine: Engine) -> None:
     except Exception:  # noqa: BLE001 (alembic's CommandError or ResolutionError: a revision it does not know)
         known = False
     if not known:
-        raise SchemaOutOfDate(f"database {where} is at schema revision {current}, which this code does not know "
-                              f"(it needs {head}): a newer release migrated it; run that release")
-    raise SchemaOutOfDate(f"database {where} is at schema revision {current or 'none (not migrated)'}, this code "
-                          f"needs {head}: run `make migrate` (alembic upgrade head) first")
+        raise SchemaOutOfDate(
+            f"database {where} is at schema revision {current}, which this code does not know "
+            f"(it needs {head}): a newer release migrated it; run that release"
+        )
+    raise SchemaOutOfDate(
+        f"database {where} is at schema revision {current or 'none (not migrated)'}, this code "
+        f"needs {head}: run `make migrate` (alembic upgrade head) first"
+    )
 
 
 def _transactional(engine: Engine) -> Engine:

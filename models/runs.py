@@ -45,7 +45,9 @@ class EtlRun(EtlRunBase, table=True):
     files: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
     dlq_reasons: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
     sources: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # per-source counts
-    observed_schema: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # source -> field -> type
+    observed_schema: str = Field(
+        default="{}", sa_column=Column(Text, nullable=False, default="{}")
+    )  # source -> field -> type
     # where a running run runs and when it was last known alive (tasks/runs.py: its process's heartbeat)
     heartbeat_at: datetime | None = Field(default=None, sa_type=TZ)
     pid: int | None = None
@@ -97,8 +99,9 @@ class EtlRunCreate(SQLModel):
     """Parameter overrides for a run started through the API (anything left out: the deployment's own)."""
 
     model_config = {"extra": "forbid"}
-    api_base: str | None = Field(default=None, min_length=8, max_length=2000,
-                                    schema_extra={"pattern": r"^https?://[^\s\x00]+$"})
+    api_base: str | None = Field(
+        default=None, min_length=8, max_length=2000, schema_extra={"pattern": r"^https?://[^\s\x00]+$"}
+    )
     page_size: int | None = Field(default=None, ge=1, le=10_000)
     batch_records: int | None = Field(default=None, ge=1, le=1_000_000)
     deliver_files: bool | None = None

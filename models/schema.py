@@ -49,14 +49,21 @@ def present(col: str) -> pl.Expr:
 
 def max_lengths(model: type[SQLModel] = UserBase) -> dict[str, int]:
     """The model's text columns with a declared length (VARCHAR(n) on PostgreSQL), those records fill."""
-    return {name: meta.max_length for name, field in model.model_fields.items() for meta in field.metadata
-            if getattr(meta, "max_length", None) and name not in SET_BY_PIPELINE}
+    return {
+        name: meta.max_length
+        for name, field in model.model_fields.items()
+        for meta in field.metadata
+        if getattr(meta, "max_length", None) and name not in SET_BY_PIPELINE
+    }
 
 
 def text_columns(model: type[SQLModel] = UserBase) -> list[str]:
     """The staging columns the model's text columns are made of (a masked column from the value it masks)."""
-    return [name.removesuffix("_masked") for name, field in model.model_fields.items()
-            if field.annotation in (str, str | None) and name not in SET_BY_PIPELINE]
+    return [
+        name.removesuffix("_masked")
+        for name, field in model.model_fields.items()
+        if field.annotation in (str, str | None) and name not in SET_BY_PIPELINE
+    ]
 
 
 def number_columns(model: type[SQLModel] = UserBase) -> list[str]:
@@ -66,26 +73,49 @@ def number_columns(model: type[SQLModel] = UserBase) -> list[str]:
 def record_rules() -> list[Rule]:
     """Over `RECORD`: a staged line that is not a JSON object fails one of these, and only that."""
     return [
-        Rule("record_unparseable", "the staged line is not JSON (invalid or cut short)",
-             pl.col(RECORD) != UNPARSEABLE, alone=True),
-        Rule("record_not_object", "the record is JSON but not an object (a text, number, array or null)",
-             pl.col(RECORD) != NOT_OBJECT, alone=True),
+        Rule(
+            "record_unparseable",
+            "the staged line is not JSON (invalid or cut short)",
+            pl.col(RECORD) != UNPARSEABLE,
+            alone=True,
+        ),
+        Rule(
+            "record_not_object",
+            "the record is JSON but not an object (a text, number, array or null)",
+            pl.col(RECORD) != NOT_OBJECT,
+            alone=True,
+        ),
     ]
 
 
 def storage_rules() -> list[Rule]:
     """What the tables enforce, over the values as they would be stored: `id` (the integer read from
     `id_text`), the text columns (stripped or lowercased as stored) and the number columns."""
-    lengths = [Rule(f"{col}_too_long", f"{col} is longer than {n} characters",
-                    (pl.col(col).str.len_chars() <= n).fill_null(True)) for col, n in max_lengths().items()]
+    lengths = [
+        Rule(
+            f"{col}_too_long",
+            f"{col} is longer than {n} characters",
+            (pl.col(col).str.len_chars() <= n).fill_null(True),
+        )
+        for col, n in max_lengths().items()
+    ]
     return [
-        Rule("id_out_of_range", "id is an integer outside the signed 64-bit range",
-             ~_integer_text("id_text") | pl.col("id").is_not_null()),
+        Rule(
+            "id_out_of_range",
+            "id is an integer outside the signed 64-bit range",
+            ~_integer_text("id_text") | pl.col("id").is_not_null(),
+        ),
         *lengths,
-        Rule("text_contains_nul", "a text value holds a NUL character (\\u0000), which PostgreSQL cannot store",
-             ~pl.concat_str(text_columns(), ignore_nulls=True).str.contains("\x00", literal=True).fill_null(False)),
-        Rule("number_not_finite", "height, weight, latitude or longitude is NaN, infinite or beyond a double",
-             pl.all_horizontal(pl.col(number_columns()).is_finite().fill_null(True))),
+        Rule(
+            "text_contains_nul",
+            "a text value holds a NUL character (\\u0000), which PostgreSQL cannot store",
+            ~pl.concat_str(text_columns(), ignore_nulls=True).str.contains("\x00", literal=True).fill_null(False),
+        ),
+        Rule(
+            "number_not_finite",
+            "height, weight, latitude or longitude is NaN, infinite or beyond a double",
+            pl.all_horizontal(pl.col(number_columns()).is_finite().fill_null(True)),
+        ),
     ]
 
 
@@ -99,13 +129,22 @@ def user_rules() -> list[Rule]:
         Rule("id_not_integer", "id is missing or not an integer", _integer_text("id_text")),
         Rule("id_duplicate", "id appears more than once in the batch", ~pl.col("id_duplicate")),
         Rule("first_name_missing", "firstName is missing or empty", present("first_name")),
-        Rule("email_invalid", "email is missing or not a valid address",
-             pl.col("email").str.strip_chars().str.contains(EMAIL_PATTERN).fill_null(False)),
+        Rule(
+            "email_invalid",
+            "email is missing or not a valid address",
+            pl.col("email").str.strip_chars().str.contains(EMAIL_PATTERN).fill_null(False),
+        ),
         Rule("age_not_integer", "age is missing or not an integer", _integer_text("age_text")),
-        Rule("age_out_of_range", f"age is outside {MIN_AGE}-{MAX_AGE}",
-             ~_integer_text("age_text") | pl.col("age").is_between(MIN_AGE, MAX_AGE).fill_null(False)),
+        Rule(
+            "age_out_of_range",
+            f"age is outside {MIN_AGE}-{MAX_AGE}",
+            ~_integer_text("age_text") | pl.col("age").is_between(MIN_AGE, MAX_AGE).fill_null(False),
+        ),
         Rule("department_missing", "company.department is missing or empty", present("department")),
-        Rule("department_unknown", "company.department is not in the departments table",
-             ~present("department") | pl.col("department_code").is_not_null()),
+        Rule(
+            "department_unknown",
+            "company.department is not in the departments table",
+            ~present("department") | pl.col("department_code").is_not_null(),
+        ),
         *storage_rules(),
     ]

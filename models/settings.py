@@ -153,7 +153,11 @@ def _describe(error: ValidationError) -> str:
     for err in error.errors():
         name = "_".join(str(p) for p in err["loc"]).upper() or "configuration"
         value = err.get("input")
-        shown = "" if "key" in name.lower() or "passphrase" in name.lower() or "url" in name.lower() else f" (got {value!r})"
+        shown = (
+            ""
+            if "key" in name.lower() or "passphrase" in name.lower() or "url" in name.lower()
+            else f" (got {value!r})"
+        )
         lines.append(f"{name}: {err['msg']}{shown}")
     return "invalid configuration: " + "; ".join(lines)
 

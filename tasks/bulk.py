@@ -82,7 +82,9 @@ def bulk_insert(conn: Connection, table: Table, df: pl.DataFrame, *, ignore_conf
     if conn.dialect.name == "postgresql":
         _copy(conn, table.name, df)
     else:
-        _sqlite_insert(conn, table.name, df, f" ON CONFLICT ({ignore_conflicts}) DO NOTHING" if ignore_conflicts else "")
+        _sqlite_insert(
+            conn, table.name, df, f" ON CONFLICT ({ignore_conflicts}) DO NOTHING" if ignore_conflicts else ""
+        )
 
 
 def _copy(conn: Connection, table_name: str, df: pl.DataFrame) -> None:
@@ -98,8 +100,9 @@ def _staged(conn: Connection, table: Table, df: pl.DataFrame) -> str:
     or updated in one statement, no Python object per value."""
     stage, cols = f"staged_{table.name}", ", ".join(df.columns)
     if conn.dialect.name == "postgresql":  # every column: a later statement of the transaction may stage others
-        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DROP AS "
-                             f"SELECT * FROM {table.name} WITH NO DATA")
+        conn.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DROP AS SELECT * FROM {table.name} WITH NO DATA"
+        )
         conn.exec_driver_sql(f"TRUNCATE {stage}")
         _copy(conn, stage, df)
     else:
@@ -127,8 +130,11 @@ def key_filter(conn: Connection, key: str, keys: pl.Series) -> tuple[str, tuple]
     key's index). No Python object per key: a batch's 25,000 hashes had been a list of 25,000 strings, made
     and dropped at every lookup beside the other stages' work (docs/benchmarks.md). `keys`: no nulls."""
     if conn.dialect.name == "postgresql":
-        quoted = pl.concat_str(pl.lit('"'), pl.col("k").str.replace_all("\\", "\\\\", literal=True)
-                               .str.replace_all('"', '\\"', literal=True), pl.lit('"'))
+        quoted = pl.concat_str(
+            pl.lit('"'),
+            pl.col("k").str.replace_all("\\", "\\\\", literal=True).str.replace_all('"', '\\"', literal=True),
+            pl.lit('"'),
+        )
         literal = keys.cast(pl.String).to_frame("k").select(quoted.str.join(",")).item()
         array_type = "bigint" if keys.dtype.is_integer() else "text"
         return f"{key} = ANY(%s::{array_type}[])", ("{" + literal + "}",)
@@ -145,8 +151,16 @@ def lookup(conn: Connection, table: Table | str, key: str, columns: list[str], k
     return conn.exec_driver_sql(f"SELECT {', '.join([key, *columns])} FROM {name} WHERE {where}", params).all()
 
 
-def lookup_frame(conn: Connection, table: Table | str, key: str, columns: list[str], keys: pl.Series,
-                 schema: dict[str, pl.DataType], *, stamp: str | None = None) -> pl.DataFrame:
+def lookup_frame(
+    conn: Connection,
+    table: Table | str,
+    key: str,
+    columns: list[str],
+    keys: pl.Series,
+    schema: dict[str, pl.DataType],
+    *,
+    stamp: str | None = None,
+) -> pl.DataFrame:
     """`lookup`'s rows as a frame: the key (named `key`), `schema`'s columns, and with `stamp` a last column of
     that name read as a UTC timestamp."""
     rows = lookup(conn, table, key, columns, keys)
@@ -164,7 +178,9 @@ def stored_hashes(conn: Connection, table: Table, key: str, keys: pl.Series) -> 
 
 def _stamped(conn: Connection, rows: pl.DataFrame, now: datetime, stamps: tuple[str, ...], **constants) -> pl.DataFrame:
     """Rows with the `stamps` columns set to `now` and one column per constant."""
-    return rows.with_columns(**dict.fromkeys(stamps, stamp_literal(conn, now)), **{k: pl.lit(v) for k, v in constants.items()})
+    return rows.with_columns(
+        **dict.fromkeys(stamps, stamp_literal(conn, now)), **{k: pl.lit(v) for k, v in constants.items()}
+    )
 
 
 def insert_versions(conn: Connection, table: Table, rows: pl.DataFrame, *, now: datetime, **constants) -> int:
@@ -178,8 +194,9 @@ def insert_new_versions(conn: Connection, table: Table, rows: pl.DataFrame, *, n
     if rows.height == 0:
         return 0
     seen = stored_hashes(conn, table, "record_hash", rows.get_column("record_hash"))
-    return insert_versions(conn, table, rows.join(seen, left_on="record_hash", right_on="_key", how="anti"), now=now,
-                           **constants)
+    return insert_versions(
+        conn, table, rows.join(seen, left_on="record_hash", right_on="_key", how="anti"), now=now, **constants
+    )
 
 
 def upsert_failures(conn: Connection, table: Table, dlq: pl.DataFrame, *, now: datetime, **constants) -> int:
@@ -190,12 +207,16 @@ def upsert_failures(conn: Connection, table: Table, dlq: pl.DataFrame, *, now: d
     dlq = dlq.unique(subset="record_hash", keep="first", maintain_order=True)
     seen = stored_hashes(conn, table, "record_hash", dlq.get_column("record_hash"))
     rows = _stamped(conn, dlq, now, ("inserted_at", "last_seen_at"), **constants)
-    conflict = " ON CONFLICT (record_hash) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in RESTAMPED_ON_FAILURE)
+    conflict = " ON CONFLICT (record_hash) DO UPDATE SET " + ", ".join(
+        f"{c} = excluded.{c}" for c in RESTAMPED_ON_FAILURE
+    )
     if conn.dialect.name == "sqlite":
         _sqlite_insert(conn, table.name, rows, conflict)
     else:
         cols = ", ".join(rows.columns)
-        conn.exec_driver_sql(f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {_staged(conn, table, rows)}{conflict}")
+        conn.exec_driver_sql(
+            f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {_staged(conn, table, rows)}{conflict}"
+        )
     return dlq.height - seen.height
 
 
@@ -217,5 +238,7 @@ def update_rows(conn: Connection, table: Table, rows: pl.DataFrame, *, key: str 
     """Rows of `table` set to `rows`' values, matched on `key`: staged, then one UPDATE ... FROM (on SQLite OR
     FAIL, as the inserts: no statement journal; a row the database refuses still fails the transaction)."""
     stage = _staged(conn, table, rows)
-    conn.exec_driver_sql(f"{update_verb(conn)} {table.name} SET {', '.join(f'{c} = s.{c}' for c in rows.columns if c != key)} "
-                         f"FROM {stage} AS s WHERE {table.name}.{key} = s.{key}")
+    conn.exec_driver_sql(
+        f"{update_verb(conn)} {table.name} SET {', '.join(f'{c} = s.{c}' for c in rows.columns if c != key)} "
+        f"FROM {stage} AS s WHERE {table.name}.{key} = s.{key}"
+    )

@@ -76,9 +76,14 @@ class DemoSftp:
 
     def target(self, timeout: float = 30.0) -> SftpTarget:
         return SftpTarget(
-            host=self.host, port=self.port, username=self.username, key_path=self.key_path,
-            known_hosts=self.known_hosts, remote_base=self.remote_base,
-            passphrase=self.passphrase, timeout=timeout,
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            key_path=self.key_path,
+            known_hosts=self.known_hosts,
+            remote_base=self.remote_base,
+            passphrase=self.passphrase,
+            timeout=timeout,
         )
 
 
@@ -126,7 +131,10 @@ def _ensure_keys(state: Path) -> tuple[asyncssh.SSHKey, asyncssh.SSHKey, SecretS
         _write_private(
             client_path,
             client_key.export_private_key(
-                "openssh", passphrase=passphrase, cipher_name="aes256-ctr", rounds=_KDF_ROUNDS,
+                "openssh",
+                passphrase=passphrase,
+                cipher_name="aes256-ctr",
+                rounds=_KDF_ROUNDS,
                 ignore_few_rounds=True,
             ),
         )
@@ -192,9 +200,7 @@ def running_demo_sftp(var_dir: Path) -> Iterator[DemoSftp]:
     root = state / "root"
     host_key, client_public, passphrase = _ensure_keys(state)
     root.mkdir(parents=True, exist_ok=True)
-    authorized = asyncssh.import_authorized_keys(
-        client_public.export_public_key("openssh").decode("ascii")
-    )
+    authorized = asyncssh.import_authorized_keys(client_public.export_public_key("openssh").decode("ascii"))
     live: set[Any] = set()
     chroot = os.fsencode(root.resolve())
 
@@ -227,8 +233,13 @@ def running_demo_sftp(var_dir: Path) -> Iterator[DemoSftp]:
         host_public = " ".join(host_key.export_public_key("openssh").decode("ascii").split()[:2])
         known_hosts.write_text(f"[{DEMO_HOST}]:{port} {host_public}\n")
         demo = DemoSftp(
-            host=DEMO_HOST, port=port, username=DEMO_USER, key_path=state / "id_ed25519",
-            passphrase=passphrase, known_hosts=known_hosts, root=root,
+            host=DEMO_HOST,
+            port=port,
+            username=DEMO_USER,
+            key_path=state / "id_ed25519",
+            passphrase=passphrase,
+            known_hosts=known_hosts,
+            root=root,
         )
         log.info("demo SFTP server listening on %s:%d, serving %s", DEMO_HOST, port, root)
         yield demo

@@ -47,8 +47,12 @@ def merge_types(batches: list[dict[str, str]]) -> dict[str, str]:
 
 
 def compare(before: dict[str, str], now: dict[str, str]) -> list[dict]:
-    changes = [{"field": f, "change": "added", "old_type": None, "new_type": t} for f, t in now.items() if f not in before]
-    changes += [{"field": f, "change": "missing", "old_type": t, "new_type": None} for f, t in before.items() if f not in now]
+    changes = [
+        {"field": f, "change": "added", "old_type": None, "new_type": t} for f, t in now.items() if f not in before
+    ]
+    changes += [
+        {"field": f, "change": "missing", "old_type": t, "new_type": None} for f, t in before.items() if f not in now
+    ]
     changes += [
         {"field": f, "change": "retyped", "old_type": before[f], "new_type": t}
         for f, t in now.items()
@@ -76,8 +80,9 @@ def schema_changes(engine: Engine, *, source: str, types: dict[str, str]) -> lis
     return compare(before, types) if before else []
 
 
-def record_schema(engine: Engine, *, run_id: str, source: str, types: dict[str, str], policy: str,
-                  changes: list[dict]) -> None:
+def record_schema(
+    engine: Engine, *, run_id: str, source: str, types: dict[str, str], policy: str, changes: list[dict]
+) -> None:
     """Store the changes `schema_changes` found; `fail` raises before the snapshot moves, so the run fails
     again until the change is accepted (a run with policy warn or evolve), which moves it to `types`."""
     now = datetime.now(UTC)
@@ -86,9 +91,15 @@ def record_schema(engine: Engine, *, run_id: str, source: str, types: dict[str, 
             session.add(SchemaDrift(run_id=run_id, source=source, policy=policy, detected_at=now, **c))
         if changes and policy == "fail":
             session.commit()
-            raise SchemaDriftError(f"schema drift in source {source!r} (policy fail): "
-                                   + "; ".join(describe(c) for c in changes))
+            raise SchemaDriftError(
+                f"schema drift in source {source!r} (policy fail): " + "; ".join(describe(c) for c in changes)
+            )
         snap = _snapshot(session, source)
-        snap.state, snap.status, snap.run_id, snap.updated_at = json.dumps(types, sort_keys=True), "complete", run_id, now
+        snap.state, snap.status, snap.run_id, snap.updated_at = (
+            json.dumps(types, sort_keys=True),
+            "complete",
+            run_id,
+            now,
+        )
         session.add(snap)
         session.commit()

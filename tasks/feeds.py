@@ -28,8 +28,14 @@ ISO_UTC = "%Y-%m-%dT%H:%M:%SZ"
 
 # what tasks.extract.feeds stages, one JSON object per item
 STAGED_SCHEMA: dict[str, pl.DataType] = {
-    "feed": pl.String(), "guid": pl.String(), "link": pl.String(), "title": pl.String(), "summary": pl.String(),
-    "author": pl.String(), "categories": pl.List(pl.String()), "published_at": pl.String(),
+    "feed": pl.String(),
+    "guid": pl.String(),
+    "link": pl.String(),
+    "title": pl.String(),
+    "summary": pl.String(),
+    "author": pl.String(),
+    "categories": pl.List(pl.String()),
+    "published_at": pl.String(),
 }
 PROCESSED_SCHEMA: dict[str, pl.DataType] = {
     **{c: pl.String() for c in FEED_ITEM_COLUMNS},
@@ -60,11 +66,19 @@ def _text(col: str) -> pl.Expr:
 
 
 def _categories_json() -> pl.Expr:
-    terms = (pl.col("categories").list.eval(pl.element().str.strip_chars())
-             .list.eval(pl.element().filter(pl.element().str.len_chars() > 0)))
-    return (pl.struct(terms.alias("c")).struct.json_encode()
-            .str.strip_prefix('{"c":').str.strip_suffix("}")
-            .replace("null", "[]").alias("categories"))
+    terms = (
+        pl.col("categories")
+        .list.eval(pl.element().str.strip_chars())
+        .list.eval(pl.element().filter(pl.element().str.len_chars() > 0))
+    )
+    return (
+        pl.struct(terms.alias("c"))
+        .struct.json_encode()
+        .str.strip_prefix('{"c":')
+        .str.strip_suffix("}")
+        .replace("null", "[]")
+        .alias("categories")
+    )
 
 
 def content_hash(columns: list[str]) -> pl.Expr:
@@ -89,8 +103,9 @@ def transform_frame(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         )
         .with_columns(pl.coalesce("guid", "link").alias("item_key"))
         .with_columns(
-            (pl.col("item_key").is_not_null() & ~pl.col("item_key").is_first_distinct().over("feed"))
-            .alias("key_duplicate")
+            (pl.col("item_key").is_not_null() & ~pl.col("item_key").is_first_distinct().over("feed")).alias(
+                "key_duplicate"
+            )
         )
     )
     failed = [pl.when(~r.passes.fill_null(False)).then(pl.lit(r.name)) for r in feed_item_rules()]
@@ -102,7 +117,9 @@ def transform_frame(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         .with_columns(pl.concat_str(["feed", "item_key"], separator=SEP).chash.sha2_256().alias("item_id"))
         .select(FEED_ITEM_COLUMNS)
     )
-    processed = processed.with_columns(content_hash(list(FEED_ITEM_COLUMNS[1:])).alias("record_hash")).cast(PROCESSED_SCHEMA)
+    processed = processed.with_columns(content_hash(list(FEED_ITEM_COLUMNS[1:])).alias("record_hash")).cast(
+        PROCESSED_SCHEMA
+    )
     dlq = staged.filter(~ok).select(
         pl.col("reasons").list.join("; ").alias("error_reason"),
         "reasons",
@@ -126,8 +143,15 @@ def transform_batch(*, raw_path: str, offset: int, length: int, processed_path: 
     processed, dlq = transform_frame(parse_staged(read_span(raw_path, offset, length)))
     p_span = append_lines(processed_path, processed)
     d_span = append_text_lines(dlq_path, dlq_lines(dlq))
-    return {"raw": [offset, length], "processed": list(p_span), "dlq": list(d_span), "valid": processed.height,
-            "invalid": dlq.height, "reasons": reason_counts(dlq), "work_span": [started, time.time()]}
+    return {
+        "raw": [offset, length],
+        "processed": list(p_span),
+        "dlq": list(d_span),
+        "valid": processed.height,
+        "invalid": dlq.height,
+        "reasons": reason_counts(dlq),
+        "work_span": [started, time.time()],
+    }
 
 
 # ---------------------------------------------------------------- persist
@@ -153,10 +177,17 @@ def upsert_items(conn: Connection, items: pl.DataFrame, *, run_id: str, now: dat
     stored = stored_hashes(conn, table, "item_id", items.get_column("item_id"))
     joined = items.join(stored, left_on="item_id", right_on="_key", how="left", maintain_order="left")
     new = joined.filter(pl.col("_stored").is_null()).drop("_stored")
-    changed = joined.filter(pl.col("_stored").is_not_null() & (pl.col("_stored") != pl.col("record_hash"))).drop("_stored")
+    changed = joined.filter(pl.col("_stored").is_not_null() & (pl.col("_stored") != pl.col("record_hash"))).drop(
+        "_stored"
+    )
     stamp = stamp_literal(conn, now)
-    bulk_insert(conn, table, new.with_columns(stamp_text(conn, "published_at"), first_seen_at=stamp,
-                                              updated_at=stamp, run_id=pl.lit(run_id)))
+    bulk_insert(
+        conn,
+        table,
+        new.with_columns(
+            stamp_text(conn, "published_at"), first_seen_at=stamp, updated_at=stamp, run_id=pl.lit(run_id)
+        ),
+    )
     if changed.height:
         cols = [c for c in (*FEED_ITEM_COLUMNS, "record_hash") if c != "item_id"]
         stmt = (
@@ -168,8 +199,9 @@ def upsert_items(conn: Connection, items: pl.DataFrame, *, run_id: str, now: dat
     return {"inserted": new.height, "updated": changed.height, "unchanged": joined.height - new.height - changed.height}
 
 
-def persist_frames(engine: Engine, *, run_id: str, raw: pl.DataFrame, items: pl.DataFrame,
-                   dlq: pl.DataFrame) -> dict[str, int]:
+def persist_frames(
+    engine: Engine, *, run_id: str, raw: pl.DataFrame, items: pl.DataFrame, dlq: pl.DataFrame
+) -> dict[str, int]:
     """One transaction for the batch: raw_feed_items, feed_items and dlq_feed_items take it or none does."""
     now = datetime.now(UTC)
     with engine.begin() as conn:
@@ -180,8 +212,13 @@ def persist_frames(engine: Engine, *, run_id: str, raw: pl.DataFrame, items: pl.
     return counts
 
 
-@task(name="persist-feed-items-batch", retries=3, retry_delay_seconds=[1, 5, 15], retry_jitter_factor=0.5,
-      cache_policy=NO_CACHE)
+@task(
+    name="persist-feed-items-batch",
+    retries=3,
+    retry_delay_seconds=[1, 5, 15],
+    retry_jitter_factor=0.5,
+    cache_policy=NO_CACHE,
+)
 def persist_batch(engine: Engine, *, run_id: str, files: dict[str, str], spans: dict[str, list[int]]) -> dict:
     """Read one batch's spans of the staged raw, processed and DLQ files and store them."""
     started = time.time()
@@ -220,8 +257,11 @@ def publish_artifacts(summary: dict) -> None:
         "| feed | outcome | HTTP | items | error |",
         "|---|---|---:|---:|---|",
     ]
-    lines += [f"| {_cell(f['url'])} | {f['status']} | {f.get('http_status') or ''} | {f.get('items', 0)} "
-              f"| {_cell(f.get('error') or f.get('warning') or '')} |" for f in summary["feeds"]]
+    lines += [
+        f"| {_cell(f['url'])} | {f['status']} | {f.get('http_status') or ''} | {f.get('items', 0)} "
+        f"| {_cell(f.get('error') or f.get('warning') or '')} |"
+        for f in summary["feeds"]
+    ]
     lines += ["", "## Dead-letter reasons", ""]
     reasons = summary.get("dlq_reasons") or {}
     if reasons:
@@ -233,5 +273,9 @@ def publish_artifacts(summary: dict) -> None:
     lines += ["", "## Delivered", ""] + (
         [f"- `{d['remote_path']}` ({d['bytes']} bytes)" for d in delivered] or ["Nothing delivered."]
     )
-    create_markdown_artifact(key="feeds-etl-summary", markdown="\n".join(lines),
-                             description="counts, feed outcomes, DLQ reasons, files", _sync=True)
+    create_markdown_artifact(
+        key="feeds-etl-summary",
+        markdown="\n".join(lines),
+        description="counts, feed outcomes, DLQ reasons, files",
+        _sync=True,
+    )

@@ -143,13 +143,19 @@ def check_cancelled(run_dir: str | Path | None, stage: str) -> None:
     if run_dir is None:
         return
     told = _cancelled.get(_key(run_dir), ())
-    for later in (*STAGES[STAGES.index(stage) + 1:], RUN):
+    for later in (*STAGES[STAGES.index(stage) + 1 :], RUN):
         if later in told or _flag(run_dir, later).exists():
             raise RunCancelledError(f"{stage} stopped: {later} failed")
 
 
-def follow(manifest: str | Path, *, stage: str | None = None, run_dir: str | Path | None = None,
-           poll: float = POLL_SECONDS, idle_timeout: float = IDLE_TIMEOUT_SECONDS) -> Iterator[dict]:
+def follow(
+    manifest: str | Path,
+    *,
+    stage: str | None = None,
+    run_dir: str | Path | None = None,
+    poll: float = POLL_SECONDS,
+    idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+) -> Iterator[dict]:
     """Each entry of `manifest` as it is posted, until its end line; waits while the upstream is working (as
     long as it takes while its stage runs in this process, else up to `idle_timeout` without a new line).
     With `run_dir`, `stage` (the follower) stops when a stage it feeds has failed."""

@@ -29,8 +29,16 @@ def read_lines(data: bytes, name: str = LINE) -> pl.DataFrame:
     unit separator never occurs inside a line; bytes that are not UTF-8 read as U+FFFD, an empty line as "")."""
     if not data or data.isspace():  # (strip() would copy the whole span)
         return pl.DataFrame(schema={name: pl.String})
-    return pl.read_csv(io.BytesIO(data), has_header=False, separator="\x1f", quote_char=None, encoding="utf8-lossy",
-                       new_columns=[name], schema={name: pl.String}, truncate_ragged_lines=True).fill_null("")
+    return pl.read_csv(
+        io.BytesIO(data),
+        has_header=False,
+        separator="\x1f",
+        quote_char=None,
+        encoding="utf8-lossy",
+        new_columns=[name],
+        schema={name: pl.String},
+        truncate_ragged_lines=True,
+    ).fill_null("")
 
 
 def parse_raw(data: bytes, like: pl.Schema | None = None) -> pl.DataFrame:
@@ -94,8 +102,14 @@ def parse_like(data: bytes, lines: pl.Series, schema: pl.Schema) -> pl.DataFrame
     present = [f.len() - f.null_count() for f in fields]
     texts = sum(n for n, f in zip(present, fields, strict=True) if f.dtype == pl.String)
     text = pl.col("l")
-    keys, strings = lines.to_frame("l").select(text.str.count_matches('":', literal=True).sum().alias("keys"),
-                                               text.str.count_matches('":"', literal=True).sum().alias("texts")).row(0)
+    keys, strings = (
+        lines.to_frame("l")
+        .select(
+            text.str.count_matches('":', literal=True).sum().alias("keys"),
+            text.str.count_matches('":"', literal=True).sum().alias("texts"),
+        )
+        .row(0)
+    )
     if 0 in present or keys != sum(present) or strings != texts:
         return None
     if not all((f != f.floor()).any() for f in fields if f.dtype == pl.Float64):
@@ -148,8 +162,13 @@ def _judged(line: str) -> tuple[str, dict | None, str | None]:
         return value
 
     try:
-        value = json.loads(line, parse_int=functools.partial(number, _int_or_text), parse_constant=_not_json,
-                           parse_float=functools.partial(number, _float_or_text), object_pairs_hook=_first_wins)
+        value = json.loads(
+            line,
+            parse_int=functools.partial(number, _int_or_text),
+            parse_constant=_not_json,
+            parse_float=functools.partial(number, _float_or_text),
+            object_pairs_hook=_first_wins,
+        )
     except (ValueError, RecursionError):  # (nested deeper than Python reads)
         return UNPARSEABLE, None, None
     if not isinstance(value, dict):

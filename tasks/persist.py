@@ -45,12 +45,22 @@ from tasks.transform import (
 PERSIST_PIECE_BYTES = 4 << 20
 # what a batch counts: users inserted / updated / unchanged / current again / no longer valid, raw versions and
 # DLQ entries added, DLQ entries opened (new or again) and closed
-BATCH_COUNTS = ("inserted", "updated", "unchanged", "restored", "invalidated", "raw_inserted", "dlq_inserted",
-                "dlq_opened", "dlq_resolved")
+BATCH_COUNTS = (
+    "inserted",
+    "updated",
+    "unchanged",
+    "restored",
+    "invalidated",
+    "raw_inserted",
+    "dlq_inserted",
+    "dlq_opened",
+    "dlq_resolved",
+)
 
 
-def raw_frame(data: bytes, keys: pl.DataFrame | None = None, *, id_path: str = "$.id",
-              id_column: str = "source_id") -> pl.DataFrame:
+def raw_frame(
+    data: bytes, keys: pl.DataFrame | None = None, *, id_path: str = "$.id", id_column: str = "source_id"
+) -> pl.DataFrame:
     """Staged lines as raw rows: the source's id, the content hash, the line (each distinct line once).
     `keys`: the lines' (id, hash) as transform worked them out, else they are worked out here."""
     lines = read_lines(data, "data")
@@ -70,33 +80,58 @@ def upsert_processed(conn: Connection, processed: pl.DataFrame, *, run_id: str, 
         return Counter()
     table = ProcessedUser.__table__
     processed = processed.unique(subset="id", keep="last", maintain_order=True)
-    stored = lookup_frame(conn, table, "id", ["record_hash", "status", "source_updated_at"], processed.get_column("id"),
-                          {"_stored": pl.String, "_status": pl.String}, stamp="_stored_as_of")
+    stored = lookup_frame(
+        conn,
+        table,
+        "id",
+        ["record_hash", "status", "source_updated_at"],
+        processed.get_column("id"),
+        {"_stored": pl.String, "_status": pl.String},
+        stamp="_stored_as_of",
+    )
     newer = pl.col("_stored_as_of").is_null() | (pl.col("_as_of") >= pl.col("_stored_as_of"))
     joined = processed.join(stored, on="id", how="left", maintain_order="left").with_columns(
-        pl.when(pl.col("_stored").is_null()).then(pl.lit("inserted"))
-        .when(newer & (pl.col("_status") != CURRENT)).then(pl.lit("restored"))
-        .when(newer & (pl.col("_stored") != pl.col("record_hash"))).then(pl.lit("updated"))
-        .otherwise(pl.lit("unchanged")).alias("_kind"))
+        pl.when(pl.col("_stored").is_null())
+        .then(pl.lit("inserted"))
+        .when(newer & (pl.col("_status") != CURRENT))
+        .then(pl.lit("restored"))
+        .when(newer & (pl.col("_stored") != pl.col("record_hash")))
+        .then(pl.lit("updated"))
+        .otherwise(pl.lit("unchanged"))
+        .alias("_kind")
+    )
     stamp, run = stamp_literal(conn, now), pl.lit(run_id)
     values = [*PROCESSED_COLUMNS, "record_hash", stamp_text(conn, "_as_of").alias("source_updated_at")]
     kind = pl.col("_kind")
-    bulk_insert(conn, table, joined.filter(kind == "inserted").select(
-        *values, first_seen_at=stamp, updated_at=stamp, run_id=run, status=pl.lit(CURRENT)))
+    bulk_insert(
+        conn,
+        table,
+        joined.filter(kind == "inserted").select(
+            *values, first_seen_at=stamp, updated_at=stamp, run_id=run, status=pl.lit(CURRENT)
+        ),
+    )
     for update in ("updated", "restored"):
         rows = joined.filter(kind == update)
         if rows.height:
             status = {"status": pl.lit(CURRENT), "status_changed_at": stamp, "status_run_id": run}
-            update_rows(conn, table, rows.select(*values, updated_at=stamp, run_id=run,
-                                                  **(status if update == "restored" else {})))
+            update_rows(
+                conn,
+                table,
+                rows.select(*values, updated_at=stamp, run_id=run, **(status if update == "restored" else {})),
+            )
     counts = Counter(dict(joined.get_column("_kind").value_counts().iter_rows()))
     made_current = joined.filter(kind.is_in(["inserted", "restored"])).get_column("id")
     counts["dlq_resolved"] += resolve_valid(conn, made_current, run_id=run_id, now=now)
     return counts
 
 
-def _pieces(files: dict[str, str | None], spans: dict[str, list[int]], name: str, piece_bytes: int,
-            parse: Callable[[bytes], pl.DataFrame]) -> Iterator[pl.DataFrame]:
+def _pieces(
+    files: dict[str, str | None],
+    spans: dict[str, list[int]],
+    name: str,
+    piece_bytes: int,
+    parse: Callable[[bytes], pl.DataFrame],
+) -> Iterator[pl.DataFrame]:
     """The batch's span of one staged file, piece by piece, each piece's lines parsed by `parse` (nothing when
     the batch has none). A piece's bytes are let go once parsed, before its rows are written."""
     if files.get(name) and spans.get(name):
@@ -107,8 +142,9 @@ def _raw_lines(data: bytes) -> pl.DataFrame:
     return read_lines(data, "data")
 
 
-def batch_keys(files: dict[str, str | None], spans: dict[str, list[int]], piece_bytes: int = PERSIST_PIECE_BYTES
-               ) -> pl.DataFrame:
+def batch_keys(
+    files: dict[str, str | None], spans: dict[str, list[int]], piece_bytes: int = PERSIST_PIECE_BYTES
+) -> pl.DataFrame:
     """The batch's raw lines' keys (`source_id`, `record_hash`), a row per line in file order: as transform
     staged them, else worked out from the lines a piece at a time."""
     if spans.get("raw_keys"):
@@ -117,9 +153,16 @@ def batch_keys(files: dict[str, str | None], spans: dict[str, list[int]], piece_
     return pl.concat(keys) if keys else pl.DataFrame(schema={"source_id": pl.String, "record_hash": pl.String})
 
 
-def persist_spans(engine: Engine, *, run_id: str, source: str, files: dict[str, str | None],
-                  spans: dict[str, list[int]], as_of: datetime | None = None,
-                  piece_bytes: int = PERSIST_PIECE_BYTES) -> dict[str, int]:
+def persist_spans(
+    engine: Engine,
+    *,
+    run_id: str,
+    source: str,
+    files: dict[str, str | None],
+    spans: dict[str, list[int]],
+    as_of: datetime | None = None,
+    piece_bytes: int = PERSIST_PIECE_BYTES,
+) -> dict[str, int]:
     """One transaction for the whole batch: either all three tables take it or none does. Each file's span is
     worked through in pieces of about `piece_bytes`, so the stage's memory is a piece's frames, not the
     batch's. `as_of`: when the source was observed (the newest observation of a user wins). One lookup by
@@ -132,19 +175,27 @@ def persist_spans(engine: Engine, *, run_id: str, source: str, files: dict[str, 
         stored = stored_hashes(conn, RawUser.__table__, "record_hash", keys.get_column("record_hash"))
         # each loop lets go of its piece before the next is read (a loop's name keeps it until then)
         for piece in _pieces(files, spans, "processed", piece_bytes, read_processed_span):
-            counts.update(upsert_processed(conn, piece.with_columns(_as_of=pl.lit(as_of).dt.convert_time_zone("UTC")),
-                                           run_id=run_id, now=now))
+            counts.update(
+                upsert_processed(
+                    conn, piece.with_columns(_as_of=pl.lit(as_of).dt.convert_time_zone("UTC")), run_id=run_id, now=now
+                )
+            )
             del piece
-        new = keys.select((pl.col("record_hash").is_first_distinct()
-                           & ~pl.col("record_hash").is_in(stored.get_column("_key").implode())).alias("new"))
+        new = keys.select(
+            (
+                pl.col("record_hash").is_first_distinct()
+                & ~pl.col("record_hash").is_in(stored.get_column("_key").implode())
+            ).alias("new")
+        )
         line = 0
         for lines in _pieces(files, spans, "raw", piece_bytes, _raw_lines):
             if line + lines.height > keys.height:
                 raise ValueError(f"{files['raw']}: more staged lines than keys ({keys.height}) in the batch's span")
             rows = pl.concat([keys.slice(line, lines.height), lines, new.slice(line, lines.height)], how="horizontal")
             line += lines.height
-            counts["raw_inserted"] += insert_versions(conn, RawUser.__table__, rows.filter("new").drop("new"), now=now,
-                                                      run_id=run_id, source=source)
+            counts["raw_inserted"] += insert_versions(
+                conn, RawUser.__table__, rows.filter("new").drop("new"), now=now, run_id=run_id, source=source
+            )
             del lines, rows
         for dlq in _pieces(files, spans, "dlq", piece_bytes, _user_failures):
             counts.update(store_failures(conn, dlq, run_id=run_id, source=source, as_of=as_of, now=now))
@@ -156,15 +207,33 @@ def _user_failures(data: bytes) -> pl.DataFrame:
     return read_dlq_span(data, user_ids=True)
 
 
-@task(name="persist-users-batch", retries=3, retry_delay_seconds=[1, 5, 15],
-      retry_jitter_factor=0.5, retry_condition_fn=retry_when(db_transient),
-      cache_policy=NO_CACHE)
-def persist_batch(engine: Engine, *, run_id: str, source: str, files: dict[str, str | None], spans: dict[str, list[int]],
-                  as_of: str | None = None) -> dict[str, int]:
+@task(
+    name="persist-users-batch",
+    retries=3,
+    retry_delay_seconds=[1, 5, 15],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_when(db_transient),
+    cache_policy=NO_CACHE,
+)
+def persist_batch(
+    engine: Engine,
+    *,
+    run_id: str,
+    source: str,
+    files: dict[str, str | None],
+    spans: dict[str, list[int]],
+    as_of: str | None = None,
+) -> dict[str, int]:
     """Read one batch's spans of the staged raw, processed and DLQ files (and of the raw lines' keys, when
     transform staged them) and store them. `as_of` is when the source produced the records (fetch time for
     the API, file time for a CSV)."""
     started = time.time()
-    counts = persist_spans(engine, run_id=run_id, source=source, files=files, spans=spans,
-                           as_of=datetime.fromisoformat(as_of) if as_of else None)
+    counts = persist_spans(
+        engine,
+        run_id=run_id,
+        source=source,
+        files=files,
+        spans=spans,
+        as_of=datetime.fromisoformat(as_of) if as_of else None,
+    )
     return counts | {"work_span": [started, time.time()]}

@@ -41,10 +41,12 @@ def mask_value(value: pl.Expr, mask: Mask) -> pl.Expr:
     subexpression as often as it occurs): long enough -> prefix and the last ones; else, if any, stars
     (every prefix has 4 characters or more, so the step before never gives something short); else null."""
     prefix = mask.prefix.replace("$", "$$")
-    return (value.str.replace_all(mask.ignored, "")
-            .str.replace(rf"(?s)^.{{{SHOWN_FROM - SHOWN},}}(.{{{SHOWN}}})$", prefix + "${1}")
-            .str.replace(rf"(?s)^.{{1,{SHOWN_FROM - 1}}}$", STARS)
-            .str.extract(r"(?s)^(.+)$", 1))
+    return (
+        value.str.replace_all(mask.ignored, "")
+        .str.replace(rf"(?s)^.{{{SHOWN_FROM - SHOWN},}}(.{{{SHOWN}}})$", prefix + "${1}")
+        .str.replace(rf"(?s)^.{{1,{SHOWN_FROM - 1}}}$", STARS)
+        .str.extract(r"(?s)^(.+)$", 1)
+    )
 
 
 # ---------------------------------------------------------------- JSON text
@@ -66,8 +68,11 @@ def drop_secrets(json_text: pl.Expr) -> pl.Expr:
     """JSON text with every secret key whose value is a text, number, boolean or null (at any depth) cut out,
     still valid JSON: the fast path for whole records. A secret holding an object or array, or spelled with
     escapes, is left for `without_secrets` (its text still shows a SECRET_TRACE)."""
-    return (json_text.str.replace_all(_SECRET_BEFORE, "").str.replace_all(_SECRET_AFTER, "")
-            .str.replace_all(_SECRET_ONLY, ""))
+    return (
+        json_text.str.replace_all(_SECRET_BEFORE, "")
+        .str.replace_all(_SECRET_AFTER, "")
+        .str.replace_all(_SECRET_ONLY, "")
+    )
 
 
 _OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -83,8 +88,15 @@ def without_secrets(record: bytes) -> bytes:
     start = record.lstrip()[:1]
     try:
         if start == b"{":
-            return b"{" + b",".join(msgspec.json.encode(key) + b":" + without_secrets(bytes(value))
-                                    for key, value in _OBJECT.decode(record).items() if key not in SECRET_FIELDS) + b"}"
+            return (
+                b"{"
+                + b",".join(
+                    msgspec.json.encode(key) + b":" + without_secrets(bytes(value))
+                    for key, value in _OBJECT.decode(record).items()
+                    if key not in SECRET_FIELDS
+                )
+                + b"}"
+            )
         if start == b"[":
             return b"[" + b",".join(without_secrets(bytes(value)) for value in _ARRAY.decode(record)) + b"]"
         msgspec.json.decode(record, type=msgspec.Raw)  # a text or number: a value, never a key, if it is JSON
@@ -96,7 +108,7 @@ def without_secrets(record: bytes) -> bytes:
 def cut_secrets(text: bytes) -> bytes:
     """Text that cannot be parsed cut at its first SECRET_TRACE (a secret in it cannot be found by key)."""
     found = _TRACE.search(text)
-    return text if found is None else text[:found.start()] + CUT.encode()
+    return text if found is None else text[: found.start()] + CUT.encode()
 
 
 def cut_at_secrets(text: pl.Expr) -> pl.Expr:

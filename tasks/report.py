@@ -37,7 +37,9 @@ def publish_run_artifacts(summary: dict) -> None:
     lines += ["", "## Files", ""] + [f"- {kind}: `{path}`" for kind, path in summary["files"].items()]
     delivered = summary.get("delivered") or []
     lines += ["", "## Delivered", ""] + (
-        [f"- `{d['remote_path']}` ({d['bytes']} bytes)" for d in delivered] or ["Nothing delivered (SFTP not configured)."]
+        [f"- `{d['remote_path']}` ({d['bytes']} bytes)" for d in delivered]
+        or ["Nothing delivered (SFTP not configured)."]
     )
-    create_markdown_artifact(key="users-etl-summary", markdown="\n".join(lines),
-                             description="counts, DLQ reasons, files", _sync=True)
+    create_markdown_artifact(
+        key="users-etl-summary", markdown="\n".join(lines), description="counts, DLQ reasons, files", _sync=True
+    )

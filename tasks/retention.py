@@ -39,8 +39,11 @@ def expired_run_dirs(engine: Engine, *, runs_dir: Path, keep_days: int, now: dat
     with Session(engine) as session:
         # a run gets its finished_at when it ends (completed, failed or crashed); a running one has none
         ended = set(session.exec(select(EtlRun.id).where(EtlRun.finished_at < cutoff)).all())
-        staged = session.exec(select(EtlCheckpoint.staged_path).where(
-            EtlCheckpoint.status != "complete", EtlCheckpoint.staged_path.is_not(None))).all()
+        staged = session.exec(
+            select(EtlCheckpoint.staged_path).where(
+                EtlCheckpoint.status != "complete", EtlCheckpoint.staged_path.is_not(None)
+            )
+        ).all()
     resumable = {_owning_run(Path(p), runs_dir) for p in staged}
     return sorted(d for d in runs_dir.iterdir() if d.is_dir() and d.name in ended and d.name not in resumable)
 
@@ -49,8 +52,14 @@ def _size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def prune_run_dirs(engine: Engine, *, runs_dir: Path, keep_days: int, logger: logging.Logger | logging.LoggerAdapter,
-                   now: datetime | None = None) -> dict:
+def prune_run_dirs(
+    engine: Engine,
+    *,
+    runs_dir: Path,
+    keep_days: int,
+    logger: logging.Logger | logging.LoggerAdapter,
+    now: datetime | None = None,
+) -> dict:
     """Remove the expired run folders (`expired_run_dirs`); says how many and how many bytes, and returns it.
     Housekeeping never fails the run: a folder another run removed meanwhile is skipped, one that cannot be
     removed is named in a warning."""
@@ -67,6 +76,10 @@ def prune_run_dirs(engine: Engine, *, runs_dir: Path, keep_days: int, logger: lo
         freed += size
         removed.append(folder.name)
     if removed:
-        logger.info("removed the staged files of %d run(s) over for more than %d day(s) (RUN_FILES_KEEP_DAYS): "
-                    "%.1f MB", len(removed), keep_days, freed / 1e6)
+        logger.info(
+            "removed the staged files of %d run(s) over for more than %d day(s) (RUN_FILES_KEEP_DAYS): %.1f MB",
+            len(removed),
+            keep_days,
+            freed / 1e6,
+        )
     return {"removed": removed, "bytes": freed}

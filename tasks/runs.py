@@ -43,8 +43,10 @@ def this_host() -> str:
     """This machine, boot and pid namespace: where a pid names one process (a container has a namespace of
     its own; two machines of the same name, or a reboot, have another boot id)."""
     where = [socket.gethostname()]
-    for label, probe in (("boot", lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip()),
-                         ("pidns", lambda: str(os.stat("/proc/self/ns/pid").st_ino))):
+    for label, probe in (
+        ("boot", lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip()),
+        ("pidns", lambda: str(os.stat("/proc/self/ns/pid").st_ino)),
+    ):
         try:
             where.append(f"{label}={probe()}")
         except OSError:  # not Linux: the host name alone
@@ -77,16 +79,32 @@ def update_run(engine: Engine, *, run_id: str, **fields) -> None:
         session.commit()
 
 
-def finish_run(engine: Engine, *, run_id: str, status: str, error: str | None = None, if_running: bool = False,
-               ended_at: datetime | None = None, **fields) -> None:
+def finish_run(
+    engine: Engine,
+    *,
+    run_id: str,
+    status: str,
+    error: str | None = None,
+    if_running: bool = False,
+    ended_at: datetime | None = None,
+    **fields,
+) -> None:
     """The run's outcome. `if_running`: only if nothing has ended it yet; `ended_at`: when it ended (now)."""
     with Session(engine) as session:
         run = session.get(EtlRun, run_id)
         if run is None or (if_running and run.status != "running"):
             return
         now = ended_at or _now()
-        _apply(run, fields | {"status": status, "error": error, "finished_at": now,
-                              "duration_seconds": round((now - _aware(run.started_at)).total_seconds(), 3)})
+        _apply(
+            run,
+            fields
+            | {
+                "status": status,
+                "error": error,
+                "finished_at": now,
+                "duration_seconds": round((now - _aware(run.started_at)).total_seconds(), 3),
+            },
+        )
         session.add(run)
         session.commit()
 
@@ -101,8 +119,9 @@ class Heartbeat:
     """A daemon thread that stamps the run's heartbeat every `interval` seconds and calls `also` after each
     beat, until stopped. A beat that fails (the database busy or away) is tried again at the next."""
 
-    def __init__(self, engine: Engine, run_id: str, *, interval: float | None = None,
-                 also: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, engine: Engine, run_id: str, *, interval: float | None = None, also: Callable[[], None] | None = None
+    ) -> None:
         self.engine, self.run_id, self.also = engine, run_id, also
         self.interval = interval or HEARTBEAT_SECONDS
         self._stop = threading.Event()
@@ -120,8 +139,13 @@ class Heartbeat:
             try:
                 beat(self.engine, self.run_id)
             except Exception as exc:  # noqa: BLE001 (never the run's failure)
-                log.warning("run %s: heartbeat not stored (%s: %s); next try in %.0f s", self.run_id,
-                            type(exc).__name__, exc, self.interval)
+                log.warning(
+                    "run %s: heartbeat not stored (%s: %s); next try in %.0f s",
+                    self.run_id,
+                    type(exc).__name__,
+                    exc,
+                    self.interval,
+                )
             if self.also is not None and not self._stop.is_set():
                 self.also()
 
@@ -166,7 +190,12 @@ class Crash:
 def mark_crashed(engine: Engine, crashes: Iterable[Crash], *, noticed_by: str) -> None:
     """Each run ended as crashed, when it was last seen alive (else now), saying why."""
     for crash in crashes:
-        finish_run(engine, run_id=crash.run_id, status="crashed", if_running=True,
-                   ended_at=_aware(crash.last_seen) if crash.last_seen else None,
-                   error=f"the run ended without reporting back (crashed): {crash.why}; noticed at the start of "
-                         f"run {noticed_by}")
+        finish_run(
+            engine,
+            run_id=crash.run_id,
+            status="crashed",
+            if_running=True,
+            ended_at=_aware(crash.last_seen) if crash.last_seen else None,
+            error=f"the run ended without reporting back (crashed): {crash.why}; noticed at the start of "
+            f"run {noticed_by}",
+        )

@@ -41,13 +41,14 @@ USERS, DLQ = ProcessedUser.__tablename__, DlqUser.__tablename__
 REOPENED_NULLS = ("resolved_at", "resolved_run_id", "resolution")  # an entry seen again is open
 
 
-def resolve_entries(conn: Connection, where: str, params: tuple, *, run_id: str, now: datetime,
-                    resolution: str) -> int:
+def resolve_entries(conn: Connection, where: str, params: tuple, *, run_id: str, now: datetime, resolution: str) -> int:
     """Open DLQ entries matching `where` closed by this run; how many."""
     p = placeholder(conn)
     return conn.exec_driver_sql(
         f"{update_verb(conn)} {DLQ} SET resolved_at = {p}, resolved_run_id = {p}, resolution = {p} "
-        f"WHERE resolved_at IS NULL AND {where}", (time_param(conn, now), run_id, resolution, *params)).rowcount
+        f"WHERE resolved_at IS NULL AND {where}",
+        (time_param(conn, now), run_id, resolution, *params),
+    ).rowcount
 
 
 def resolve_valid(conn: Connection, user_ids: pl.Series, *, run_id: str, now: datetime) -> int:
@@ -58,8 +59,9 @@ def resolve_valid(conn: Connection, user_ids: pl.Series, *, run_id: str, now: da
     return resolve_entries(conn, where, params, run_id=run_id, now=now, resolution=RESOLVED_VALID)
 
 
-def store_failures(conn: Connection, dlq: pl.DataFrame, *, run_id: str, source: str, as_of: datetime,
-                   now: datetime) -> Counter:
+def store_failures(
+    conn: Connection, dlq: pl.DataFrame, *, run_id: str, source: str, as_of: datetime, now: datetime
+) -> Counter:
     """A piece of rejected records: entries opened (new, or seen again after they closed) and re-stamped; each
     record's user, when its observation is the newest, stops being current; the user's other open entries close
     as superseded; an entry older than its user's newest observation closes at once."""
@@ -76,8 +78,13 @@ def store_failures(conn: Connection, dlq: pl.DataFrame, *, run_id: str, source: 
     table, stamp, run = DlqUser.__table__, stamp_literal(conn, now), pl.lit(run_id)
     reopened = {"last_run_id": run, "last_seen_at": stamp, **dict.fromkeys(REOPENED_NULLS, pl.lit(None))}
     seen = dlq.join(before, on="record_hash", how="semi")
-    bulk_insert(conn, table, dlq.join(before, on="record_hash", how="anti").with_columns(
-        inserted_at=stamp, run_id=run, source=pl.lit(source), **reopened))
+    bulk_insert(
+        conn,
+        table,
+        dlq.join(before, on="record_hash", how="anti").with_columns(
+            inserted_at=stamp, run_id=run, source=pl.lit(source), **reopened
+        ),
+    )
     if seen.height:
         update_rows(conn, table, seen.select("record_hash", "error_reason", "user_id", **reopened), key="record_hash")
 
@@ -90,8 +97,9 @@ def store_failures(conn: Connection, dlq: pl.DataFrame, *, run_id: str, source: 
     stale = spoken.filter(~newest)
     if stale.height:  # the user was observed later (another source): this record is history already
         where, params = key_filter(conn, "record_hash", stale.get_column("record_hash"))
-        counts["dlq_resolved"] += resolve_entries(conn, where, params, run_id=run_id, now=now,
-                                                  resolution=RESOLVED_SUPERSEDED)
+        counts["dlq_resolved"] += resolve_entries(
+            conn, where, params, run_id=run_id, now=now, resolution=RESOLVED_SUPERSEDED
+        )
     current = spoken.filter(newest)
     if current.is_empty():
         return counts
@@ -100,11 +108,18 @@ def store_failures(conn: Connection, dlq: pl.DataFrame, *, run_id: str, source: 
     counts["invalidated"] += conn.exec_driver_sql(
         f"{update_verb(conn)} {USERS} SET status = {p}, status_changed_at = {p}, updated_at = {p}, status_run_id = {p}, "
         f"source_updated_at = {p} WHERE {in_ids} AND status <> {p}",
-        (INVALID, time_param(conn, now), time_param(conn, now), run_id, time_param(conn, as_of), *id_params, INVALID)).rowcount
+        (INVALID, time_param(conn, now), time_param(conn, now), run_id, time_param(conn, as_of), *id_params, INVALID),
+    ).rowcount
     in_users, user_params = key_filter(conn, "user_id", ids)
     in_hashes, hash_params = key_filter(conn, "record_hash", current.get_column("record_hash"))
-    counts["dlq_resolved"] += resolve_entries(conn, f"{in_users} AND NOT ({in_hashes})", (*user_params, *hash_params),
-                                              run_id=run_id, now=now, resolution=RESOLVED_SUPERSEDED)
+    counts["dlq_resolved"] += resolve_entries(
+        conn,
+        f"{in_users} AND NOT ({in_hashes})",
+        (*user_params, *hash_params),
+        run_id=run_id,
+        now=now,
+        resolution=RESOLVED_SUPERSEDED,
+    )
     return counts
 
 
@@ -118,8 +133,9 @@ class Absence:
     withheld: str | None = None
 
 
-def mark_absent(engine: Engine, *, source: str, seen_ids: pl.Series, run_id: str, now: datetime,
-                max_share: float) -> Absence:
+def mark_absent(
+    engine: Engine, *, source: str, seen_ids: pl.Series, run_id: str, now: datetime, max_share: float
+) -> Absence:
     """After a complete extraction of `source`: its users whose ids it did not see are deleted and its open DLQ
     entries it did not see again close, unless more than `max_share` of its known users would go at once."""
     with write_transaction(engine) as conn:
@@ -134,26 +150,49 @@ def mark_absent(engine: Engine, *, source: str, seen_ids: pl.Series, run_id: str
             gone_where, gone_params = f"{of_source} AND NOT ({in_seen})", (source, DELETED, *seen_params)
         gone = conn.exec_driver_sql(f"SELECT count(*) FROM {USERS} WHERE {gone_where}", gone_params).scalar()
         if known and gone > max_share * known:
-            return Absence(withheld=f"{gone} of {known} known {source} users ({gone / known:.0%}) were absent from "
-                                    f"the extraction, over the {max_share:.0%} allowed: none marked deleted "
-                                    f"(USERS_DELETE_MAX_SHARE)")
-        deleted = conn.exec_driver_sql(
-            f"{update_verb(conn)} {USERS} SET status = {p}, status_changed_at = {p}, updated_at = {p}, status_run_id = {p} "
-            f"WHERE {gone_where}", (DELETED, time_param(conn, now), time_param(conn, now), run_id, *gone_params)).rowcount if gone else 0
-        closed = resolve_entries(conn, f"source = {p} AND (last_run_id IS NULL OR last_run_id <> {p})",
-                                 (source, run_id), run_id=run_id, now=now, resolution=RESOLVED_GONE)
+            return Absence(
+                withheld=f"{gone} of {known} known {source} users ({gone / known:.0%}) were absent from "
+                f"the extraction, over the {max_share:.0%} allowed: none marked deleted "
+                f"(USERS_DELETE_MAX_SHARE)"
+            )
+        deleted = (
+            conn.exec_driver_sql(
+                f"{update_verb(conn)} {USERS} SET status = {p}, status_changed_at = {p}, updated_at = {p}, status_run_id = {p} "
+                f"WHERE {gone_where}",
+                (DELETED, time_param(conn, now), time_param(conn, now), run_id, *gone_params),
+            ).rowcount
+            if gone
+            else 0
+        )
+        closed = resolve_entries(
+            conn,
+            f"source = {p} AND (last_run_id IS NULL OR last_run_id <> {p})",
+            (source, run_id),
+            run_id=run_id,
+            now=now,
+            resolution=RESOLVED_GONE,
+        )
     return Absence(deleted=deleted, dlq_resolved=closed)
 
 
 def staged_ids(key_spans: list[tuple[str, list[int]]]) -> pl.Series:
     """The user ids among the raw lines' keys that transform staged (spans of its keys file)."""
-    ids = [read_frame(read_span(path, *span)).select(pl.col("source_id").cast(pl.Int64, strict=False)).to_series()
-           for path, span in key_spans]
+    ids = [
+        read_frame(read_span(path, *span)).select(pl.col("source_id").cast(pl.Int64, strict=False)).to_series()
+        for path, span in key_spans
+    ]
     return pl.concat(ids).drop_nulls().unique() if ids else pl.Series("source_id", [], pl.Int64)
 
 
-@task(name="mark-absent-users", retries=3, retry_delay_seconds=[1, 5, 15], retry_jitter_factor=0.5,
-      retry_condition_fn=retry_when(db_transient), cache_policy=NO_CACHE)
+@task(
+    name="mark-absent-users",
+    retries=3,
+    retry_delay_seconds=[1, 5, 15],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_when(db_transient),
+    cache_policy=NO_CACHE,
+)
 def mark_absent_task(engine: Engine, *, source: str, seen_ids: pl.Series, run_id: str, max_share: float) -> Absence:
-    return mark_absent(engine, source=source, seen_ids=seen_ids, run_id=run_id, now=datetime.now(UTC),
-                       max_share=max_share)
+    return mark_absent(
+        engine, source=source, seen_ids=seen_ids, run_id=run_id, now=datetime.now(UTC), max_share=max_share
+    )

@@ -106,8 +106,9 @@ def file_sha256(path: Path | str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def split_spans(path: Path | str, target_bytes: int, offset: int = 0, length: int | None = None
-                ) -> list[tuple[int, int]]:
+def split_spans(
+    path: Path | str, target_bytes: int, offset: int = 0, length: int | None = None
+) -> list[tuple[int, int]]:
     """Cut a JSONL file (or its span from `offset`, `length` bytes) into (offset, length) spans of about
     `target_bytes`, each ending on a newline."""
     size = Path(path).stat().st_size if length is None else offset + length
@@ -166,14 +167,17 @@ def read_frame(data: bytes) -> pl.DataFrame:
     return pl.read_ipc_stream(io.BytesIO(data))
 
 
-def raw_keys(lines: pl.Expr, *, ids: pl.Expr | None = None, id_path: str = "$.id",
-             id_column: str = "source_id") -> list[pl.Expr]:
+def raw_keys(
+    lines: pl.Expr, *, ids: pl.Expr | None = None, id_path: str = "$.id", id_column: str = "source_id"
+) -> list[pl.Expr]:
     """A raw line's keys in the raw layer: the source's id as text (`ids`, else read from the line at
     `id_path`; none when longer than raw_users' column of that name holds) and the line's content hash."""
     ids = lines.str.json_path_match(id_path) if ids is None else ids
     limit = RAW_ID_CHARS.get(id_column)
-    return [(ids if limit is None else pl.when(ids.str.len_chars() <= limit).then(ids)).alias(id_column),
-            lines.chash.sha2_256().alias("record_hash")]
+    return [
+        (ids if limit is None else pl.when(ids.str.len_chars() <= limit).then(ids)).alias(id_column),
+        lines.chash.sha2_256().alias("record_hash"),
+    ]
 
 
 def parsed_ids(raw: pl.DataFrame) -> pl.Expr | None:
@@ -188,7 +192,9 @@ def append_text_lines(path: Path | str, lines: pl.Series) -> tuple[int, int]:
     if not lines.len():
         return _append(path, None)
     frame = pl.DataFrame({"l": lines})
-    return _append(path, functools.partial(frame.write_csv, include_header=False, quote_style="never", separator="\x1f"))
+    return _append(
+        path, functools.partial(frame.write_csv, include_header=False, quote_style="never", separator="\x1f")
+    )
 
 
 # ---------------------------------------------------------------- flattening
@@ -249,43 +255,72 @@ def flatten(df: pl.DataFrame, fields: dict[str, tuple[str, ...]] | None = None) 
 # ---------------------------------------------------------------- the transform
 
 
-def transform_frame(raw: pl.DataFrame, departments: pl.DataFrame, *, source: str = "dummyjson",
-                    fields: dict[str, tuple[str, ...]] | None = None,
-                    raw_hash: pl.Series | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+def transform_frame(
+    raw: pl.DataFrame,
+    departments: pl.DataFrame,
+    *,
+    source: str = "dummyjson",
+    fields: dict[str, tuple[str, ...]] | None = None,
+    raw_hash: pl.Series | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(processed, dlq). Processed rows follow PROCESSED_SCHEMA plus record_hash; DLQ rows carry
     error_reason (every failed rule), reasons (list) and the masked original record. `raw_hash`: the raw
     lines' hashes when the caller has them already."""
     if raw.height == 0:
         return pl.DataFrame(schema=PROCESSED_SCHEMA), pl.DataFrame(
-            schema={"error_reason": pl.String, "reasons": pl.List(pl.String), "record_hash": pl.String,
-                    "user_id": pl.Int64, "record": pl.String}
+            schema={
+                "error_reason": pl.String,
+                "reasons": pl.List(pl.String),
+                "record_hash": pl.String,
+                "user_id": pl.Int64,
+                "record": pl.String,
+            }
         )
     return split_checked(check_frame(raw, departments, fields=fields, raw_hash=raw_hash), source=source)
 
 
-def check_frame(raw: pl.DataFrame, departments: pl.DataFrame, *, fields: dict[str, tuple[str, ...]] | None = None,
-                raw_hash: pl.Series | None = None, seen_ids: pl.Series | None = None) -> pl.DataFrame:
+def check_frame(
+    raw: pl.DataFrame,
+    departments: pl.DataFrame,
+    *,
+    fields: dict[str, tuple[str, ...]] | None = None,
+    raw_hash: pl.Series | None = None,
+    seen_ids: pl.Series | None = None,
+) -> pl.DataFrame:
     """Parsed records as staging columns, the values the rules judge as they would be stored (`id` and `age`
     read as 64-bit integers, names and email cleaned), each row with the names of the rules it fails
     (`reasons`). `seen_ids`: ids that earlier rows of the same batch had (a later row with one is a duplicate)."""
     seen = seen_ids if seen_ids is not None else pl.Series("id", [], pl.Int64)
     staged = (
         flatten(raw, fields)
-        .with_columns(pl.col(LINE).chash.sha2_256().alias("raw_hash") if raw_hash is None else raw_hash.alias("raw_hash"))
-        .with_columns(pl.col("department").str.strip_chars(), pl.col("first_name").str.strip_chars(),
-                      pl.col("email").str.strip_chars().str.to_lowercase(),
-                      integer_value("id_text").alias("id"), integer_value("age_text").alias("age"))
+        .with_columns(
+            pl.col(LINE).chash.sha2_256().alias("raw_hash") if raw_hash is None else raw_hash.alias("raw_hash")
+        )
+        .with_columns(
+            pl.col("department").str.strip_chars(),
+            pl.col("first_name").str.strip_chars(),
+            pl.col("email").str.strip_chars().str.to_lowercase(),
+            integer_value("id_text").alias("id"),
+            integer_value("age_text").alias("age"),
+        )
         .join(departments, on="department", how="left", maintain_order="left")
         .with_columns(
-            (pl.col("id").is_not_null()
-             & (~pl.col("id").is_first_distinct() | pl.col("id").is_in(seen.implode()))).alias("id_duplicate"),
+            (
+                pl.col("id").is_not_null() & (~pl.col("id").is_first_distinct() | pl.col("id").is_in(seen.implode()))
+            ).alias("id_duplicate"),
         )
     )
     rules = user_rules()
-    failed = staged.select(pl.sum_horizontal([(~r.passes.fill_null(False)).cast(pl.UInt64) * pl.lit(1 << i, pl.UInt64)
-                                              for i, r in enumerate(rules)]).alias(FAILED)).to_series()
-    return (staged.with_columns(failed).join(reason_lists(failed.unique(), rules), on=FAILED, how="left",
-                                             maintain_order="left").drop(FAILED))
+    failed = staged.select(
+        pl.sum_horizontal(
+            [(~r.passes.fill_null(False)).cast(pl.UInt64) * pl.lit(1 << i, pl.UInt64) for i, r in enumerate(rules)]
+        ).alias(FAILED)
+    ).to_series()
+    return (
+        staged.with_columns(failed)
+        .join(reason_lists(failed.unique(), rules), on=FAILED, how="left", maintain_order="left")
+        .drop(FAILED)
+    )
 
 
 def reason_lists(failed: pl.Series, rules: list[Rule]) -> pl.DataFrame:
@@ -303,10 +338,32 @@ def split_checked(staged: pl.DataFrame, *, source: str = "dummyjson") -> tuple[p
     ok = pl.col("reasons").list.len() == 0
 
     processed = staged.filter(ok).select(
-        "id", "first_name", "last_name", "maiden_name", "username", "email", "phone", "age",
-        "gender", "birth_date", "blood_group", "height", "weight", "eye_color", "university", "role",
-        "city", "state", "country", "postal_code", "latitude", "longitude",
-        "department", "department_code", "company_name", "company_title",
+        "id",
+        "first_name",
+        "last_name",
+        "maiden_name",
+        "username",
+        "email",
+        "phone",
+        "age",
+        "gender",
+        "birth_date",
+        "blood_group",
+        "height",
+        "weight",
+        "eye_color",
+        "university",
+        "role",
+        "city",
+        "state",
+        "country",
+        "postal_code",
+        "latitude",
+        "longitude",
+        "department",
+        "department_code",
+        "company_name",
+        "company_title",
         mask_value(pl.col("ssn"), SSN).alias("ssn_masked"),
         mask_value(pl.col("card_number"), CARD).alias("card_number_masked"),
         "card_type",
@@ -316,7 +373,8 @@ def split_checked(staged: pl.DataFrame, *, source: str = "dummyjson") -> tuple[p
     )
     processed = processed.with_columns(
         pl.concat_str([pl.col(c).cast(pl.String).fill_null("\x00") for c in PROCESSED_COLUMNS], separator="\x1f")
-        .chash.sha2_256().alias("record_hash")
+        .chash.sha2_256()
+        .alias("record_hash")
     ).cast(PROCESSED_SCHEMA)
 
     dlq = staged.filter(~ok).select(
@@ -326,7 +384,8 @@ def split_checked(staged: pl.DataFrame, *, source: str = "dummyjson") -> tuple[p
         # the user the record speaks for; none for a second copy of an id (the first copy speaks for it)
         pl.when(~pl.col("id_duplicate")).then(pl.col("id")).alias("user_id"),
         mask_sensitive(pl.col(LINE)).alias("record"),
-        LINE, RECORD,
+        LINE,
+        RECORD,
     )
     return processed, dlq_records(dlq).drop(LINE, RECORD)
 
@@ -345,12 +404,19 @@ def dlq_lines(dlq: pl.DataFrame) -> pl.Series:
     """DLQ rows as JSONL text with the record embedded as an object (rule names never need escaping)."""
     return dlq.select(
         pl.concat_str(
-            pl.lit('{"error_reason":"'), pl.col("error_reason"),
-            pl.lit('","reasons":["'), pl.col("reasons").list.join('","'),
-            pl.lit('"],"record_hash":"'), pl.col("record_hash"),
-            *([pl.lit('","user_id":'), pl.col("user_id").cast(pl.String).fill_null("null"), pl.lit(',"record":')]
-              if "user_id" in dlq.columns else [pl.lit('","record":')]),
-            pl.col("record"), pl.lit("}"),
+            pl.lit('{"error_reason":"'),
+            pl.col("error_reason"),
+            pl.lit('","reasons":["'),
+            pl.col("reasons").list.join('","'),
+            pl.lit('"],"record_hash":"'),
+            pl.col("record_hash"),
+            *(
+                [pl.lit('","user_id":'), pl.col("user_id").cast(pl.String).fill_null("null"), pl.lit(',"record":')]
+                if "user_id" in dlq.columns
+                else [pl.lit('","record":')]
+            ),
+            pl.col("record"),
+            pl.lit("}"),
         ).alias("line")
     ).get_column("line")
 
@@ -358,7 +424,8 @@ def dlq_lines(dlq: pl.DataFrame) -> pl.Series:
 def append_failure(dlq_path: Path | str, *, reason: str, record: str) -> tuple[int, int]:
     """A DLQ line for something that never became records (a rejected file); `record` is JSON text."""
     line = pl.DataFrame({"error_reason": [reason], "reasons": [[reason]], "record": [record]}).with_columns(
-        pl.col("record").chash.sha2_256().alias("record_hash"), pl.lit(None, pl.Int64).alias("user_id"))
+        pl.col("record").chash.sha2_256().alias("record_hash"), pl.lit(None, pl.Int64).alias("user_id")
+    )
     return append_text_lines(dlq_path, dlq_lines(line))
 
 
@@ -433,8 +500,9 @@ def transform_batch(
         if not raw.height:
             continue
         piece_keys = raw.select(raw_keys(pl.col(LINE), ids=parsed_ids(raw)))
-        checked = check_frame(raw, departments, fields=field_map, raw_hash=piece_keys.get_column("record_hash"),
-                              seen_ids=seen_ids)
+        checked = check_frame(
+            raw, departments, fields=field_map, raw_hash=piece_keys.get_column("record_hash"), seen_ids=seen_ids
+        )
         del raw
         seen_ids = pl.concat([seen_ids, checked.get_column("id").drop_nulls()])
         processed, dlq = split_checked(checked, source=source)
@@ -445,8 +513,9 @@ def transform_batch(
         valid, invalid = valid + processed.height, invalid + dlq.height
         if dlq.height:
             counted = dlq.select(pl.col("reasons").explode().value_counts()).unnest("reasons")
-            reasons.update(dict(zip(counted.get_column("reasons").to_list(), counted.get_column("count").to_list(),
-                                    strict=True)))
+            reasons.update(
+                dict(zip(counted.get_column("reasons").to_list(), counted.get_column("count").to_list(), strict=True))
+            )
         del processed, dlq
     p_end, d_end = file_size(processed_path), file_size(dlq_path)
     k_span = append_frame(keys_path, pl.concat(keys)) if keys_path and keys else None

@@ -117,8 +117,17 @@ def _reset(url: str) -> None:
 
     engine = engine_for(url)
     with engine.begin() as conn:
-        for table in ("raw_users", "processed_users", "dlq_users", "etl_runs", "etl_checkpoints", "schema_drift",
-                      "raw_feed_items", "feed_items", "dlq_feed_items"):
+        for table in (
+            "raw_users",
+            "processed_users",
+            "dlq_users",
+            "etl_runs",
+            "etl_checkpoints",
+            "schema_drift",
+            "raw_feed_items",
+            "feed_items",
+            "dlq_feed_items",
+        ):
             conn.execute(text(f"DELETE FROM {table}"))
 
 

@@ -6,9 +6,17 @@ from bench.pipeline import check_targets, render
 
 
 def _result(wall: float, peak: float, task_runs: int = 18) -> dict:
-    return {"wall_seconds": wall, "peak_rss_mb": peak, "task_runs": task_runs, "busy_seconds": wall - 1,
-            "cpu_seconds": wall, "rss_quarters_mb": [peak] * 4, "counts": {"invalid": 5_000, "delivered_bytes": 1},
-            "stage_seconds": {"extract": 1.0}, "stage_work_seconds": {"extract": 1.0, "deliver": 1.0}}
+    return {
+        "wall_seconds": wall,
+        "peak_rss_mb": peak,
+        "task_runs": task_runs,
+        "busy_seconds": wall - 1,
+        "cpu_seconds": wall,
+        "rss_quarters_mb": [peak] * 4,
+        "counts": {"invalid": 5_000, "delivered_bytes": 1},
+        "stage_seconds": {"extract": 1.0},
+        "stage_work_seconds": {"extract": 1.0, "deliver": 1.0},
+    }
 
 
 def _verdicts(checks) -> dict[str, bool | None]:
@@ -35,8 +43,10 @@ def test_a_1m_peak_above_the_100k_peak_beside_it_is_a_miss_and_equal_is_met():
     assert _verdicts(check_targets(1_000_000, same, {}, None, None))[key] is None  # nothing to compare with
     assert _verdicts(check_targets(1_000_000, same, {}, None, reference))["1M end to end on SQLite <= 150 s"] is True
     checks = dict(check_targets(1_000_000, higher, {}, None, reference))
-    assert ("peak RSS no higher than at 100k: 307 MB against 303 MB (the 100k runs just before each: "
-            "SQLite 307 against 294, PostgreSQL 303 against 303)") in checks
+    assert (
+        "peak RSS no higher than at 100k: 307 MB against 303 MB (the 100k runs just before each: "
+        "SQLite 307 against 294, PostgreSQL 303 against 303)"
+    ) in checks
 
 
 def test_a_larger_run_s_report_shows_the_100k_peaks_beside_its_own():
@@ -59,7 +69,7 @@ def test_the_report_ends_with_the_count_of_targets_met_and_each_miss_marked():
     results = {"sqlite": _result(9.8, 300), "postgresql": _result(16.0, 305)}
     naive, lighter = {"records": 20_000, "seconds": 20.0}, {"records": 20_000, "seconds": 10.0}
     report = render(100_000, results, naive, lighter, openssh=1.0, alone=1.2)
-    tail = report[report.index("Targets:"):].splitlines()
+    tail = report[report.index("Targets:") :].splitlines()
     assert tail[0] == "Targets: 5 of 6 met"
     assert "- **MISSED**: 100k end to end <= 15 s: SQLite 9.8 s, PostgreSQL 16.0 s" in tail
     assert "- met: >= 5x the same-job naive path: 10.20x" in tail

@@ -118,8 +118,9 @@ def generated_secrets(tmp_path_factory) -> Path:
     if shutil.which("ssh-keygen") is None:
         skip_or_fail("ssh-keygen (OpenSSH client) is needed by docker/init-secrets.sh")
     out = tmp_path_factory.mktemp("secrets") / "secrets"
-    subprocess.run(["bash", str(ROOT / "docker" / "init-secrets.sh"), str(out)], check=True, capture_output=True,
-                   timeout=60)
+    subprocess.run(
+        ["bash", str(ROOT / "docker" / "init-secrets.sh"), str(out)], check=True, capture_output=True, timeout=60
+    )
     return out
 
 
@@ -220,8 +221,13 @@ def test_generated_secrets_fit_the_containers(generated_secrets):
     files = {p.name: p for p in generated_secrets.iterdir()}
     assert (generated_secrets.stat().st_mode & 0o777) == 0o700
     assert files["sftp_host_key"].stat().st_mode & 0o077 == 0, "sshd refuses a group/world readable host key"
-    for name in ("postgres_password", "prefect_db_password", "sluice_db_password", "api_key",
-                 "sftp_client_key_passphrase"):
+    for name in (
+        "postgres_password",
+        "prefect_db_password",
+        "sluice_db_password",
+        "api_key",
+        "sftp_client_key_passphrase",
+    ):
         value = files[name].read_text()
         assert len(value) >= 32 and "\n" not in value, name
     host_pub = files["sftp_host_key.pub"].read_text().split()
@@ -235,8 +241,13 @@ def test_generated_secrets_fit_the_containers(generated_secrets):
         load_private_key(files["sftp_client_key"], None)
     key = load_private_key(files["sftp_client_key"], SecretStr(files["sftp_client_key_passphrase"].read_text()))
     assert files["sftp_client_key.pub"].read_text().split()[:2] == [key.get_name(), key.get_base64()]
-    again = subprocess.run(["bash", str(ROOT / "docker" / "init-secrets.sh"), str(generated_secrets)], check=True,
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        ["bash", str(ROOT / "docker" / "init-secrets.sh"), str(generated_secrets)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "created" not in again.stdout, "a second run must keep existing secrets"
 
 
@@ -336,12 +347,19 @@ def test_entrypoint_reads_secret_files_and_fills_url_passwords(tmp_path):
     ep = _entrypoint_module()
     (tmp_path / "db").write_text("p@ss/w:rd %\n")
     (tmp_path / "phrase").write_text("keep me")
-    env = {"DATABASE_URL": "postgresql+psycopg://sluice:${DB_PASSWORD}@postgres:5432/sluice",
-           "DB_PASSWORD_FILE": str(tmp_path / "db"), "SFTP_KEY_PASSPHRASE_FILE": str(tmp_path / "phrase"),
-           "ALREADY": "set", "ALREADY_FILE": str(tmp_path / "missing")}
+    env = {
+        "DATABASE_URL": "postgresql+psycopg://sluice:${DB_PASSWORD}@postgres:5432/sluice",
+        "DB_PASSWORD_FILE": str(tmp_path / "db"),
+        "SFTP_KEY_PASSPHRASE_FILE": str(tmp_path / "phrase"),
+        "ALREADY": "set",
+        "ALREADY_FILE": str(tmp_path / "missing"),
+    }
     ep.expand_url_placeholders(env, ep.load_secret_files(env))
-    assert env == {"DATABASE_URL": "postgresql+psycopg://sluice:p%40ss%2Fw%3Ard%20%25@postgres:5432/sluice",
-                   "SFTP_KEY_PASSPHRASE": "keep me", "ALREADY": "set"}
+    assert env == {
+        "DATABASE_URL": "postgresql+psycopg://sluice:p%40ss%2Fw%3Ard%20%25@postgres:5432/sluice",
+        "SFTP_KEY_PASSPHRASE": "keep me",
+        "ALREADY": "set",
+    }
     with pytest.raises(SystemExit, match="NOPE_FILE is not set"):
         ep.expand_url_placeholders({"X_URL": "x://u:${NOPE}@h"}, set())
     with pytest.raises(SystemExit, match="cannot read"):
@@ -420,15 +438,33 @@ def make_target(tmp_path):
     for f in fake.iterdir():
         f.chmod(0o755)
     log = tmp_path / "calls.log"
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("PREFECT_API_URL", "SLUICE_", "WORK_POOL", "EXTRACT_", "PREFECT_PORT"))}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_API_URL", "SLUICE_", "WORK_POOL", "EXTRACT_", "PREFECT_PORT"))
+    }
 
     def run(target: str, *make_args: str, check: bool = True, **env: str):
         log.write_text("")
         # -o: never rebuild the virtualenv here; BIN: the stand-in prefect
-        done = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "-o", ".venv/.installed-stamp",
-                               f"BIN={fake}", target, *make_args], env={**base, "FAKE_LOG": str(log), **env},
-                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        done = subprocess.run(
+            [
+                "make",
+                "--no-print-directory",
+                "-C",
+                str(ROOT),
+                "-o",
+                ".venv/.installed-stamp",
+                f"BIN={fake}",
+                target,
+                *make_args,
+            ],
+            env={**base, "FAKE_LOG": str(log), **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
         calls = log.read_text().splitlines()
         if not check:
             return done, calls
@@ -441,18 +477,27 @@ def make_target(tmp_path):
 def test_make_deploy_creates_the_pool_and_deploys_everything(make_target):
     calls = make_target("deploy")
     local = "PREFECT_API_URL=http://127.0.0.1:4200/api"
-    assert calls[0::2] == ["ARGS work-pool inspect sluice-process", "ARGS work-pool create sluice-process --type process",
-                           "ARGS --no-prompt deploy --all"]
+    assert calls[0::2] == [
+        "ARGS work-pool inspect sluice-process",
+        "ARGS work-pool create sluice-process --type process",
+        "ARGS --no-prompt deploy --all",
+    ]
     assert all(line.startswith(f"ENV {local} SLUICE_WORK_POOL=sluice-process ") for line in calls[1::2])
     assert calls[-1].endswith(f"EXTRACT_SCHEDULE_CRON=0 3 * * * PWD={ROOT}")
 
 
 def test_make_deploy_honours_the_environment(make_target):
-    calls = make_target("deploy", "WORK_POOL=team-pool", PREFECT_API_URL="http://prefect.internal:4200/api",
-                        EXTRACT_SCHEDULE_CRON="15 4 * * 1-5")
+    calls = make_target(
+        "deploy",
+        "WORK_POOL=team-pool",
+        PREFECT_API_URL="http://prefect.internal:4200/api",
+        EXTRACT_SCHEDULE_CRON="15 4 * * 1-5",
+    )
     assert calls[-2] == "ARGS --no-prompt deploy --all"
-    assert calls[-1] == (f"ENV PREFECT_API_URL=http://prefect.internal:4200/api SLUICE_WORK_POOL=team-pool "
-                         f"EXTRACT_SCHEDULE_CRON=15 4 * * 1-5 PWD={ROOT}")
+    assert calls[-1] == (
+        f"ENV PREFECT_API_URL=http://prefect.internal:4200/api SLUICE_WORK_POOL=team-pool "
+        f"EXTRACT_SCHEDULE_CRON=15 4 * * 1-5 PWD={ROOT}"
+    )
 
 
 def test_make_deploy_refuses_a_bad_cron(make_target):
@@ -465,9 +510,11 @@ def test_make_deploy_refuses_a_bad_cron(make_target):
 def test_make_server_worker_trigger(make_target):
     assert make_target("server", "PREFECT_PORT=4999")[0] == "ARGS server start --host 127.0.0.1 --port 4999"
     worker = make_target("worker", "PREFECT_PORT=4999", SLUICE_WORK_POOL="from-env")
-    assert worker == ["ARGS worker start --pool from-env --type process",
-                      f"ENV PREFECT_API_URL=http://127.0.0.1:4999/api SLUICE_WORK_POOL=from-env "
-                      f"EXTRACT_SCHEDULE_CRON=<unset> PWD={ROOT}"]
+    assert worker == [
+        "ARGS worker start --pool from-env --type process",
+        f"ENV PREFECT_API_URL=http://127.0.0.1:4999/api SLUICE_WORK_POOL=from-env "
+        f"EXTRACT_SCHEDULE_CRON=<unset> PWD={ROOT}",
+    ]
     trigger = make_target("trigger", PREFECT_API_URL="http://elsewhere:4200/api")
     assert trigger[0] == "ARGS deployment run users-etl/daily --watch"
     assert trigger[1].startswith("ENV PREFECT_API_URL=http://elsewhere:4200/api ")

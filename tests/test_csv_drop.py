@@ -28,9 +28,24 @@ def rows(url, sql):
 def csv_rows(users, start_id=5000):
     lines = []
     for i, u in enumerate(users):
-        lines.append(",".join([str(start_id + i), u["firstName"], u["lastName"], f"csv{start_id + i}@example.com",
-                               str(u["age"]), u["gender"], u["company"]["department"], f'"{u["company"]["name"]}"',
-                               u["company"]["title"], u["address"]["city"], u["address"]["country"], u["password"]]))
+        lines.append(
+            ",".join(
+                [
+                    str(start_id + i),
+                    u["firstName"],
+                    u["lastName"],
+                    f"csv{start_id + i}@example.com",
+                    str(u["age"]),
+                    u["gender"],
+                    u["company"]["department"],
+                    f'"{u["company"]["name"]}"',
+                    u["company"]["title"],
+                    u["address"]["city"],
+                    u["address"]["country"],
+                    u["password"],
+                ]
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -38,8 +53,10 @@ def csv_rows(users, start_id=5000):
     ("content", "message"),
     [
         (b'id,first_name,email,age,department\n1,Ann,a@x.com,30,Legal\n2,"Bo,b@x.com,31,Sales\n', "users.csv line"),
-        (b"id,first_name,email,age,department\n1,Ann,a@x.com,30,Legal\n2,B\xffo,b@x.com,31,Sales\n",
-         "users.csv line 3: not UTF-8"),
+        (
+            b"id,first_name,email,age,department\n1,Ann,a@x.com,30,Legal\n2,B\xffo,b@x.com,31,Sales\n",
+            "users.csv line 3: not UTF-8",
+        ),
         (b"id,first_name,email,age,department\n1,Ann,a@x.com,30,Legal,surplus\n", "users.csv line 2: 6 fields"),
         (b"1,Ann,a@x.com,30,Legal\n", "users.csv line 1: header lacks required column(s)"),
         (b"", "users.csv line 1: empty file"),
@@ -76,7 +93,7 @@ def test_csv_drop_end_to_end(settings_env, database_url, tmp_path):
         assert first["sources"]["csv"]["inserted"] == 30 and first["sources"]["dummyjson"]["inserted"] == 20
         assert first["sources"]["csv"]["failed"] == 1
         assert rows(url, "SELECT count(*) FROM processed_users WHERE source = 'csv'")[0][0] == 30
-        (reason, data), = rows(url, "SELECT error_reason, data FROM dlq_users WHERE source = 'csv'")
+        ((reason, data),) = rows(url, "SELECT error_reason, data FROM dlq_users WHERE source = 'csv'")
         assert reason == "csv_malformed" and "b_broken.csv line 2: 6 fields" in data
         assert not [p for p in (u["password"] for u in real[:30]) if p in str(rows(url, "SELECT data FROM raw_users"))]
 
@@ -89,8 +106,14 @@ def test_csv_drop_end_to_end(settings_env, database_url, tmp_path):
         changed[4] = {**changed[4], "lastName": "Changed"}
         good.write_text(HEADER + csv_rows(changed))
         third = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
-        assert third["sources"]["csv"] == {"inserted": 1, "updated": 1, "unchanged": 29, "restored": 0,
-                                           "invalidated": 0, "failed": 0}
+        assert third["sources"]["csv"] == {
+            "inserted": 1,
+            "updated": 1,
+            "unchanged": 29,
+            "restored": 0,
+            "invalidated": 0,
+            "failed": 0,
+        }
         assert rows(url, "SELECT last_name FROM processed_users WHERE id = 5004") == [("Changed",)]
 
 
@@ -109,7 +132,8 @@ def test_newest_record_wins_between_api_and_csv(settings_env, database_url, tmp_
         asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
         # the API (fetched now) is newer than the hour-old file: the API's record stands
         assert rows(url, f"SELECT last_name, source FROM processed_users WHERE id = {user['id']}") == [
-            (user["lastName"], "dummyjson")]
+            (user["lastName"], "dummyjson")
+        ]
         # a drop produced after the API's next fetch (its file time an hour ahead) is the newest observation:
         # it wins, and keeps winning over every fetch made before its time, whatever the API serves
         new_csv = drop / "new.csv"
@@ -119,9 +143,11 @@ def test_newest_record_wins_between_api_and_csv(settings_env, database_url, tmp_
         for _ in range(2):
             asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
             assert rows(url, f"SELECT last_name, source FROM processed_users WHERE id = {user['id']}") == [
-                ("FromNewCsv", "csv")]
+                ("FromNewCsv", "csv")
+            ]
         server.set_users([{**user, "lastName": "FromApiAgain"}])
         asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
     assert rows(url, f"SELECT last_name, source FROM processed_users WHERE id = {user['id']}") == [
-        ("FromNewCsv", "csv")]
+        ("FromNewCsv", "csv")
+    ]
     assert pl.DataFrame(rows(url, "SELECT id FROM processed_users"), orient="row").height == 1

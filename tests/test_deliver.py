@@ -52,9 +52,14 @@ DAY = "2024-05-17"
 
 def make_target(server: SshdServer, **overrides: object) -> SftpTarget:
     values: dict[str, object] = dict(
-        host=server.host, port=server.port, username=server.username,
-        key_path=server.key_path, known_hosts=server.known_hosts,
-        remote_base=server.remote_base, passphrase=SecretStr(server.passphrase), timeout=10.0,
+        host=server.host,
+        port=server.port,
+        username=server.username,
+        key_path=server.key_path,
+        known_hosts=server.known_hosts,
+        remote_base=server.remote_base,
+        passphrase=SecretStr(server.passphrase),
+        timeout=10.0,
     )
     values.update(overrides)
     return SftpTarget(**values)  # type: ignore[arg-type]
@@ -62,9 +67,7 @@ def make_target(server: SshdServer, **overrides: object) -> SftpTarget:
 
 def tree(root: Path) -> dict[str, bytes]:
     """Every file below ``root`` (hidden ones too), relative path -> contents."""
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def sha256(data: bytes) -> str:
@@ -99,13 +102,17 @@ def test_remote_dir_for() -> None:
 
 def test_target_from_settings_and_repr_hides_passphrase(tmp_path: Path) -> None:
     settings = Settings(
-        _env_file=None, sftp_host="sftp.example.com", sftp_port=2222, sftp_username="etl",
-        sftp_key_path=tmp_path / "id", sftp_known_hosts=tmp_path / "kh",
-        sftp_key_passphrase=SecretStr("hunter2-passphrase"), sftp_remote_base="/in",
+        _env_file=None,
+        sftp_host="sftp.example.com",
+        sftp_port=2222,
+        sftp_username="etl",
+        sftp_key_path=tmp_path / "id",
+        sftp_known_hosts=tmp_path / "kh",
+        sftp_key_passphrase=SecretStr("hunter2-passphrase"),
+        sftp_remote_base="/in",
     )
     target = SftpTarget.from_settings(settings)
-    assert (target.host, target.port, target.username, target.remote_base) == (
-        "sftp.example.com", 2222, "etl", "/in")
+    assert (target.host, target.port, target.username, target.remote_base) == ("sftp.example.com", 2222, "etl", "/in")
     assert target.passphrase is not None
     assert target.passphrase.get_secret_value() == "hunter2-passphrase"
     assert "hunter2" not in repr(target) and "hunter2" not in str(target)
@@ -115,9 +122,13 @@ def test_target_from_settings_and_repr_hides_passphrase(tmp_path: Path) -> None:
 
 def test_target_from_incomplete_settings_names_the_variables() -> None:
     settings = Settings(
-        _env_file=None, sftp_host="sftp.example.com", sftp_username=None,
-        sftp_key_path=None, sftp_known_hosts=None,
-        sftp_key_passphrase=None, sftp_key_passphrase_block=None,
+        _env_file=None,
+        sftp_host="sftp.example.com",
+        sftp_username=None,
+        sftp_key_path=None,
+        sftp_known_hosts=None,
+        sftp_key_passphrase=None,
+        sftp_key_passphrase_block=None,
     )
     with pytest.raises(ValueError) as info:
         SftpTarget.from_settings(settings)
@@ -137,10 +148,16 @@ def test_task_retry_policy(task) -> None:
 
 
 def test_one_remote_name_per_day_and_kind() -> None:
-    assert [daily_name(n) for n in ("records_20240517_120000.jsonl", "etl_20240517_120000.jsonl",
-                                    "invalid_users_20240517_120000.jsonl", "csv_users_b_20240517_120000.jsonl",
-                                    "notes.jsonl")] == [
-        "records.jsonl", "etl.jsonl", "invalid_users.jsonl", "csv_users_b.jsonl", "notes.jsonl"]
+    assert [
+        daily_name(n)
+        for n in (
+            "records_20240517_120000.jsonl",
+            "etl_20240517_120000.jsonl",
+            "invalid_users_20240517_120000.jsonl",
+            "csv_users_b_20240517_120000.jsonl",
+            "notes.jsonl",
+        )
+    ] == ["records.jsonl", "etl.jsonl", "invalid_users.jsonl", "csv_users_b.jsonl", "notes.jsonl"]
     assert incoming_dir("/upload/", "0f1e") == "/upload/.sluice-incoming/0f1e"
     assert incoming_dir("/", "0f1e") == "/.sluice-incoming/0f1e"
     for bad in ("../up", "a/b", ""):
@@ -179,8 +196,10 @@ def test_delivers_byte_identical_files_under_dated_dir(
     for result, path in zip(results, run_files, strict=True):
         data = path.read_bytes()
         assert result == {
-            "local_path": str(path), "remote_path": f"/upload/{DAY}/{path.name}",
-            "bytes": len(data), "sha256": sha256(data),
+            "local_path": str(path),
+            "remote_path": f"/upload/{DAY}/{path.name}",
+            "bytes": len(data),
+            "sha256": sha256(data),
         }
     assert sshd.passphrase not in caplog.text
 
@@ -213,11 +232,10 @@ def test_changed_host_key_is_refused(sshd: SshdServer, run_files: list[Path], tm
 
 
 @pytest.mark.sshd
-@pytest.mark.parametrize("entry", ["", "[127.0.0.1]:1 {key}\n", "127.0.0.1 {key}\n"],
-                         ids=["empty", "other-port", "port-22-entry"])
-def test_unknown_host_is_refused(
-    sshd: SshdServer, run_files: list[Path], tmp_path: Path, entry: str
-) -> None:
+@pytest.mark.parametrize(
+    "entry", ["", "[127.0.0.1]:1 {key}\n", "127.0.0.1 {key}\n"], ids=["empty", "other-port", "port-22-entry"]
+)
+def test_unknown_host_is_refused(sshd: SshdServer, run_files: list[Path], tmp_path: Path, entry: str) -> None:
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(entry.format(key=sshd.host_public_key))
     with pytest.raises(HostKeyError) as info:
@@ -284,9 +302,7 @@ def test_remote_permission_error_is_not_transient(sshd: SshdServer, run_files: l
 
 
 @pytest.mark.sshd
-def test_connection_dropped_mid_upload_then_retry_leaves_one_whole_copy(
-    sshd: SshdServer, tmp_path: Path
-) -> None:
+def test_connection_dropped_mid_upload_then_retry_leaves_one_whole_copy(sshd: SshdServer, tmp_path: Path) -> None:
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(40 * 1024 * 1024))
     small = tmp_path / "small.csv"
@@ -299,8 +315,11 @@ def test_connection_dropped_mid_upload_then_retry_leaves_one_whole_copy(
         # wait until the server has written part of the temp file, then kill the
         # per-connection sshd processes: a real dropped connection, seen by the client
         while not stop.is_set():
-            partial = [p for p in day_dir.glob(".big.bin.part-*") if p.stat().st_size >= 4 * 1024 * 1024] \
-                if day_dir.is_dir() else []
+            partial = (
+                [p for p in day_dir.glob(".big.bin.part-*") if p.stat().st_size >= 4 * 1024 * 1024]
+                if day_dir.is_dir()
+                else []
+            )
             if partial:
                 killed.append(sshd.kill_connections())
                 return
@@ -338,9 +357,7 @@ def _task_run_count(state: object) -> int:
 
 
 @pytest.mark.sshd
-def test_task_retries_transient_failure(
-    prefect_server: str, sshd: SshdServer, run_files: list[Path]
-) -> None:
+def test_task_retries_transient_failure(prefect_server: str, sshd: SshdServer, run_files: list[Path]) -> None:
     from prefect import flow
 
     # First attempt: something listening on the port that hangs up during the SSH
@@ -368,9 +385,9 @@ def test_task_retries_transient_failure(
 
     @flow(name="deliver-retry-test")
     def deliver() -> None:
-        states.append(deliver_files_task.with_options(retry_delay_seconds=0.2)(
-            target, run_files, remote_dir, return_state=True
-        ))
+        states.append(
+            deliver_files_task.with_options(retry_delay_seconds=0.2)(target, run_files, remote_dir, return_state=True)
+        )
 
     try:
         deliver()
@@ -397,9 +414,11 @@ def test_task_does_not_retry_host_key_error(
 
     @flow(name="deliver-no-retry-test")
     def deliver() -> None:
-        states.append(deliver_files_task.with_options(retry_delay_seconds=5)(
-            target, run_files, f"/upload/{DAY}", return_state=True
-        ))
+        states.append(
+            deliver_files_task.with_options(retry_delay_seconds=5)(
+                target, run_files, f"/upload/{DAY}", return_state=True
+            )
+        )
 
     started = time.monotonic()
     deliver()
@@ -416,11 +435,14 @@ def test_passphrase_from_prefect_secret_block(prefect_server: str, tmp_path: Pat
 
     Secret(value="0123").save("sluice-test-sftp-passphrase", overwrite=True)
     common = dict(
-        _env_file=None, sftp_host="h", sftp_username="u", sftp_key_path=tmp_path / "id",
-        sftp_known_hosts=tmp_path / "kh", sftp_key_passphrase=None,
+        _env_file=None,
+        sftp_host="h",
+        sftp_username="u",
+        sftp_key_path=tmp_path / "id",
+        sftp_known_hosts=tmp_path / "kh",
+        sftp_key_passphrase=None,
     )
-    target = SftpTarget.from_settings(
-        Settings(**common, sftp_key_passphrase_block="sluice-test-sftp-passphrase"))
+    target = SftpTarget.from_settings(Settings(**common, sftp_key_passphrase_block="sluice-test-sftp-passphrase"))
     assert target.passphrase is not None
     assert target.passphrase.get_secret_value() == "0123"  # kept a string, not JSON-decoded
     with pytest.raises(ConfigError, match="SFTP_KEY_PASSPHRASE_BLOCK"):
@@ -446,8 +468,9 @@ def test_demo_server_receives_identical_files(tmp_path: Path, run_files: list[Pa
         other = tmp_path / "id_other"
         other.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
         with pytest.raises(AuthRefusedError):
-            upload_files(SftpTarget(**{**demo.target().__dict__, "key_path": other, "passphrase": None}),
-                         run_files, "/x")
+            upload_files(
+                SftpTarget(**{**demo.target().__dict__, "key_path": other, "passphrase": None}), run_files, "/x"
+            )
         with pytest.raises(AuthRefusedError):
             upload_files(SftpTarget(**{**demo.target().__dict__, "username": "root"}), run_files, "/x")
         host_line = demo.known_hosts.read_text().split(" ", 1)[1]
@@ -464,9 +487,16 @@ def test_demo_server_receives_identical_files(tmp_path: Path, run_files: list[Pa
 
 def sftp_env(set_env, server: SshdServer, **more: object) -> None:
     """The SFTP settings pointing at `server`, through the environment as a user sets them."""
-    set_env(sftp_host=server.host, sftp_port=server.port, sftp_username=server.username,
-            sftp_key_path=server.key_path, sftp_known_hosts=server.known_hosts,
-            sftp_key_passphrase=server.passphrase, sftp_remote_base=server.remote_base, **more)
+    set_env(
+        sftp_host=server.host,
+        sftp_port=server.port,
+        sftp_username=server.username,
+        sftp_key_path=server.key_path,
+        sftp_known_hosts=server.known_hosts,
+        sftp_key_passphrase=server.passphrase,
+        sftp_remote_base=server.remote_base,
+        **more,
+    )
 
 
 def download(server: SshdServer, remote_dir: str) -> dict[str, bytes]:
@@ -491,14 +521,24 @@ def staged_run(tmp_path: Path) -> tuple[list[dict], Path, Path, Path]:
     for path in (raw, processed, dlq):
         path.parent.mkdir(parents=True)
     raw.write_bytes(staged_lines(users))
-    transform_batch.fn(read_departments(BUNDLED_DEPARTMENTS), raw_path=str(raw), offset=0,
-                       length=raw.stat().st_size, processed_path=str(processed), dlq_path=str(dlq))
+    transform_batch.fn(
+        read_departments(BUNDLED_DEPARTMENTS),
+        raw_path=str(raw),
+        offset=0,
+        length=raw.stat().st_size,
+        processed_path=str(processed),
+        dlq_path=str(dlq),
+    )
     return users, raw, processed, dlq
 
 
 def sensitive_values(users: list[dict]) -> list[str]:
-    return [v for u in users for v in (u.get("ssn"), u["bank"].get("cardNumber"), u["bank"].get("iban"),
-                                       u.get("password")) if v]
+    return [
+        v
+        for u in users
+        for v in (u.get("ssn"), u["bank"].get("cardNumber"), u["bank"].get("iban"), u.get("password"))
+        if v
+    ]
 
 
 @pytest.mark.sshd
@@ -526,7 +566,10 @@ def test_delivered_raw_file_is_masked_by_default_as_everywhere_else(
     lines = [json.loads(line) for line in got[raw.name].decode().splitlines()]
     assert len(lines) == len(users) and [r["id"] for r in lines] == [u["id"] for u in users]
     assert (lines[0]["ssn"], lines[0]["bank"]["cardNumber"], lines[0]["bank"]["iban"]) == (
-        "***-**-0289", "**** **** **** 5044", "****U8F8")
+        "***-**-0289",
+        "**** **** **** 5044",
+        "****U8F8",
+    )
     first_line = {}
     for line in lines:
         first_line.setdefault(line["id"], line)
@@ -541,9 +584,7 @@ def test_delivered_raw_file_is_masked_by_default_as_everywhere_else(
 
 @pytest.mark.sshd
 @pytest.mark.parametrize("mode", ["full", "none"])
-def test_deliver_raw_full_or_none(
-    prefect_server: str, sshd: SshdServer, settings_env, staged_run, mode: str
-) -> None:
+def test_deliver_raw_full_or_none(prefect_server: str, sshd: SshdServer, settings_env, staged_run, mode: str) -> None:
     users, raw, processed, dlq = staged_run
     sftp_env(settings_env, sshd, deliver_raw=mode)
 

@@ -68,9 +68,17 @@ def run_row(url: str, run_id: str) -> EtlRun:
 def env(prefect_server: str, sshd: SshdServer, settings_env, tmp_path: Path) -> str:
     """SFTP settings pointing at the test sshd, the raw file delivered as staged, a migrated SQLite database."""
     url = migrated(f"sqlite:///{tmp_path / 'app.db'}")
-    settings_env(sftp_host=sshd.host, sftp_port=sshd.port, sftp_username=sshd.username,
-                 sftp_key_path=sshd.key_path, sftp_known_hosts=sshd.known_hosts, sftp_key_passphrase=sshd.passphrase,
-                 sftp_remote_base=sshd.remote_base, deliver_raw="full", database_url=url)
+    settings_env(
+        sftp_host=sshd.host,
+        sftp_port=sshd.port,
+        sftp_username=sshd.username,
+        sftp_key_path=sshd.key_path,
+        sftp_known_hosts=sshd.known_hosts,
+        sftp_key_passphrase=sshd.passphrase,
+        sftp_remote_base=sshd.remote_base,
+        deliver_raw="full",
+        database_url=url,
+    )
     return url
 
 
@@ -94,8 +102,9 @@ def users_shaped(before_failing: Callable[[str], None] | None = None) -> Flow:
             return {"work_spans": []}
 
         try:
-            clock.start("deliver", deliver, files, DAY, raw_files=[files[0]], run_id=run_id, publish=False,
-                        daily_names=True)
+            clock.start(
+                "deliver", deliver, files, DAY, raw_files=[files[0]], run_id=run_id, publish=False, daily_names=True
+            )
             clock.start("persist", persist)
             clock.result("persist")
             staged = clock.result("deliver")["staged"]
@@ -116,8 +125,9 @@ def run_parent(files: list[Path], url: str) -> dict:
     return users_shaped()([str(f) for f in files], url)
 
 
-def failed_run(files: list[Path], url: str, persist_fails: bool = False,
-               before_failing: Callable[[str], None] | None = None) -> tuple[str, BaseException]:
+def failed_run(
+    files: list[Path], url: str, persist_fails: bool = False, before_failing: Callable[[str], None] | None = None
+) -> tuple[str, BaseException]:
     state = users_shaped(before_failing)([str(f) for f in files], url, persist_fails, return_state=True)
     assert state.is_failed(), state
     return str(state.state_details.flow_run_id), state.result(raise_on_failure=False)
@@ -163,8 +173,10 @@ def test_sftp_down_past_the_retries_then_back(env: str, sshd: SshdServer, tmp_pa
     assert len(on_server[f"{DAY}/records.jsonl"].splitlines()) == 50_000  # not 150k lines for 50k users
     assert list(incoming.iterdir()) == []  # the failed run's uploads went with the rerun
     row = run_row(env, out["run_id"])
-    assert json.loads(row.delivered) == [{"remote_path": f"/upload/{DAY}/{name}", "bytes": f.stat().st_size}
-                                         for name, f in zip(DAILY, second, strict=True)]
+    assert json.loads(row.delivered) == [
+        {"remote_path": f"/upload/{DAY}/{name}", "bytes": f.stat().st_size}
+        for name, f in zip(DAILY, second, strict=True)
+    ]
     assert (row.delivered_files, row.delivered_bytes) == (3, sum(f.stat().st_size for f in second))
 
 
@@ -197,8 +209,7 @@ def test_a_run_failing_in_persist_delivers_nothing(env: str, sshd: SshdServer, t
 
 
 @pytest.mark.sshd
-def test_uploads_a_failed_run_could_not_remove_go_with_the_next_run(
-        env: str, sshd: SshdServer, tmp_path: Path) -> None:
+def test_uploads_a_failed_run_could_not_remove_go_with_the_next_run(env: str, sshd: SshdServer, tmp_path: Path) -> None:
     files = staged_run(tmp_path, "20240517_060000", users=2_000)
     incoming = sshd.local_root / INCOMING_DIR
     sizes = sorted(f.stat().st_size for f in files)
@@ -226,8 +237,9 @@ def test_publish_checks_every_staged_file_before_renaming_any(env: str, sshd: Ss
     run_id = str(uuid.uuid4())
     runs.start_run(engine_for(env), run_id=run_id, flow_name="users-etl")
     files = staged_run(tmp_path, "20240517_060000", users=500)
-    staged = deliver([str(f) for f in files], DAY, raw_files=[str(files[0])], run_id=run_id, publish=False,
-                     daily_names=True)["staged"]
+    staged = deliver(
+        [str(f) for f in files], DAY, raw_files=[str(files[0])], run_id=run_id, publish=False, daily_names=True
+    )["staged"]
     part = sshd.local_root / INCOMING_DIR / run_id / "invalid_users.jsonl.part"
     part.write_bytes(b"changed by someone else\n")
 
@@ -243,8 +255,9 @@ def test_a_publish_failing_midway_records_exactly_what_landed(env: str, sshd: Ss
     run_id = str(uuid.uuid4())
     runs.start_run(engine_for(env), run_id=run_id, flow_name="users-etl")
     files = staged_run(tmp_path, "20240517_060000", users=500)
-    staged = deliver([str(f) for f in files], DAY, raw_files=[str(files[0])], run_id=run_id, publish=False,
-                     daily_names=True)["staged"]
+    staged = deliver(
+        [str(f) for f in files], DAY, raw_files=[str(files[0])], run_id=run_id, publish=False, daily_names=True
+    )["staged"]
     owner = sshd.local_root.stat()
     for folder in (sshd.local_root / DAY, sshd.local_root / DAY / "invalid_users.jsonl"):  # a folder in the way
         folder.mkdir()
@@ -254,8 +267,10 @@ def test_a_publish_failing_midway_records_exactly_what_landed(env: str, sshd: Ss
         publish_delivery(staged, run_id=run_id)
     assert f"publishing invalid_users.jsonl.part as /upload/{DAY}/invalid_users.jsonl" in str(info.value)
     row = run_row(env, run_id)
-    assert json.loads(row.delivered) == [{"remote_path": f"/upload/{DAY}/{n}", "bytes": f.stat().st_size}
-                                         for n, f in zip(DAILY[:2], files[:2], strict=True)]
+    assert json.loads(row.delivered) == [
+        {"remote_path": f"/upload/{DAY}/{n}", "bytes": f.stat().st_size}
+        for n, f in zip(DAILY[:2], files[:2], strict=True)
+    ]
     assert (row.delivered_files, row.delivered_bytes) == (2, files[0].stat().st_size + files[1].stat().st_size)
     assert tree(sshd.local_root / DAY) == {n: f.read_bytes() for n, f in zip(DAILY[:2], files[:2], strict=True)}
 
@@ -287,18 +302,22 @@ def test_cleaning_spares_runs_still_going(env: str, sshd: SshdServer, tmp_path: 
     delivered = two_runs()
     assert [Path(d["remote_path"]).name for d in delivered] == [feeds.name, *DAILY]
     assert tree(sshd.local_root) == {f"{DAY}/{feeds.name}": feeds.read_bytes()} | {
-        f"{DAY}/{n}": f.read_bytes() for n, f in zip(DAILY, users, strict=True)}
+        f"{DAY}/{n}": f.read_bytes() for n, f in zip(DAILY, users, strict=True)
+    }
 
 
 @pytest.mark.sshd
-def test_users_etl_publishes_once_persisted_and_a_rerun_replaces(
-        env: str, sshd: SshdServer, settings_env) -> None:
+def test_users_etl_publishes_once_persisted_and_a_rerun_replaces(env: str, sshd: SshdServer, settings_env) -> None:
     """users-etl itself: a run whose persist fails leaves nothing on the server; two runs the same day leave
     one copy of each file, and each run's row lists exactly what landed."""
     settings_env(users_page_size=50, deliver_raw=None)
     with engine_for(env).begin() as conn:
-        conn.execute(text("CREATE TRIGGER refuse_150 BEFORE INSERT ON processed_users WHEN NEW.id = 150 "
-                          "BEGIN SELECT RAISE(ABORT, 'user 150 refused'); END"))
+        conn.execute(
+            text(
+                "CREATE TRIGGER refuse_150 BEFORE INSERT ON processed_users WHEN NEW.id = 150 "
+                "BEGIN SELECT RAISE(ABORT, 'user 150 refused'); END"
+            )
+        )
     with DummyJsonServer(load_real_users()) as server:
         state = asyncio.run(users_etl(api_base=server.base_url, batch_records=50, return_state=True))
         assert state.is_failed() and "user 150 refused" in state.message

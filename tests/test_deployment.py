@@ -33,8 +33,19 @@ STEP_TIMEOUT = 180
 STAGES = ("extract", "transform", "persist", "deliver")
 
 # configuration the developer's shell may carry that would change what the flow does
-_CLEARED_PREFIXES = ("USERS_", "SFTP_", "DATABASE_", "DATA_DIR", "DEPARTMENTS_", "EXTRACT_", "FEED_",
-                     "PREFECT_API_", "PREFECT_PROFILE", "SLUICE_WORK_POOL", "WORK_POOL")
+_CLEARED_PREFIXES = (
+    "USERS_",
+    "SFTP_",
+    "DATABASE_",
+    "DATA_DIR",
+    "DEPARTMENTS_",
+    "EXTRACT_",
+    "FEED_",
+    "PREFECT_API_",
+    "PREFECT_PROFILE",
+    "SLUICE_WORK_POOL",
+    "WORK_POOL",
+)
 
 
 def _make(*args: str) -> list[str]:
@@ -71,8 +82,9 @@ def local_server(clean_env, tmp_path) -> Iterator[tuple[int, str]]:
 def _run(cmd: list[str], env: dict[str, str], log: Path, what: str) -> None:
     with log.open("wb") as out:
         try:
-            done = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=STEP_TIMEOUT,
-                                  start_new_session=True)
+            done = subprocess.run(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=STEP_TIMEOUT, start_new_session=True
+            )
         except subprocess.TimeoutExpired:
             pytest.fail(f"{what} did not finish in {STEP_TIMEOUT} s\n{tail(log)}")
     assert done.returncode == 0, f"{what} exited with {done.returncode}\n{tail(log)}"
@@ -82,14 +94,22 @@ def test_scheduled_deployment_runs_on_a_worker(local_server, clean_env, tmp_path
     port, api_url = local_server
     prefect_yaml = (ROOT / "prefect.yaml").read_bytes()
     db = tmp_path / "app.db"
-    flow_env = {**clean_env, "DATABASE_URL": f"sqlite:///{db}", "DATA_DIR": str(tmp_path / "data"),
-                "EXTRACT_RETRY_BASE_SECONDS": "0"}
+    flow_env = {
+        **clean_env,
+        "DATABASE_URL": f"sqlite:///{db}",
+        "DATA_DIR": str(tmp_path / "data"),
+        "EXTRACT_RETRY_BASE_SECONDS": "0",
+    }
     users = load_real_users()
     _run(_make("migrate"), flow_env, tmp_path / "migrate.log", "`make migrate`")  # the database, as a user makes it
 
     # deploy to an explicit PREFECT_API_URL, as against a remote server
-    _run(_make("deploy"), {**flow_env, "PREFECT_API_URL": api_url, "EXTRACT_SCHEDULE_CRON": CRON},
-         tmp_path / "deploy.log", "`make deploy`")
+    _run(
+        _make("deploy"),
+        {**flow_env, "PREFECT_API_URL": api_url, "EXTRACT_SCHEDULE_CRON": CRON},
+        tmp_path / "deploy.log",
+        "`make deploy`",
+    )
     assert (ROOT / "prefect.yaml").read_bytes() == prefect_yaml, "`prefect deploy` rewrote prefect.yaml"
 
     worker, worker_log = None, tmp_path / "worker.log"
@@ -97,9 +117,13 @@ def test_scheduled_deployment_runs_on_a_worker(local_server, clean_env, tmp_path
         try:
             # worker and trigger: PREFECT_API_URL unset, so the Makefile points them at the local server
             with worker_log.open("wb") as out:
-                worker = subprocess.Popen(_make("worker", f"PREFECT_PORT={port}"),
-                                          env={**flow_env, "USERS_API_BASE": source.base_url},
-                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                worker = subprocess.Popen(
+                    _make("worker", f"PREFECT_PORT={port}"),
+                    env={**flow_env, "USERS_API_BASE": source.base_url},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             _run(_make("trigger", f"PREFECT_PORT={port}"), flow_env, tmp_path / "trigger.log", "`make trigger`")
             assert worker.poll() is None, f"the worker exited\n{tail(worker_log)}"
             assert source.requests, "the flow run did not read USERS_API_BASE from the worker's environment"
@@ -140,16 +164,20 @@ def _check_prefect_api(api_url: str) -> str:
         assert pull == {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
 
         [parent] = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        )
         assert parent.state is not None and parent.state.is_completed(), parent.state
         children = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id]))
+        )
         by_stage = {client.read_flow(child.flow_id).name: child for child in children}
         assert sorted(by_stage) == sorted(STAGES)
         for name, child in by_stage.items():
             assert child.state is not None and child.state.is_completed(), (name, child.state)
-        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[child.id for child in children])), task_run_filter=TaskRunFilter())
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[child.id for child in children])),
+            task_run_filter=TaskRunFilter(),
+        )
         ran_in = {run.flow_run_id for run in task_runs}
         for stage in ("extract", "transform", "persist"):
             assert by_stage[stage].id in ran_in, f"no task runs under the {stage} subflow"
@@ -161,6 +189,7 @@ def _check_database(db: Path, users: list[dict], parent_id: str) -> None:
     engine = create_engine(f"sqlite:///{db}")
     try:
         with engine.connect() as conn:
+
             def count(table: str) -> int:
                 return conn.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
 

@@ -40,7 +40,11 @@ def drifted(users):
 def test_compare_names_every_change():
     before = {"a": "Int64", "b": "String", "c.d": "Float64"}
     now = {"a": "String", "c.d": "Float64", "e": "Boolean"}
-    assert [(c["change"], c["field"]) for c in compare(before, now)] == [("added", "e"), ("missing", "b"), ("retyped", "a")]
+    assert [(c["change"], c["field"]) for c in compare(before, now)] == [
+        ("added", "e"),
+        ("missing", "b"),
+        ("retyped", "a"),
+    ]
     assert merge_types([{"x": "Int64"}, {"x": "String"}, {"x": "Null", "y": "Null"}]) == {"x": "mixed", "y": "Null"}
     import polars as pl
 
@@ -55,13 +59,17 @@ def test_drifted_source_under_each_policy(settings_env, database_url, policy):
         asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
         server.set_users(drifted(users))
         state = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False, return_state=True))
-    recorded = {(f, c) for f, c, p in rows(database_url, "SELECT field, change, policy FROM schema_drift") if p == policy}
+    recorded = {
+        (f, c) for f, c, p in rows(database_url, "SELECT field, change, policy FROM schema_drift") if p == policy
+    }
     assert recorded == {("phone", "missing"), ("phoneNumber", "added"), ("age", "retyped")}
     run = rows(database_url, "SELECT status, schema_drift, failed_stage FROM etl_runs ORDER BY started_at DESC")[0]
     if policy == "fail":
         assert state.is_failed() and "schema drift" in state.message and "phoneNumber added" in state.message
         assert run[0] == "failed" and run[2] == "transform"
-        assert rows(database_url, "SELECT count(*) FROM processed_users")[0][0] == 60  # nothing of the drifted run stored
+        assert (
+            rows(database_url, "SELECT count(*) FROM processed_users")[0][0] == 60
+        )  # nothing of the drifted run stored
     else:
         assert state.is_completed()
         summary = state.result()
@@ -81,8 +89,9 @@ def test_unchanged_source_records_no_drift(settings_env, database_url):
 
 @pytest.mark.parametrize("fail", [False, True])
 def test_anomalous_run_is_flagged(settings_env, database_url, fail):
-    settings_env(database_url=database_url, anomaly_min_runs=2, anomaly_fail=str(fail).lower(),
-                 anomaly_duration_factor=1000)
+    settings_env(
+        database_url=database_url, anomaly_min_runs=2, anomaly_fail=str(fail).lower(), anomaly_duration_factor=1000
+    )
     users = load_real_users()
     with DummyJsonServer(users) as server:
         for _ in range(2):

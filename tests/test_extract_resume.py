@@ -39,14 +39,12 @@ asyncio.run(users_etl(api_base=sys.argv[1], page_size={page}, batch_records={bat
 """
 
 
-
 def _checkpoint(url: str) -> tuple[int, int, str]:
     return rows(url, "SELECT cursor, staged_bytes, staged_path FROM etl_checkpoints")[0]
 
 
 def _stored_cursor(url: str) -> int:
     return max((r[0] for r in rows(url, "SELECT cursor FROM etl_checkpoints")), default=-1)
-
 
 
 @pytest.fixture
@@ -72,8 +70,13 @@ def _run_in_child(server: DummyJsonServer, log: Path) -> Iterator[subprocess.Pop
     """users-etl in a process of its own (this one's environment: database, data dir, Prefect API), killed on
     leaving if still alive."""
     with log.open("w") as out:
-        child = subprocess.Popen([sys.executable, "-c", RUN.format(page=PAGE, batch=BATCH), server.base_url],
-                                 cwd=ROOT, env=os.environ.copy(), stdout=out, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(
+            [sys.executable, "-c", RUN.format(page=PAGE, batch=BATCH), server.base_url],
+            cwd=ROOT,
+            env=os.environ.copy(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         yield child
     finally:
@@ -84,8 +87,13 @@ def _run_in_child(server: DummyJsonServer, log: Path) -> Iterator[subprocess.Pop
 
 def _kill_when_stalled(server: DummyJsonServer, child: subprocess.Popen, log: Path) -> int:
     """SIGKILL the run while it waits for STALL_SKIP; the number of requests the source had by then."""
-    wait_for(f"request for skip={STALL_SKIP}", lambda: (PAGE, STALL_SKIP) in server.requests,
-              timeout=CHILD_TIMEOUT, child=child, log=log)
+    wait_for(
+        f"request for skip={STALL_SKIP}",
+        lambda: (PAGE, STALL_SKIP) in server.requests,
+        timeout=CHILD_TIMEOUT,
+        child=child,
+        log=log,
+    )
     os.kill(child.pid, signal.SIGKILL)
     assert child.wait(30) == -signal.SIGKILL
     served = len(server.requests)
@@ -96,8 +104,7 @@ def _kill_when_stalled(server: DummyJsonServer, child: subprocess.Popen, log: Pa
 
 def _rerun_and_check_each_user_stored_once(url: str, server: DummyJsonServer, served: int) -> list[int]:
     """Run again to the end; every user stored and staged exactly once. The skips the rerun asked for."""
-    summary = asyncio.run(users_etl(api_base=server.base_url, page_size=PAGE, batch_records=BATCH,
-                                    deliver_files=False))
+    summary = asyncio.run(users_etl(api_base=server.base_url, page_size=PAGE, batch_records=BATCH, deliver_files=False))
     refetched = [skip for _, skip in server.requests[served:]]
     assert summary["counts"]["extracted"] == USERS
     assert [r[0] for r in rows(url, "SELECT id FROM processed_users ORDER BY id")] == list(range(1, USERS + 1))
@@ -131,8 +138,13 @@ def test_pages_staged_past_the_stored_checkpoint_are_cut_off_and_fetched_again(e
     holder = engine_for(url).connect()
     try:
         with _run_in_child(source, log) as child:
-            wait_for("checkpoint at skip>=500", lambda: _stored_cursor(url) >= 500, timeout=CHILD_TIMEOUT,
-                      child=child, log=log)
+            wait_for(
+                "checkpoint at skip>=500",
+                lambda: _stored_cursor(url) >= 500,
+                timeout=CHILD_TIMEOUT,
+                child=child,
+                log=log,
+            )
             if holder.dialect.name == "sqlite":
                 holder.exec_driver_sql("BEGIN IMMEDIATE")
             else:
@@ -156,8 +168,9 @@ def test_a_retried_batch_goes_on_from_its_last_staged_page(env):
     with DummyJsonServer(distinct_users(400)) as server:
         once = iter([Fault(500)])
         server.fail_when = lambda limit, skip: next(once, None) if skip == 100 else None
-        summary = asyncio.run(users_etl(api_base=server.base_url, page_size=PAGE, batch_records=200,
-                                        deliver_files=False))
+        summary = asyncio.run(
+            users_etl(api_base=server.base_url, page_size=PAGE, batch_records=200, deliver_files=False)
+        )
     assert [skip for _, skip in server.requests] == [0, 50, 100, 100, 150, 200, 250, 300, 350]
     staged = pl.read_ndjson(summary["files"]["raw"]).get_column("id")
     assert staged.len() == 400 and staged.n_unique() == 400

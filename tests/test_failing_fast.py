@@ -42,12 +42,12 @@ asyncio.run(users_etl(api_base=sys.argv[1], page_size={PAGE}, deliver_files=Fals
 """
 
 
-
-
 def _run_row(url: str, run_id: str):
-    return rows(url, "SELECT status, failed_stage, error, finished_at, heartbeat_at, pid FROM etl_runs WHERE id = :id",
-                 id=run_id)[0]
-
+    return rows(
+        url,
+        "SELECT status, failed_stage, error, finished_at, heartbeat_at, pid FROM etl_runs WHERE id = :id",
+        id=run_id,
+    )[0]
 
 
 @pytest.fixture
@@ -61,8 +61,13 @@ def slow_source() -> Iterator[DummyJsonServer]:
 def _child(script: str, *args: str, log: Path, env: dict | None = None) -> Iterator[subprocess.Popen]:
     """A Python child process running `script`, killed on leaving if still alive."""
     with log.open("w") as out:
-        child = subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, env=env or os.environ.copy(),
-                                 stdout=out, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(
+            [sys.executable, "-c", script, *args],
+            cwd=ROOT,
+            env=env or os.environ.copy(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         yield child
     finally:
@@ -73,10 +78,16 @@ def _child(script: str, *args: str, log: Path, env: dict | None = None) -> Itera
 
 def _running_run(url: str, server: DummyJsonServer, child: subprocess.Popen, log: Path) -> str:
     """Once the child's run has its row and is a few pages into the source: its id."""
-    wait_for("a few pages fetched", lambda: len(server.requests) >= 4, timeout=CHILD_START_TIMEOUT, child=child,
-              log=log)
-    return wait_for("the run's row", lambda: rows(url, "SELECT id FROM etl_runs WHERE status = 'running'"),
-                     timeout=10, child=child, log=log)[0][0]
+    wait_for(
+        "a few pages fetched", lambda: len(server.requests) >= 4, timeout=CHILD_START_TIMEOUT, child=child, log=log
+    )
+    return wait_for(
+        "the run's row",
+        lambda: rows(url, "SELECT id FROM etl_runs WHERE status = 'running'"),
+        timeout=10,
+        child=child,
+        log=log,
+    )[0][0]
 
 
 def test_a_full_disk_fails_the_run_within_seconds_naming_extract(env, settings_env, tmp_path):
@@ -92,14 +103,15 @@ def test_a_full_disk_fails_the_run_within_seconds_naming_extract(env, settings_e
         settings_env(data_dir=disk / "data")
         with DummyJsonServer(distinct_users(3000)) as server:
             started = time.monotonic()
-            state = asyncio.run(users_etl(api_base=server.base_url, page_size=100, deliver_files=False,
-                                          return_state=True))
+            state = asyncio.run(
+                users_etl(api_base=server.base_url, page_size=100, deliver_files=False, return_state=True)
+            )
             took = time.monotonic() - started
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=True)
     assert state.is_failed() and "No space left on device" in state.message
     assert took < 60, took
-    (status, stage, error, finished, *_), = rows(env, "SELECT status, failed_stage, error, finished_at FROM etl_runs")
+    ((status, stage, error, finished, *_),) = rows(env, "SELECT status, failed_stage, error, finished_at FROM etl_runs")
     assert (status, stage) == ("failed", "extract") and "No space left on device" in error and finished
 
 
@@ -180,10 +192,12 @@ def test_a_lost_prefect_api_ends_the_run_with_one_line(env, slow_source, tmp_pat
     with _child(LOST_API_RUN, slow_source.base_url, str(home), log=log, env=child_env) as child:
         run_id = _running_run(url, slow_source, child, log)
         # every stage's flow run made (a stage that could not be made would fail the run its own way)
-        wait_for("persist's flow run", lambda: "for flow 'persist'" in log.read_text(), timeout=30, child=child,
-                  log=log)
-        server_pid = int(next(line for line in log.read_text().splitlines()
-                              if line.startswith("prefect server pid")).split()[-1])
+        wait_for(
+            "persist's flow run", lambda: "for flow 'persist'" in log.read_text(), timeout=30, child=child, log=log
+        )
+        server_pid = int(
+            next(line for line in log.read_text().splitlines() if line.startswith("prefect server pid")).split()[-1]
+        )
         os.kill(server_pid, signal.SIGKILL)
         lost = time.monotonic()
         try:

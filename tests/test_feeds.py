@@ -69,33 +69,58 @@ def server():
 
 def _staged(**fields) -> str:
     """One staged line as tasks.extract.feeds writes it."""
-    return json.dumps({"feed": "f", "guid": None, "link": None, "title": None, "summary": None, "author": None,
-                       "categories": [], "published_at": None} | fields)
+    return json.dumps(
+        {
+            "feed": "f",
+            "guid": None,
+            "link": None,
+            "title": None,
+            "summary": None,
+            "author": None,
+            "categories": [],
+            "published_at": None,
+        }
+        | fields
+    )
 
 
 def test_rules_keys_and_reasons():
-    raw = "\n".join([
-        _staged(guid=" g1 ", title="  One ", categories=[" a ", "", "b"], published_at="2026-03-01T08:00:00Z"),
-        _staged(link="https://x.test/2", title="keyed by link"),
-        _staged(guid="g3", summary="neither title nor link"),
-        _staged(summary="nothing at all"),
-        _staged(title="title only"),
-        _staged(guid="g1", title="same guid again"),
-        _staged(guid="g1", title="same guid, other feed", feed="other"),
-    ]).encode() + b"\n"
+    raw = (
+        "\n".join(
+            [
+                _staged(guid=" g1 ", title="  One ", categories=[" a ", "", "b"], published_at="2026-03-01T08:00:00Z"),
+                _staged(link="https://x.test/2", title="keyed by link"),
+                _staged(guid="g3", summary="neither title nor link"),
+                _staged(summary="nothing at all"),
+                _staged(title="title only"),
+                _staged(guid="g1", title="same guid again"),
+                _staged(guid="g1", title="same guid, other feed", feed="other"),
+            ]
+        ).encode()
+        + b"\n"
+    )
 
     processed, dlq = transform_frame(parse_staged(raw))
 
     assert processed.get_column("item_key").to_list() == ["g1", "https://x.test/2", "g1"]
     first = processed.row(0, named=True)
     assert (first["title"], first["categories"], first["published_at"]) == (
-        "One", '["a","b"]', datetime(2026, 3, 1, 8, tzinfo=UTC))
+        "One",
+        '["a","b"]',
+        datetime(2026, 3, 1, 8, tzinfo=UTC),
+    )
     assert processed.get_column("item_id").n_unique() == 3  # same guid, different feeds: different items
     assert [set(r) for r in dlq.get_column("reasons").to_list()] == [
-        {"title_and_link_missing"}, {"title_and_link_missing", "key_missing"}, {"key_missing"}, {"key_duplicate"}]
+        {"title_and_link_missing"},
+        {"title_and_link_missing", "key_missing"},
+        {"key_missing"},
+        {"key_duplicate"},
+    ]
     assert dlq.get_column("error_reason").to_list()[1] == "title_and_link_missing; key_missing"
     assert dlq.get_column("record").str.json_path_match("$.summary").to_list()[:2] == [
-        "neither title nor link", "nothing at all"]
+        "neither title nor link",
+        "nothing at all",
+    ]
 
 
 # ---------------------------------------------------------------- end to end
@@ -137,19 +162,37 @@ def test_first_load_unchanged_rerun_and_one_change(feeds_env, server):
     assert (c["feeds_fetched"], c["feeds_not_modified"], c["feeds_failed"]) == (4, 0, 0)
     assert count(url, "feed_items") == 13
     for name in ("rss-etag", "atom-plain"):  # one of each format, every field
-        (item,) = items(url, "title", "link", "summary", "author", "categories", "published_at", "guid",
-                        feed=feed[f"/{name}"], item_key=f"urn:{name}:1")
-        assert item == (f"{name} story 1", f"https://news.test/{name}/1", f"<p>What happened in {name} story 1</p>",
-                        "writer1@news.test (Writer 1)", '["topic-1","news"]', datetime(2026, 3, 1, 7, tzinfo=UTC),
-                        f"urn:{name}:1"), name
+        (item,) = items(
+            url,
+            "title",
+            "link",
+            "summary",
+            "author",
+            "categories",
+            "published_at",
+            "guid",
+            feed=feed[f"/{name}"],
+            item_key=f"urn:{name}:1",
+        )
+        assert item == (
+            f"{name} story 1",
+            f"https://news.test/{name}/1",
+            f"<p>What happened in {name} story 1</p>",
+            "writer1@news.test (Writer 1)",
+            '["topic-1","news"]',
+            datetime(2026, 3, 1, 7, tzinfo=UTC),
+            f"urn:{name}:1",
+        ), name
     assert items(url, "guid", "link", item_key="https://news.test/rss/no-guid") == [
-        (None, "https://news.test/rss/no-guid")]
+        (None, "https://news.test/rss/no-guid")
+    ]
     assert rows(url, "SELECT feed, error_reason FROM dlq_feed_items") == [(feed[RSS_PLAIN], "title_and_link_missing")]
     assert first["dlq_reasons"] == {"title_and_link_missing": 1}
     # the parent flow's summary artifact, as the Prefect UI shows it
     assert "title_and_link_missing" in run_artifacts(first["run_id"])["feeds-etl-summary"]
     assert dict(rows(url, "SELECT source, status FROM etl_checkpoints")) == {
-        checkpoint_source(u): "complete" for u in feed.values()}
+        checkpoint_source(u): "complete" for u in feed.values()
+    }
     assert {r[0] for r in rows(url, "SELECT run_id FROM etl_checkpoints")} == {first["run_id"]}
     states = {s: json.loads(st) for s, st in rows(url, "SELECT source, state FROM etl_checkpoints")}
     assert states[checkpoint_source(feed["/rss-etag"])]["etag"].startswith('"')
@@ -177,7 +220,8 @@ def test_first_load_unchanged_rerun_and_one_change(feeds_env, server):
     assert (c["feeds_fetched"], c["feeds_not_modified"]) == (2, 2)
     assert stamps(url) == before
     assert dict(rows(url, "SELECT source, status FROM etl_checkpoints")) == {
-        checkpoint_source(feed[p]): ("complete" if "plain" in p else "not_modified") for p in FEEDS}
+        checkpoint_source(feed[p]): ("complete" if "plain" in p else "not_modified") for p in FEEDS
+    }
     assert count(url, "dlq_feed_items") == 1 and count(url, "raw_feed_items") == 14
     assert rows(url, "SELECT last_seen_at FROM dlq_feed_items") != dlq_seen  # seen again, not stored twice
 
@@ -196,10 +240,16 @@ def test_first_load_unchanged_rerun_and_one_change(feeds_env, server):
     assert after[item_id][0] == before[item_id][0] and after[item_id][1] > before[item_id][1]
     assert {k: v for k, v in after.items() if k != item_id} == {k: v for k, v in before.items() if k != item_id}
 
-    runs_ = rows(url, "SELECT flow_name, status, extracted, valid, invalid, inserted, updated, unchanged "
-                      "FROM etl_runs ORDER BY started_at")
-    assert runs_ == [("feeds-etl", "completed", 14, 13, 1, 13, 0, 0), ("feeds-etl", "completed", 8, 7, 1, 0, 0, 7),
-                     ("feeds-etl", "completed", 11, 10, 1, 0, 1, 9)]
+    runs_ = rows(
+        url,
+        "SELECT flow_name, status, extracted, valid, invalid, inserted, updated, unchanged "
+        "FROM etl_runs ORDER BY started_at",
+    )
+    assert runs_ == [
+        ("feeds-etl", "completed", 14, 13, 1, 13, 0, 0),
+        ("feeds-etl", "completed", 8, 7, 1, 0, 0, 7),
+        ("feeds-etl", "completed", 11, 10, 1, 0, 1, 9),
+    ]
 
 
 def test_bad_feeds_fail_by_name_while_the_good_one_lands(feeds_env, server):
@@ -226,7 +276,8 @@ def test_bad_feeds_fail_by_name_while_the_good_one_lands(feeds_env, server):
     assert (status, stage, inserted) == ("failed", "extract", 4)
     assert broken in error and gone in error
     assert {r[0] for r in rows(url, "SELECT run_id FROM etl_checkpoints")} == {
-        r[0] for r in rows(url, "SELECT id FROM etl_runs")}
+        r[0] for r in rows(url, "SELECT id FROM etl_runs")
+    }
 
     # fixed: the next run reads it (nothing was stored for it, so no conditional GET) and the good one is a 304
     server.set_feed("/broken", rss_document(make_items(2, prefix="fixed")), RSS)
@@ -256,11 +307,19 @@ def test_one_rss_and_one_atom_feed_delivered_under_distinct_names(feeds_env, ser
     """Raw, processed and DLQ files each under a name of its own (they once shared `items_<stamp>.jsonl`,
     and deliver refused them); the raw file goes as a masked copy, like every raw file."""
     set_env, url = feeds_env
-    server.set_feed("/rss", rss_document(make_items(3, prefix="rss") + [{"guid": "urn:rss:bad", "summary": "no title"}]),
-                    RSS)
+    server.set_feed(
+        "/rss", rss_document(make_items(3, prefix="rss") + [{"guid": "urn:rss:bad", "summary": "no title"}]), RSS
+    )
     server.set_feed("/atom", atom_document(make_items(2, prefix="atom")), ATOM)
-    set_env(sftp_host=sshd.host, sftp_port=sshd.port, sftp_username=sshd.username, sftp_key_path=sshd.key_path,
-            sftp_known_hosts=sshd.known_hosts, sftp_key_passphrase=sshd.passphrase, sftp_remote_base=sshd.remote_base)
+    set_env(
+        sftp_host=sshd.host,
+        sftp_port=sshd.port,
+        sftp_username=sshd.username,
+        sftp_key_path=sshd.key_path,
+        sftp_known_hosts=sshd.known_hosts,
+        sftp_key_passphrase=sshd.passphrase,
+        sftp_remote_base=sshd.remote_base,
+    )
 
     summary = asyncio.run(feeds_etl(feed_urls=[server.url("/rss"), server.url("/atom")]))
 
@@ -268,11 +327,14 @@ def test_one_rss_and_one_atom_feed_delivered_under_distinct_names(feeds_env, ser
     files = {kind: Path(path) for kind, path in summary["files"].items()}
     stamp = files["raw"].stem.removeprefix("feed_records_")
     assert {kind: path.name for kind, path in files.items()} == {
-        "raw": f"feed_records_{stamp}.jsonl", "processed": f"feed_items_{stamp}.jsonl",
-        "dlq": f"invalid_feed_items_{stamp}.jsonl"}
+        "raw": f"feed_records_{stamp}.jsonl",
+        "processed": f"feed_items_{stamp}.jsonl",
+        "dlq": f"invalid_feed_items_{stamp}.jsonl",
+    }
     day = Path(summary["delivered"][0]["remote_path"]).parent.name  # the run's date
-    on_server = {p.relative_to(sshd.local_root).as_posix(): p.read_bytes()
-                 for p in sshd.local_root.rglob("*") if p.is_file()}
+    on_server = {
+        p.relative_to(sshd.local_root).as_posix(): p.read_bytes() for p in sshd.local_root.rglob("*") if p.is_file()
+    }
     assert set(on_server) == {f"{day}/{path.name}" for path in files.values()}
     raw_copy = files["raw"].parent.parent / "deliver" / files["raw"].name
     assert summary["delivered"][0]["local_path"] == str(raw_copy)

@@ -88,7 +88,7 @@ def test_an_api_batch_is_one_transform_batch_and_a_big_input_is_cut_without_sliv
     whole = {"raw_path": str(raw), "offset": 0, "length": raw.stat().st_size, "records": len(lines)}
     assert source_spans(whole, batch_records=len(lines)) == [(0, whole["length"])]
     spans = source_spans(whole, batch_records=1000)
-    counts = [raw.read_bytes()[o:o + n].count(b"\n") for o, n in spans]
+    counts = [raw.read_bytes()[o : o + n].count(b"\n") for o, n in spans]
     assert len(spans) == 3 and sum(counts) == len(lines) and min(counts) > 50
 
 

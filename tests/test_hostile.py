@@ -54,8 +54,9 @@ def hostile_records() -> list[Hostile]:
     base = load_real_users()[0]
     out: list[Hostile] = []
 
-    def add(n: int, name: str, reasons: set[str] | None, *, raw: bytes | None = None, user_id: int | None = -1,
-            **changes) -> None:
+    def add(
+        n: int, name: str, reasons: set[str] | None, *, raw: bytes | None = None, user_id: int | None = -1, **changes
+    ) -> None:
         record = copy.deepcopy(base)
         record.update({"id": 5000 + n, "email": f"hostile{n}@example.com", "username": f"hostile{n}", **changes})
         body = raw if raw is not None else json.dumps(record).encode()
@@ -68,8 +69,12 @@ def hostile_records() -> list[Hostile]:
     add(3, "email of 330 characters", {"email_too_long"}, email="e" * 318 + "@example.com")
     add(4, "gender of 33 characters", {"gender_too_long"}, gender="g" * 33)
     add(5, "username of 201 characters", {"username_too_long"}, username="u" * 201)
-    add(6, "department of 201 characters", {"department_too_long", "department_unknown"},
-        company={**company, "department": "D" * 201})
+    add(
+        6,
+        "department of 201 characters",
+        {"department_too_long", "department_unknown"},
+        company={**company, "department": "D" * 201},
+    )
     add(7, "id of 200 digits", {"id_out_of_range"}, id=int("9" * 200), user_id=None)
     add(8, "id as text of 200 digits", {"id_out_of_range"}, id="9" * 200, user_id=None)
     add(9, "id of 2^63", {"id_out_of_range"}, id=2**63, user_id=None)
@@ -77,14 +82,27 @@ def hostile_records() -> list[Hostile]:
     add(11, "age of 200 digits", {"age_out_of_range"}, age=int("9" * 200))
     add(12, "age of 2^63", {"age_out_of_range"}, age=2**63)
     add(13, "height NaN as text", {"number_not_finite"}, height="NaN")
-    add(14, "height 1e999", {"number_not_finite"},
-        raw=json.dumps({**base, "id": 5014, "height": 1234.5678}).encode().replace(b"1234.5678", b"1e999"))
-    add(15, "latitude -Infinity as text", {"number_not_finite"},
-        address={**address, "coordinates": {"lat": "-Infinity", "lng": 1.0}})
+    add(
+        14,
+        "height 1e999",
+        {"number_not_finite"},
+        raw=json.dumps({**base, "id": 5014, "height": 1234.5678}).encode().replace(b"1234.5678", b"1e999"),
+    )
+    add(
+        15,
+        "latitude -Infinity as text",
+        {"number_not_finite"},
+        address={**address, "coordinates": {"lat": "-Infinity", "lng": 1.0}},
+    )
     add(16, "firstName holding NUL", {"text_contains_nul"}, firstName="a\x00b")
     add(17, "city holding NUL", {"text_contains_nul"}, address={**address, "city": "x\x00"})
-    others = [("a text", b'"hello"'), ("a number", b"42"), ("null", b"null"), ("a boolean", b"true"),
-              ("an array", b'[1, {"password": "SECRET-in-array"}]')]
+    others = [
+        ("a text", b'"hello"'),
+        ("a number", b"42"),
+        ("null", b"null"),
+        ("a boolean", b"true"),
+        ("an array", b'[1, {"password": "SECRET-in-array"}]'),
+    ]
     for n, (name, body) in enumerate(others, start=18):
         add(n, f"the record is {name}", {"record_not_object"}, raw=body, user_id=None)
     # stored: secrets dropped whatever their value, odd shapes read as text or nothing, ids exactly
@@ -138,9 +156,16 @@ def departments():
 # ---------------------------------------------------------------- staging
 
 
-SECRET_VALUES = {"object": {"hash": "SECRET-h", "salt": "SECRET-s"}, "array": ["SECRET-1", ["SECRET-2"]],
-                 "number": SECRET_NUMBER, "null": None, "boolean": True, "text": "SECRET-text",
-                 "escaped text": "SECRET-\"quoted\\", "nested": {"deeper": {"password": "SECRET-d"}}}
+SECRET_VALUES = {
+    "object": {"hash": "SECRET-h", "salt": "SECRET-s"},
+    "array": ["SECRET-1", ["SECRET-2"]],
+    "number": SECRET_NUMBER,
+    "null": None,
+    "boolean": True,
+    "text": "SECRET-text",
+    "escaped text": 'SECRET-"quoted\\',
+    "nested": {"deeper": {"password": "SECRET-d"}},
+}
 
 
 @pytest.mark.parametrize("value", SECRET_VALUES.values(), ids=SECRET_VALUES.keys())
@@ -193,9 +218,16 @@ def test_text_that_is_not_utf8_is_staged_as_utf8():
 
 # ---------------------------------------------------------------- transform
 
-UNPARSEABLE = [b'{"id": 6001, "firstName": "cut short', b"{not json at all}", b"   ", b"", b'{"id": 6002} trailing',
-               b'{"id": 6003, "height": NaN}', b'{"id": 6004, "x": ' + b"[" * 1100 + b"]" * 1100 + b"}",
-               b'{"id": 6005, "password": "SECRET-broken", oops}']
+UNPARSEABLE = [
+    b'{"id": 6001, "firstName": "cut short',
+    b"{not json at all}",
+    b"   ",
+    b"",
+    b'{"id": 6002} trailing',
+    b'{"id": 6003, "height": NaN}',
+    b'{"id": 6004, "x": ' + b"[" * 1100 + b"]" * 1100 + b"}",
+    b'{"id": 6005, "password": "SECRET-broken", oops}',
+]
 
 
 def hostile_span() -> tuple[bytes, list[Hostile]]:
@@ -244,13 +276,17 @@ def test_a_value_of_exactly_the_columns_length_is_stored_and_one_more_is_not(tmp
     n = max_lengths()
     base = load_real_users()[0]
     csv = tmp_path / "departments.csv"
-    csv.write_text(f"department,department_code\n{base['company']['department']},X\n"
-                   f"{'D' * n['department']},{'C' * n['department_code']}\n"
-                   f"{'D' * (n['department'] + 1)},C\n"
-                   f"Long Code,{'C' * (n['department_code'] + 1)}\n")
+    csv.write_text(
+        f"department,department_code\n{base['company']['department']},X\n"
+        f"{'D' * n['department']},{'C' * n['department_code']}\n"
+        f"{'D' * (n['department'] + 1)},C\n"
+        f"Long Code,{'C' * (n['department_code'] + 1)}\n"
+    )
     setters = {
-        "first_name": lambda u, k: u.update(firstName="x" * k), "last_name": lambda u, k: u.update(lastName="x" * k),
-        "username": lambda u, k: u.update(username="x" * k), "gender": lambda u, k: u.update(gender="x" * k),
+        "first_name": lambda u, k: u.update(firstName="x" * k),
+        "last_name": lambda u, k: u.update(lastName="x" * k),
+        "username": lambda u, k: u.update(username="x" * k),
+        "gender": lambda u, k: u.update(gender="x" * k),
         "email": lambda u, k: u.update(email="x" * (k - 12) + "@example.com"),
         "department": lambda u, k: u.update(company={**u["company"], "department": "D" * k}),
     }
@@ -277,17 +313,34 @@ def test_pieces_and_batches_of_any_size_give_the_same_outputs(tmp_path, departme
     raw = tmp_path / "raw.jsonl"
     raw.write_bytes(data)
     outs = {}
-    for name, spans, piece_bytes in (("whole", [(0, len(data))], 1 << 30), ("pieces", [(0, len(data))], 8_000),
-                                     ("batches", split_spans(raw, 40_000), 1 << 30)):
+    for name, spans, piece_bytes in (
+        ("whole", [(0, len(data))], 1 << 30),
+        ("pieces", [(0, len(data))], 8_000),
+        ("batches", split_spans(raw, 40_000), 1 << 30),
+    ):
         p, d = tmp_path / f"{name}.p", tmp_path / f"{name}.d"
         seen, results = None, []
         for offset, length in spans:
-            results.append(transform_batch.fn(departments, raw_path=str(raw), offset=offset, length=length,
-                                              processed_path=str(p), dlq_path=str(d), seen_ids=seen,
-                                              piece_bytes=piece_bytes))
+            results.append(
+                transform_batch.fn(
+                    departments,
+                    raw_path=str(raw),
+                    offset=offset,
+                    length=length,
+                    processed_path=str(p),
+                    dlq_path=str(d),
+                    seen_ids=seen,
+                    piece_bytes=piece_bytes,
+                )
+            )
             seen = results[-1]["ids"]
-        outs[name] = (p.read_bytes(), d.read_bytes(), sum(r["valid"] for r in results),
-                      sum(r["invalid"] for r in results), sum((Counter(r["reasons"]) for r in results), Counter()))
+        outs[name] = (
+            p.read_bytes(),
+            d.read_bytes(),
+            sum(r["valid"] for r in results),
+            sum(r["invalid"] for r in results),
+            sum((Counter(r["reasons"]) for r in results), Counter()),
+        )
     assert outs["pieces"] == outs["whole"] == outs["batches"]
     _, dlq_bytes, valid, invalid, _ = outs["whole"]
     assert invalid == len(expected_dlq(hostile))
@@ -338,8 +391,9 @@ def test_hostile_records_end_to_end_on_both_databases(settings_env, database_url
     with DummyJsonServer() as server:
         server.set_encoded(mixed(real, hostile))
         first = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
-        tables = {t: rows(url, f"SELECT count(*) FROM {t}")[0][0]
-                  for t in ("raw_users", "processed_users", "dlq_users")}
+        tables = {
+            t: rows(url, f"SELECT count(*) FROM {t}")[0][0] for t in ("raw_users", "processed_users", "dlq_users")
+        }
         second = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
 
     total = len(real) + len(hostile)
@@ -351,7 +405,8 @@ def test_hostile_records_end_to_end_on_both_databases(settings_env, database_url
     assert {h.user_id for h in stored} <= ids and {u["id"] for u in real} <= ids
     dlq = rows(url, "SELECT user_id, error_reason, data FROM dlq_users WHERE resolved_at IS NULL")
     assert sorted(((uid, tuple(sorted(reason.split("; ")))) for uid, reason, _ in dlq), key=repr) == expected_dlq(
-        hostile, unparseable=False)
+        hostile, unparseable=False
+    )
     for _, _, data in dlq:
         json.loads(data)  # the record as JSON (a record that is no object: its JSON text)
 

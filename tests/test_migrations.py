@@ -44,8 +44,9 @@ def alembic(url: str, *args: str, env: dict[str, str] | None = None) -> subproce
     """The alembic command line, as `make migrate` runs it (from the repository, alembic.ini there)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATABASE_")} | (env or {})
     url_arg = [] if "DATABASE_URL" in env else ["-x", f"url={url}"]
-    return subprocess.run([str(ALEMBIC), *url_arg, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [str(ALEMBIC), *url_arg, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def on_connection(url: str, alembic_command, *args) -> None:
@@ -113,8 +114,11 @@ def fill(url: str, tables: sa.MetaData) -> dict[str, list[tuple]]:
     try:
         with engine.begin() as conn:
             for table in tables.sorted_tables:
-                given = [c for c in table.columns if not (c.primary_key and c.autoincrement is not False
-                                                          and isinstance(c.type, sa.Integer))]
+                given = [
+                    c
+                    for c in table.columns
+                    if not (c.primary_key and c.autoincrement is not False and isinstance(c.type, sa.Integer))
+                ]
                 conn.execute(table.insert(), [{c.name: value(c, i) for c in given} for i in range(ROWS)])
         return read(engine, tables)
     finally:
@@ -133,8 +137,9 @@ def schema(url: str) -> dict:
         inspector, out = sa.inspect(engine), {}
         for table in sorted(set(inspector.get_table_names()) - {"sluice_alembic_version"}):
             out[table] = {
-                "columns": [(c["name"], str(c["type"]), c["nullable"], c["default"])
-                            for c in inspector.get_columns(table)],
+                "columns": [
+                    (c["name"], str(c["type"]), c["nullable"], c["default"]) for c in inspector.get_columns(table)
+                ],
                 "pk": inspector.get_pk_constraint(table),
                 "unique": sorted((u["name"], u["column_names"]) for u in inspector.get_unique_constraints(table)),
                 "indexes": sorted((i["name"], i["column_names"], i["unique"]) for i in inspector.get_indexes(table)),
@@ -142,8 +147,8 @@ def schema(url: str) -> dict:
         if engine.dialect.name == "sqlite":
             with engine.connect() as conn:
                 out["sqlite_master"] = conn.exec_driver_sql(
-                    "SELECT type, name, sql FROM sqlite_master WHERE tbl_name != 'sluice_alembic_version' "
-                    "ORDER BY name").all()
+                    "SELECT type, name, sql FROM sqlite_master WHERE tbl_name != 'sluice_alembic_version' ORDER BY name"
+                ).all()
         return out
     finally:
         engine.dispose()
@@ -196,25 +201,51 @@ def test_a_database_the_last_release_made_is_upgraded_with_every_row_kept(new_ur
     engine = engine_for(new_url)  # at head: the product opens it
     assert read(engine, tables) == before
     # the new columns: every user current, every DLQ entry open and last rejected by the run that rejected it
-    assert run("SELECT status, status_changed_at, status_run_id FROM processed_users", new_url) == \
-        [("current", None, None)] * ROWS
-    assert run("SELECT user_id, last_run_id = run_id, resolved_at, resolved_run_id, resolution FROM dlq_users",
-               new_url) == [(None, True, None, None, None)] * ROWS
-    assert run("SELECT invalidated, deleted, restored, dlq_opened, dlq_resolved FROM etl_runs", new_url) == \
-        [(0, 0, 0, 0, 0)] * ROWS
+    assert (
+        run("SELECT status, status_changed_at, status_run_id FROM processed_users", new_url)
+        == [("current", None, None)] * ROWS
+    )
+    assert (
+        run("SELECT user_id, last_run_id = run_id, resolved_at, resolved_run_id, resolution FROM dlq_users", new_url)
+        == [(None, True, None, None, None)] * ROWS
+    )
+    assert (
+        run("SELECT invalidated, deleted, restored, dlq_opened, dlq_resolved FROM etl_runs", new_url)
+        == [(0, 0, 0, 0, 0)] * ROWS
+    )
 
     # ids are 64-bit now, and the database still hands out the next surrogate id
     from models.users import DlqUser, ProcessedUser
 
     big = 5_000_000_000
     with engine.begin() as conn:
-        conn.execute(sa.insert(ProcessedUser.__table__).values(
-            id=big, first_name="Big", email="big@example.com", age=30, department="Engineering",
-            department_code="ENG", source="dummyjson", record_hash="h" * 64, first_seen_at=T0, updated_at=T0,
-            run_id="r-big"))
-        new_id = conn.execute(sa.insert(DlqUser.__table__).values(
-            run_id="r-big", source="dummyjson", error_reason="x", data="{}", record_hash="n" * 64, inserted_at=T0,
-            last_seen_at=T0, user_id=big)).inserted_primary_key[0]
+        conn.execute(
+            sa.insert(ProcessedUser.__table__).values(
+                id=big,
+                first_name="Big",
+                email="big@example.com",
+                age=30,
+                department="Engineering",
+                department_code="ENG",
+                source="dummyjson",
+                record_hash="h" * 64,
+                first_seen_at=T0,
+                updated_at=T0,
+                run_id="r-big",
+            )
+        )
+        new_id = conn.execute(
+            sa.insert(DlqUser.__table__).values(
+                run_id="r-big",
+                source="dummyjson",
+                error_reason="x",
+                data="{}",
+                record_hash="n" * 64,
+                inserted_at=T0,
+                last_seen_at=T0,
+                user_id=big,
+            )
+        ).inserted_primary_key[0]
     assert run("SELECT id, status FROM processed_users WHERE id = :id", new_url, id=big) == [(big, "current")]
     assert new_id == max(row.id for row in before["dlq_users"]) + 1
 
@@ -294,14 +325,26 @@ def test_an_upgraded_dlq_entry_speaks_for_the_user_its_record_names(new_url):
     """Entries already there get the user id their record names, so the user's valid arrival resolves them;
     a duplicate's entry, a record without an integer id and a rejected file's entry get none."""
     made_by_the_last_release(new_url)
-    records = {"a" * 64: ("age_out_of_range", '{"id": 7, "age": 70}'),
-               "b" * 64: ("id_not_integer", '{"id": "abc"}'),
-               "c" * 64: ("id_duplicate", '{"id": 7, "firstName": "Copy"}'),
-               "d" * 64: ("csv_malformed", "not json")}
+    records = {
+        "a" * 64: ("age_out_of_range", '{"id": 7, "age": 70}'),
+        "b" * 64: ("id_not_integer", '{"id": "abc"}'),
+        "c" * 64: ("id_duplicate", '{"id": 7, "firstName": "Copy"}'),
+        "d" * 64: ("csv_malformed", "not json"),
+    }
     for record_hash, (reason, data) in records.items():
-        run("INSERT INTO dlq_users (run_id, source, error_reason, data, record_hash, inserted_at, last_seen_at) "
-            "VALUES ('r1', 'dummyjson', :reason, :data, :hash, :t, :t)", new_url, reason=reason, data=data,
-            hash=record_hash, t=T0)
+        run(
+            "INSERT INTO dlq_users (run_id, source, error_reason, data, record_hash, inserted_at, last_seen_at) "
+            "VALUES ('r1', 'dummyjson', :reason, :data, :hash, :t, :t)",
+            new_url,
+            reason=reason,
+            data=data,
+            hash=record_hash,
+            t=T0,
+        )
     upgrade(new_url)
     assert dict(run("SELECT record_hash, user_id FROM dlq_users", new_url)) == {
-        "a" * 64: 7, "b" * 64: None, "c" * 64: None, "d" * 64: None}
+        "a" * 64: 7,
+        "b" * 64: None,
+        "c" * 64: None,
+        "d" * 64: None,
+    }

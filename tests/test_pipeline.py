@@ -102,14 +102,18 @@ def test_rerun_adds_no_duplicates_and_counts_changes(pipeline_env):
         third = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
     assert (third["counts"]["inserted"], third["counts"]["updated"], third["counts"]["unchanged"]) == (1, 1, 206)
     assert count(url, "processed_users") == 208
-    renamed = rows(url, f"SELECT last_name, run_id, source_updated_at IS NOT NULL, updated_at > first_seen_at "
-                        f"FROM processed_users WHERE id = {users[5]['id']}")
+    renamed = rows(
+        url,
+        f"SELECT last_name, run_id, source_updated_at IS NOT NULL, updated_at > first_seen_at "
+        f"FROM processed_users WHERE id = {users[5]['id']}",
+    )
     assert renamed == [("Renamed", third["run_id"], True, True)]
     assert rows(url, f"SELECT run_id FROM processed_users WHERE id = {users[6]['id']}") == [(first["run_id"],)]
     assert count(url, "raw_users") == 210  # two new distinct records, nothing repeated
     # the failure seen in each run is stored once, with the first run that saw it and the last
     assert rows(url, "SELECT run_id, last_run_id, last_seen_at > inserted_at FROM dlq_users") == [
-        (first["run_id"], third["run_id"], True)]
+        (first["run_id"], third["run_id"], True)
+    ]
 
 
 def test_500_then_200_is_retried(pipeline_env):
@@ -146,8 +150,15 @@ def test_source_down_keeps_checkpoint_and_next_run_resumes(pipeline_env, extract
     users = load_real_users()
     with DummyJsonServer(users) as server:
         server.fail_when = lambda limit, skip: Fault(503) if skip >= 100 else None
-        state = asyncio.run(users_etl(api_base=server.base_url, batch_records=50, deliver_files=False,
-                                      return_state=True, extract_first=extract_first))
+        state = asyncio.run(
+            users_etl(
+                api_base=server.base_url,
+                batch_records=50,
+                deliver_files=False,
+                return_state=True,
+                extract_first=extract_first,
+            )
+        )
         assert state.is_failed() and "HTTP 503" in state.message
         cursor, status, staged = rows(url, "SELECT cursor, status, staged_records FROM etl_checkpoints")[0]
         assert (cursor, status, staged) == (100, "failed", 100)
@@ -158,8 +169,9 @@ def test_source_down_keeps_checkpoint_and_next_run_resumes(pipeline_env, extract
 
         server.fail_when = None
         server.requests.clear()
-        summary = asyncio.run(users_etl(api_base=server.base_url, batch_records=50, deliver_files=False,
-                                        extract_first=extract_first))
+        summary = asyncio.run(
+            users_etl(api_base=server.base_url, batch_records=50, deliver_files=False, extract_first=extract_first)
+        )
         assert server.requests[0] == (50, 100)  # resumed, did not start over
     assert summary["counts"]["extracted"] == 208
     assert count(url, "processed_users") == 208 and count(url, "raw_users") == 208
@@ -187,11 +199,13 @@ def test_a_batch_failing_after_some_of_its_pages_were_written_stages_each_record
     runs_before = count(url, "etl_runs")
     with DummyJsonServer(users) as server:
         server.fail_when = lambda limit, skip: Fault(503) if skip == 150 else None  # every try
-        state = asyncio.run(users_etl(api_base=server.base_url, batch_records=200, deliver_files=False,
-                                      return_state=True))
+        state = asyncio.run(
+            users_etl(api_base=server.base_url, batch_records=200, deliver_files=False, return_state=True)
+        )
         assert state.is_failed()
-        [(raw_path, staged_bytes, cursor)] = rows(url, f"SELECT staged_path, staged_bytes, cursor FROM "
-                                                        f"etl_checkpoints WHERE source = '{CHECKPOINT_KEY}'")
+        [(raw_path, staged_bytes, cursor)] = rows(
+            url, f"SELECT staged_path, staged_bytes, cursor FROM etl_checkpoints WHERE source = '{CHECKPOINT_KEY}'"
+        )
         assert cursor == 150 and Path(raw_path).stat().st_size == staged_bytes  # its three pages before the failing one
         server.fail_when = None
         server.requests.clear()
@@ -208,24 +222,39 @@ def test_a_failing_persist_fails_the_run_and_a_rerun_completes_it(pipeline_env):
     url = pipeline_env
     with engine_for(url).begin() as conn:
         if conn.dialect.name == "sqlite":
-            conn.execute(text("CREATE TRIGGER refuse_150 BEFORE INSERT ON processed_users WHEN NEW.id = 150 "
-                              "BEGIN SELECT RAISE(ABORT, 'user 150 refused'); END"))
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_150 BEFORE INSERT ON processed_users WHEN NEW.id = 150 "
+                    "BEGIN SELECT RAISE(ABORT, 'user 150 refused'); END"
+                )
+            )
         else:
-            conn.execute(text("CREATE FUNCTION refuse_150() RETURNS trigger AS $$ BEGIN IF NEW.id = 150 THEN "
-                              "RAISE EXCEPTION 'user 150 refused'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"))
-            conn.execute(text("CREATE TRIGGER refuse_150 BEFORE INSERT ON processed_users FOR EACH ROW "
-                              "EXECUTE FUNCTION refuse_150()"))
+            conn.execute(
+                text(
+                    "CREATE FUNCTION refuse_150() RETURNS trigger AS $$ BEGIN IF NEW.id = 150 THEN "
+                    "RAISE EXCEPTION 'user 150 refused'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_150 BEFORE INSERT ON processed_users FOR EACH ROW "
+                    "EXECUTE FUNCTION refuse_150()"
+                )
+            )
     users = load_real_users()
     with DummyJsonServer(users) as server:
-        state = asyncio.run(users_etl(api_base=server.base_url, batch_records=50, deliver_files=False,
-                                      return_state=True))
+        state = asyncio.run(
+            users_etl(api_base=server.base_url, batch_records=50, deliver_files=False, return_state=True)
+        )
         assert state.is_failed() and "user 150 refused" in state.message
         status, stage, error = rows(url, "SELECT status, failed_stage, error FROM etl_runs")[0]
         assert (status, stage) == ("failed", "persist") and "user 150 refused" in error
         stored = count(url, "processed_users")
         assert 0 < stored < 150  # the batches before the refused one are in
         with engine_for(url).begin() as conn:
-            conn.execute(text("DROP TRIGGER refuse_150" + ("" if conn.dialect.name == "sqlite" else " ON processed_users")))
+            conn.execute(
+                text("DROP TRIGGER refuse_150" + ("" if conn.dialect.name == "sqlite" else " ON processed_users"))
+            )
         summary = asyncio.run(users_etl(api_base=server.base_url, batch_records=50, deliver_files=False))
     assert summary["counts"]["inserted"] == 208 - stored
     assert count(url, "processed_users") == 208 and count(url, "raw_users") == 208
@@ -233,7 +262,9 @@ def test_a_failing_persist_fails_the_run_and_a_rerun_completes_it(pipeline_env):
 
 def test_schema_drift_goes_to_the_dlq_not_a_crash(pipeline_env):
     users = load_real_users()
-    drifted = [{**{("given_name" if k == "firstName" else k): v for k, v in u.items()}} for u in users[:20]] + users[20:]
+    drifted = [{**{("given_name" if k == "firstName" else k): v for k, v in u.items()}} for u in users[:20]] + users[
+        20:
+    ]
     with DummyJsonServer(drifted) as server:
         summary = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
     assert summary["counts"]["invalid"] == 20
@@ -246,15 +277,18 @@ def test_database_from_a_sqlalchemy_connector_block(settings_env, tmp_path):
 
     db = tmp_path / "from-block.db"
     migrated(f"sqlite:///{db}")
-    SqlAlchemyConnector(
-        connection_info=ConnectionComponents(driver=SyncDriver.SQLITE_PYSQLITE, database=str(db))
-    ).save("sluice-test-db", overwrite=True)
+    SqlAlchemyConnector(connection_info=ConnectionComponents(driver=SyncDriver.SQLITE_PYSQLITE, database=str(db))).save(
+        "sluice-test-db", overwrite=True
+    )
     settings_env(database_url=f"sqlite:///{tmp_path / 'not-this-one.db'}")
     with DummyJsonServer(load_real_users()[:40]) as server:
         summary = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False, database_block="sluice-test-db"))
     assert summary["counts"]["inserted"] == 40
     assert count(f"sqlite:///{db}", "processed_users") == 40
-    assert not (tmp_path / "not-this-one.db").exists() or count(f"sqlite:///{tmp_path / 'not-this-one.db'}", "processed_users") == 0
+    assert (
+        not (tmp_path / "not-this-one.db").exists()
+        or count(f"sqlite:///{tmp_path / 'not-this-one.db'}", "processed_users") == 0
+    )
 
 
 def test_a_crashed_run_is_marked_at_the_next_start(pipeline_env):
@@ -276,8 +310,9 @@ def test_a_crashed_run_is_marked_at_the_next_start(pipeline_env):
     assert status == "crashed" and summary["run_id"] in error
 
 
-def _transformed_real_users(tmp_path: Path, id_offset: int = 0, *, repeat: int = 0,
-                            keys: bool = False) -> tuple[dict, dict, int]:
+def _transformed_real_users(
+    tmp_path: Path, id_offset: int = 0, *, repeat: int = 0, keys: bool = False
+) -> tuple[dict, dict, int]:
     """The real users (ids moved by `id_offset`) with a broken share, staged and transformed in `tmp_path`:
     (files, spans, invalid count). `repeat`: the first users staged again at the end (same lines, same ids);
     `keys`: transform stages the raw lines' keys too, as the flow has it do."""
@@ -292,9 +327,15 @@ def _transformed_real_users(tmp_path: Path, id_offset: int = 0, *, repeat: int =
     files = {"raw": str(raw), "processed": str(tmp_path / "p.jsonl"), "dlq": str(tmp_path / "d.jsonl")}
     if keys:
         files["raw_keys"] = str(tmp_path / "keys.arrows")
-    out = transform_batch.fn(read_departments(BUNDLED_DEPARTMENTS), raw_path=str(raw), offset=0,
-                             length=raw.stat().st_size, processed_path=files["processed"], dlq_path=files["dlq"],
-                             keys_path=files.get("raw_keys"))
+    out = transform_batch.fn(
+        read_departments(BUNDLED_DEPARTMENTS),
+        raw_path=str(raw),
+        offset=0,
+        length=raw.stat().st_size,
+        processed_path=files["processed"],
+        dlq_path=files["dlq"],
+        keys_path=files.get("raw_keys"),
+    )
     return files, {k: out[k] for k in ("raw", "processed", "dlq", "raw_keys") if out[k]}, len(expected)
 
 
@@ -309,7 +350,10 @@ def test_a_retried_persist_batch_adds_nothing_twice(pipeline_env, tmp_path):
     assert (first["inserted"], first["raw_inserted"], first["dlq_inserted"]) == (208 - invalid, 208, invalid)
     assert (again["inserted"], again["updated"], again["raw_inserted"], again["dlq_inserted"]) == (0, 0, 0, 0)
     assert [count(pipeline_env, t) for t in ("raw_users", "processed_users", "dlq_users")] == [
-        208, 208 - invalid, invalid]
+        208,
+        208 - invalid,
+        invalid,
+    ]
 
 
 def test_persist_in_pieces_stores_what_the_batch_taken_whole_would(pipeline_env, tmp_path):
@@ -326,27 +370,44 @@ def test_persist_in_pieces_stores_what_the_batch_taken_whole_would(pipeline_env,
     assert len(split_spans(raw, piece)) > 50  # a few records a piece
 
     whole_url = migrated(f"sqlite:///{tmp_path / 'whole.db'}")
-    whole = persist_spans(engine_for(whole_url), run_id="r1", source="dummyjson", files=files, spans=spans,
-                          piece_bytes=1 << 30)
-    pieces = persist_spans(engine_for(pipeline_env), run_id="r1", source="dummyjson", files=files, spans=spans,
-                           piece_bytes=piece)
-    assert pieces == whole == {"inserted": 208 - invalid, "updated": 0, "unchanged": 0, "restored": 0,
-                               "invalidated": 0, "raw_inserted": 208, "dlq_inserted": invalid + 3,
-                               "dlq_opened": invalid + 3, "dlq_resolved": 0}
+    whole = persist_spans(
+        engine_for(whole_url), run_id="r1", source="dummyjson", files=files, spans=spans, piece_bytes=1 << 30
+    )
+    pieces = persist_spans(
+        engine_for(pipeline_env), run_id="r1", source="dummyjson", files=files, spans=spans, piece_bytes=piece
+    )
+    assert (
+        pieces
+        == whole
+        == {
+            "inserted": 208 - invalid,
+            "updated": 0,
+            "unchanged": 0,
+            "restored": 0,
+            "invalidated": 0,
+            "raw_inserted": 208,
+            "dlq_inserted": invalid + 3,
+            "dlq_opened": invalid + 3,
+            "dlq_resolved": 0,
+        }
+    )
 
     truth = raw_frame(raw.read_bytes()).select("source_id", "record_hash", "data").rows()
     raw_sql = "SELECT source_id, record_hash, data FROM raw_users"
     assert sorted(rows(pipeline_env, raw_sql)) == sorted(rows(whole_url, raw_sql)) == sorted(truth)
     dlq_sql = "SELECT record_hash, error_reason, data FROM dlq_users"
     assert sorted(rows(pipeline_env, dlq_sql)) == sorted(rows(whole_url, dlq_sql))
-    processed_sql = "SELECT id, email, ssn_masked, card_number_masked, department_code, record_hash FROM processed_users"
+    processed_sql = (
+        "SELECT id, email, ssn_masked, card_number_masked, department_code, record_hash FROM processed_users"
+    )
     assert sorted(rows(pipeline_env, processed_sql)) == sorted(rows(whole_url, processed_sql))
     assert count(pipeline_env, "processed_users") == 208 - invalid
 
 
 @pytest.mark.parametrize("checkpoint_bytes", [None, 1], ids=["copied-beside-the-writer", "emptied-every-batch"])
-def test_sqlite_bulk_load_checkpoints_beside_the_writer_and_keeps_the_wal_small(settings_env, tmp_path,
-                                                                                checkpoint_bytes):
+def test_sqlite_bulk_load_checkpoints_beside_the_writer_and_keeps_the_wal_small(
+    settings_env, tmp_path, checkpoint_bytes
+):
     """Under deferred_checkpoints each batch is committed (another connection sees it at once), the WAL is
     reused batch after batch instead of growing (copied into the database file beside the writer, or, once
     it holds `checkpoint_bytes`, emptied before the next batch), and at the end it is folded into the
@@ -443,7 +504,9 @@ def test_sqlite_statements_come_in_a_few_shapes_whatever_the_batch_sizes(setting
         conn.connection.driver_connection.set_trace_callback(note)
         for h in heights:
             ids = range(start, start + h)
-            bulk_insert(conn, table, pl.DataFrame({"id": ids, "a": [f"a{i}" for i in ids], "b": [f"b {i}" for i in ids]}))
+            bulk_insert(
+                conn, table, pl.DataFrame({"id": ids, "a": [f"a{i}" for i in ids], "b": [f"b {i}" for i in ids]})
+            )
             wanted = list(range(start - h, start + h))  # h stored before this batch (fewer at first), h just stored
             stored = [i for i in wanted if i >= 0]
             assert sorted(lookup(conn, table, "id", ["b"], pl.Series(wanted))) == [(i, f"b {i}") for i in stored]
@@ -471,13 +534,15 @@ def test_bulk_insert_stores_awkward_text_as_it_is(database_url):
     from tasks.bulk import bulk_insert
 
     engine = engine_for(database_url)
-    table = Table("awkward", MetaData(), Column("id", Integer, primary_key=True), Column("a", String),
-                  Column("ok", Boolean))
+    table = Table(
+        "awkward", MetaData(), Column("id", Integer, primary_key=True), Column("a", String), Column("ok", Boolean)
+    )
     table.drop(engine, checkfirst=True)
     table.create(engine)
     try:
-        df = pl.DataFrame({"id": range(len(AWKWARD_TEXTS)), "a": AWKWARD_TEXTS,
-                           "ok": [i % 2 == 0 for i in range(len(AWKWARD_TEXTS))]})
+        df = pl.DataFrame(
+            {"id": range(len(AWKWARD_TEXTS)), "a": AWKWARD_TEXTS, "ok": [i % 2 == 0 for i in range(len(AWKWARD_TEXTS))]}
+        )
         with engine.begin() as conn:
             bulk_insert(conn, table, df)
             stored = conn.exec_driver_sql("SELECT id, a, ok FROM awkward ORDER BY id").all()
@@ -495,21 +560,39 @@ def test_lookup_finds_every_stored_key_and_no_other(database_url):
     from tasks.bulk import bulk_insert, lookup
 
     engine = engine_for(database_url)
-    table = Table("lookups", MetaData(), Column("id", BigInteger, primary_key=True), Column("h", String, unique=True),
-                  Column("t", String, unique=True))
+    table = Table(
+        "lookups",
+        MetaData(),
+        Column("id", BigInteger, primary_key=True),
+        Column("h", String, unique=True),
+        Column("t", String, unique=True),
+    )
     table.drop(engine, checkfirst=True)
     table.create(engine)
-    odd = [t for t in AWKWARD_TEXTS if t] + ["{a,b}", "NULL", "x y", "tab\there", "new\nline"]  # texts an array literal or JSON must quote
+    odd = [t for t in AWKWARD_TEXTS if t] + [
+        "{a,b}",
+        "NULL",
+        "x y",
+        "tab\there",
+        "new\nline",
+    ]  # texts an array literal or JSON must quote
     try:
         n = 5_000
-        stored = pl.DataFrame({"id": range(0, 2 * n, 2), "h": [f"{i:064x}" for i in range(0, 2 * n, 2)],
-                               "t": [odd[i % len(odd)] * (1 + i // len(odd)) for i in range(n)]})
+        stored = pl.DataFrame(
+            {
+                "id": range(0, 2 * n, 2),
+                "h": [f"{i:064x}" for i in range(0, 2 * n, 2)],
+                "t": [odd[i % len(odd)] * (1 + i // len(odd)) for i in range(n)],
+            }
+        )
         with engine.begin() as conn:
             bulk_insert(conn, table, stored)
             asked_ids = pl.Series([*range(2 * n), None, 4, 4, 2**40])
             assert sorted(lookup(conn, table, "id", ["h"], asked_ids)) == sorted(stored.select("id", "h").iter_rows())
             asked_hashes = pl.Series([f"{i:064x}" for i in range(2 * n)] + [None, "ab-c.d:e_f"])
-            assert sorted(lookup(conn, table, "h", ["id"], asked_hashes)) == sorted(stored.select("h", "id").iter_rows())
+            assert sorted(lookup(conn, table, "h", ["id"], asked_hashes)) == sorted(
+                stored.select("h", "id").iter_rows()
+            )
             asked_texts = pl.concat([stored.get_column("t"), pl.Series(["not stored", None, "", "\\N"])])
             assert sorted(lookup(conn, table, "t", ["id"], asked_texts)) == sorted(stored.select("t", "id").iter_rows())
             assert lookup(conn, table, "id", ["h"], pl.Series([], dtype=pl.Int64)) == []
@@ -524,8 +607,9 @@ def test_copy_csv_comes_in_slices_that_add_up_to_the_frame():
     from tasks.bulk import csv_slices
 
     n = 3_000
-    df = pl.DataFrame({"id": range(n), "line": [f'{{"id": {i}, "text": "{"x" * 1_000}", "q": "a,\\"b\\""}}'
-                                                 for i in range(n)]})
+    df = pl.DataFrame(
+        {"id": range(n), "line": [f'{{"id": {i}, "text": "{"x" * 1_000}", "q": "a,\\"b\\""}}' for i in range(n)]}
+    )
     slices = [bytes(s) for s in csv_slices(df, slice_bytes=1 << 20)]
     assert len(slices) >= 3 and max(map(len, slices)) <= 2 << 20, [len(s) for s in slices]
     whole = df.write_csv(include_header=False, null_value="\\N", quote_style="non_numeric").encode()
@@ -618,8 +702,9 @@ def test_run_counters_hold_a_big_days_bytes(pipeline_env):
 
     engine = engine_for(pipeline_env)
     runs.start_run(engine, run_id="big-day", flow_name="users-etl")
-    runs.finish_run(engine, run_id="big-day", status="completed", delivered_bytes=5 * 2**31,
-                    stage_seconds={"deliver": 1.0})
+    runs.finish_run(
+        engine, run_id="big-day", status="completed", delivered_bytes=5 * 2**31, stage_seconds={"deliver": 1.0}
+    )
     assert rows(pipeline_env, "SELECT delivered_bytes FROM etl_runs WHERE id = 'big-day'") == [(5 * 2**31,)]
 
 
@@ -663,9 +748,18 @@ def test_fetched_pages_are_freed_once_staged_without_the_garbage_collector(setti
     plan = begin_extract(engine, run_id="r1", fingerprint="f", new_path=tmp_path / "raw.jsonl")
     users = load_real_users()
     with DummyJsonServer(users) as server, CheckpointWriter(engine) as checkpoints:
+
         def fetch_all(offset: int) -> int:
-            got = fetch_batch.fn(checkpoints, base_url=server.base_url, page_size=25, skip=0, max_records=1000,
-                                 staged_path=plan.staged_path, offset=offset, records_before=0)
+            got = fetch_batch.fn(
+                checkpoints,
+                base_url=server.base_url,
+                page_size=25,
+                skip=0,
+                max_records=1000,
+                staged_path=plan.staged_path,
+                offset=offset,
+                records_before=0,
+            )
             assert got["records"] == len(users) and got["done"]
             return got["offset"]
 
@@ -710,8 +804,11 @@ def _task_runs_since(started: datetime, prefixes: tuple[str, ...], expected: int
     deadline = time.monotonic() + 60
     while True:
         with get_client(sync_client=True) as client:
-            found = [r for r in client.read_task_runs(task_run_filter=flt, limit=200)
-                     if r.name.startswith(prefixes) and r.end_time is not None]
+            found = [
+                r
+                for r in client.read_task_runs(task_run_filter=flt, limit=200)
+                if r.name.startswith(prefixes) and r.end_time is not None
+            ]
         if len(found) >= expected or time.monotonic() > deadline:
             return found
         time.sleep(0.5)

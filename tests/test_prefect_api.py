@@ -52,8 +52,13 @@ print(json.dumps({"url": api.url, "result": result, "run_id": run_id, "flows": n
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "PREFECT_PROFILE"))}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(ROOT),
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", PREFECT_LOGGING_LEVEL="INFO")
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONPATH=str(ROOT),
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+        PREFECT_LOGGING_LEVEL="INFO",
+    )
     return env | extra
 
 
@@ -67,8 +72,9 @@ def _prefect_home(tmp_path: Path) -> Path:
 
 
 def _run(script: str, *args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_without_an_api_a_run_gets_a_server_of_its_own_that_keeps_its_logs_and_stops(tmp_path):
@@ -87,15 +93,23 @@ def test_without_an_api_a_run_gets_a_server_of_its_own_that_keeps_its_logs_and_s
     # the run's logs went out before the server stopped, to its very last line: they are in Prefect's database
     # (unsent, the process would also spend a minute at exit retrying a server that is gone)
     with sqlite3.connect(home / "prefect.db") as db:
-        logged = [m for (m,) in db.execute("SELECT message FROM log WHERE flow_run_id = ? ORDER BY timestamp",
-                                           (seen["run_id"],))]
+        logged = [
+            m
+            for (m,) in db.execute(
+                "SELECT message FROM log WHERE flow_run_id = ? ORDER BY timestamp", (seen["run_id"],)
+            )
+        ]
     assert f"marker {marker}" in logged
     assert logged[-1].startswith("Finished in state Completed"), logged
     # its events are stored there too, but no heartbeat: a server that stops with the run has no use for one,
     # and Prefect's heartbeat thread, waited for in one-second steps, held up the end of every run
     with sqlite3.connect(home / "prefect.db") as db:
-        events = {e for (e,) in db.execute("SELECT event FROM events WHERE resource_id = ?",
-                                            (f"prefect.flow-run.{seen['run_id']}",))}
+        events = {
+            e
+            for (e,) in db.execute(
+                "SELECT event FROM events WHERE resource_id = ?", (f"prefect.flow-run.{seen['run_id']}",)
+            )
+        }
     assert "prefect.flow-run.Completed" in events
     assert "prefect.flow-run.heartbeat" not in events, events
 
@@ -179,8 +193,9 @@ except PrefectApiError as exc:
     print(exc)
     sys.exit(3)
 """
-    env = _env(_prefect_home(tmp_path),
-               PREFECT_API_DATABASE_CONNECTION_URL="postgresql+asyncpg://nobody@127.0.0.1:9/none")
+    env = _env(
+        _prefect_home(tmp_path), PREFECT_API_DATABASE_CONNECTION_URL="postgresql+asyncpg://nobody@127.0.0.1:9/none"
+    )
     out = _run(script, str(tmp_path / "var"), env=env)
     assert out.returncode == 3, (out.stdout, out.stderr[-3000:])
     seconds, message = out.stdout.split("\n", 1)
@@ -220,8 +235,13 @@ with local_prefect_api(sys.argv[1]) as api:
     print(api.process.pid, flush=True)
     time.sleep(600)
 """
-    run = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "var")], cwd=ROOT,
-                           env=_env(_prefect_home(tmp_path)), stdout=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "var")],
+        cwd=ROOT,
+        env=_env(_prefect_home(tmp_path)),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         server_pid = int(run.stdout.readline())
         assert Path(f"/proc/{server_pid}").exists()
@@ -247,8 +267,14 @@ with local_prefect_api(sys.argv[1]) as api:
     print(api.process.pid, flush=True)
     os.kill(os.getpid(), 9)
 """
-    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "var")], cwd=ROOT,
-                         env=_env(_prefect_home(tmp_path)), capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "var")],
+        cwd=ROOT,
+        env=_env(_prefect_home(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == -9, run.stderr[-3000:]
     server_pid = int(run.stdout.split()[0])
     try:

@@ -17,31 +17,39 @@ from tests.servers.dummyjson import load_real_users, staged_lines
 
 
 def column_masks(values: list, mask: Mask) -> list:
-    return pl.DataFrame({"v": pl.Series(values, dtype=pl.String)}).select(mask_value(pl.col("v"), mask)).to_series().to_list()
+    return (
+        pl.DataFrame({"v": pl.Series(values, dtype=pl.String)})
+        .select(mask_value(pl.col("v"), mask))
+        .to_series()
+        .to_list()
+    )
 
 
 def masked_json(texts: list[str]) -> list[str]:
     return pl.select(mask_sensitive(pl.Series("t", texts, pl.String))).to_series().to_list()
 
 
-@pytest.mark.parametrize(("mask", "value", "expected"), [
-    (SSN, "123-45-6789", "***-**-6789"),
-    (SSN, "900-590-289", "***-**-0289"),  # DummyJSON's: 9 digits, grouped 3-3-3
-    (CARD, "4111 1111 1111 1234", "**** **** **** 1234"),
-    (CARD, "3693233511855044", "**** **** **** 5044"),
-    (IBAN, "GB82 WEST 1234 5698 7654 32", "****5432"),
-    (IBAN, "GB74MH2UZLR9TRPHYNU8F8", "****U8F8"),
-    (IBAN, "AB$1 $2$3$4", "****$3$4"),  # replacement syntax in a value is just text
-    (IBAN, 'GB12 34"5\\6', '****"5\\6'),  # as are JSON's escapes
-    (EIN, "12-3456789", "**-***6789"),
-    (EIN, "977-175", "****"),  # DummyJSON's: too short to show any of it
-    (SSN, "1234567", "****"),
-    (CARD, "12345678", "**** **** **** 5678"),
-    (SSN, "n/a", None),  # nothing significant: no value
-    (IBAN, "   ", None),
-    (SSN, "", None),
-    (SSN, None, None),
-])
+@pytest.mark.parametrize(
+    ("mask", "value", "expected"),
+    [
+        (SSN, "123-45-6789", "***-**-6789"),
+        (SSN, "900-590-289", "***-**-0289"),  # DummyJSON's: 9 digits, grouped 3-3-3
+        (CARD, "4111 1111 1111 1234", "**** **** **** 1234"),
+        (CARD, "3693233511855044", "**** **** **** 5044"),
+        (IBAN, "GB82 WEST 1234 5698 7654 32", "****5432"),
+        (IBAN, "GB74MH2UZLR9TRPHYNU8F8", "****U8F8"),
+        (IBAN, "AB$1 $2$3$4", "****$3$4"),  # replacement syntax in a value is just text
+        (IBAN, 'GB12 34"5\\6', '****"5\\6'),  # as are JSON's escapes
+        (EIN, "12-3456789", "**-***6789"),
+        (EIN, "977-175", "****"),  # DummyJSON's: too short to show any of it
+        (SSN, "1234567", "****"),
+        (CARD, "12345678", "**** **** **** 5678"),
+        (SSN, "n/a", None),  # nothing significant: no value
+        (IBAN, "   ", None),
+        (SSN, "", None),
+        (SSN, None, None),
+    ],
+)
 def test_documented_formats_in_a_column_and_in_json_text(mask, value, expected):
     assert column_masks([value], mask) == [expected]
     key = mask.keys[0]
@@ -54,40 +62,63 @@ def test_documented_formats_in_a_column_and_in_json_text(mask, value, expected):
 
 def test_numbers_and_booleans_as_values_are_masked_as_their_text():
     (text,) = masked_json(['{"ssn": 123456789, "ein": -12.5, "iban": true, "cardNumber": 4111111111111234}'])
-    assert json.loads(text) == {"ssn": "***-**-6789", "ein": "****", "iban": "****",
-                                "cardNumber": "**** **** **** 1234"}
+    assert json.loads(text) == {
+        "ssn": "***-**-6789",
+        "ein": "****",
+        "iban": "****",
+        "cardNumber": "**** **** **** 1234",
+    }
     assert column_masks(["123456789"], SSN) == ["***-**-6789"]
 
 
 def test_secrets_are_dropped_and_other_keys_left_alone():
-    record = {"password": "hunter2", "ssnx": "123-45-6789", "my_ssn": "123-45-6789", "note": 'say "ssn": 1',
-              "bank": {"password": "x", "iban": None, "currency": "GBP"}}
+    record = {
+        "password": "hunter2",
+        "ssnx": "123-45-6789",
+        "my_ssn": "123-45-6789",
+        "note": 'say "ssn": 1',
+        "bank": {"password": "x", "iban": None, "currency": "GBP"},
+    }
     (text,) = masked_json([json.dumps(record)])
     out = json.loads(text)
     assert "password" not in text and "hunter2" not in text
-    assert out == {"ssnx": "123-45-6789", "my_ssn": "123-45-6789", "note": 'say "ssn": 1',
-                   "bank": {"iban": None, "currency": "GBP"}}
+    assert out == {
+        "ssnx": "123-45-6789",
+        "my_ssn": "123-45-6789",
+        "note": 'say "ssn": 1',
+        "bank": {"iban": None, "currency": "GBP"},
+    }
 
 
 # any text: digits, letters, separators, quotes, backslashes, control characters, non-ASCII
 VALUES = st.one_of(
     st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=30),
     st.text(alphabet="0123456789 -", max_size=25),
-    st.text(alphabet="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ \t\"\\", max_size=34),
+    st.text(alphabet='0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ \t"\\', max_size=34),
 )
 
 
 @settings(max_examples=300, deadline=None)
 @given(value=VALUES, ascii_only=st.booleans(), compact=st.booleans())
 def test_the_same_value_gets_the_same_mask_in_a_column_and_in_json_text(value, ascii_only, compact):
-    record = {"id": 7, "ssn": value, "ein": value, "bank": {"cardNumber": value, "iban": value, "cardType": "x"},
-              "company": {"card_number": value}}
+    record = {
+        "id": 7,
+        "ssn": value,
+        "ein": value,
+        "bank": {"cardNumber": value, "iban": value, "cardType": "x"},
+        "company": {"card_number": value},
+    }
     text = json.dumps(record, ensure_ascii=ascii_only, separators=(",", ":") if compact else None)
     (masked,) = masked_json([text])
     out = json.loads(masked)
     expected = {m: column_masks([value], m)[0] for m in MASKS}
     assert (out["ssn"], out["ein"], out["bank"]["cardNumber"], out["bank"]["iban"], out["company"]["card_number"]) == (
-        expected[SSN], expected[EIN], expected[CARD], expected[IBAN], expected[CARD])
+        expected[SSN],
+        expected[EIN],
+        expected[CARD],
+        expected[IBAN],
+        expected[CARD],
+    )
     assert (out["id"], out["bank"]["cardType"]) == (7, "x")
 
 

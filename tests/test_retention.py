@@ -24,14 +24,22 @@ from tests.servers.dummyjson import load_real_users
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 
 
-def add_run(url: str, runs_dir: Path, *, status: str, ended_days_ago: float | None, size: int = 1000,
-            now: datetime = NOW) -> Path:
+def add_run(
+    url: str, runs_dir: Path, *, status: str, ended_days_ago: float | None, size: int = 1000, now: datetime = NOW
+) -> Path:
     """An etl_runs row and its staged folder with one file of `size` bytes."""
     run_id = str(uuid.uuid4())
     finished = now - timedelta(days=ended_days_ago) if ended_days_ago is not None else None
     with Session(engine_for(url)) as session:
-        session.add(EtlRun(id=run_id, flow_name="users-etl", status=status, started_at=now - timedelta(days=30),
-                           finished_at=finished))
+        session.add(
+            EtlRun(
+                id=run_id,
+                flow_name="users-etl",
+                status=status,
+                started_at=now - timedelta(days=30),
+                finished_at=finished,
+            )
+        )
         session.commit()
     folder = runs_dir / run_id
     (folder / "raw_users").mkdir(parents=True)
@@ -68,7 +76,9 @@ def test_runs_over_for_longer_than_kept_lose_their_folders_and_nothing_else(data
     set_checkpoint(database_url, runs_dir / running.name / "raw_users" / "records.jsonl", "complete")
     assert prune_run_dirs(engine, runs_dir=runs_dir, keep_days=7, logger=log, now=NOW)["removed"] == [resumable.name]
     assert prune_run_dirs(engine, runs_dir=runs_dir, keep_days=30, logger=log, now=NOW + timedelta(days=20)) == {
-        "removed": [], "bytes": 0}
+        "removed": [],
+        "bytes": 0,
+    }
     assert recent.exists() and running.exists()
 
 
@@ -99,8 +109,9 @@ def test_a_folder_that_cannot_be_removed_is_named_and_the_run_goes_on(database_u
     subprocess.run(lock, check=True)
     try:
         with caplog.at_level(logging.WARNING):
-            out = prune_run_dirs(engine_for(database_url), runs_dir=runs_dir, keep_days=7,
-                                 logger=logging.getLogger("test"), now=NOW)
+            out = prune_run_dirs(
+                engine_for(database_url), runs_dir=runs_dir, keep_days=7, logger=logging.getLogger("test"), now=NOW
+            )
     finally:
         subprocess.run(unlock, check=True)
     assert out["removed"] == [gone.name] and not gone.exists() and stuck.exists()
@@ -119,8 +130,11 @@ def test_a_run_noticed_as_crashed_is_over_from_its_last_heartbeat(database_url, 
     engine, log = engine_for(database_url), logging.getLogger("test")
     assert prune_run_dirs(engine, runs_dir=runs_dir, keep_days=7, logger=log, now=NOW)["removed"] == []
 
-    runs.mark_crashed(engine, [runs.Crash(d.name, "its process is gone", NOW - timedelta(days=8))
-                               for d in (dead, resumable)], noticed_by="the next run")
+    runs.mark_crashed(
+        engine,
+        [runs.Crash(d.name, "its process is gone", NOW - timedelta(days=8)) for d in (dead, resumable)],
+        noticed_by="the next run",
+    )
     assert prune_run_dirs(engine, runs_dir=runs_dir, keep_days=7, logger=log, now=NOW)["removed"] == [dead.name]
     assert resumable.exists()
     with Session(engine) as session:

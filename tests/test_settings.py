@@ -56,18 +56,24 @@ def _environment_with(name: str, value: str | None) -> dict[str, str]:
 HALF = max(1, (os.cpu_count() or 2) // 2)
 
 
-@pytest.mark.parametrize(("own", "last"), [(None, ["muzzy_decay_ms:0", f"narenas:{HALF}"]),
-                                           ("muzzy_decay_ms:5000", ["muzzy_decay_ms:5000"])])
+@pytest.mark.parametrize(
+    ("own", "last"), [(None, ["muzzy_decay_ms:0", f"narenas:{HALF}"]), ("muzzy_decay_ms:5000", ["muzzy_decay_ms:5000"])]
+)
 def test_polars_allocator_returns_freed_pages_unless_the_operator_says_otherwise(own, last):
     """A fresh flow process hands Polars' allocator our settings (the last option given wins): freed pages
     back with no lazy step, arenas as many as half the cores; an operator's own `_RJEM_MALLOC_CONF` is kept
     instead."""
     env = _environment_with("_RJEM_MALLOC_CONF", own)
     # what Polars handed its allocator when it loaded: its own defaults, then the override
-    out = subprocess.run([sys.executable, "-c", "import os, flows.users_etl; print(os.environ['_RJEM_MALLOC_CONF'])"],
-                         env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import os, flows.users_etl; print(os.environ['_RJEM_MALLOC_CONF'])"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     conf = out.stdout.strip().split(",")
-    assert conf[-len(last):] == last and len(conf) > len(last), conf
+    assert conf[-len(last) :] == last and len(conf) > len(last), conf
 
 
 @pytest.mark.parametrize("own", [None, "2"])
@@ -75,8 +81,13 @@ def test_polars_pool_is_half_the_cores_unless_the_operator_says_otherwise(own):
     """The stages work side by side in threads of their own: Polars' pool takes half the cores (at least one),
     or the operator's own POLARS_MAX_THREADS."""
     env = _environment_with("POLARS_MAX_THREADS", own)
-    out = subprocess.run([sys.executable, "-c", "import flows.users_etl, polars; print(polars.thread_pool_size())"],
-                         env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import flows.users_etl, polars; print(polars.thread_pool_size())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert int(out.stdout) == (int(own) if own else HALF)
 
 

@@ -24,8 +24,6 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 PAGE = 50
 
 
-
-
 def _statuses(url: str) -> Counter:
     return Counter(dict(rows(url, "SELECT status, count(*) FROM processed_users GROUP BY status")))
 
@@ -78,8 +76,7 @@ def test_a_source_answering_one_percent_500s_completes_retrying_only_the_failing
     fails = {740: 2, 2740: 1, 4740: 2}
     with DummyJsonServer(distinct_users(n)) as server:
         server.fail_when = _failing(fails)
-        summary = asyncio.run(users_etl(api_base=server.base_url, page_size=page, batch_records=n,
-                                        deliver_files=False))
+        summary = asyncio.run(users_etl(api_base=server.base_url, page_size=page, batch_records=n, deliver_files=False))
         skips = [skip for _, skip in server.requests]
     assert skips == [s for s in range(0, n, page) for _ in range(1 + fails.get(s, 0))]
     assert summary["status"] == "completed" and summary["counts"]["extracted"] == n
@@ -96,8 +93,11 @@ def test_a_page_failing_past_its_own_retries_fails_the_run_at_that_page(env):
     url = env
     with DummyJsonServer(distinct_users(400)) as server:
         server.fail_when = _failing({200: 3})
-        state = asyncio.run(users_etl(api_base=server.base_url, page_size=PAGE, batch_records=400,
-                                      deliver_files=False, return_state=True))
+        state = asyncio.run(
+            users_etl(
+                api_base=server.base_url, page_size=PAGE, batch_records=400, deliver_files=False, return_state=True
+            )
+        )
         skips = [skip for _, skip in server.requests]
     assert state.is_failed()
     assert "skip=200 answered HTTP 500 (the page failed 3 times)" in state.message
@@ -105,8 +105,9 @@ def test_a_page_failing_past_its_own_retries_fails_the_run_at_that_page(env):
     assert _checkpoint(url, "cursor, status") == [(200, "failed")]
 
 
-def test_a_retried_page_is_logged_with_its_reason_after_a_growing_wait_and_no_credentials(settings_env, tmp_path,
-                                                                                           caplog):
+def test_a_retried_page_is_logged_with_its_reason_after_a_growing_wait_and_no_credentials(
+    settings_env, tmp_path, caplog
+):
     """The log names the page retried and why; the waits before its retries grow (base 0.2 s: 0.2-0.3 s, then
     0.4-0.6 s); neither log nor error shows the URL's user, password or query."""
     settings_env()
@@ -116,9 +117,18 @@ def test_a_retried_page_is_logged_with_its_reason_after_a_growing_wait_and_no_cr
         server.fail_when = _failing({40: 2})
         base = server.base_url.replace("http://", "http://etl:s3cret-pw@") + "?token=s3cret-tok"
         with caplog.at_level(logging.WARNING):
-            got = fetch_batch.fn(checkpoints, base_url=base, page_size=20, skip=0, max_records=100,
-                                 staged_path=plan.staged_path, offset=0, records_before=0, retries=2,
-                                 retry_base_seconds=0.2)
+            got = fetch_batch.fn(
+                checkpoints,
+                base_url=base,
+                page_size=20,
+                skip=0,
+                max_records=100,
+                staged_path=plan.staged_path,
+                offset=0,
+                records_before=0,
+                retries=2,
+                retry_base_seconds=0.2,
+            )
         times = [t for (_, skip), t in zip(server.requests, server.request_times, strict=True) if skip == 40]
     assert got["records"] == 100 and got["done"]
     retried = [r.getMessage() for r in caplog.records if "retrying this page" in r.getMessage()]
@@ -138,8 +148,9 @@ def test_a_total_falling_during_the_walk_is_an_anomaly_and_deletes_nobody(env):
     with DummyJsonServer(users) as server:
         asyncio.run(users_etl(api_base=server.base_url, page_size=PAGE, batch_records=1000, deliver_files=False))
         server.fail_when = _shrink_at(server, users, skip=1000, drop=100)
-        summary = asyncio.run(users_etl(api_base=server.base_url, page_size=PAGE, batch_records=1000,
-                                        deliver_files=False))
+        summary = asyncio.run(
+            users_etl(api_base=server.base_url, page_size=PAGE, batch_records=1000, deliver_files=False)
+        )
     missed = set(range(1, 3001)) - set(pl.read_ndjson(summary["files"]["raw"]).get_column("id").to_list())
     assert missed == set(range(1001, 1101))  # walked past: still in the source, absent from this extraction
     assert summary["status"] == "completed" and summary["counts"]["deleted"] == 0
@@ -160,8 +171,9 @@ def test_a_walk_ending_short_of_the_total_is_an_anomaly_and_deletes_nobody(env):
     with DummyJsonServer(users) as server:
         asyncio.run(users_etl(api_base=server.base_url, page_size=PAGE, batch_records=1000, deliver_files=False))
         server.fail_when = lambda limit, skip: empty if skip == 2900 else None
-        short = asyncio.run(users_etl(api_base=server.base_url, page_size=PAGE, batch_records=1000,
-                                      deliver_files=False))
+        short = asyncio.run(
+            users_etl(api_base=server.base_url, page_size=PAGE, batch_records=1000, deliver_files=False)
+        )
         assert short["counts"]["extracted"] == 2900 and short["counts"]["deleted"] == 0
         assert "the walk ended at 2900 records, short of the total 3000" in _anomalies(url, short["run_id"])
         assert not any("changed" in a for a in short["anomalies"])
@@ -169,8 +181,9 @@ def test_a_walk_ending_short_of_the_total_is_an_anomaly_and_deletes_nobody(env):
 
         server.fail_when = None
         server.set_users(users[:2900])
-        complete = asyncio.run(users_etl(api_base=server.base_url, page_size=PAGE, batch_records=1000,
-                                         deliver_files=False))
+        complete = asyncio.run(
+            users_etl(api_base=server.base_url, page_size=PAGE, batch_records=1000, deliver_files=False)
+        )
     assert complete["counts"]["deleted"] == 100 and complete["anomalies"] == []
     assert _statuses(url) == {"current": 2900, "deleted": 100}
 
@@ -181,16 +194,20 @@ def test_a_resumed_walk_compares_with_the_total_its_first_run_saw(env):
     url, users = env, distinct_users(3000)
     with DummyJsonServer(users) as server:
         server.fail_when = lambda limit, skip: Fault(503) if skip >= 1500 else None
-        state = asyncio.run(users_etl(api_base=server.base_url, page_size=PAGE, batch_records=500,
-                                      deliver_files=False, return_state=True))
+        state = asyncio.run(
+            users_etl(
+                api_base=server.base_url, page_size=PAGE, batch_records=500, deliver_files=False, return_state=True
+            )
+        )
         assert state.is_failed()
         assert _checkpoint(url, "cursor, total") == [(1500, 3000)]
 
         server.fail_when = None
         server.set_users(users[100:])
         server.requests.clear()
-        summary = asyncio.run(users_etl(api_base=server.base_url, page_size=PAGE, batch_records=500,
-                                        deliver_files=False))
+        summary = asyncio.run(
+            users_etl(api_base=server.base_url, page_size=PAGE, batch_records=500, deliver_files=False)
+        )
         assert server.requests[0] == (PAGE, 1500)  # resumed, not started over
     assert summary["status"] == "completed"
     assert "the source's total changed from 3000 to 2900 during the walk" in summary["anomalies"]

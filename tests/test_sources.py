@@ -32,8 +32,14 @@ PARTNER_ROWS = [
 def partner_module() -> types.ModuleType:
     module = types.ModuleType("tasks.extract.partner_drop")
     module.SOURCE, module.FAILURE_REASON = "partner", "partner_malformed"
-    module.FIELDS = {"id_text": ("uid",), "first_name": ("given",), "last_name": ("family",), "email": ("mail",),
-                     "age_text": ("years",), "department": ("team",)}
+    module.FIELDS = {
+        "id_text": ("uid",),
+        "first_name": ("given",),
+        "last_name": ("family",),
+        "email": ("mail",),
+        "age_text": ("years",),
+        "department": ("team",),
+    }
     module.done = []
 
     def pending(engine, settings):
@@ -43,8 +49,13 @@ def partner_module() -> types.ModuleType:
     def stage(item: dict, raw_path: str) -> dict:
         Path(raw_path).parent.mkdir(parents=True, exist_ok=True)
         Path(raw_path).write_text("".join(json.dumps(r) + "\n" for r in PARTNER_ROWS))
-        return {"source": "partner", "raw_path": raw_path, "records": len(PARTNER_ROWS), "file": item["name"],
-                "as_of": datetime.now(UTC).isoformat()}
+        return {
+            "source": "partner",
+            "raw_path": raw_path,
+            "records": len(PARTNER_ROWS),
+            "file": item["name"],
+            "as_of": datetime.now(UTC).isoformat(),
+        }
 
     module.pending, module.stage = pending, stage
     module.failure_record = lambda entry: json.dumps({"error": entry["error"]})
@@ -61,12 +72,19 @@ def test_a_new_source_is_a_module_and_a_line_of_configuration(settings_env, tmp_
     with DummyJsonServer(load_real_users()[:5]) as server:
         first = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
         second = asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
-    assert first["sources"]["partner"] == {"inserted": 1, "updated": 0, "unchanged": 0, "restored": 0,
-                                           "invalidated": 0, "failed": 1}
+    assert first["sources"]["partner"] == {
+        "inserted": 1,
+        "updated": 0,
+        "unchanged": 0,
+        "restored": 0,
+        "invalidated": 0,
+        "failed": 1,
+    }
     assert "partner" not in second["sources"] and len(module.done) == 1  # checkpointed by its module
     with engine_for(url).connect() as conn:
-        assert conn.execute(text("SELECT first_name, last_name, source FROM processed_users WHERE id = 7001")).all() == [
-            ("Ann", "Lee", "partner")]
+        assert conn.execute(
+            text("SELECT first_name, last_name, source FROM processed_users WHERE id = 7001")
+        ).all() == [("Ann", "Lee", "partner")]
         (reason,) = conn.execute(text("SELECT error_reason FROM dlq_users WHERE source = 'partner'")).one()
     assert set(reason.split("; ")) == {"first_name_missing", "email_invalid", "age_out_of_range"}
 

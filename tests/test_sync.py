@@ -111,8 +111,11 @@ class SourceHistory(RuleBasedStateMachine):
         rec.update(id=uid, firstName=f"First{uid}", age=age, email=email or f"user{uid}@example.com")
         return rec
 
-    @rule(edits=st.lists(st.tuples(st.sampled_from(EDITS), IDS, st.sampled_from([25, 40, 12, 70])),
-                         min_size=1, max_size=8))
+    @rule(
+        edits=st.lists(
+            st.tuples(st.sampled_from(EDITS), IDS, st.sampled_from([25, 40, 12, 70])), min_size=1, max_size=8
+        )
+    )
     def edit(self, edits: list[tuple[str, int, int]]) -> None:
         """Changes to the source between two runs, several users at a time."""
         for what, uid, age in edits:
@@ -138,8 +141,15 @@ class SourceHistory(RuleBasedStateMachine):
         self.duplicates = []
         self.runs += 1
         self.as_of += timedelta(hours=1)
-        run_through_stages(self.engine, snapshot, self.departments, self.dir / f"run{self.runs}",
-                           run_id=f"run{self.runs}", as_of=self.as_of, batch_records=batch_records)
+        run_through_stages(
+            self.engine,
+            snapshot,
+            self.departments,
+            self.dir / f"run{self.runs}",
+            run_id=f"run{self.runs}",
+            as_of=self.as_of,
+            batch_records=batch_records,
+        )
         self.model.run(snapshot, self.runs)
 
     @invariant()
@@ -148,10 +158,14 @@ class SourceHistory(RuleBasedStateMachine):
             return
         self.checked = (self.runs, "db")
         with self.engine.connect() as conn:
-            users = {r.id: (r.status, r.first_name, r.email, r.age) for r in conn.execute(text(
-                "SELECT id, status, first_name, email, age FROM processed_users"))}
-            entries = [(r.user_id, json.loads(r.data), r.resolved_at is None) for r in conn.execute(text(
-                "SELECT user_id, data, resolved_at FROM dlq_users"))]
+            users = {
+                r.id: (r.status, r.first_name, r.email, r.age)
+                for r in conn.execute(text("SELECT id, status, first_name, email, age FROM processed_users"))
+            }
+            entries = [
+                (r.user_id, json.loads(r.data), r.resolved_at is None)
+                for r in conn.execute(text("SELECT user_id, data, resolved_at FROM dlq_users"))
+            ]
         assert {uid: u["status"] for uid, u in self.model.users.items()} == {uid: u[0] for uid, u in users.items()}
         for uid, u in self.model.users.items():  # the values kept are the last valid ones
             assert users[uid][1:] == u["content"][1:], uid
@@ -178,8 +192,16 @@ class SourceHistory(RuleBasedStateMachine):
             assert answer.status_code == (200 if u["status"] == "current" else 404), answer.text
 
 
-def run_through_stages(engine, snapshot: list[dict], departments: pl.DataFrame, run_dir: Path, *, run_id: str,
-                       as_of: datetime, batch_records: int) -> None:
+def run_through_stages(
+    engine,
+    snapshot: list[dict],
+    departments: pl.DataFrame,
+    run_dir: Path,
+    *,
+    run_id: str,
+    as_of: datetime,
+    batch_records: int,
+) -> None:
     """What users-etl does with one API extraction, batch by batch: stage, transform, persist, then mark the
     absent (the extraction was complete)."""
     run_dir.mkdir(parents=True)
@@ -190,19 +212,27 @@ def run_through_stages(engine, snapshot: list[dict], departments: pl.DataFrame, 
     with raw.open("wb") as f:
         for start in range(0, max(len(snapshot), 1), batch_records):
             offset = f.tell()
-            f.write(staged_lines(snapshot[start:start + batch_records]))
+            f.write(staged_lines(snapshot[start : start + batch_records]))
             f.flush()
-            out = transform_batch.fn(departments, raw_path=str(raw), offset=offset, length=f.tell() - offset,
-                                     processed_path=str(processed), dlq_path=str(dlq), keys_path=str(keys),
-                                     seen_ids=seen)
+            out = transform_batch.fn(
+                departments,
+                raw_path=str(raw),
+                offset=offset,
+                length=f.tell() - offset,
+                processed_path=str(processed),
+                dlq_path=str(dlq),
+                keys_path=str(keys),
+                seen_ids=seen,
+            )
             seen = out["ids"]
             files = {"raw": str(raw), "processed": str(processed), "dlq": str(dlq), "raw_keys": str(keys)}
             spans = {k: out[k] for k in ("raw", "processed", "dlq", "raw_keys") if out.get(k)}
             persist_spans(engine, run_id=run_id, source=SOURCE, files=files, spans=spans, as_of=as_of)
             if out.get("raw_keys"):
                 key_spans.append((str(keys), out["raw_keys"]))
-    mark_absent(engine, source=SOURCE, seen_ids=staged_ids(key_spans), run_id=run_id, now=datetime.now(UTC),
-                max_share=MAX_SHARE)
+    mark_absent(
+        engine, source=SOURCE, seen_ids=staged_ids(key_spans), run_id=run_id, now=datetime.now(UTC), max_share=MAX_SHARE
+    )
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
@@ -223,6 +253,13 @@ def test_history_matches_the_model(kind, request, tmp_path, settings_env, monkey
     SourceHistory.departments = read_departments(BUNDLED_DEPARTMENTS)
     SourceHistory.workdir = tmp_path
     with TestClient(create_app()) as SourceHistory.client:
-        run_state_machine_as_test(SourceHistory, settings=settings(
-            max_examples=50 if kind == "sqlite" else 30, stateful_step_count=25, deadline=None, derandomize=True,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]))
+        run_state_machine_as_test(
+            SourceHistory,
+            settings=settings(
+                max_examples=50 if kind == "sqlite" else 30,
+                stateful_step_count=25,
+                deadline=None,
+                derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+            ),
+        )

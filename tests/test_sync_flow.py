@@ -23,9 +23,9 @@ def nightly(settings_env, database_url, prefect_server) -> Iterator:
 
     from api.main import create_app
 
-    settings_env(database_url=database_url, users_page_size=40, users_batch_records=90, extract_retries=0,
-                 api_key=None)
+    settings_env(database_url=database_url, users_page_size=40, users_batch_records=90, extract_retries=0, api_key=None)
     with DummyJsonServer([]) as server, TestClient(create_app()) as client:
+
         def run(users: list[dict]) -> dict:
             server.set_users(users)
             return asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))

@@ -53,7 +53,10 @@ def test_real_users_are_all_valid_and_flattened(departments):
         (lambda u: u["company"].pop("department"), {"department_missing"}),
         (lambda u: u["company"].update(department="Sorcery"), {"department_unknown"}),
         (lambda u: u.update(company=None), {"department_missing"}),
-        (lambda u: u.update(age=5, email="bad", firstName=None), {"age_out_of_range", "email_invalid", "first_name_missing"}),
+        (
+            lambda u: u.update(age=5, email="bad", firstName=None),
+            {"age_out_of_range", "email_invalid", "first_name_missing"},
+        ),
     ],
 )
 def test_each_rule_sends_the_record_to_the_dlq_with_every_reason(departments, change, rules):
@@ -97,14 +100,20 @@ def test_sensitive_fields_are_masked_outside_the_raw_layer(departments):
     row, src = processed.row(0, named=True), users[0]
     digits = "".join(c for c in src["ssn"] if c.isdigit())
     assert (row["ssn_masked"], row["card_number_masked"], row["iban_masked"]) == (
-        f"***-**-{digits[-4:]}", f"**** **** **** {src['bank']['cardNumber'][-4:]}", f"****{src['bank']['iban'][-4:]}")
+        f"***-**-{digits[-4:]}",
+        f"**** **** **** {src['bank']['cardNumber'][-4:]}",
+        f"****{src['bank']['iban'][-4:]}",
+    )
     broken = [dict(u, email="broken") for u in users]
     _, dlq = run(broken, departments)
     line = dlq_lines(dlq)[0]
     record = orjson.loads(line)["record"]
     assert record["email"] == "broken" and record["id"] == src["id"]
     assert (record["ssn"], record["bank"]["cardNumber"], record["bank"]["iban"]) == (
-        row["ssn_masked"], row["card_number_masked"], row["iban_masked"])
+        row["ssn_masked"],
+        row["card_number_masked"],
+        row["iban_masked"],
+    )
     assert record["ein"] == "****" and record["bank"]["cardType"] == src["bank"]["cardType"]
     for secret in (src["ssn"], src["bank"]["cardNumber"], src["bank"]["iban"], src["ein"], src["password"]):
         assert secret not in line
@@ -127,9 +136,18 @@ def test_raw_keys_staged_by_transform_are_those_persist_would_work_out(tmp_path,
     raw = tmp_path / "raw.jsonl"
     raw.write_bytes(staged_lines(users + users[:30]))  # a repeated line is one raw version
     keys = tmp_path / "keys.arrows"
-    outs = [transform_batch.fn(departments, raw_path=str(raw), offset=o, length=n, processed_path=str(tmp_path / "p"),
-                               dlq_path=str(tmp_path / "d"), keys_path=str(keys))
-            for o, n in split_spans(raw, 64_000)]
+    outs = [
+        transform_batch.fn(
+            departments,
+            raw_path=str(raw),
+            offset=o,
+            length=n,
+            processed_path=str(tmp_path / "p"),
+            dlq_path=str(tmp_path / "d"),
+            keys_path=str(keys),
+        )
+        for o, n in split_spans(raw, 64_000)
+    ]
     assert len(outs) > 3 and sum(o["raw_keys"][1] for o in outs) == keys.stat().st_size
     for out in outs:
         lines = read_span(raw, *out["raw"])
@@ -148,7 +166,9 @@ def test_transform_batch_appends_outputs_and_reports_reasons(tmp_path, departmen
     assert len(spans) > 3 and sum(length for _, length in spans) == raw.stat().st_size
     out_p, out_d = tmp_path / "p.jsonl", tmp_path / "d.jsonl"
     results = [
-        transform_batch.fn(departments, raw_path=str(raw), offset=o, length=n, processed_path=str(out_p), dlq_path=str(out_d))
+        transform_batch.fn(
+            departments, raw_path=str(raw), offset=o, length=n, processed_path=str(out_p), dlq_path=str(out_d)
+        )
         for o, n in spans
     ]
     assert sum(r["valid"] for r in results) + sum(r["invalid"] for r in results) == len(users)
@@ -173,12 +193,22 @@ def test_a_batch_worked_through_in_pieces_gives_what_it_gives_in_one(tmp_path, d
     outs = {}
     for name, piece_bytes in (("whole", 1 << 30), ("pieces", 16_000)):
         paths = {k: tmp_path / f"{name}.{k}" for k in ("p", "d", "k")}
-        out = transform_batch.fn(departments, raw_path=str(raw), offset=0, length=raw.stat().st_size,
-                                 processed_path=str(paths["p"]), dlq_path=str(paths["d"]), keys_path=str(paths["k"]),
-                                 piece_bytes=piece_bytes)
+        out = transform_batch.fn(
+            departments,
+            raw_path=str(raw),
+            offset=0,
+            length=raw.stat().st_size,
+            processed_path=str(paths["p"]),
+            dlq_path=str(paths["d"]),
+            keys_path=str(paths["k"]),
+            piece_bytes=piece_bytes,
+        )
         assert out["processed"] == [0, paths["p"].stat().st_size] and out["dlq"] == [0, paths["d"].stat().st_size]
-        outs[name] = (out, {k: p.read_bytes() for k, p in paths.items()},
-                      read_frame(read_span(paths["k"], *out["raw_keys"])))
+        outs[name] = (
+            out,
+            {k: p.read_bytes() for k, p in paths.items()},
+            read_frame(read_span(paths["k"], *out["raw_keys"])),
+        )
     assert len(split_spans(raw, 16_000)) > 10
     (whole, whole_files, whole_keys), (pieces, piece_files, piece_keys) = outs["whole"], outs["pieces"]
     assert piece_files["p"] == whole_files["p"] and piece_files["d"] == whole_files["d"]
@@ -193,8 +223,13 @@ def test_a_batch_worked_through_in_pieces_gives_what_it_gives_in_one(tmp_path, d
 def test_field_types_read_in_pieces_are_those_of_the_whole_batch(tmp_path, departments):
     raw = tmp_path / "raw.jsonl"
     raw.write_bytes(staged_lines(load_real_users()))
-    kw = dict(raw_path=str(raw), offset=0, length=raw.stat().st_size, processed_path=str(tmp_path / "p"),
-              dlq_path=str(tmp_path / "d"))
+    kw = dict(
+        raw_path=str(raw),
+        offset=0,
+        length=raw.stat().st_size,
+        processed_path=str(tmp_path / "p"),
+        dlq_path=str(tmp_path / "d"),
+    )
     whole = transform_batch.fn(departments, **kw, piece_bytes=1 << 30)["types"]
     assert whole["id"] == "Int64" and whole["address.coordinates.lat"] == "Float64"
     assert transform_batch.fn(departments, **kw, piece_bytes=16_000)["types"] == whole

@@ -23,20 +23,35 @@ def list_dlq(
     session: SessionDep,
     page: Annotated[int, Query(ge=1, le=2**31 - 1)] = 1,
     page_size: Annotated[int, Query(ge=1, le=500)] = 20,
-    status: Annotated[Literal["open", "resolved", "all"], Query(
-        description="open (default): records still rejected; resolved: closed since (the user arrived valid, "
-                    "with other content, or is gone from the source); all")] = "open",
-    run_id: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$",
-                                        description="the first or the last run that rejected the record")] = None,
+    status: Annotated[
+        Literal["open", "resolved", "all"],
+        Query(
+            description="open (default): records still rejected; resolved: closed since (the user arrived valid, "
+            "with other content, or is gone from the source); all"
+        ),
+    ] = "open",
+    run_id: Annotated[
+        str | None,
+        Query(max_length=64, pattern=r"^[^\x00]*$", description="the first or the last run that rejected the record"),
+    ] = None,
     user_id: Annotated[int | None, Query(ge=-(2**63), le=2**63 - 1, description="the record's user id")] = None,
     reason: Annotated[DlqReason | None, Query(description="a rule name, e.g. email_invalid")] = None,
 ) -> DlqListPublic:
-    given = {k: v for k, v in {"run_id": run_id, "user_id": user_id, "reason": reason and reason.value}.items()
-             if v is not None}
+    given = {
+        k: v
+        for k, v in {"run_id": run_id, "user_id": user_id, "reason": reason and reason.value}.items()
+        if v is not None
+    }
     where = crud.dlq_filters(status=status, **given)
     filters = given | ({"status": status} if status != "open" else {})  # as meta shows them
     total = crud.count_rows(session=session, model=DlqUser, where=where)
     offset = crud.page_offset(page=page, page_size=page_size)
     rows = [] if offset is None else crud.fetch_dlq(session=session, where=where, limit=page_size + 1, offset=offset)
-    return DlqListPublic(data=[crud.dlq_public(row=r) for r in rows[:page_size]], total=total, page=page,
-                         page_size=page_size, has_more=len(rows) > page_size, meta=page_meta(request, filters))
+    return DlqListPublic(
+        data=[crud.dlq_public(row=r) for r in rows[:page_size]],
+        total=total,
+        page=page,
+        page_size=page_size,
+        has_more=len(rows) > page_size,
+        meta=page_meta(request, filters),
+    )

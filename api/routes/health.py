@@ -29,8 +29,11 @@ def _verdict(run: EtlRun | None) -> HealthPublic:
     return HealthPublic(status="ok", database="ok", last_run=brief, last_run_age_seconds=age)
 
 
-@router.get("/health", response_model=HealthPublic,
-            responses={503: {"model": HealthPublic, "description": "database unreachable, or the last run failed"}})
+@router.get(
+    "/health",
+    response_model=HealthPublic,
+    responses={503: {"model": HealthPublic, "description": "database unreachable, or the last run failed"}},
+)
 def health(request: Request) -> JSONResponse:
     try:
         with overridable_session(request) as session:  # by hand: a database that cannot be reached is an answer
@@ -39,7 +42,8 @@ def health(request: Request) -> JSONResponse:
     except SchemaOutOfDate as exc:
         verdict = HealthPublic(status="unhealthy", database="schema out of date", reason=str(exc))
     except (SQLAlchemyError, OSError) as exc:
-        verdict = HealthPublic(status="unhealthy", database="unreachable",
-                               reason=f"database unreachable: {describe_database_error(exc)}")
+        verdict = HealthPublic(
+            status="unhealthy", database="unreachable", reason=f"database unreachable: {describe_database_error(exc)}"
+        )
     code = 503 if verdict.status == "unhealthy" else 200
     return JSONResponse(verdict.model_dump(mode="json"), status_code=code)

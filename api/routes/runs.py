@@ -20,8 +20,9 @@ log = logging.getLogger("api")
 
 DEPLOYMENT = "users-etl/daily"
 PREFECT_TIMEOUT_SECONDS = 15
-RunStatus = Annotated[str | None, Query(max_length=16, pattern=r"^[a-z_]*$",
-                                        description="running, completed, failed or crashed")]
+RunStatus = Annotated[
+    str | None, Query(max_length=16, pattern=r"^[a-z_]*$", description="running, completed, failed or crashed")
+]
 
 
 @router.get("/etl_runs", response_model=EtlRunsPublic, summary="Pipeline runs, newest first")
@@ -35,8 +36,13 @@ def list_runs(
     total = crud.count_rows(session=session, model=EtlRun, where=where)
     offset = crud.page_offset(page=page, page_size=page_size)
     runs = [] if offset is None else crud.fetch_runs(session=session, where=where, limit=page_size + 1, offset=offset)
-    return EtlRunsPublic(data=[crud.run_public(run=r) for r in runs[:page_size]], total=total, page=page,
-                         page_size=page_size, has_more=len(runs) > page_size)
+    return EtlRunsPublic(
+        data=[crud.run_public(run=r) for r in runs[:page_size]],
+        total=total,
+        page=page,
+        page_size=page_size,
+        has_more=len(runs) > page_size,
+    )
 
 
 @router.get("/etl_runs/{run_id}", response_model=EtlRunPublic, responses={404: {"description": "no such run"}})
@@ -78,11 +84,16 @@ def _unavailable(message: str) -> HTTPException:
     response_model=EtlRunStarted,
     dependencies=[ApiKeyDep],
     summary=f"Start a run of {DEPLOYMENT} (needs X-API-Key)",
-    responses={400: {"description": "the body could not be read as JSON"},
-               401: {"model": ErrorBody, "description": "no X-API-Key header"},
-               403: {"model": ErrorBody, "description": "a wrong X-API-Key; or no API_KEY is set on the server, "
-                                                        "which turns starting runs through the API off"},
-               503: {"model": ErrorBody, "description": "Prefect unreachable, or the deployment missing"}},
+    responses={
+        400: {"description": "the body could not be read as JSON"},
+        401: {"model": ErrorBody, "description": "no X-API-Key header"},
+        403: {
+            "model": ErrorBody,
+            "description": "a wrong X-API-Key; or no API_KEY is set on the server, "
+            "which turns starting runs through the API off",
+        },
+        503: {"model": ErrorBody, "description": "Prefect unreachable, or the deployment missing"},
+    },
 )
 async def start_run(body: Annotated[EtlRunCreate | None, Body()] = None) -> EtlRunStarted:
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
@@ -101,6 +112,11 @@ async def start_run(body: Annotated[EtlRunCreate | None, Body()] = None) -> EtlR
     except (TimeoutError, httpx.HTTPError, OSError, RuntimeError) as exc:
         log.warning("Prefect unreachable at %s: %r", api_url, exc)
         raise _unavailable(f"the Prefect server is unreachable ({type(exc).__name__})") from None
-    return EtlRunStarted(flow_run_id=str(flow_run.id), flow_run_name=flow_run.name, deployment=DEPLOYMENT,
-                         state=flow_run.state.name if flow_run.state else None, parameters=parameters,
-                         ui_url=_ui_link(api_url, str(flow_run.id)))
+    return EtlRunStarted(
+        flow_run_id=str(flow_run.id),
+        flow_run_name=flow_run.name,
+        deployment=DEPLOYMENT,
+        state=flow_run.state.name if flow_run.state else None,
+        parameters=parameters,
+        ui_url=_ui_link(api_url, str(flow_run.id)),
+    )

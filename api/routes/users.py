@@ -71,8 +71,11 @@ def decode_cursor(cursor: str, *, sort: str, order: str, filters: dict[str, Any]
     except (binascii.Error, ValueError, TypeError):
         raise query_error("cursor", "not a valid cursor: pass back a next_cursor exactly as returned") from None
     if (data.get("s"), data.get("o")) != (sort, order) or data.get("f") != _filters_digest(filters):
-        raise query_error("cursor", f"this cursor was issued for sort={data.get('s')} order={data.get('o')} and "
-                                    "other filters: repeat the same sort, order and filters with it")
+        raise query_error(
+            "cursor",
+            f"this cursor was issued for sort={data.get('s')} order={data.get('o')} and "
+            "other filters: repeat the same sort, order and filters with it",
+        )
     return value, last_id
 
 
@@ -84,9 +87,13 @@ class UsersQuery(BaseModel):
 
     page: int = Field(1, ge=1, le=MAX_PAGE, description="1-based page (offset pagination)")
     page_size: int = Field(20, ge=1, le=500)
-    cursor: str | None = Field(None, max_length=1000, pattern=r"^[A-Za-z0-9_-]*$",
-                               description="next_cursor of a previous page (keyset pagination, fast at any depth; "
-                                           "repeat the same filters, sort and order); `page` is ignored with it")
+    cursor: str | None = Field(
+        None,
+        max_length=1000,
+        pattern=r"^[A-Za-z0-9_-]*$",
+        description="next_cursor of a previous page (keyset pagination, fast at any depth; "
+        "repeat the same filters, sort and order); `page` is ignored with it",
+    )
     department: FilterText = None
     department_code: FilterText = None
     gender: FilterText = None
@@ -94,16 +101,21 @@ class UsersQuery(BaseModel):
     max_age: int | None = Field(None, ge=0, le=1000)
     source: FilterText = None
     search: FilterText = Field(None, description="case-insensitive text in first/last name, email or username")
-    status: UserStatus = Field(CURRENT, description="current (default): users as the source has them now; invalid: "
-                                                     "the newest record failed validation (the last valid values "
-                                                     "shown); deleted: absent from the source")
+    status: UserStatus = Field(
+        CURRENT,
+        description="current (default): users as the source has them now; invalid: "
+        "the newest record failed validation (the last valid values "
+        "shown); deleted: absent from the source",
+    )
     sort: SortField = "id"
     order: Order = "asc"
 
     def filters(self) -> dict[str, str | int]:
         """The filters given; blank text (`?department=` from a cleared form field) is no filter."""
-        given = self.model_dump(include={"department", "department_code", "gender", "min_age", "max_age", "source",
-                                         "search"}, exclude_none=True)
+        given = self.model_dump(
+            include={"department", "department_code", "gender", "min_age", "max_age", "source", "search"},
+            exclude_none=True,
+        )
         stripped = {k: v.strip() if isinstance(v, str) else v for k, v in given.items()}
         return {k: v for k, v in stripped.items() if v != ""}
 
@@ -112,25 +124,47 @@ class UsersQuery(BaseModel):
         return self.filters() | ({"status": self.status} if self.status != CURRENT else {})
 
 
-@router.get("/users", response_model=UsersPublic, summary="Current users, filtered, searched, sorted, paginated",
-            openapi_extra={"parameters": query_parameters(UsersQuery)},
-            responses={422: {"model": ValidationErrorBody, "description": "a parameter is invalid (named in loc)"}})
-async def list_users(request: Request, session: InlineSessionDep,
-                     q: Annotated[UsersQuery, Depends(query_model(UsersQuery))]) -> Response:
+@router.get(
+    "/users",
+    response_model=UsersPublic,
+    summary="Current users, filtered, searched, sorted, paginated",
+    openapi_extra={"parameters": query_parameters(UsersQuery)},
+    responses={422: {"model": ValidationErrorBody, "description": "a parameter is invalid (named in loc)"}},
+)
+async def list_users(
+    request: Request, session: InlineSessionDep, q: Annotated[UsersQuery, Depends(query_model(UsersQuery))]
+) -> Response:
     filters, shown = q.filters(), q.shown_filters()
     after = decode_cursor(q.cursor, sort=q.sort, order=q.order, filters=shown) if q.cursor else None
     total = crud_users.count_users(session=session, filters=filters, status=q.status)
     offset = 0 if after is not None else crud.page_offset(page=q.page, page_size=q.page_size)
-    page = crud_users.UsersPage(b"[]", False, None) if offset is None else crud_users.users_page(
-        session=session, filters=filters, status=q.status, sort=q.sort, order=q.order, page_size=q.page_size,
-        offset=offset, after=after)
+    page = (
+        crud_users.UsersPage(b"[]", False, None)
+        if offset is None
+        else crud_users.users_page(
+            session=session,
+            filters=filters,
+            status=q.status,
+            sort=q.sort,
+            order=q.order,
+            page_size=q.page_size,
+            offset=offset,
+            after=after,
+        )
+    )
     next_cursor = None
     if page.has_more:
         value, last_id = page.last
         next_cursor = encode_cursor(sort=q.sort, order=q.order, value=value, last_id=last_id, filters=shown)
-    payload = {"data": orjson.Fragment(page.data), "total": total, "page": None if after is not None else q.page,
-               "page_size": q.page_size, "has_more": page.has_more, "next_cursor": next_cursor,
-               "meta": page_meta(request, shown)}
+    payload = {
+        "data": orjson.Fragment(page.data),
+        "total": total,
+        "page": None if after is not None else q.page,
+        "page_size": q.page_size,
+        "has_more": page.has_more,
+        "next_cursor": next_cursor,
+        "meta": page_meta(request, shown),
+    }
     # users are written straight to JSON in UsersPublic's shape (the schema tests hold them to it): no per-row
     # models on the hot path
     return Response(orjson.dumps(payload), media_type="application/json")
@@ -139,21 +173,32 @@ async def list_users(request: Request, session: InlineSessionDep,
 def _not_served(user_id: int, user: crud_users.StoredUser) -> JSONResponse:
     """404 for a stored user that is not current: why, since which run, and where to look next."""
     run = user.status_run_id or "unknown"
-    why = {INVALID: f"its newest record failed validation (run {run}); see GET /dlq?user_id={user_id}",
-           DELETED: f"absent from the source since run {run}; see GET /users?status=deleted"}
+    why = {
+        INVALID: f"its newest record failed validation (run {run}); see GET /dlq?user_id={user_id}",
+        DELETED: f"absent from the source since run {run}; see GET /users?status=deleted",
+    }
     detail = f"user {user_id} is not current: {why.get(user.status, f'its status is {user.status}')}"
-    body = UserNotServedBody(detail=detail, status=user.status, status_run_id=user.status_run_id,
-                             status_changed_at=user.status_changed_at)
+    body = UserNotServedBody(
+        detail=detail, status=user.status, status_run_id=user.status_run_id, status_changed_at=user.status_changed_at
+    )
     return JSONResponse(body.model_dump(mode="json"), status_code=404)
 
 
-@router.get("/users/{user_id}", response_model=UserPublic, summary="One current user",
-            responses={404: {"model": UserNotServedBody,
-                             "description": "no such user; or a stored user that is not current (`status` says "
-                                            "why: invalid or deleted)"},
-                       422: {"model": ValidationErrorBody, "description": "not an integer of 64 bits"}})
-async def read_user(session: InlineSessionDep,
-                    user_id: Annotated[int, Path(ge=INT64[0], le=INT64[1], description="a 64-bit integer")]) -> Response:
+@router.get(
+    "/users/{user_id}",
+    response_model=UserPublic,
+    summary="One current user",
+    responses={
+        404: {
+            "model": UserNotServedBody,
+            "description": "no such user; or a stored user that is not current (`status` says why: invalid or deleted)",
+        },
+        422: {"model": ValidationErrorBody, "description": "not an integer of 64 bits"},
+    },
+)
+async def read_user(
+    session: InlineSessionDep, user_id: Annotated[int, Path(ge=INT64[0], le=INT64[1], description="a 64-bit integer")]
+) -> Response:
     user = crud_users.stored_user(session=session, user_id=user_id)
     if user is None:
         raise HTTPException(404, f"user {user_id} not found")

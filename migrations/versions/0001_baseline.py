@@ -39,7 +39,8 @@ def baseline_tables() -> sa.MetaData:
     """The nine tables, columns in create_all's order (a model's base class fields first)."""
     md = sa.MetaData()
     sa.Table(
-        "dlq_feed_items", md,
+        "dlq_feed_items",
+        md,
         _c("id", sa.Integer, False, primary_key=True),
         _c("run_id", _s(64), False, index=True),
         _c("feed", sa.Text, False, index=True),
@@ -50,7 +51,8 @@ def baseline_tables() -> sa.MetaData:
         _c("last_seen_at", TZ, False),
     )
     sa.Table(
-        "dlq_users", md,
+        "dlq_users",
+        md,
         _c("run_id", _s(64), False, index=True),
         _c("source", _s(64), False),
         _c("error_reason", sa.Text, False),
@@ -61,7 +63,8 @@ def baseline_tables() -> sa.MetaData:
         _c("last_seen_at", TZ, False),
     )
     sa.Table(
-        "etl_checkpoints", md,
+        "etl_checkpoints",
+        md,
         _c("source", _s(128), False, primary_key=True),
         _c("status", _s(16), False),
         _c("run_id", _s(64)),
@@ -78,25 +81,41 @@ def baseline_tables() -> sa.MetaData:
         _c("state", sa.Text, False),
     )
     sa.Table(
-        "etl_runs", md,
+        "etl_runs",
+        md,
         _c("flow_name", _s(64), False, index=True),
         _c("status", _s(16), False, index=True),
         _c("started_at", TZ, False),
         _c("finished_at", TZ),
         _c("duration_seconds", sa.Float),
-        *(_c(name, sa.Integer, False) for name in ("extracted", "valid", "invalid", "inserted", "updated",
-                                                    "unchanged", "raw_inserted", "dlq_inserted", "delivered_files")),
+        *(
+            _c(name, sa.Integer, False)
+            for name in (
+                "extracted",
+                "valid",
+                "invalid",
+                "inserted",
+                "updated",
+                "unchanged",
+                "raw_inserted",
+                "dlq_inserted",
+                "delivered_files",
+            )
+        ),
         _c("delivered_bytes", sa.BigInteger, False),
         _c("failed_stage", _s(32)),
         _c("error", sa.Text),
         _c("anomalies", sa.Text),
         _c("schema_drift", sa.Text),
         _c("id", _s(64), False, primary_key=True),
-        *(_c(name, sa.Text, False) for name in ("stage_seconds", "delivered", "files", "dlq_reasons", "sources",
-                                                 "observed_schema")),
+        *(
+            _c(name, sa.Text, False)
+            for name in ("stage_seconds", "delivered", "files", "dlq_reasons", "sources", "observed_schema")
+        ),
     )
     sa.Table(
-        "feed_items", md,
+        "feed_items",
+        md,
         _c("feed", sa.Text, False, index=True),
         _c("item_key", sa.Text, False),
         *(_c(name, sa.Text) for name in ("guid", "title", "link", "summary", "author")),
@@ -110,7 +129,8 @@ def baseline_tables() -> sa.MetaData:
         sa.Index("ix_feed_items_updated_at_item_id", "updated_at", "item_id"),
     )
     sa.Table(
-        "processed_users", md,
+        "processed_users",
+        md,
         _c("id", sa.Integer, False, primary_key=True, autoincrement=False),
         _c("first_name", _s(200), False),
         _c("last_name", _s(200), index=True),
@@ -124,14 +144,22 @@ def baseline_tables() -> sa.MetaData:
         _c("blood_group", _s()),
         _c("height", sa.Float),
         _c("weight", sa.Float),
-        *(_c(name, _s()) for name in ("eye_color", "university", "role", "city", "state", "country",
-                                      "postal_code")),
+        *(_c(name, _s()) for name in ("eye_color", "university", "role", "city", "state", "country", "postal_code")),
         _c("latitude", sa.Float),
         _c("longitude", sa.Float),
         _c("department", _s(200), False, index=True),
         _c("department_code", _s(32), False, index=True),
-        *(_c(name, _s()) for name in ("company_name", "company_title", "ssn_masked", "card_number_masked",
-                                      "card_type", "iban_masked")),
+        *(
+            _c(name, _s())
+            for name in (
+                "company_name",
+                "company_title",
+                "ssn_masked",
+                "card_number_masked",
+                "card_type",
+                "iban_masked",
+            )
+        ),
         _c("source", _s(64), False, index=True),
         _c("record_hash", _s(64), False),
         _c("source_updated_at", TZ),
@@ -141,7 +169,8 @@ def baseline_tables() -> sa.MetaData:
         sa.Index("ix_processed_users_updated_at_id", "updated_at", "id"),
     )
     sa.Table(
-        "raw_feed_items", md,
+        "raw_feed_items",
+        md,
         _c("id", sa.Integer, False, primary_key=True),
         _c("run_id", _s(64), False, index=True),
         _c("feed", sa.Text, False, index=True),
@@ -150,7 +179,8 @@ def baseline_tables() -> sa.MetaData:
         _c("data", sa.Text, False),
     )
     sa.Table(
-        "raw_users", md,
+        "raw_users",
+        md,
         _c("id", sa.Integer, False, primary_key=True),
         _c("run_id", _s(64), False, index=True),
         _c("source", _s(64), False),
@@ -160,7 +190,8 @@ def baseline_tables() -> sa.MetaData:
         _c("data", sa.Text, False),
     )
     sa.Table(
-        "schema_drift", md,
+        "schema_drift",
+        md,
         _c("run_id", _s(64), False, index=True),
         _c("source", _s(128), False, index=True),
         _c("field", _s(300), False),
@@ -186,8 +217,10 @@ def upgrade() -> None:
             have = {c["name"] for c in inspector.get_columns(table.name)}
             missing = [c.name for c in table.columns if c.name not in have]
             if missing:
-                raise RuntimeError(f"table {table.name} lacks columns {', '.join(missing)}: the database was made by "
-                                   "a release older than the baseline (fca55db), which migrations do not know")
+                raise RuntimeError(
+                    f"table {table.name} lacks columns {', '.join(missing)}: the database was made by "
+                    "a release older than the baseline (fca55db), which migrations do not know"
+                )
     tables.create_all(bind, checkfirst=True)
 
 

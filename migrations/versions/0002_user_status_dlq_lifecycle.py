@@ -47,14 +47,20 @@ def new_columns() -> dict[str, list[sa.Column]]:
             sa.Column("resolved_run_id", sa.String(64), nullable=True),
             sa.Column("resolution", sa.String(16), nullable=True),
         ],
-        "etl_runs": [sa.Column(name, sa.Integer(), nullable=False, server_default="0")
-                     for name in ("invalidated", "deleted", "restored", "dlq_opened", "dlq_resolved")],
+        "etl_runs": [
+            sa.Column(name, sa.Integer(), nullable=False, server_default="0")
+            for name in ("invalidated", "deleted", "restored", "dlq_opened", "dlq_resolved")
+        ],
     }
 
 
 # (table, column) indexed as ix_<table>_<column>
-NEW_INDEXES = [("processed_users", "status"), ("dlq_users", "user_id"), ("dlq_users", "last_run_id"),
-               ("dlq_users", "resolved_at")]
+NEW_INDEXES = [
+    ("processed_users", "status"),
+    ("dlq_users", "user_id"),
+    ("dlq_users", "last_run_id"),
+    ("dlq_users", "resolved_at"),
+]
 # (table, column, old type, new type)
 NEW_TYPES = [("processed_users", "id", sa.Integer(), sa.BigInteger())]
 # run after the columns exist: an open DLQ entry was last rejected by the run that (first) rejected it
@@ -62,10 +68,23 @@ BACKFILL = ["UPDATE dlq_users SET last_run_id = run_id"]
 
 # every table, and its single-column unique constraints: their names become the convention's
 # (models/naming.py: pk_<table>, uq_<table>_<column>)
-TABLES = ["dlq_feed_items", "dlq_users", "etl_checkpoints", "etl_runs", "feed_items", "processed_users",
-          "raw_feed_items", "raw_users", "schema_drift"]
-UNIQUE = {"dlq_feed_items": "record_hash", "dlq_users": "record_hash", "raw_feed_items": "record_hash",
-          "raw_users": "record_hash"}
+TABLES = [
+    "dlq_feed_items",
+    "dlq_users",
+    "etl_checkpoints",
+    "etl_runs",
+    "feed_items",
+    "processed_users",
+    "raw_feed_items",
+    "raw_users",
+    "schema_drift",
+]
+UNIQUE = {
+    "dlq_feed_items": "record_hash",
+    "dlq_users": "record_hash",
+    "raw_feed_items": "record_hash",
+    "raw_users": "record_hash",
+}
 CONVENTION = {"pk": "pk_%(table_name)s", "uq": "uq_%(table_name)s_%(column_0_N_name)s"}
 
 
@@ -142,8 +161,11 @@ def _rename_constraints(pk_name, unique_name) -> None:
         renames = [(inspector.get_pk_constraint(table)["name"], pk_name(table))]
         if table in UNIQUE:
             column = UNIQUE[table]
-            renames += [(uq["name"], unique_name(table, column)) for uq in inspector.get_unique_constraints(table)
-                        if uq["column_names"] == [column]]
+            renames += [
+                (uq["name"], unique_name(table, column))
+                for uq in inspector.get_unique_constraints(table)
+                if uq["column_names"] == [column]
+            ]
         for old, new in renames:
             if old != new:
                 op.execute(f'ALTER TABLE {table} RENAME CONSTRAINT "{old}" TO "{new}"')

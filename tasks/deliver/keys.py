@@ -24,8 +24,8 @@ def _ssh_strings(blob: bytes, count: int) -> list[bytes]:
     for _ in range(count):
         if pos + 4 > len(blob):
             raise ValueError("truncated")
-        n = int.from_bytes(blob[pos:pos + 4], "big")
-        out.append(blob[pos + 4:pos + 4 + n])
+        n = int.from_bytes(blob[pos : pos + 4], "big")
+        out.append(blob[pos + 4 : pos + 4 + n])
         pos += 4 + n
     return out
 
@@ -43,10 +43,10 @@ def _inspect_key(data: bytes) -> tuple[bool | None, type[paramiko.PKey] | None]:
             blob = base64.b64decode("".join(body.split()))
             if not blob.startswith(_OPENSSH_MAGIC):
                 return None, None
-            rest = blob[len(_OPENSSH_MAGIC):]
+            rest = blob[len(_OPENSSH_MAGIC) :]
             cipher, _kdf, _kdf_options = _ssh_strings(rest, 3)
             # then: uint32 number of keys, and the clear-text public key blob
-            public = _ssh_strings(rest[sum(4 + len(x) for x in (cipher, _kdf, _kdf_options)) + 4:], 1)[0]
+            public = _ssh_strings(rest[sum(4 + len(x) for x in (cipher, _kdf, _kdf_options)) + 4 :], 1)[0]
             key_type = _ssh_strings(public, 1)[0].decode("ascii", errors="replace")
         except ValueError:
             return None, None
@@ -105,8 +105,7 @@ def _read_private_key(key_path: Path, passphrase: SecretStr | None) -> paramiko.
         data = key_path.read_bytes()
     except OSError as exc:
         raise SftpKeyFileError(
-            f"cannot read private key {key_path} (SFTP_KEY_PATH): "
-            f"{exc.strerror or type(exc).__name__}"
+            f"cannot read private key {key_path} (SFTP_KEY_PATH): {exc.strerror or type(exc).__name__}"
         ) from None
     encrypted, key_class = _inspect_key(data)
     secret = passphrase.get_secret_value() if passphrase is not None else ""
@@ -131,7 +130,7 @@ def _read_private_key(key_path: Path, passphrase: SecretStr | None) -> paramiko.
         try:
             return loader()
         except Exception:  # noqa: BLE001  (wrong type or passphrase; details are dropped:
-            continue       # they could echo key material)
+            continue  # they could echo key material)
     if encrypted:
         raise KeyPassphraseError(
             f"could not decrypt private key {key_path}: the passphrase is wrong (or the key "

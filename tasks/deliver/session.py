@@ -36,7 +36,8 @@ def _transport(sock, **kwargs) -> paramiko.Transport:
     options = transport.get_security_options()
     offered = options.ciphers
     options.ciphers = tuple(c for c in PREFERRED_CIPHERS if c in offered) + tuple(
-        c for c in offered if c not in PREFERRED_CIPHERS)
+        c for c in offered if c not in PREFERRED_CIPHERS
+    )
     return transport
 
 
@@ -104,10 +105,7 @@ class SftpSession:
         """The connection and its SFTP channel are still open."""
         transport = self.client.get_transport() if self.client is not None else None
         channel = self.sftp.get_channel() if self.sftp is not None else None
-        return bool(
-            transport is not None and transport.is_active()
-            and channel is not None and not channel.closed
-        )
+        return bool(transport is not None and transport.is_active() and channel is not None and not channel.closed)
 
     def _open(self) -> None:
         t = self.target
@@ -123,8 +121,7 @@ class SftpSession:
             ) from None
         except Exception as exc:  # noqa: BLE001
             raise HostKeyError(
-                f"cannot read the known_hosts file {t.known_hosts} (SFTP_KNOWN_HOSTS): "
-                f"{type(exc).__name__}: {exc}"
+                f"cannot read the known_hosts file {t.known_hosts} (SFTP_KNOWN_HOSTS): {type(exc).__name__}: {exc}"
             ) from None
         client.set_missing_host_key_policy(_RejectUnknownHost())
         name = _known_hosts_name(t.host, t.port)
@@ -178,9 +175,7 @@ class SftpSession:
                 f"SFTP server {t.address} is unavailable: cannot resolve {t.host!r} ({exc.strerror})"
             ) from None
         except paramiko.ssh_exception.IncompatiblePeer as exc:
-            raise SftpDeliveryError(
-                f"SFTP server {t.address}: no common SSH algorithms ({exc})"
-            ) from None
+            raise SftpDeliveryError(f"SFTP server {t.address}: no common SSH algorithms ({exc})") from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
             # reset / closed during the handshake (sshd MaxStartups, restarts, ...)
             raise SftpUnavailableError(
@@ -189,9 +184,7 @@ class SftpSession:
         try:
             self.sftp = client.open_sftp()
         except paramiko.ChannelException as exc:
-            raise SftpRemoteError(
-                f"{t.address} did not open an SFTP session for {t.username!r}: {exc}"
-            ) from None
+            raise SftpRemoteError(f"{t.address} did not open an SFTP session for {t.username!r}: {exc}") from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise SftpConnectionLostError(
                 f"connection to {t.address} lost while opening SFTP: {exc_text(exc)}"

@@ -120,8 +120,14 @@ def _remove_legacy_parts(sftp: paramiko.SFTPClient, folder: str) -> int:
     return removed
 
 
-def stage_files(target: SftpTarget, files: list[Path], remote_dir: str, run_id: str, names: list[str] | None = None,
-                is_live: Callable[[str], bool] = lambda _run_id: True) -> list[StagedFile]:
+def stage_files(
+    target: SftpTarget,
+    files: list[Path],
+    remote_dir: str,
+    run_id: str,
+    names: list[str] | None = None,
+    is_live: Callable[[str], bool] = lambda _run_id: True,
+) -> list[StagedFile]:
     """Phase 1: `files` uploaded to this run's incoming folder, each meant for ``<remote_dir>/<name>``
     (`names`: the remote names, default the files' own). Stale folders of runs that are over go first."""
     paths = check_local_files(files, names)
@@ -143,11 +149,25 @@ def stage_files(target: SftpTarget, files: list[Path], remote_dir: str, run_id: 
             op.step = f"uploading {path.name} to {temp}"
             started = time.perf_counter()
             written = write_verified(sftp, path, temp, final)
-            logger.info("staged %s -> %s:%s (%d bytes, %.1f MB/s, sha256 %s)", path.name, target.address, temp,
-                        written.size, written.size / max(time.perf_counter() - started, 1e-9) / 1e6,
-                        written.sha256[:12])
-            staged.append(StagedFile(local_path=str(path), temp_path=temp, remote_path=final, bytes=written.size,
-                                     sha256=written.sha256, mtime=written.mtime))
+            logger.info(
+                "staged %s -> %s:%s (%d bytes, %.1f MB/s, sha256 %s)",
+                path.name,
+                target.address,
+                temp,
+                written.size,
+                written.size / max(time.perf_counter() - started, 1e-9) / 1e6,
+                written.sha256[:12],
+            )
+            staged.append(
+                StagedFile(
+                    local_path=str(path),
+                    temp_path=temp,
+                    remote_path=final,
+                    bytes=written.size,
+                    sha256=written.sha256,
+                    mtime=written.mtime,
+                )
+            )
     return staged
 
 
@@ -177,8 +197,9 @@ def _check_staged(sftp: paramiko.SFTPClient, target: SftpTarget, staged: list[St
     return pending
 
 
-def publish_files(target: SftpTarget, staged: list[StagedFile],
-                  record: Callable[[list[StagedFile]], None] | None = None) -> list[StagedFile]:
+def publish_files(
+    target: SftpTarget, staged: list[StagedFile], record: Callable[[list[StagedFile]], None] | None = None
+) -> list[StagedFile]:
     """Phase 2: every staged file checked, then renamed over its final name one by one, `record` told the
     files landed so far after each; the run's incoming folder removed. Returns the files landed.
     A retry (after a lost connection) picks up where the last attempt stopped."""
@@ -202,8 +223,9 @@ def publish_files(target: SftpTarget, staged: list[StagedFile],
             op.step = f"publishing {posixpath.basename(f.temp_path)} as {f.remote_path}"
             replace(sftp, f.temp_path, f.remote_path)
             landed = [g for g in staged if g in landed or g == f]
-            logger.info("delivered %s -> %s:%s (%d bytes)", Path(f.local_path).name, target.address,
-                        f.remote_path, f.bytes)
+            logger.info(
+                "delivered %s -> %s:%s (%d bytes)", Path(f.local_path).name, target.address, f.remote_path, f.bytes
+            )
             if record is not None:
                 record(landed)
         folder = posixpath.dirname(staged[0].temp_path)

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 if TYPE_CHECKING:
     from models.settings import Settings
 
+
 @dataclass(frozen=True)
 class SftpTarget:
     """Where and how to connect. ``passphrase`` is masked in ``repr``."""
@@ -56,8 +57,7 @@ class SftpTarget:
         ]
         if missing:
             raise ConfigError(
-                "SFTP delivery is not fully configured: set " + ", ".join(missing)
-                + " (see docs/sftp.md)"
+                "SFTP delivery is not fully configured: set " + ", ".join(missing) + " (see docs/sftp.md)"
             )
         if passphrase is None or not passphrase.get_secret_value():
             passphrase = resolve_key_passphrase(settings)
@@ -88,8 +88,7 @@ def resolve_key_passphrase(settings: Settings) -> SecretStr | None:
         block = Secret.load(name, _sync=True)
     except Exception as exc:  # the message names the block, never its value
         raise ConfigError(
-            f"SFTP_KEY_PASSPHRASE_BLOCK: could not load the Prefect Secret block {name!r} "
-            f"({type(exc).__name__})"
+            f"SFTP_KEY_PASSPHRASE_BLOCK: could not load the Prefect Secret block {name!r} ({type(exc).__name__})"
         ) from None
     # not Secret.get(): it JSON-decodes, turning a passphrase like "1234" into an int
     value = block.value.get_secret_value()
@@ -101,4 +100,3 @@ def resolve_key_passphrase(settings: Settings) -> SecretStr | None:
 def remote_dir_for(remote_base: str, run_date: date) -> str:
     """The run's remote directory: ``<remote_base>/YYYY-MM-DD``."""
     return f"{remote_base.rstrip('/')}/{run_date.strftime('%Y-%m-%d')}"
-

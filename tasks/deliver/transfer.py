@@ -38,7 +38,9 @@ WRITE_CHUNK = 32 * 1024 - 256
 READ_BLOCK = 1024 * 1024
 TEMP_MARKER = ".part-"  # upload_files' temporaries: `.<name>.part-<12 hex>` beside the final name
 SFTP_RETRIES = dict(  # network trouble is retried, never trust or configuration errors
-    retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
     retry_condition_fn=retry_when(is_transient),
     cache_policy=NO_CACHE,  # a side effect, and the target holds a secret: never hash/cache
 )
@@ -124,7 +126,7 @@ def write_verified(sftp: paramiko.SFTPClient, local: Path, remote: str, final: s
             digest.update(block)
             view = memoryview(block)
             for offset in range(0, len(view), WRITE_CHUNK):
-                out.write(view[offset:offset + WRITE_CHUNK])
+                out.write(view[offset : offset + WRITE_CHUNK])
             sent += len(block)
         _await_write_acks(out)
     attrs = sftp.stat(remote)
@@ -189,8 +191,10 @@ def _upload_one(sftp: paramiko.SFTPClient, local: Path, remote_dir: str, listing
         renamed = True
     except BaseException as exc:
         channel = sftp.get_channel()
-        connection_ok = channel is not None and not channel.closed and not isinstance(
-            exc, (socket.timeout, TimeoutError, EOFError, ConnectionError, paramiko.SSHException)
+        connection_ok = (
+            channel is not None
+            and not channel.closed
+            and not isinstance(exc, (socket.timeout, TimeoutError, EOFError, ConnectionError, paramiko.SSHException))
         )
         if not renamed and connection_ok:
             try:  # best effort; otherwise the next attempt removes it
@@ -226,9 +230,15 @@ def upload_files(target: SftpTarget, files: list[Path], remote_dir: str) -> list
             op.step = f"uploading {path.name} to {remote_dir}"
             started = time.perf_counter()
             result = _upload_one(sftp, path, remote_dir, listing)
-            logger.info("delivered %s -> %s:%s (%d bytes, %.1f MB/s, sha256 %s)", path.name, target.address,
-                        result["remote_path"], result["bytes"],
-                        result["bytes"] / max(time.perf_counter() - started, 1e-9) / 1e6, result["sha256"][:12])
+            logger.info(
+                "delivered %s -> %s:%s (%d bytes, %.1f MB/s, sha256 %s)",
+                path.name,
+                target.address,
+                result["remote_path"],
+                result["bytes"],
+                result["bytes"] / max(time.perf_counter() - started, 1e-9) / 1e6,
+                result["sha256"][:12],
+            )
             results.append(result)
     return results
 

@@ -41,7 +41,6 @@ class Position:
     staged_path: str | None = None
 
 
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -65,7 +64,12 @@ def begin_extract(engine: Engine, *, run_id: str, fingerprint: str, new_path: Pa
             plan = ExtractPlan(str(new_path), 0, 0, 0, False)
             cp.total = None
         cp.status, cp.run_id, cp.fingerprint = "in_progress", run_id, fingerprint
-        cp.cursor, cp.staged_path, cp.staged_bytes, cp.staged_records = plan.skip, plan.staged_path, plan.offset, plan.records
+        cp.cursor, cp.staged_path, cp.staged_bytes, cp.staged_records = (
+            plan.skip,
+            plan.staged_path,
+            plan.offset,
+            plan.records,
+        )
         cp.updated_at = _now()
         session.add(cp)
         session.commit()
@@ -101,8 +105,13 @@ def _advance(engine: Engine, pos: Position) -> None:
     if pos.staged_path is not None:
         _sync(pos.staged_path)
     with engine.begin() as conn:
-        conn.execute(update(EtlCheckpoint).where(EtlCheckpoint.source == CHECKPOINT_KEY).values(
-            cursor=pos.skip, total=pos.total, staged_bytes=pos.offset, staged_records=pos.records, updated_at=_now()))
+        conn.execute(
+            update(EtlCheckpoint)
+            .where(EtlCheckpoint.source == CHECKPOINT_KEY)
+            .values(
+                cursor=pos.skip, total=pos.total, staged_bytes=pos.offset, staged_records=pos.records, updated_at=_now()
+            )
+        )
 
 
 class CheckpointWriter:
@@ -166,8 +175,9 @@ class CheckpointWriter:
                 self._cond.wait_for(lambda: self._pending is not None or self._closed)
                 if self._pending is None:
                     return
-                self._cond.wait_for(lambda: self._closed,
-                                    timeout=stored_at + CHECKPOINT_EVERY_SECONDS - time.monotonic())
+                self._cond.wait_for(
+                    lambda: self._closed, timeout=stored_at + CHECKPOINT_EVERY_SECONDS - time.monotonic()
+                )
                 position, self._pending = self._pending, None
             try:
                 _advance(self._engine, position)

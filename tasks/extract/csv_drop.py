@@ -29,9 +29,19 @@ from tasks.redact import SECRET_FIELDS
 SOURCE = "csv"
 FAILURE_REASON = "csv_malformed"
 FIELDS: dict[str, tuple[str, ...]] = {
-    "id_text": ("id",), "first_name": ("first_name",), "last_name": ("last_name",), "username": ("username",),
-    "email": ("email",), "phone": ("phone",), "age_text": ("age",), "gender": ("gender",), "city": ("city",),
-    "country": ("country",), "department": ("department",), "company_name": ("company",), "company_title": ("title",),
+    "id_text": ("id",),
+    "first_name": ("first_name",),
+    "last_name": ("last_name",),
+    "username": ("username",),
+    "email": ("email",),
+    "phone": ("phone",),
+    "age_text": ("age",),
+    "gender": ("gender",),
+    "city": ("city",),
+    "country": ("country",),
+    "department": ("department",),
+    "company_name": ("company",),
+    "company_title": ("title",),
 }
 REQUIRED_COLUMNS = ("id", "first_name", "email", "age", "department")
 KNOWN_COLUMNS = (*REQUIRED_COLUMNS, "last_name", "gender", "company", "title", "city", "country", "username", "phone")
@@ -95,8 +105,10 @@ def pending(engine: Engine, settings) -> list[dict]:
     """What this run should stage: the new or changed files of USERS_CSV_DIR (nothing when it is unset)."""
     if not settings.users_csv_dir:
         return []
-    return [{"name": f.path.stem, "path": str(f.path), "checksum": f.checksum, "modified_at": f.modified_at.isoformat()}
-            for f in pending_files(engine, Path(settings.users_csv_dir))]
+    return [
+        {"name": f.path.stem, "path": str(f.path), "checksum": f.checksum, "modified_at": f.modified_at.isoformat()}
+        for f in pending_files(engine, Path(settings.users_csv_dir))
+    ]
 
 
 def pending_files(engine: Engine, csv_dir: Path) -> list[CsvFile]:

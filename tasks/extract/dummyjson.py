@@ -114,8 +114,16 @@ def _backoff(attempt: int, base_seconds: float) -> float:
     return delay + random.uniform(0, delay / 2)
 
 
-def fetch_page_retried(client: httpx.Client, base_url: str, *, limit: int, skip: int, max_retry_after: float,
-                       retries: int, retry_base_seconds: float) -> dict:
+def fetch_page_retried(
+    client: httpx.Client,
+    base_url: str,
+    *,
+    limit: int,
+    skip: int,
+    max_retry_after: float,
+    retries: int,
+    retry_base_seconds: float,
+) -> dict:
     """One page, a transient failure (connection error, timeout, 5xx, 429 past its waits) retried up to
     `retries` times with backoff: every page has a budget of its own and a retry asks for that page alone, so a
     source failing now and then completes however many pages the walk has. Anything else raises at once."""
@@ -206,15 +214,25 @@ def fetch_batch(
     once the run is cancelled (what it staged is checkpointed for the next run)."""
     started = time.time()
     cursor, total, got = skip, None, 0
-    with (httpx.Client(timeout=httpx.Timeout(timeout), headers={"Accept": "application/json"},
-                       verify=_tls_context()) as client,
-          open(staged_path, "r+b") as fh):
+    with (
+        httpx.Client(
+            timeout=httpx.Timeout(timeout), headers={"Accept": "application/json"}, verify=_tls_context()
+        ) as client,
+        open(staged_path, "r+b") as fh,
+    ):
         fh.truncate(offset)
         fh.seek(offset)
         while got < max_records:
             handoff.check_cancelled(run_dir, "extract")  # a failed stage or a SIGTERM stops it within a page
-            page = fetch_page_retried(client, base_url, limit=page_size, skip=cursor, max_retry_after=max_retry_after,
-                                      retries=retries, retry_base_seconds=retry_base_seconds)
+            page = fetch_page_retried(
+                client,
+                base_url,
+                limit=page_size,
+                skip=cursor,
+                max_retry_after=max_retry_after,
+                retries=retries,
+                retry_base_seconds=retry_base_seconds,
+            )
             users, total = page["users"], page["total"]
             if not users:
                 break
@@ -222,16 +240,24 @@ def fetch_batch(
             fh.flush()
             got += len(users)
             cursor += len(users)
-            checkpoints.advance(skip=cursor, total=total, offset=fh.tell(), records=records_before + got,
-                                staged_path=staged_path)
+            checkpoints.advance(
+                skip=cursor, total=total, offset=fh.tell(), records=records_before + got, staged_path=staged_path
+            )
             del page, users  # (the page's body) before the next is read
             if cursor >= total:
                 break
         new_offset = fh.tell()
     done = got == 0 or (total is not None and cursor >= total)
     if new_offset == offset and total is not None:  # an empty page: the checkpoint still learns its total
-        checkpoints.advance(skip=cursor, total=total, offset=new_offset, records=records_before + got,
-                            staged_path=staged_path)
+        checkpoints.advance(
+            skip=cursor, total=total, offset=new_offset, records=records_before + got, staged_path=staged_path
+        )
     _logger().info("pages skip=%d..%d: %d records staged (total %s)", skip, cursor, got, total)
-    return {"records": got, "next_skip": cursor, "total": total, "offset": new_offset, "done": done,
-            "work_span": [started, time.time()]}
+    return {
+        "records": got,
+        "next_skip": cursor,
+        "total": total,
+        "offset": new_offset,
+        "done": done,
+        "work_span": [started, time.time()],
+    }

@@ -170,8 +170,9 @@ def _check_url(url: str) -> None:
     retry_condition_fn=is_transient,
     cache_policy=NO_CACHE,
 )
-def fetch_feed(url: str, *, validators: dict[str, str | None], part_path: str,
-               timeout: float = REQUEST_TIMEOUT_SECONDS) -> dict:
+def fetch_feed(
+    url: str, *, validators: dict[str, str | None], part_path: str, timeout: float = REQUEST_TIMEOUT_SECONDS
+) -> dict:
     """Conditional GET of one feed. 304: nothing staged. 200: its items written to `part_path` as JSONL
     (a retry rewrites the file). Returns the outcome, with the response's validators to store once the
     items are persisted."""
@@ -185,8 +186,17 @@ def fetch_feed(url: str, *, validators: dict[str, str | None], part_path: str,
         if not sent.headers():
             raise FeedError(f"GET {url} answered 304 Not Modified to an unconditional request")
         _logger().info("GET %s: 304 Not Modified", url)
-        return {"url": url, "status": "not_modified", "http_status": 304, "items": 0, "bytes": 0, "path": None,
-                "validators": None, "warning": None, "work_span": [started, time.time()]}
+        return {
+            "url": url,
+            "status": "not_modified",
+            "http_status": 304,
+            "items": 0,
+            "bytes": 0,
+            "path": None,
+            "validators": None,
+            "warning": None,
+            "work_span": [started, time.time()],
+        }
     items, warning = parse_items(body, url=url, content_type=resp.headers.get("content-type"), base_url=str(resp.url))
     if warning:
         _logger().warning("GET %s: the feed has errors feedparser recovered from (%s)", url, warning)
@@ -194,11 +204,25 @@ def fetch_feed(url: str, *, validators: dict[str, str | None], part_path: str,
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"".join(orjson.dumps(item) + b"\n" for item in items))
     got = Validators(resp.headers.get("etag"), resp.headers.get("last-modified"))
-    _logger().info("GET %s: HTTP %d, %d items, %d bytes%s", url, resp.status_code, len(items), len(body),
-                   " (no ETag or Last-Modified: next run fetches it whole)" if got == Validators() else "")
-    return {"url": url, "status": "fetched", "http_status": resp.status_code, "items": len(items), "bytes": len(body),
-            "path": str(path), "validators": {"etag": got.etag, "last_modified": got.last_modified},
-            "warning": warning, "work_span": [started, time.time()]}
+    _logger().info(
+        "GET %s: HTTP %d, %d items, %d bytes%s",
+        url,
+        resp.status_code,
+        len(items),
+        len(body),
+        " (no ETag or Last-Modified: next run fetches it whole)" if got == Validators() else "",
+    )
+    return {
+        "url": url,
+        "status": "fetched",
+        "http_status": resp.status_code,
+        "items": len(items),
+        "bytes": len(body),
+        "path": str(path),
+        "validators": {"etag": got.etag, "last_modified": got.last_modified},
+        "warning": warning,
+        "work_span": [started, time.time()],
+    }
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -233,8 +257,11 @@ def record_outcomes(engine: Engine, *, run_id: str, outcomes: list[dict]) -> Non
             if out["status"] == "failed":
                 cp.status, cp.last_failure_at, cp.last_error = "failed", now, out["error"][:2000]
             else:
-                cp.status, cp.last_success_at, cp.last_error = ("complete" if out["status"] == "fetched"
-                                                                else "not_modified"), now, None
+                cp.status, cp.last_success_at, cp.last_error = (
+                    ("complete" if out["status"] == "fetched" else "not_modified"),
+                    now,
+                    None,
+                )
             if out["status"] == "fetched":
                 cp.state = Validators(**out["validators"]).state(out["url"])
                 cp.staged_path, cp.staged_records, cp.staged_bytes = out["path"], out["items"], out["bytes"]

@@ -19,14 +19,82 @@ import orjson
 
 from tasks.extract.constants import SERVER_DEFAULT_LIMIT
 
-_FIRST = ["Ava", "Ben", "Chloe", "Dara", "Eli", "Farah", "Gus", "Hana", "Ivo", "Jin", "Kira", "Liam", "Mona", "Nico",
-          "Omar", "Pia", "Quin", "Rosa", "Sami", "Tara", "Uma", "Vik", "Wren", "Xia", "Yusuf", "Zoe"]
-_LAST = ["Abara", "Brandt", "Castillo", "Dubois", "Eriksen", "Fontaine", "Gallo", "Haddad", "Ito", "Jansen", "Kowal",
-         "Lindqvist", "Moreau", "Nakamura", "Okafor", "Petrov", "Quinn", "Rossi", "Silva", "Tanaka", "Ueda", "Varga"]
-_DEPARTMENTS = ["Accounting", "Business Development", "Engineering", "Human Resources", "Legal", "Marketing",
-                "Product Management", "Research and Development", "Sales", "Services", "Support", "Training"]
-_CITIES = [("Lisbon", "Portugal"), ("Osaka", "Japan"), ("Lagos", "Nigeria"), ("Denver", "United States"),
-           ("Lyon", "France"), ("Krakow", "Poland"), ("Austin", "United States"), ("Porto", "Portugal")]
+_FIRST = [
+    "Ava",
+    "Ben",
+    "Chloe",
+    "Dara",
+    "Eli",
+    "Farah",
+    "Gus",
+    "Hana",
+    "Ivo",
+    "Jin",
+    "Kira",
+    "Liam",
+    "Mona",
+    "Nico",
+    "Omar",
+    "Pia",
+    "Quin",
+    "Rosa",
+    "Sami",
+    "Tara",
+    "Uma",
+    "Vik",
+    "Wren",
+    "Xia",
+    "Yusuf",
+    "Zoe",
+]
+_LAST = [
+    "Abara",
+    "Brandt",
+    "Castillo",
+    "Dubois",
+    "Eriksen",
+    "Fontaine",
+    "Gallo",
+    "Haddad",
+    "Ito",
+    "Jansen",
+    "Kowal",
+    "Lindqvist",
+    "Moreau",
+    "Nakamura",
+    "Okafor",
+    "Petrov",
+    "Quinn",
+    "Rossi",
+    "Silva",
+    "Tanaka",
+    "Ueda",
+    "Varga",
+]
+_DEPARTMENTS = [
+    "Accounting",
+    "Business Development",
+    "Engineering",
+    "Human Resources",
+    "Legal",
+    "Marketing",
+    "Product Management",
+    "Research and Development",
+    "Sales",
+    "Services",
+    "Support",
+    "Training",
+]
+_CITIES = [
+    ("Lisbon", "Portugal"),
+    ("Osaka", "Japan"),
+    ("Lagos", "Nigeria"),
+    ("Denver", "United States"),
+    ("Lyon", "France"),
+    ("Krakow", "Poland"),
+    ("Austin", "United States"),
+    ("Porto", "Portugal"),
+]
 _TITLES = ["Analyst", "Engineer", "Manager", "Designer", "Accountant", "Counsel", "Specialist"]
 
 # How the sample's invalid records are broken: (share of one in N, what is done)
@@ -65,17 +133,24 @@ def generate_users(n: int = 300, *, seed: int = 20261123, invalid_every: int = 1
             "height": round(rng.uniform(150, 200), 2),
             "weight": round(rng.uniform(45, 110), 2),
             "eyeColor": rng.choice(["Brown", "Green", "Blue", "Gray"]),
-            "address": {"address": f"{rng.randint(1, 999)} Main Street", "city": city, "state": "", "stateCode": "",
-                        "postalCode": f"{rng.randint(10000, 99999)}",
-                        "coordinates": {"lat": round(rng.uniform(-80, 80), 6), "lng": round(rng.uniform(-170, 170), 6)},
-                        "country": country},
+            "address": {
+                "address": f"{rng.randint(1, 999)} Main Street",
+                "city": city,
+                "state": "",
+                "stateCode": "",
+                "postalCode": f"{rng.randint(10000, 99999)}",
+                "coordinates": {"lat": round(rng.uniform(-80, 80), 6), "lng": round(rng.uniform(-170, 170), 6)},
+                "country": country,
+            },
             "university": f"University of {city}",
-            "bank": {"cardExpire": f"{rng.randint(1, 12):02d}/{rng.randint(27, 32)}",
-                     "cardNumber": "".join(str(rng.randint(0, 9)) for _ in range(16)),
-                     "cardType": rng.choice(["Visa", "Mastercard", "Amex"]), "currency": "EUR",
-                     "iban": f"PT{rng.randint(10, 99)}" + "".join(str(rng.randint(0, 9)) for _ in range(21))},
-            "company": {"department": rng.choice(_DEPARTMENTS), "name": f"{last} & Co",
-                        "title": rng.choice(_TITLES)},
+            "bank": {
+                "cardExpire": f"{rng.randint(1, 12):02d}/{rng.randint(27, 32)}",
+                "cardNumber": "".join(str(rng.randint(0, 9)) for _ in range(16)),
+                "cardType": rng.choice(["Visa", "Mastercard", "Amex"]),
+                "currency": "EUR",
+                "iban": f"PT{rng.randint(10, 99)}" + "".join(str(rng.randint(0, 9)) for _ in range(21)),
+            },
+            "company": {"department": rng.choice(_DEPARTMENTS), "name": f"{last} & Co", "title": rng.choice(_TITLES)},
             "ssn": f"{rng.randint(100, 999)}-{rng.randint(10, 99)}-{rng.randint(1000, 9999)}",
             "role": rng.choice(["user", "user", "moderator", "admin"]),
         }
@@ -150,7 +225,9 @@ class DummyJsonServer(LoopbackServer):
 
     thread_name = "dummyjson-server"
 
-    def __init__(self, users: list[dict] | None = None, *, path: str = "/users", host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self, users: list[dict] | None = None, *, path: str = "/users", host: str = "127.0.0.1", port: int = 0
+    ):
         self.path = path
         self.faults: deque[Fault] = deque()
         self.fail_when: Callable[[int, int], Fault | None] | None = None

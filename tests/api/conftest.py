@@ -56,12 +56,14 @@ def filled_db(request, prefect_server, tmp_path_factory) -> Iterator[FilledDatab
     from models.db import engine_for
 
     pg = request.param == "postgresql"
-    url = migrated(create_pg_database("sluice_api") if pg
-                   else f"sqlite:///{tmp_path_factory.mktemp('api-sqlite') / 'app.db'}")
+    url = migrated(
+        create_pg_database("sluice_api") if pg else f"sqlite:///{tmp_path_factory.mktemp('api-sqlite') / 'app.db'}"
+    )
     users, broken = break_users(load_real_users())
     summary = _run_pipeline(url, str(tmp_path_factory.mktemp(f"api-data-{request.param}")), users)
-    yield FilledDatabase(kind=request.param, url=url, run_id=summary["run_id"], summary=summary,
-                         source_users=users, broken=broken)
+    yield FilledDatabase(
+        kind=request.param, url=url, run_id=summary["run_id"], summary=summary, source_users=users, broken=broken
+    )
     engine_for(url).dispose()
     if pg:
         drop_pg_database(url)

@@ -28,8 +28,9 @@ def client(settings_env, database_url, tmp_path):
     )
     settings_env(database_url=database_url, users_csv_dir=drop, api_key=None)
     with DummyJsonServer(load_real_users()[:12]) as users, FeedServer() as feeds:
-        feeds.set_feed("/news", rss_document(make_items(3, prefix="news") + [{"guid": "x", "summary": "no title"}]),
-                       RSS)
+        feeds.set_feed(
+            "/news", rss_document(make_items(3, prefix="news") + [{"guid": "x", "summary": "no title"}]), RSS
+        )
         asyncio.run(users_etl(api_base=users.base_url, deliver_files=False))
         asyncio.run(feeds_etl(feed_urls=[feeds.url("/news")], deliver_files=False))
         feed_url = feeds.url("/news")
@@ -47,8 +48,14 @@ def check_every_source_in_one_shape(client):
         by_source.setdefault(item["source"], []).append(item)
     assert {k: len(v) for k, v in by_source.items()} == {"dummyjson": 12, "csv": 1, "feed": 3}
     zed = by_source["csv"][0]
-    assert zed == {**zed, "source_id": "9001", "title": "Zed Quill", "description": "Counsel at Quill & Co",
-                   "category": "Legal", "value": 40.0}
+    assert zed == {
+        **zed,
+        "source_id": "9001",
+        "title": "Zed Quill",
+        "description": "Counsel at Quill & Co",
+        "category": "Legal",
+        "value": 40.0,
+    }
     story = next(i for i in by_source["feed"] if i["title"] == "news story 0")
     assert story["category"] == client.feed_url and story["value"] is None
     assert story["timestamp"].startswith("2026-03-01T08:00:00")

@@ -18,7 +18,12 @@ def test_dlq_lists_every_rejected_record_with_its_reasons(client, filled_db):
         assert isinstance(row["data"], dict) and "password" not in row["data"]
         assert row["reasons"] == row["error_reason"].split("; ")
         assert row["run_id"] == row["last_run_id"] == filled_db.run_id
-        assert (row["status"], row["resolved_at"], row["resolved_run_id"], row["resolution"]) == ("open", None, None, None)
+        assert (row["status"], row["resolved_at"], row["resolved_run_id"], row["resolution"]) == (
+            "open",
+            None,
+            None,
+            None,
+        )
         by_source_id.setdefault(str(row["data"].get("id")), []).append(set(row["reasons"]))
     for position, rules in filled_db.broken.items():
         assert rules in by_source_id[str(filled_db.source_users[position]["id"])]
@@ -75,10 +80,19 @@ def test_dlq_filter_by_run_and_pagination(client, filled_db):
     assert [p["has_more"] for p in pages] == [True, True, False, False]
 
 
-@pytest.mark.parametrize(("params", "name"), [({"reason": "email"}, "reason"), ({"reason": "%"}, "reason"),
-                                               ({"page": 0}, "page"), ({"page_size": 1000}, "page_size"),
-                                               ({"run_id": "x" * 65}, "run_id"), ({"status": "closed"}, "status"),
-                                               ({"user_id": 2**63}, "user_id"), ({"user_id": "one"}, "user_id")])
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        ({"reason": "email"}, "reason"),
+        ({"reason": "%"}, "reason"),
+        ({"page": 0}, "page"),
+        ({"page_size": 1000}, "page_size"),
+        ({"run_id": "x" * 65}, "run_id"),
+        ({"status": "closed"}, "status"),
+        ({"user_id": 2**63}, "user_id"),
+        ({"user_id": "one"}, "user_id"),
+    ],
+)
 def test_dlq_bad_parameters(client, params, name):
     r = client.get("/dlq", params=params)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == name
@@ -90,8 +104,20 @@ def test_runs_list_and_detail(client, filled_db):
     run = body["data"][0]
     assert run["id"] == filled_db.run_id and run["status"] == "completed"
     counts = filled_db.summary["counts"]
-    for key in ("extracted", "valid", "invalid", "inserted", "raw_inserted", "dlq_inserted", "delivered_files",
-                "invalidated", "deleted", "restored", "dlq_opened", "dlq_resolved"):
+    for key in (
+        "extracted",
+        "valid",
+        "invalid",
+        "inserted",
+        "raw_inserted",
+        "dlq_inserted",
+        "delivered_files",
+        "invalidated",
+        "deleted",
+        "restored",
+        "dlq_opened",
+        "dlq_resolved",
+    ):
         assert run[key] == counts[key], key
     # a first run: nothing to invalidate, delete or restore; every rejected record opens an entry
     assert (run["invalidated"], run["deleted"], run["restored"], run["dlq_resolved"]) == (0, 0, 0, 0)

@@ -98,8 +98,15 @@ def test_cors_origins_from_settings(api_env):
 
 def _add_run(url: str, *, status: str, minutes_ago: float, error: str | None = None, stage: str | None = None) -> str:
     started = datetime.now(UTC) - timedelta(minutes=minutes_ago)
-    run = EtlRun(id=uuid.uuid4().hex, status=status, started_at=started, finished_at=started + timedelta(seconds=5),
-                 duration_seconds=5.0, error=error, failed_stage=stage)
+    run = EtlRun(
+        id=uuid.uuid4().hex,
+        status=status,
+        started_at=started,
+        finished_at=started + timedelta(seconds=5),
+        duration_seconds=5.0,
+        error=error,
+        failed_stage=stage,
+    )
     run_id = run.id
     with Session(engine_for(url)) as session:
         session.add(run)
@@ -208,6 +215,7 @@ def test_python_m_api_serves(settings_env, filled_db, tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
 
-    bad = subprocess.run([sys.executable, "-m", "api"], env={**env, "API_PORT": "0"}, capture_output=True, text=True,
-                         timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "api"], env={**env, "API_PORT": "0"}, capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 2 and "API_PORT" in bad.stderr

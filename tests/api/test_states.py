@@ -35,21 +35,42 @@ class StatesDb:
 def _user(uid: int) -> dict:
     status = "invalid" if uid in INVALID_IDS else "deleted" if uid in DELETED_IDS else "current"
     department = DEPARTMENTS[uid % 3]
-    return {"id": uid, "first_name": f"Ana{uid}", "last_name": f"Silva{uid % 4}", "email": f"ana{uid}@example.test",
-            "username": f"ana{uid}", "age": 20 + uid % 7, "gender": "female" if uid % 2 else "male",
-            "department": department, "department_code": department[:3].upper(), "source": "dummyjson",
-            "record_hash": f"h{uid}", "first_seen_at": T0, "updated_at": T0 + timedelta(minutes=uid % 5),
-            "run_id": "run-1", "status": status,
-            "status_changed_at": None if status == "current" else T0 + timedelta(days=1),
-            "status_run_id": {"invalid": "run-2", "deleted": "run-3"}.get(status)}
+    return {
+        "id": uid,
+        "first_name": f"Ana{uid}",
+        "last_name": f"Silva{uid % 4}",
+        "email": f"ana{uid}@example.test",
+        "username": f"ana{uid}",
+        "age": 20 + uid % 7,
+        "gender": "female" if uid % 2 else "male",
+        "department": department,
+        "department_code": department[:3].upper(),
+        "source": "dummyjson",
+        "record_hash": f"h{uid}",
+        "first_seen_at": T0,
+        "updated_at": T0 + timedelta(minutes=uid % 5),
+        "run_id": "run-1",
+        "status": status,
+        "status_changed_at": None if status == "current" else T0 + timedelta(days=1),
+        "status_run_id": {"invalid": "run-2", "deleted": "run-3"}.get(status),
+    }
 
 
 def _dlq(key: str, *, user_id: int | None, first: str, last: str, resolved: tuple[str, str] | None = None) -> dict:
-    return {"record_hash": key, "run_id": first, "last_run_id": last, "user_id": user_id, "source": "dummyjson",
-            "error_reason": "email_invalid", "data": f'{{"id": {user_id or "null"}, "email": "nope"}}',
-            "inserted_at": T0, "last_seen_at": T0 + timedelta(days=1),
-            "resolved_at": T0 + timedelta(days=2) if resolved else None,
-            "resolved_run_id": resolved[0] if resolved else None, "resolution": resolved[1] if resolved else None}
+    return {
+        "record_hash": key,
+        "run_id": first,
+        "last_run_id": last,
+        "user_id": user_id,
+        "source": "dummyjson",
+        "error_reason": "email_invalid",
+        "data": f'{{"id": {user_id or "null"}, "email": "nope"}}',
+        "inserted_at": T0,
+        "last_seen_at": T0 + timedelta(days=1),
+        "resolved_at": T0 + timedelta(days=2) if resolved else None,
+        "resolved_run_id": resolved[0] if resolved else None,
+        "resolution": resolved[1] if resolved else None,
+    }
 
 
 DLQ = [
@@ -59,14 +80,24 @@ DLQ = [
     _dlq("open-no-id", user_id=None, first="run-3", last="run-3"),  # an id that is not an integer
     _dlq("resolved-7", user_id=7, first="run-2", last="run-2", resolved=("run-3", "gone")),
 ]
-RUN_COUNTS = {"run-2": {"invalidated": 2, "restored": 1, "dlq_opened": 2, "dlq_resolved": 1},
-              "run-3": {"deleted": 2, "dlq_opened": 1, "dlq_resolved": 1}}
+RUN_COUNTS = {
+    "run-2": {"invalidated": 2, "restored": 1, "dlq_opened": 2, "dlq_resolved": 1},
+    "run-3": {"deleted": 2, "dlq_opened": 1, "dlq_resolved": 1},
+}
 
 
 def fill(url: str) -> None:
-    runs = [{"id": f"run-{n}", "status": "completed", "started_at": T0 + timedelta(days=n - 1),
-             "finished_at": T0 + timedelta(days=n - 1, seconds=9), "duration_seconds": 9.0,
-             **RUN_COUNTS.get(f"run-{n}", {})} for n in (1, 2, 3)]
+    runs = [
+        {
+            "id": f"run-{n}",
+            "status": "completed",
+            "started_at": T0 + timedelta(days=n - 1),
+            "finished_at": T0 + timedelta(days=n - 1, seconds=9),
+            "duration_seconds": 9.0,
+            **RUN_COUNTS.get(f"run-{n}", {}),
+        }
+        for n in (1, 2, 3)
+    ]
     with engine_for(url).begin() as conn:
         conn.execute(insert(ProcessedUser.__table__), [_user(uid) for uid in [*range(1, 13), BIG]])
         conn.execute(insert(DlqUser.__table__), DLQ)
@@ -116,9 +147,11 @@ def test_users_lists_current_users_only(db):
         for order in ("asc", "desc"):
             walked = walk(c, {"sort": sort, "order": order, "page_size": 2})
             assert sorted(walked) == CURRENT_IDS and len(walked) == len(set(walked)), (sort, order)
-            by_offset = [i for p in range(1, 6)
-                         for i in ids(c.get("/users", params={"sort": sort, "order": order, "page": p,
-                                                               "page_size": 2}).json())]
+            by_offset = [
+                i
+                for p in range(1, 6)
+                for i in ids(c.get("/users", params={"sort": sort, "order": order, "page": p, "page_size": 2}).json())
+            ]
             assert by_offset == walked, (sort, order)
     legal = c.get("/users", params={"department": "Legal", "page_size": 500}).json()
     assert ids(legal) == [1, 4, 10, BIG] and legal["total"] == 4  # 7 is deleted
@@ -135,8 +168,10 @@ def test_users_of_another_status_on_request(db):
     assert (two["status"], two["status_run_id"], two["first_name"]) == ("invalid", "run-2", "Ana2")  # last valid
     assert two["status_changed_at"].startswith("2026-03-02T08:00:00")
     deleted = c.get("/users", params={"status": "deleted", "sort": "age", "order": "desc", "page_size": 1}).json()
-    assert deleted["total"] == 2 and walk(c, {"status": "deleted", "sort": "age", "order": "desc",
-                                             "page_size": 1}) == [9, 7]
+    assert deleted["total"] == 2 and walk(c, {"status": "deleted", "sort": "age", "order": "desc", "page_size": 1}) == [
+        9,
+        7,
+    ]
     assert c.get("/users", params={"status": "current"}).json()["total"] == 9
     # a cursor belongs to its status as to its other filters
     r = c.get("/users", params={"cursor": deleted["next_cursor"], "sort": "age", "order": "desc", "page_size": 1})
@@ -158,8 +193,9 @@ def test_user_by_id_says_why_it_is_not_served(db):
     assert invalid.status_code == 404
     body = invalid.json()
     assert body["status"] == "invalid" and body["status_run_id"] == "run-2"
-    assert body["detail"] == ("user 2 is not current: its newest record failed validation (run run-2); "
-                              "see GET /dlq?user_id=2")
+    assert body["detail"] == (
+        "user 2 is not current: its newest record failed validation (run run-2); see GET /dlq?user_id=2"
+    )
     hinted = c.get("/dlq", params={"user_id": 2}).json()  # following the hint finds why
     assert [e["user_id"] for e in hinted["data"]] == [2] and hinted["data"][0]["reasons"] == ["email_invalid"]
 
@@ -218,8 +254,11 @@ def test_dlq_filters_by_user_and_by_first_or_last_run(db):
     assert users(user_id=3) == [] and users(user_id=3, status="resolved") == [3]
     assert users(user_id=2, reason="email_invalid") == [2] and users(user_id=2, reason="age_out_of_range") == []
     assert c.get("/dlq", params={"user_id": 2**63 - 1}).json()["total"] == 0
-    for params, name in (({"user_id": 2**63}, "user_id"), ({"user_id": "two"}, "user_id"),
-                         ({"status": "closed"}, "status")):
+    for params, name in (
+        ({"user_id": 2**63}, "user_id"),
+        ({"user_id": "two"}, "user_id"),
+        ({"status": "closed"}, "status"),
+    ):
         r = c.get("/dlq", params=params)
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", name], params
 

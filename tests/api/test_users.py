@@ -87,6 +87,7 @@ def _sort_key(sort: str, order: str):
         missing = value is None
         # NULL last names come first ascending (and so last descending), as the API documents
         return ((not missing) if order == "asc" else missing, value if not missing else "", u["id"])
+
     return key
 
 
@@ -124,8 +125,10 @@ def test_cursor_with_filters_and_page_ignored(client):
         ({"source": "dummyjson"}, lambda u: u["source"] == "dummyjson"),
         ({"source": "elsewhere"}, lambda u: False),
         ({"min_age": 60, "max_age": 20}, lambda u: False),
-        ({"department": "Engineering", "gender": "female", "max_age": 40},
-         lambda u: u["department"] == "Engineering" and u["gender"] == "female" and u["age"] <= 40),
+        (
+            {"department": "Engineering", "gender": "female", "max_age": 40},
+            lambda u: u["department"] == "Engineering" and u["gender"] == "female" and u["age"] <= 40,
+        ),
     ],
 )
 def test_filters(client, params, predicate):
@@ -141,8 +144,11 @@ def test_search_is_case_insensitive_over_names_email_username(client):
 
     def hits(term):
         t = term.lower()
-        return [u["id"] for u in users
-                if any(t in (u[f] or "").lower() for f in ("first_name", "last_name", "email", "username"))]
+        return [
+            u["id"]
+            for u in users
+            if any(t in (u[f] or "").lower() for f in ("first_name", "last_name", "email", "username"))
+        ]
 
     for term in ("EMILY", "johnson", "x.dummyjson", "emilys", "li"):
         body = client.get("/users", params={"search": term, "page_size": 500}).json()
@@ -150,8 +156,10 @@ def test_search_is_case_insensitive_over_names_email_username(client):
         assert body["total"] == len(hits(term))
 
 
-@pytest.mark.parametrize("term", ["%", "_", "%%", "a_b", "\\", "'", '"', "' OR '1'='1",
-                                  "'; DROP TABLE processed_users; --", "em%ly", "emil_"])
+@pytest.mark.parametrize(
+    "term",
+    ["%", "_", "%%", "a_b", "\\", "'", '"', "' OR '1'='1", "'; DROP TABLE processed_users; --", "em%ly", "emil_"],
+)
 def test_search_text_is_just_text(client, term):
     r = client.get("/users", params={"search": term, "page_size": 500})
     assert r.status_code == 200
@@ -223,9 +231,17 @@ def forged(cursor: str, **changes) -> str:
 @pytest.mark.parametrize(
     ("sort", "changes"),
     [
-        ("id", {"i": 2**63}), ("id", {"i": -(2**63) - 1}), ("id", {"i": 2**64}), ("id", {"i": 10**40}),
-        ("id", {"k": 2**63}), ("id", {"k": -(2**63) - 1}), ("age", {"k": 2**63}), ("age", {"i": 2**63}),
-        ("last_name", {"k": "Ito\x00"}), ("updated_at", {"k": "yesterday"}), ("age", {"k": 1.5}),
+        ("id", {"i": 2**63}),
+        ("id", {"i": -(2**63) - 1}),
+        ("id", {"i": 2**64}),
+        ("id", {"i": 10**40}),
+        ("id", {"k": 2**63}),
+        ("id", {"k": -(2**63) - 1}),
+        ("age", {"k": 2**63}),
+        ("age", {"i": 2**63}),
+        ("last_name", {"k": "Ito\x00"}),
+        ("updated_at", {"k": "yesterday"}),
+        ("age", {"k": 1.5}),
         ("id", {"i": True}),
     ],
 )
@@ -255,8 +271,16 @@ def _insert_users(url: str, rows: list[dict]) -> None:
     from models.users import ProcessedUser
 
     now = datetime.now(UTC)
-    base = {"email": "x@example.test", "department": "Legal", "department_code": "LGL", "source": "dummyjson",
-            "record_hash": "h", "first_seen_at": now, "updated_at": now, "run_id": "r"}
+    base = {
+        "email": "x@example.test",
+        "department": "Legal",
+        "department_code": "LGL",
+        "source": "dummyjson",
+        "record_hash": "h",
+        "first_seen_at": now,
+        "updated_at": now,
+        "run_id": "r",
+    }
     with engine_for(url).begin() as conn:
         conn.execute(insert(ProcessedUser.__table__), [{**base, **row} for row in rows])
 
@@ -270,8 +294,10 @@ def test_cursor_walk_with_null_last_names_and_ties(settings_env, database_url, s
     from api.main import create_app
 
     names = ["Ito", None, "Abara", "Ito", None, "Silva", "Abara", "Ito", None, "Zed", "ito", None]
-    rows = [{"id": i, "first_name": f"U{i}", "last_name": names[i % len(names)], "age": 20 + (i * 7) % 5}
-            for i in range(1, 41)]
+    rows = [
+        {"id": i, "first_name": f"U{i}", "last_name": names[i % len(names)], "age": 20 + (i * 7) % 5}
+        for i in range(1, 41)
+    ]
     _insert_users(database_url, rows)
     settings_env(database_url=database_url)
     with TestClient(create_app()) as c:

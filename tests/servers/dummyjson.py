@@ -14,7 +14,11 @@ import pytest
 from tasks.extract.sample import DummyJsonServer, Fault  # noqa: F401  (re-exported for tests)
 from tasks.extract.staging import write_lines
 
-SHARED_USERS = Path(os.environ.get("SLUICE_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")) / "dummyjson" / "users.json"
+SHARED_USERS = (
+    Path(os.environ.get("SLUICE_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+    / "dummyjson"
+    / "users.json"
+)
 
 
 def load_real_users() -> list[dict]:
@@ -27,8 +31,10 @@ def load_real_users() -> list[dict]:
 def distinct_users(n: int) -> list[dict]:
     """`n` valid users: the real ones over and over, each with an id, email and username of its own."""
     real = load_real_users()
-    return [real[i % len(real)] | {"id": i + 1, "email": f"user{i + 1}@example.com", "username": f"user{i + 1}"}
-            for i in range(n)]
+    return [
+        real[i % len(real)] | {"id": i + 1, "email": f"user{i + 1}@example.com", "username": f"user{i + 1}"}
+        for i in range(n)
+    ]
 
 
 def staged_lines(users: list) -> bytes:
@@ -58,8 +64,11 @@ def break_users(users: list[dict]) -> tuple[list[dict], dict[int, set[str]]]:
     brk(41, {"department_missing"}, lambda u: u["company"].pop("department"))
     brk(50, {"id_not_integer"}, lambda u: u.update(id="abc"))
     brk(60, {"id_duplicate"}, lambda u: u.update(id=users[59]["id"]))
-    brk(70, {"email_invalid", "age_out_of_range", "first_name_missing"},
-        lambda u: u.update(email="x@", age=99, firstName=None))
+    brk(
+        70,
+        {"email_invalid", "age_out_of_range", "first_name_missing"},
+        lambda u: u.update(email="x@", age=99, firstName=None),
+    )
     # schema drift: a renamed field goes to the DLQ with a reason instead of crashing
     brk(80, {"first_name_missing"}, lambda u: u.update(first_name=u.pop("firstName")))
     brk(90, {"department_missing"}, lambda u: u.update(company="Acme Corp"))

@@ -32,8 +32,13 @@ def _el(tag: str, value: object, **attrs: str) -> str:
 
 def rss_document(items: list[dict], *, title: str = "Test RSS feed", link: str = "http://feeds.test/") -> bytes:
     """RSS 2.0. Item keys (each optional): guid, link, title, summary, author, categories, published (datetime)."""
-    out = ['<?xml version="1.0" encoding="utf-8"?>', '<rss version="2.0"><channel>',
-           _el("title", title), _el("link", link), _el("description", "generated for tests")]
+    out = [
+        '<?xml version="1.0" encoding="utf-8"?>',
+        '<rss version="2.0"><channel>',
+        _el("title", title),
+        _el("link", link),
+        _el("description", "generated for tests"),
+    ]
     for item in items:
         out.append("<item>")
         out.append(_el("guid", item.get("guid"), isPermaLink="false"))
@@ -51,14 +56,19 @@ def rss_document(items: list[dict], *, title: str = "Test RSS feed", link: str =
 
 def atom_document(items: list[dict], *, title: str = "Test Atom feed", feed_id: str = "urn:test:atom") -> bytes:
     """Atom 1.0, same item keys as `rss_document` (guid is the entry id)."""
-    out = ['<?xml version="1.0" encoding="utf-8"?>', '<feed xmlns="http://www.w3.org/2005/Atom">',
-           _el("title", title), _el("id", feed_id), _el("updated", "2026-01-01T00:00:00Z")]
+    out = [
+        '<?xml version="1.0" encoding="utf-8"?>',
+        '<feed xmlns="http://www.w3.org/2005/Atom">',
+        _el("title", title),
+        _el("id", feed_id),
+        _el("updated", "2026-01-01T00:00:00Z"),
+    ]
     for item in items:
         out.append("<entry>")
         out.append(_el("id", item.get("guid")))
         out.append(_el("title", item.get("title")))
         if item.get("link"):
-            out.append(f"<link rel=\"alternate\" href={quoteattr(item['link'])}/>")
+            out.append(f'<link rel="alternate" href={quoteattr(item["link"])}/>')
         out.append(_el("summary", item.get("summary")))
         if item.get("author"):
             out.append(f"<author>{_el('name', item['author'])}</author>")
@@ -74,9 +84,15 @@ def atom_document(items: list[dict], *, title: str = "Test Atom feed", feed_id: 
 def make_items(n: int, *, prefix: str, base: datetime = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)) -> list[dict]:
     """`n` complete items, newest first."""
     return [
-        {"guid": f"urn:{prefix}:{i}", "title": f"{prefix} story {i}", "link": f"https://news.test/{prefix}/{i}",
-         "summary": f"<p>What happened in {prefix} story {i}</p>", "author": f"writer{i % 3}@news.test (Writer {i % 3})",
-         "categories": [f"topic-{i % 2}", "news"], "published": base - timedelta(hours=i)}
+        {
+            "guid": f"urn:{prefix}:{i}",
+            "title": f"{prefix} story {i}",
+            "link": f"https://news.test/{prefix}/{i}",
+            "summary": f"<p>What happened in {prefix} story {i}</p>",
+            "author": f"writer{i % 3}@news.test (Writer {i % 3})",
+            "categories": [f"topic-{i % 2}", "news"],
+            "published": base - timedelta(hours=i),
+        }
         for i in range(n)
     ]
 
@@ -139,8 +155,14 @@ class FeedServer(LoopbackServer):
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}{path}"
 
-    def set_feed(self, path: str, body: bytes, content_type: str = RSS, *,
-                 validators: tuple[str, ...] | str | None = ("etag", "last-modified")) -> None:
+    def set_feed(
+        self,
+        path: str,
+        body: bytes,
+        content_type: str = RSS,
+        *,
+        validators: tuple[str, ...] | str | None = ("etag", "last-modified"),
+    ) -> None:
         """Serve `body` at `path`. A changed body gets a new ETag and a Last-Modified at least a second later."""
         if isinstance(validators, str):
             validators = (validators,)
@@ -153,8 +175,9 @@ class FeedServer(LoopbackServer):
                 modified = max(now, old.last_modified + timedelta(seconds=1))
             else:
                 modified = now
-            self._state.routes[path] = Route(body, content_type, tuple(validators or ()),
-                                             f'"{hashlib.sha256(body).hexdigest()[:20]}"', modified)
+            self._state.routes[path] = Route(
+                body, content_type, tuple(validators or ()), f'"{hashlib.sha256(body).hexdigest()[:20]}"', modified
+            )
 
     def requests_for(self, path: str) -> list[Seen]:
         with self._lock:

@@ -27,9 +27,13 @@ def copy_empty_prefect_db(dest: Path) -> Path:
     if not PREFECT_DB_TEMPLATE.exists():
         PREFECT_DB_TEMPLATE.parent.mkdir(parents=True, exist_ok=True)
         fresh = PREFECT_DB_TEMPLATE.with_suffix(f".{os.getpid()}.tmp")
-        subprocess.run([str(Path(sys.executable).parent / "prefect"), "server", "database", "upgrade", "-y"],
-                       env=os.environ | {"PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{fresh}"},
-                       check=True, capture_output=True, timeout=MIGRATE_TIMEOUT)
+        subprocess.run(
+            [str(Path(sys.executable).parent / "prefect"), "server", "database", "upgrade", "-y"],
+            env=os.environ | {"PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{fresh}"},
+            check=True,
+            capture_output=True,
+            timeout=MIGRATE_TIMEOUT,
+        )
         fresh.replace(PREFECT_DB_TEMPLATE)
     with sqlite3.connect(PREFECT_DB_TEMPLATE) as src, sqlite3.connect(dest) as dst:
         src.backup(dst)
@@ -64,8 +68,13 @@ def make_server(env: dict[str, str], log: Path, timeout: float) -> Iterator[tupl
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     with log.open("wb") as out:
-        proc = subprocess.Popen(["make", "--no-print-directory", "-C", str(ROOT), "server", f"PREFECT_PORT={port}"],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ["make", "--no-print-directory", "-C", str(ROOT), "server", f"PREFECT_PORT={port}"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_until_healthy(proc, api_url, timeout=timeout, log_path=log, what="`make server`")
         yield port, api_url
@@ -81,6 +90,7 @@ def run_artifacts(run_id: str) -> dict[str, str]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)]))
+        )
     return {a.key: a.data for a in found}

@@ -68,8 +68,16 @@ def _ensure_sftp_user() -> tuple[int, int]:
         pw = pwd.getpwnam(SFTP_USER)
     except KeyError:
         try:
-            _run("useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                 "--shell", "/usr/sbin/nologin", SFTP_USER)
+            _run(
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                SFTP_USER,
+            )
         except subprocess.CalledProcessError as exc:
             # a parallel session may have created it in the meantime
             try:
@@ -150,7 +158,10 @@ class SshdServer:
         try:
             self._proc = subprocess.Popen(
                 [str(SSHD), "-D", "-e", "-f", str(self.config_path)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         finally:
             log.close()  # the child holds its own descriptor
@@ -158,9 +169,7 @@ class SshdServer:
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"sshd exited with status {self._proc.returncode}:\n{self.log_text()[-2000:]}"
-                )
+                raise RuntimeError(f"sshd exited with status {self._proc.returncode}:\n{self.log_text()[-2000:]}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=2) as s:
                     s.settimeout(2)
@@ -244,35 +253,37 @@ class SshdServer:
 
 def _write_config(server: SshdServer, host_key: Path, authorized_keys: Path) -> None:
     server.config_path.write_text(
-        "\n".join([
-            f"Port {server.port}",
-            f"ListenAddress {server.host}",
-            f"HostKey {host_key}",
-            f"PidFile {server.config_dir / 'sshd.pid'}",
-            f"AuthorizedKeysFile {authorized_keys}",
-            "AuthenticationMethods publickey",
-            "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "HostbasedAuthentication no",
-            "PermitRootLogin no",
-            f"AllowUsers {SFTP_USER}",
-            "UsePAM no",
-            "StrictModes yes",
-            "UseDNS no",
-            "LoginGraceTime 30",
-            "MaxStartups 50",
-            "LogLevel VERBOSE",
-            "Subsystem sftp internal-sftp",
-            f"Match User {SFTP_USER}",
-            f"    ChrootDirectory {server.chroot}",
-            "    ForceCommand internal-sftp",
-            "    AllowTcpForwarding no",
-            "    AllowAgentForwarding no",
-            "    X11Forwarding no",
-            "    PermitTTY no",
-            "",
-        ])
+        "\n".join(
+            [
+                f"Port {server.port}",
+                f"ListenAddress {server.host}",
+                f"HostKey {host_key}",
+                f"PidFile {server.config_dir / 'sshd.pid'}",
+                f"AuthorizedKeysFile {authorized_keys}",
+                "AuthenticationMethods publickey",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "HostbasedAuthentication no",
+                "PermitRootLogin no",
+                f"AllowUsers {SFTP_USER}",
+                "UsePAM no",
+                "StrictModes yes",
+                "UseDNS no",
+                "LoginGraceTime 30",
+                "MaxStartups 50",
+                "LogLevel VERBOSE",
+                "Subsystem sftp internal-sftp",
+                f"Match User {SFTP_USER}",
+                f"    ChrootDirectory {server.chroot}",
+                "    ForceCommand internal-sftp",
+                "    AllowTcpForwarding no",
+                "    AllowAgentForwarding no",
+                "    X11Forwarding no",
+                "    PermitTTY no",
+                "",
+            ]
+        )
     )
     os.chmod(server.config_path, 0o644)
 
@@ -319,8 +330,7 @@ def _build_server() -> SshdServer:
     _run(SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", "sluice-test-host", "-f", str(host_key))
     passphrase = secrets.token_urlsafe(18)
     client_key = config_dir / "id_ed25519"
-    _run(SSH_KEYGEN, "-q", "-t", "ed25519", "-N", passphrase, "-C", "sluice-test-client",
-         "-f", str(client_key))
+    _run(SSH_KEYGEN, "-q", "-t", "ed25519", "-N", passphrase, "-C", "sluice-test-client", "-f", str(client_key))
     authorized_keys = config_dir / "authorized_keys"
     shutil.copyfile(client_key.with_name("id_ed25519.pub"), authorized_keys)
     os.chmod(authorized_keys, 0o644)  # sshd reads it with the user's uid
@@ -331,15 +341,23 @@ def _build_server() -> SshdServer:
     known_hosts.write_text(f"[127.0.0.1]:{port} {host_public}\n")
 
     server = SshdServer(
-        host="127.0.0.1", port=port, username=SFTP_USER, key_path=client_key,
-        passphrase=passphrase, known_hosts=known_hosts, remote_base=REMOTE_BASE,
-        local_root=local_root, base_dir=base, config_dir=config_dir, chroot=chroot,
-        config_path=config_dir / "sshd_config", log_path=config_dir / "sshd.log",
+        host="127.0.0.1",
+        port=port,
+        username=SFTP_USER,
+        key_path=client_key,
+        passphrase=passphrase,
+        known_hosts=known_hosts,
+        remote_base=REMOTE_BASE,
+        local_root=local_root,
+        base_dir=base,
+        config_dir=config_dir,
+        chroot=chroot,
+        config_path=config_dir / "sshd_config",
+        log_path=config_dir / "sshd.log",
         host_public_key=host_public,
     )
     _write_config(server, host_key, authorized_keys)
-    check = subprocess.run([str(SSHD), "-t", "-f", str(server.config_path)],
-                           capture_output=True, text=True)
+    check = subprocess.run([str(SSHD), "-t", "-f", str(server.config_path)], capture_output=True, text=True)
     if check.returncode != 0:
         shutil.rmtree(base, ignore_errors=True)
         raise RuntimeError(f"sshd rejected the test config: {check.stderr.strip()}")
