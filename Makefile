@@ -37,7 +37,7 @@ migrate: install
 	$(BIN)/alembic -c $(CURDIR)/alembic.ini upgrade head
 
 run: install
-	$(BIN)/python -m flows.run_all
+	$(BIN)/python -m dev.run
 
 test: install
 	PREFECT_HOME=$(CURDIR)/var/prefect-test $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -32,7 +32,7 @@ from models.settings import get_settings
 from models.users import DlqUser, ProcessedUser, RawUser
 from tasks.deliver import SftpTarget
 from tasks.redact import SENSITIVE_FIELDS
-from tasks.transform import read_departments
+from tasks.users.transform import read_departments
 
 DEPARTMENTS: dict[str, str] = {}
 

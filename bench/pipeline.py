@@ -76,7 +76,7 @@ def sftp_server():
         server = _build_server()
     except BaseException as exc:  # noqa: BLE001 (pytest's skip is a BaseException)
         print(f"(OpenSSH sshd unavailable: {exc}; using the asyncssh demo server)", file=sys.stderr)
-        from tasks.demo_sftp import running_demo_sftp
+        from dev.demo_sftp import running_demo_sftp
 
         with running_demo_sftp(OUT) as demo:
             yield demo.env(), None
@@ -102,7 +102,7 @@ def sftp_server():
 def prefect_api():
     """A Prefect server as deployed (`make server` on PostgreSQL, as in docker-compose.yml), up before the
     clock starts, the way a worker's flow runs find it. Its database is migrated first."""
-    from tests.servers.prefect_server import make_server
+    from dev.prefect_server import make_server
 
     with pg_database() as url:
         env = _env(

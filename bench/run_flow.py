@@ -60,7 +60,7 @@ def main() -> None:
     trace = RssTrace()
     from flows.prefect_api import local_prefect_api
 
-    # no PREFECT_API_URL: the local server `make run` starts (flows/run_all.py), started the same way
+    # no PREFECT_API_URL: the local server `make run` starts (dev/run.py), started the same way
     with local_prefect_api(sys.argv[2]) as api:  # its log in the run's data folder
         from prefect import get_client
 

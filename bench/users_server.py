@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 
-from tasks.extract.sample import DummyJsonServer
+from dev.sample_api import DummyJsonServer
 from tests.servers.dummyjson import load_real_users
 
 INVALID_EVERY = 20

@@ -25,8 +25,9 @@ from flows.prefect_api import api_answers
 from models.db import resolve_engine
 from models.migrate import SchemaOutOfDate
 from models.settings import get_settings
-from tasks import handoff, runs
+from tasks import runs
 from tasks.retention import prune_run_dirs
+from tasks.staging import handoff
 
 STOP_SECONDS = 20.0  # an interrupted run waits this long for its stages to stop (Prefect's runner kills at 30 s)
 # no answer from the Prefect API for this long ends the run at once (Prefect's client would try each call

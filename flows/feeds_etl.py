@@ -24,7 +24,7 @@ from tasks import feeds, runs
 from tasks.extract import feeds as feed_source
 from tasks.extract.dummyjson import SourceError, TransientSourceError
 from tasks.extract.feed_constants import MAX_PARALLEL_FETCHES, REQUEST_TIMEOUT_SECONDS
-from tasks.transform import split_spans
+from tasks.users.transform import split_spans
 
 FLOW_NAME = "feeds-etl"
 APPROX_ITEM_BYTES = 2_000  # only sizes transform spans when nothing was extracted

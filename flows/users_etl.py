@@ -2,7 +2,7 @@
 
 Stages hand each other paths to staged files and small summaries, never frames. Extract, transform and
 persist stream: each posts a batch to its manifest as soon as it is staged and the next stage, following
-that manifest, works on it meanwhile (`tasks/handoff.py`); deliver uploads once transform is done and
+that manifest, works on it meanwhile (`tasks/staging/handoff.py`); deliver uploads once transform is done and
 publishes once persist succeeded (`flows/deliver.py`). The flows only coordinate: the work is in `tasks/`."""
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from flows.common import begin_run, parent_flow, record_failure
 from flows.deliver import deliver, discard_delivery, publish_delivery
 from flows.users_stages import extract, persist, transform
 from models.settings import get_settings
-from tasks import handoff, runs
+from tasks import runs
 from tasks.anomalies import AnomalyError, find_anomalies
 from tasks.drift import record_schema
 from tasks.report import publish_run_artifacts
+from tasks.staging import handoff
 
 FLOW_NAME = "users-etl"
 
@@ -54,7 +55,7 @@ def users_etl(
     batch_records = batch_records or settings.users_batch_records
     extract_first = settings.users_extract_first if extract_first is None else extract_first
 
-    # extract, transform and persist stream batches to each other through manifests (tasks/handoff.py):
+    # extract, transform and persist stream batches to each other through manifests (tasks/staging/handoff.py):
     # all three work at once (with `extract_first`, the other two start once extract is done); deliver uploads
     # once transform has written the last of the run's files, and publishes them once persist succeeded
     extracted = handoff.open_manifest(Path(run_dir) / "stages" / "extracted.jsonl")

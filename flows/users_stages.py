@@ -1,6 +1,6 @@
 """users-etl's stages as child flows: `extract` (the API's pages and the other sources -> staged raw JSONL),
 `transform` (raw -> processed + DLQ JSONL), `persist` (staged files -> tables, then the sync of absent users).
-They stream to each other through manifests (tasks/handoff.py); the parent, flows/users_etl.py, coordinates."""
+They stream to each other through manifests (tasks/staging/handoff.py); the parent, flows/users_etl.py, coordinates."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_run
 
+from dev.sample_api import offline_users_api
 from models.db import deferred_checkpoints, resolve_engine
 from models.settings import DEFAULT_BATCH_RECORDS, get_settings
-from tasks import handoff
 from tasks.drift import describe, merge_types, record_schema, schema_changes
 from tasks.extract import dummyjson, source_module
 from tasks.extract.constants import SOURCE
-from tasks.extract.sample import offline_users_api
-from tasks.persist import BATCH_COUNTS, persist_batch
-from tasks.sync import mark_absent_task, staged_ids
-from tasks.transform import append_failure, file_sha256, load_departments, split_spans, transform_batch
+from tasks.staging import handoff
+from tasks.users.persist import BATCH_COUNTS, persist_batch
+from tasks.users.sync import mark_absent_task, staged_ids
+from tasks.users.transform import append_failure, file_sha256, load_departments, split_spans, transform_batch
 
 if TYPE_CHECKING:  # (Polars loads once the flows package has tuned the process: flows/process.py)
     import polars as pl

@@ -1,5 +1,5 @@
 """Validation rules for users frames: each a name, a message and a Polars expression that is true when the
-row passes. `split` (in tasks.transform) keeps rows passing every rule and sends the rest to the DLQ with
+row passes. `split` (in tasks.users.transform) keeps rows passing every rule and sends the rest to the DLQ with
 the names of every rule they failed, dataframely-style. The rules cover what the target tables enforce
 (64-bit ids, the columns' lengths, text PostgreSQL can hold, finite numbers), read from the table models, so
 that no row the rules let through is refused by either database."""

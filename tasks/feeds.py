@@ -18,9 +18,9 @@ from sqlalchemy import Connection, Engine, bindparam, update
 
 from models.feeds import FEED_ITEM_COLUMNS, DlqFeedItem, FeedItem, RawFeedItem, feed_item_rules
 from tasks.bulk import bulk_insert, insert_new_versions, stamp_literal, stamp_text, stored_hashes, upsert_failures
-from tasks.persist import raw_frame as persist_raw_frame
 from tasks.redact import mask_sensitive
-from tasks.transform import append_lines, append_text_lines, dlq_lines, read_dlq_span, read_lines, read_span
+from tasks.users.persist import raw_frame as persist_raw_frame
+from tasks.users.transform import append_lines, append_text_lines, dlq_lines, read_dlq_span, read_lines, read_span
 
 LINE = "_raw"
 SEP = "\x1f"

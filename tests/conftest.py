@@ -37,8 +37,8 @@ def prefect_server(tmp_path_factory) -> Iterator[str]:
     starts (flows/prefect_api.py: Prefect's app, its writers queued for SQLite's lock). Prefect's test
     harness server answers a write that meets another writer's lock with a 503, and its client retries 2 s,
     then 4 s later: a stage's start could lag 6 s behind, as a test of the stages' overlap saw."""
+    from dev.prefect_server import copy_empty_prefect_db
     from flows.prefect_api import started_prefect_api
-    from tests.servers.prefect_server import copy_empty_prefect_db
 
     home = tmp_path_factory.mktemp("prefect-server")
     database = copy_empty_prefect_db(home / "prefect.db")

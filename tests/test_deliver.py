@@ -19,6 +19,7 @@ import polars as pl
 import pytest
 from pydantic import SecretStr
 
+from dev.demo_sftp import running_demo_sftp
 from flows.deliver import deliver
 from models.settings import BUNDLED_DEPARTMENTS, ConfigError, Settings
 from tasks.deliver import (
@@ -41,8 +42,7 @@ from tasks.deliver import (
     upload_files,
 )
 from tasks.deliver_files import files_to_deliver, write_masked_copy
-from tasks.demo_sftp import running_demo_sftp
-from tasks.transform import read_departments, split_spans, transform_batch
+from tasks.users.transform import read_departments, split_spans, transform_batch
 from tests.servers.dummyjson import break_users, load_real_users, staged_lines
 from tests.servers.sshd import SshdServer
 

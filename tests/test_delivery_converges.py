@@ -20,6 +20,7 @@ from prefect.runtime import flow_run as current_run
 from sqlalchemy import text
 from sqlmodel import Session
 
+from dev.sample_api import DummyJsonServer
 from flows.common import StageClock
 from flows.deliver import deliver, discard_delivery, publish_delivery
 from flows.users_etl import users_etl
@@ -27,7 +28,6 @@ from models.db import engine_for
 from models.runs import EtlRun
 from tasks import runs
 from tasks.deliver import INCOMING_DIR, SftpPublishError, SftpRemoteError, SftpUnavailableError
-from tasks.extract.sample import DummyJsonServer
 from tests.conftest import migrated
 from tests.servers.dummyjson import load_real_users
 from tests.servers.sshd import SshdServer

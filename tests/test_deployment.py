@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from dev.prefect_server import make_server, stop
 from flows.prefect_api import log_tail as tail
 from tests.conftest import skip_or_fail
 from tests.servers.dummyjson import DummyJsonServer, load_real_users
-from tests.servers.prefect_server import make_server, stop
 
 pytestmark = pytest.mark.e2e
 

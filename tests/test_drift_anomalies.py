@@ -7,10 +7,10 @@ import asyncio
 import pytest
 from sqlalchemy import text
 
+from dev.sample_api import DummyJsonServer
 from flows.users_etl import users_etl
 from models.db import engine_for
 from tasks.drift import compare, field_types, merge_types
-from tasks.extract.sample import DummyJsonServer
 from tests.conftest import migrated
 from tests.servers.dummyjson import load_real_users
 

@@ -19,9 +19,9 @@ import polars as pl
 import pytest
 from sqlalchemy import text
 
+from dev.sample_api import DummyJsonServer, Fault
 from flows.users_etl import users_etl
 from models.db import engine_for
-from tasks.extract.sample import DummyJsonServer, Fault
 from tests.child import rows, wait_for
 from tests.servers.dummyjson import distinct_users
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from dev.sample_api import DummyJsonServer
 from flows.users_etl import users_etl
 from models.db import engine_for
 from models.settings import get_settings
-from tasks.extract.sample import DummyJsonServer
 from tasks.retention import expired_run_dirs
 from tests.child import rows, wait_for
 from tests.conftest import skip_or_fail
@@ -166,7 +166,7 @@ import asyncio, sys
 from pathlib import Path
 import flows.common
 from flows.prefect_api import started_prefect_api
-from tests.servers.prefect_server import copy_empty_prefect_db
+from dev.prefect_server import copy_empty_prefect_db
 
 flows.common.API_LOST_SECONDS = 2.0
 flows.common.runs.HEARTBEAT_SECONDS = 0.5

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
+from dev.prefect_server import run_artifacts
 from flows.feeds_etl import feeds_etl
 from models.db import engine_for
 from models.feeds import FeedItem
 from tasks.extract.feeds import checkpoint_source
 from tasks.feeds import parse_staged, transform_frame
 from tests.servers.feeds import ATOM, RSS, Fault, FeedServer, atom_document, make_items, rss_document
-from tests.servers.prefect_server import run_artifacts
 
 FEED_TABLES = ("raw_feed_items", "feed_items", "dlq_feed_items")
 

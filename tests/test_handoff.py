@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tasks import handoff
+from tasks.staging import handoff
 
 
 def test_follower_gets_batches_while_they_are_posted(tmp_path):

@@ -24,7 +24,7 @@ from models.schema import max_lengths
 from models.settings import BUNDLED_DEPARTMENTS
 from tasks.extract.staging import write_lines
 from tasks.redact import CUT
-from tasks.transform import (
+from tasks.users.transform import (
     dlq_lines,
     parse_raw,
     parsed_ids,

@@ -283,7 +283,7 @@ def test_a_database_missing_a_baseline_column_is_refused_and_left_as_it_was(tmp_
 
 
 def test_make_run_migrates_its_database_first(tmp_path, capsys):
-    from flows.run_all import migrate_database
+    from dev.run import migrate_database
 
     url = f"sqlite:///{tmp_path / 'app.db'}"
     made_by_the_last_release(url)
@@ -295,8 +295,8 @@ def test_make_run_migrates_its_database_first(tmp_path, capsys):
 
 @pytest.mark.usefixtures("prefect_server")
 def test_a_flow_and_the_api_meeting_an_old_database_stop_naming_make_migrate(settings_env, tmp_path):
+    from dev.sample_api import DummyJsonServer
     from flows.users_etl import users_etl
-    from tasks.extract.sample import DummyJsonServer
 
     url = f"sqlite:///{tmp_path / 'app.db'}"
     made_by_the_last_release(url)

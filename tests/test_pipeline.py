@@ -16,13 +16,13 @@ from prefect import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime
 from sqlalchemy import text
 
+from dev.prefect_server import run_artifacts
+from dev.sample_api import DummyJsonServer, Fault
 from flows.users_etl import users_etl
 from models.db import engine_for
 from tasks.extract.constants import CHECKPOINT_KEY
-from tasks.extract.sample import DummyJsonServer, Fault
 from tests.conftest import migrated
 from tests.servers.dummyjson import break_users, load_real_users, staged_lines
-from tests.servers.prefect_server import run_artifacts
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -317,7 +317,7 @@ def _transformed_real_users(
     (files, spans, invalid count). `repeat`: the first users staged again at the end (same lines, same ids);
     `keys`: transform stages the raw lines' keys too, as the flow has it do."""
     from models.settings import BUNDLED_DEPARTMENTS
-    from tasks.transform import read_departments, transform_batch
+    from tasks.users.transform import read_departments, transform_batch
 
     users, expected = break_users([u | {"id": u["id"] + id_offset} for u in load_real_users()])
     users += users[:repeat]
@@ -341,7 +341,7 @@ def _transformed_real_users(
 
 def test_a_retried_persist_batch_adds_nothing_twice(pipeline_env, tmp_path):
     """The persist task's body run twice on the same spans (what a retry does) leaves the same rows."""
-    from tasks.persist import persist_batch
+    from tasks.users.persist import persist_batch
 
     files, spans, invalid = _transformed_real_users(tmp_path)
     engine = engine_for(pipeline_env)
@@ -360,8 +360,8 @@ def test_persist_in_pieces_stores_what_the_batch_taken_whole_would(pipeline_env,
     """persist works through a batch a few records at a time inside its one transaction: tables and counts
     are those of the batch taken whole, a record repeated in a later piece is stored and counted once, and
     each raw line keeps its own id and hash (transform's staged keys are sliced along with the lines)."""
-    from tasks.persist import persist_spans, raw_frame
-    from tasks.transform import split_spans
+    from tasks.users.persist import persist_spans, raw_frame
+    from tasks.users.transform import split_spans
 
     # the first 3 users (valid) again at the end of the batch: the same raw lines, a duplicate id each
     files, spans, invalid = _transformed_real_users(tmp_path, repeat=3, keys=True)
@@ -413,7 +413,7 @@ def test_sqlite_bulk_load_checkpoints_beside_the_writer_and_keeps_the_wal_small(
     it holds `checkpoint_bytes`, emptied before the next batch), and at the end it is folded into the
     database file and emptied; the pool's connections checkpoint on their own again."""
     from models.db import CHECKPOINT_WAL_BYTES, deferred_checkpoints
-    from tasks.persist import persist_batch
+    from tasks.users.persist import persist_batch
 
     settings_env()
     url = migrated(f"sqlite:///{tmp_path / 'bulk.db'}")
@@ -443,7 +443,7 @@ def test_sqlite_bulk_load_writes_through_one_connection_whatever_runs_between_it
 
     from models.db import deferred_checkpoints
     from tasks import runs
-    from tasks.persist import persist_batch
+    from tasks.users.persist import persist_batch
 
     settings_env()
     url = migrated(f"sqlite:///{tmp_path / 'bulk.db'}")
@@ -630,7 +630,7 @@ def test_sqlite_batch_writes_its_wal_frames_and_nothing_besides(settings_env, tm
     first (what it does for a statement that may abort halfway inside a transaction): at 100k users that
     was 1.5 GB of temporary file writes beside a 230 MB database. What persist writes is the WAL's new
     frames, and a new database has 8 KB pages."""
-    from tasks.persist import persist_spans
+    from tasks.users.persist import persist_spans
 
     settings_env()
     files, spans, invalid = _transformed_real_users(tmp_path / "batch", keys=True)

@@ -15,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.servers.prefect_server import copy_empty_prefect_db
+from dev.prefect_server import copy_empty_prefect_db
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,10 +116,10 @@ def test_without_an_api_a_run_gets_a_server_of_its_own_that_keeps_its_logs_and_s
 
 def test_make_run_reaches_the_server_launch_before_any_heavy_import():
     """The local server takes longest to be ready, so `make run` launches it before importing anything
-    else: loading `flows.run_all` and `flows.prefect_api` pulls in none of the libraries the run needs later
+    else: loading `dev.run` and `flows.prefect_api` pulls in none of the libraries the run needs later
     (the settings and httpx, imported first, took 0.36 s before the launch)."""
     heavy = ("httpx", "pydantic", "pydantic_settings", "prefect", "polars", "sqlalchemy")
-    code = f"import json, sys, flows.run_all, flows.prefect_api; print(json.dumps([m for m in {heavy!r} if m in sys.modules]))"
+    code = f"import json, sys, dev.run, flows.prefect_api; print(json.dumps([m for m in {heavy!r} if m in sys.modules]))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
 

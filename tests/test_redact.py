@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from models.settings import BUNDLED_DEPARTMENTS
 from tasks.redact import CARD, EIN, IBAN, MASKS, SSN, Mask, mask_sensitive, mask_value
-from tasks.transform import parse_raw, read_departments, transform_frame
+from tasks.users.transform import parse_raw, read_departments, transform_frame
 from tests.servers.dummyjson import load_real_users, staged_lines
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
+from dev.sample_api import DummyJsonServer
 from flows.users_etl import users_etl
 from models.db import engine_for
 from models.runs import EtlCheckpoint, EtlRun
 from models.settings import get_settings
-from tasks.extract.sample import DummyJsonServer
 from tasks.retention import prune_run_dirs
 from tests.servers.dummyjson import load_real_users
 

@@ -40,7 +40,7 @@ def test_secrets_are_not_echoed_in_errors(settings_env):
 
 
 def test_make_run_stops_at_start_on_bad_config(settings_env, capsys):
-    from flows.run_all import main
+    from dev.run import main
 
     settings_env(users_page_size="zero")
     assert main() == 2

@@ -15,11 +15,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import text
 
+from dev.sample_api import DummyJsonServer
 from flows.users_etl import users_etl
 from models.db import engine_for
 from models.settings import ConfigError, get_settings
 from tasks.extract import source_module
-from tasks.extract.sample import DummyJsonServer
 from tests.conftest import migrated
 from tests.servers.dummyjson import load_real_users
 

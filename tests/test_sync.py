@@ -22,9 +22,9 @@ from sqlalchemy import text
 from models.migrate import upgrade
 from models.settings import BUNDLED_DEPARTMENTS
 from tasks.extract.constants import SOURCE
-from tasks.persist import persist_spans
-from tasks.sync import mark_absent, staged_ids
-from tasks.transform import read_departments, transform_batch
+from tasks.users.persist import persist_spans
+from tasks.users.sync import mark_absent, staged_ids
+from tasks.users.transform import read_departments, transform_batch
 from tests.servers.dummyjson import load_real_users, staged_lines
 
 MAX_SHARE = 0.25  # of 8-12 users: one or two may go in a run, more trip the guard

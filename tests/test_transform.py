@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from models.settings import BUNDLED_DEPARTMENTS
-from tasks.transform import dlq_lines, parse_raw, read_departments, split_spans, transform_batch, transform_frame
+from tasks.users.transform import dlq_lines, parse_raw, read_departments, split_spans, transform_batch, transform_frame
 from tests.servers.dummyjson import break_users, load_real_users, staged_lines
 
 
@@ -129,8 +129,8 @@ def test_password_never_reaches_a_staged_line():
 def test_raw_keys_staged_by_transform_are_those_persist_would_work_out(tmp_path, departments):
     """Transform hands persist each raw line's id and hash (an Arrow stream per batch): persist's raw rows
     from them are exactly those it computes from the lines alone, batch by batch."""
-    from tasks.persist import raw_frame
-    from tasks.transform import read_frame, read_span
+    from tasks.users.persist import raw_frame
+    from tasks.users.transform import read_frame, read_span
 
     users, _ = break_users(load_real_users())
     raw = tmp_path / "raw.jsonl"
@@ -184,7 +184,7 @@ def test_a_batch_worked_through_in_pieces_gives_what_it_gives_in_one(tmp_path, d
     outputs are the same bytes, counts and reasons as in one piece, and an id seen in an earlier piece is
     a duplicate as it is within one. (Field types are read per piece and merged as across batches: where
     the broken users give a field another type, a piece says so where the whole span would say text.)"""
-    from tasks.transform import read_frame, read_span
+    from tasks.users.transform import read_frame, read_span
 
     users, expected = break_users(load_real_users())
     again = [dict(u, firstName=f"Again {u['firstName']}") for u in users[:5]]  # same ids, new content, at the end
@@ -269,7 +269,7 @@ def test_a_span_parsed_with_an_earlier_spans_fields_reads_as_inferring_its_own_w
     reported from them)."""
     from polars.testing import assert_frame_equal
 
-    from tasks.transform import parse_like
+    from tasks.users.transform import parse_like
 
     like = parse_raw(staged_lines(load_real_users())).drop("_raw", "_record").schema
     data = _drifted(DRIFTS[drift])

@@ -23,7 +23,6 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
-from tasks import handoff
 from tasks.extract.checkpoint import (  # noqa: F401  (the extraction's entry points, with fetch_batch)
     CheckpointWriter,
     ExtractPlan,
@@ -37,6 +36,7 @@ from tasks.extract.constants import (
 )
 from tasks.extract.staging import write_lines
 from tasks.retry import retry_when
+from tasks.staging import handoff
 
 
 class SourceError(RuntimeError):

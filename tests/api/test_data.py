@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
+from dev.sample_api import DummyJsonServer
 from flows.feeds_etl import feeds_etl
 from flows.users_etl import users_etl
-from tasks.extract.sample import DummyJsonServer
 from tests.servers.dummyjson import load_real_users
 from tests.servers.feeds import RSS, FeedServer, make_items, rss_document
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.extract.sample import DummyJsonServer, Fault  # noqa: F401  (re-exported for tests)
+from dev.sample_api import DummyJsonServer, Fault  # noqa: F401  (re-exported for tests)
 from tasks.extract.staging import write_lines
 
 SHARED_USERS = (

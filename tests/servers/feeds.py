@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import ThreadingHTTPServer
 from xml.sax.saxutils import escape, quoteattr
 
-from tasks.extract.sample import Fault, LoopbackServer, QuietHandler  # noqa: F401  (Fault: the users peer's scripted answer)
+from dev.sample_api import Fault, LoopbackServer, QuietHandler  # noqa: F401  (Fault: the users peer's scripted answer)
 
 RSS = "application/rss+xml; charset=utf-8"
 ATOM = "application/atom+xml; charset=utf-8"

@@ -46,7 +46,7 @@ def main() -> int:
         api.wait_ready()
         demo = None
         if not settings.sftp_enabled:
-            from tasks.demo_sftp import running_demo_sftp
+            from dev.demo_sftp import running_demo_sftp
 
             demo = stack.enter_context(running_demo_sftp(VAR_DIR))
             os.environ.update(demo.env())

@@ -29,8 +29,8 @@ from tasks.bulk import (
     update_rows,
 )
 from tasks.retry import db_transient, retry_when
-from tasks.sync import resolve_valid, store_failures
-from tasks.transform import (
+from tasks.users.sync import resolve_valid, store_failures
+from tasks.users.transform import (
     raw_keys,
     read_dlq_span,
     read_frame,
