@@ -24,6 +24,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
  && rm /tmp/requirements.txt
 
 # the project itself, editable like `make install`: prefect.yaml's pull step runs flows from /app
+# (.dockerignore leaves out what only development uses: dev/, tests/, bench/, docs/)
 COPY . .
 RUN pip install --no-deps -c constraints.txt -e . \
  && mkdir -p /app/var/data /app/var/prefect \

@@ -19,7 +19,7 @@ export SLUICE_WORK_POOL := $(WORK_POOL)
 # prefect.yaml's cron: the environment's EXTRACT_SCHEDULE_CRON, else `.env`'s, else the default in models/settings.py
 SCHEDULE_CRON = $(BIN)/python -c 'from models.settings import get_settings; print(get_settings().extract_schedule_cron)'
 
-.PHONY: install migrate run test server deploy worker trigger api bench bench-api lint clean
+.PHONY: install migrate run test server deploy worker trigger api bench bench-api lint format typecheck clean
 
 install: $(STAMP)
 
@@ -70,6 +70,13 @@ bench-api: install
 
 lint: install
 	$(BIN)/ruff check flows tasks models api bench tests
+
+format: install
+	$(BIN)/ruff format flows tasks models api bench tests dev migrations
+	$(BIN)/ruff check --fix flows tasks models api bench tests dev migrations
+
+typecheck: install
+	$(BIN)/mypy flows tasks models api
 
 clean:
 	rm -rf var .pytest_cache

@@ -3,22 +3,28 @@ all parameterised (SQLite and PostgreSQL alike)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 import orjson
-from sqlalchemy import ColumnElement, Float, Select, String, cast, func, literal, null, or_, select, union_all
+from sqlalchemy import ColumnElement, Float, String, Subquery, cast, func, literal, null, or_, select, union_all
 from sqlmodel import Session, col
 from sqlmodel import select as sm_select
 
+from models.db import table_of
 from models.runs import CheckpointPublic, EtlCheckpoint, EtlRun, EtlRunPublic, RunBrief
 from models.users import CURRENT, DlqPublic, DlqUser, ProcessedUser, RawUser
 
-USERS = ProcessedUser.__table__
+USERS = table_of(ProcessedUser)
 FAILED_STATUSES = ("failed", "crashed")
 MAX_OFFSET = 2**31 - 1  # PostgreSQL binds LIMIT/OFFSET as INTEGER: a page past this is past any table's end
 
 
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: datetime | None) -> datetime | None: ...
 def as_utc(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; the pipeline stores UTC."""
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
@@ -71,11 +77,11 @@ def dlq_filters(
     return where
 
 
-def count_rows(*, session: Session, model: type, where: list[ColumnElement] | None = None) -> int:
-    return session.exec(sm_select(func.count()).select_from(model).where(*(where or []))).one()
+def count_rows(*, session: Session, model: type, where: Sequence[ColumnElement] = ()) -> int:
+    return session.exec(sm_select(func.count()).select_from(model).where(*where)).one()
 
 
-def fetch_dlq(*, session: Session, where: list[ColumnElement], limit: int, offset: int) -> list[DlqUser]:
+def fetch_dlq(*, session: Session, where: Sequence[ColumnElement], limit: int, offset: int) -> list[DlqUser]:
     """Newest first."""
     stmt = sm_select(DlqUser).where(*where).order_by(col(DlqUser.id).desc()).limit(limit).offset(offset)
     return list(session.exec(stmt).all())
@@ -87,6 +93,7 @@ def dlq_public(*, row: DlqUser) -> DlqPublic:
         record = orjson.loads(row.data)
     except orjson.JSONDecodeError:
         record = {"unparsed": row.data}
+    assert row.id is not None  # a row read from the table has its key
     return DlqPublic(
         id=row.id,
         run_id=row.run_id,
@@ -133,6 +140,10 @@ def run_public(*, run: EtlRun) -> EtlRunPublic:
     )
 
 
+@overload
+def run_brief(*, run: EtlRun) -> RunBrief: ...
+@overload
+def run_brief(*, run: EtlRun | None) -> RunBrief | None: ...
 def run_brief(*, run: EtlRun | None) -> RunBrief | None:
     if run is None:
         return None
@@ -165,7 +176,7 @@ def checkpoints(*, session: Session) -> list[CheckpointPublic]:
     ]
 
 
-def fetch_runs(*, session: Session, where: list[ColumnElement], limit: int, offset: int) -> list[EtlRun]:
+def fetch_runs(*, session: Session, where: Sequence[ColumnElement], limit: int, offset: int) -> list[EtlRun]:
     """Newest first."""
     stmt = (
         sm_select(EtlRun)
@@ -214,11 +225,11 @@ def database_ping(*, session: Session) -> None:
 # ---------------------------------------------------------------- unified view
 
 
-def unified_rows() -> Select:
+def unified_rows() -> Subquery:
     """Current users and feed items as (source, source_id, title, description, category, value, timestamp)."""
     from models.feeds import FeedItem
 
-    items = FeedItem.__table__.c
+    items = table_of(FeedItem).c
     users = select(
         USERS.c.source.label("source"),
         cast(USERS.c.id, String).label("source_id"),

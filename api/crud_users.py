@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -16,9 +17,11 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Connection,
     Engine,
+    Row,
     Select,
     String,
     bindparam,
@@ -32,10 +35,11 @@ from sqlalchemy import (
 from sqlmodel import Session
 
 from api.crud import as_utc, like_pattern
+from models.db import table_of
 from models.runs import DepartmentCount
 from models.users import CURRENT, DELETED, INVALID, ProcessedUser, UserPublic
 
-USERS = ProcessedUser.__table__
+USERS = table_of(ProcessedUser)
 USER_KEYS: tuple[str, ...] = tuple(UserPublic.model_fields)
 USER_COLUMNS = tuple(USERS.c[key] for key in USER_KEYS)
 SORT_COLUMNS = {"id": USERS.c.id, "age": USERS.c.age, "last_name": USERS.c.last_name, "updated_at": USERS.c.updated_at}
@@ -73,7 +77,8 @@ def filter_clauses(keys: tuple[str, ...], status: str, dialect: str) -> list[Col
     c, where = USERS.c, [status_clause(status, dialect)]
     for key in keys:
         if key == "search":
-            pattern, ilike = bindparam("search"), dialect == "postgresql"
+            pattern: BindParameter[str] = bindparam("search")
+            ilike = dialect == "postgresql"
             where.append(
                 or_(
                     *(
@@ -124,7 +129,7 @@ def _part(*, sort: str, order: str, part: str, dialect: str) -> tuple[list[Colum
     column, pk, asc = SORT_COLUMNS[sort], USERS.c.id, order == "asc"
     id_after = pk > bindparam("last_id") if asc else pk < bindparam("last_id")
     by_id = [pk.asc() if asc else pk.desc()]
-    return {
+    parts: dict[str, tuple[list[ColumnElement], list]] = {
         "id": ([id_after], by_id),
         "same": ([column == bindparam("key"), id_after], by_id),
         "beyond": (
@@ -134,7 +139,8 @@ def _part(*, sort: str, order: str, part: str, dialect: str) -> tuple[list[Colum
         "null_same": ([column.is_(None), id_after], by_id),
         "not_null": ([column.is_not(None)], user_order(sort=sort, order=order, dialect=dialect)),
         "null": ([column.is_(None)], by_id),
-    }[part]
+    }
+    return parts[part]
 
 
 def _sqlite_user_json() -> ColumnElement:
@@ -201,7 +207,7 @@ def fetch_users(
     limit: int,
     offset: int = 0,
     after: tuple[Any, int] | None = None,
-) -> list[tuple]:
+) -> Sequence[Row]:
     """Rows as `row_columns` says (no ORM objects): by OFFSET, or the keyset parts after `after`."""
     conn, dialect, keys = session.connection(), session.get_bind().dialect.name, tuple(sorted(filters))
     params = filter_params(filters=filters, status=status)
@@ -209,7 +215,7 @@ def fetch_users(
     if after is None:
         stmt = page_statement(**shape, part=None)
         return conn.execute(stmt, {**params, "limit": limit, "offset": offset}).all()
-    rows: list[tuple] = []
+    rows: list[Row] = []
     for part in keyset_parts(sort=sort, order=order, value_is_null=after[0] is None):
         stmt = page_statement(**shape, part=part)
         rows += conn.execute(stmt, {**params, "key": after[0], "last_id": after[1], "limit": limit - len(rows)}).all()
@@ -246,7 +252,7 @@ def count_users(*, session: Session, filters: dict[str, Any], status: str = CURR
     return total
 
 
-def user_dict(*, row: tuple) -> dict[str, Any]:
+def user_dict(*, row: Sequence[Any]) -> dict[str, Any]:
     return dict(zip(USER_KEYS, row))  # noqa: B905  (rows come from USER_COLUMNS: same length)
 
 
@@ -326,7 +332,7 @@ def department_counts(*, session: Session) -> list[DepartmentCount]:
     stmt = select(counts.c.department, code.scalar_subquery(), counts.c.users)
     gone = select(c.department, func.count()).where(IS_NOT_CURRENT).group_by(c.department)
     conn = session.connection()
-    less = dict(conn.execute(gone).all())
+    less: dict[str, int] = dict(conn.execute(gone).all())
     rows = [(d, code, n - less.get(d, 0)) for d, code, n in conn.execute(stmt).all()]
     return [
         DepartmentCount(department=d, department_code=code or "", users=n)

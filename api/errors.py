@@ -67,11 +67,12 @@ async def database_unavailable(request: Request, exc: Exception) -> JSONResponse
     )
 
 
-async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+async def http_error(request: Request, exc: Exception) -> Response:
     """FastAPI's own answer, except that a 405 lists in `Allow` every method the path has (Starlette names
     only those of the first route matching the path)."""
+    assert isinstance(exc, StarletteHTTPException)  # the handler of that exception alone
     if exc.status_code == 405:
-        methods = set()
+        methods: set[str] = set()
         for route in request.app.router.routes:
             match, _ = route.matches({**request.scope, "method": "OPTIONS"})
             if match is not Match.NONE:

@@ -83,7 +83,7 @@ class RequestContextMiddleware:
             self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)
 
 
-async def schema_out_of_date(_request: Request, exc: SchemaOutOfDate) -> JSONResponse:
+async def schema_out_of_date(_request: Request, exc: Exception) -> JSONResponse:
     """The database is not at the code's schema revision: every route (and /health) says so, naming `make
     migrate`, until it is migrated (each request checks again)."""
     log.error("%s", exc)
@@ -95,9 +95,8 @@ _heap_frozen = False
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI):
-    """Once per process, after the imports (the settings pull in much of Prefect): collect, then freeze what
-    is left, so later collections walk only what requests allocate; a full collection of the startup heap
-    takes ~100 ms, which would land on some request's latency."""
+    """Once per process, after the imports: collect, then freeze what is left, so later collections walk only
+    what requests allocate (a full collection of the startup heap would land on some request's latency)."""
     global _heap_frozen
     if not _heap_frozen:
         gc.collect()

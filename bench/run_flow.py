@@ -55,10 +55,13 @@ def covered_seconds(spans: list[list[float]]) -> float:
 
 
 def main() -> None:
+    from flows.process import tune
+
+    tune()  # a flow process's entry point, as `make run` and a worker's flow run
     t0 = float(os.environ["BENCH_T0"])
     started_at = datetime.fromtimestamp(t0, UTC)
     trace = RssTrace()
-    from flows.prefect_api import local_prefect_api
+    from dev.prefect_server import local_prefect_api
 
     # no PREFECT_API_URL: the local server `make run` starts (dev/run.py), started the same way
     with local_prefect_api(sys.argv[2]) as api:  # its log in the run's data folder

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import orjson
 
+from dev.real_users import load_real_users
 from dev.sample_api import DummyJsonServer
-from tests.servers.dummyjson import load_real_users
 
 INVALID_EVERY = 20
 _DEFECTS = (

@@ -1,8 +1,10 @@
-"""`make run`: every configured flow once, then where the results are.
+"""`make run`: every configured flow once, offline in one command, then where the results are.
 
-The database is migrated first (as `make migrate` does). With SFTP_HOST unset, a loopback SFTP server of the
-project's own (key in var/sftp) receives the delivery; with no Prefect API configured, a local Prefect server
-started at once (flows/prefect_api.py) runs the flows.
+This is the flow process's entry point: it tunes the process first (flows/process.py). The database is
+migrated (as `make migrate` does). What is not configured is started here and handed to the flows as a user
+would configure it: with USERS_API_BASE unset, the generated 300-user sample on a loopback port
+(dev/sample_api.py); with SFTP_HOST unset, a loopback SFTP server of the project's own (key in var/sftp,
+dev/demo_sftp.py); with no Prefect API configured, a local Prefect server (dev/prefect_server.py).
 
 A run that does not end by itself ends with one line on stderr, not a traceback: stopped by SIGTERM or Ctrl-C
 (after its run is marked crashed in etl_runs), or its Prefect API gone (at the start, or for
@@ -20,7 +22,10 @@ VAR_DIR = Path("var")
 
 
 def main() -> int:
-    from flows.prefect_api import local_prefect_api
+    from flows.process import tune
+
+    tune()  # before anything loads Polars
+    from dev.prefect_server import local_prefect_api
 
     with ExitStack() as stack:
         # first, before the settings' imports: a server of its own takes the longest to be ready (it is
@@ -44,13 +49,7 @@ def main() -> int:
         from flows.users_etl import users_etl
 
         api.wait_ready()
-        demo = None
-        if not settings.sftp_enabled:
-            from dev.demo_sftp import running_demo_sftp
-
-            demo = stack.enter_context(running_demo_sftp(VAR_DIR))
-            os.environ.update(demo.env())
-            get_settings.cache_clear()
+        demo_root = serve_what_is_not_configured(stack, settings)
         state = run_flow(users_etl, api.url)
         if isinstance(state, int):
             return state
@@ -59,7 +58,7 @@ def main() -> int:
             return 1
         summary = state.result()
         feeds = run_flow(feeds_etl, api.url) if settings.feed_urls else None
-    report(summary, demo.root if demo else None)
+    report(summary, demo_root)
     if isinstance(feeds, int):
         return feeds
     if feeds is not None:
@@ -72,6 +71,43 @@ def main() -> int:
             f"{f['unchanged']} unchanged, {f['invalid']} to the DLQ"
         )
     return 0
+
+
+def serve_what_is_not_configured(stack: ExitStack, settings) -> Path | None:
+    """The sample users API unless USERS_API_BASE is set, the demo SFTP server unless SFTP_HOST is, each for
+    as long as `stack` lasts, their addresses in this process's environment meanwhile (the settings read
+    again); the demo server's folder on disk, if it was started."""
+    from models.settings import get_settings
+
+    env: dict[str, str] = {}
+    if not settings.users_api_base:
+        from dev.sample_api import offline_users_api
+
+        env["USERS_API_BASE"] = stack.enter_context(offline_users_api())
+    demo_root = None
+    if not settings.sftp_enabled:
+        from dev.demo_sftp import running_demo_sftp
+
+        demo = stack.enter_context(running_demo_sftp(VAR_DIR))
+        env |= demo.env()
+        demo_root = demo.root
+    if env:
+        before = {name: os.environ.get(name) for name in env}
+        stack.callback(_restore_environment, before)
+        os.environ.update(env)
+        get_settings.cache_clear()
+    return demo_root
+
+
+def _restore_environment(before: dict[str, str | None]) -> None:
+    from models.settings import get_settings
+
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    get_settings.cache_clear()
 
 
 def run_flow(parent, api_url: str | None):

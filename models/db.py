@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine, Table, event
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import make_url
-from sqlmodel import Session, create_engine
+from sqlmodel import Session, SQLModel, create_engine
 
 from models.migrate import check_current
 from models.settings import get_settings
@@ -114,6 +115,14 @@ def resolve_engine(block_name: str | None = None) -> Engine:
     """A block named by the flow (or DATABASE_BLOCK) wins over DATABASE_URL."""
     name = block_name or get_settings().database_block
     return engine_from_block(name) if name else get_engine()
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The table a table model maps (what `model.__table__` is, which SQLModel declares to no type checker)."""
+    table = sa_inspect(model).local_table
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} maps no table")
+    return table
 
 
 def _sqlite_file(engine: Engine) -> bool:

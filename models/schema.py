@@ -1,8 +1,8 @@
-"""Validation rules for users frames: each a name, a message and a Polars expression that is true when the
-row passes. `split` (in tasks.users.transform) keeps rows passing every rule and sends the rest to the DLQ with
-the names of every rule they failed, dataframely-style. The rules cover what the target tables enforce
-(64-bit ids, the columns' lengths, text PostgreSQL can hold, finite numbers), read from the table models, so
-that no row the rules let through is refused by either database."""
+"""Validation rules for users frames: each a name (models/rules.py), a message and a Polars expression that
+is true when the row passes. `split` (in tasks.users.transform) keeps rows passing every rule and sends the rest
+to the DLQ with the names of every rule they failed, dataframely-style. The rules cover what the target tables
+enforce (64-bit ids, the columns' lengths, text PostgreSQL can hold, finite numbers), read from the table
+models, so that no row the rules let through is refused by either database."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import polars as pl
 from sqlmodel import SQLModel
 
+from models import rules as names
+from models.rules import SET_BY_PIPELINE, max_lengths
 from models.users import UserBase
 
 EMAIL_PATTERN = r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
@@ -21,7 +23,6 @@ MIN_AGE, MAX_AGE = 18, 65
 # Polars read only once its numbers beyond what a column holds were written as text (judged as any object)
 RECORD = "_record"
 OBJECT, REWRITTEN, NOT_OBJECT, UNPARSEABLE = "object", "rewritten", "not_object", "unparseable"
-SET_BY_PIPELINE = ("source",)  # stored columns no record gives a value to
 
 
 @dataclass(frozen=True)
@@ -47,16 +48,6 @@ def present(col: str) -> pl.Expr:
     return pl.col(col).str.strip_chars().str.len_chars().fill_null(0) > 0
 
 
-def max_lengths(model: type[SQLModel] = UserBase) -> dict[str, int]:
-    """The model's text columns with a declared length (VARCHAR(n) on PostgreSQL), those records fill."""
-    return {
-        name: meta.max_length
-        for name, field in model.model_fields.items()
-        for meta in field.metadata
-        if getattr(meta, "max_length", None) and name not in SET_BY_PIPELINE
-    }
-
-
 def text_columns(model: type[SQLModel] = UserBase) -> list[str]:
     """The staging columns the model's text columns are made of (a masked column from the value it masks)."""
     return [
@@ -74,13 +65,13 @@ def record_rules() -> list[Rule]:
     """Over `RECORD`: a staged line that is not a JSON object fails one of these, and only that."""
     return [
         Rule(
-            "record_unparseable",
+            names.RECORD_UNPARSEABLE,
             "the staged line is not JSON (invalid or cut short)",
             pl.col(RECORD) != UNPARSEABLE,
             alone=True,
         ),
         Rule(
-            "record_not_object",
+            names.RECORD_NOT_OBJECT,
             "the record is JSON but not an object (a text, number, array or null)",
             pl.col(RECORD) != NOT_OBJECT,
             alone=True,
@@ -93,7 +84,7 @@ def storage_rules() -> list[Rule]:
     `id_text`), the text columns (stripped or lowercased as stored) and the number columns."""
     lengths = [
         Rule(
-            f"{col}_too_long",
+            names.too_long(col),
             f"{col} is longer than {n} characters",
             (pl.col(col).str.len_chars() <= n).fill_null(True),
         )
@@ -101,18 +92,18 @@ def storage_rules() -> list[Rule]:
     ]
     return [
         Rule(
-            "id_out_of_range",
+            names.ID_OUT_OF_RANGE,
             "id is an integer outside the signed 64-bit range",
             ~_integer_text("id_text") | pl.col("id").is_not_null(),
         ),
         *lengths,
         Rule(
-            "text_contains_nul",
+            names.TEXT_CONTAINS_NUL,
             "a text value holds a NUL character (\\u0000), which PostgreSQL cannot store",
             ~pl.concat_str(text_columns(), ignore_nulls=True).str.contains("\x00", literal=True).fill_null(False),
         ),
         Rule(
-            "number_not_finite",
+            names.NUMBER_NOT_FINITE,
             "height, weight, latitude or longitude is NaN, infinite or beyond a double",
             pl.all_horizontal(pl.col(number_columns()).is_finite().fill_null(True)),
         ),
@@ -126,23 +117,23 @@ def user_rules() -> list[Rule]:
     reads."""
     return [
         *record_rules(),
-        Rule("id_not_integer", "id is missing or not an integer", _integer_text("id_text")),
-        Rule("id_duplicate", "id appears more than once in the batch", ~pl.col("id_duplicate")),
-        Rule("first_name_missing", "firstName is missing or empty", present("first_name")),
+        Rule(names.ID_NOT_INTEGER, "id is missing or not an integer", _integer_text("id_text")),
+        Rule(names.ID_DUPLICATE, "id appears more than once in the batch", ~pl.col("id_duplicate")),
+        Rule(names.FIRST_NAME_MISSING, "firstName is missing or empty", present("first_name")),
         Rule(
-            "email_invalid",
+            names.EMAIL_INVALID,
             "email is missing or not a valid address",
             pl.col("email").str.strip_chars().str.contains(EMAIL_PATTERN).fill_null(False),
         ),
-        Rule("age_not_integer", "age is missing or not an integer", _integer_text("age_text")),
+        Rule(names.AGE_NOT_INTEGER, "age is missing or not an integer", _integer_text("age_text")),
         Rule(
-            "age_out_of_range",
+            names.AGE_OUT_OF_RANGE,
             f"age is outside {MIN_AGE}-{MAX_AGE}",
             ~_integer_text("age_text") | pl.col("age").is_between(MIN_AGE, MAX_AGE).fill_null(False),
         ),
-        Rule("department_missing", "company.department is missing or empty", present("department")),
+        Rule(names.DEPARTMENT_MISSING, "company.department is missing or empty", present("department")),
         Rule(
-            "department_unknown",
+            names.DEPARTMENT_UNKNOWN,
             "company.department is not in the departments table",
             ~present("department") | pl.col("department_code").is_not_null(),
         ),

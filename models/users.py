@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Final
 
 from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, Text
 from sqlmodel import Field, SQLModel
@@ -13,7 +14,9 @@ TZ = DateTime(timezone=True)
 ID = BigInteger().with_variant(Integer(), "sqlite")
 
 # processed_users.status: what the source's newest observation of the user says (README, "Sync semantics")
-CURRENT, INVALID, DELETED = "current", "invalid", "deleted"
+CURRENT: Final = "current"
+INVALID: Final = "invalid"
+DELETED: Final = "deleted"
 # dlq_users.resolution: why an entry closed
 RESOLVED_VALID, RESOLVED_SUPERSEDED, RESOLVED_GONE = "valid", "superseded", "gone"
 

@@ -34,11 +34,10 @@ def skip_or_fail(reason: str) -> None:
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory) -> Iterator[str]:
     """One Prefect API for the whole session, on an empty SQLite database of its own: the server `make run`
-    starts (flows/prefect_api.py: Prefect's app, its writers queued for SQLite's lock). Prefect's test
+    starts (dev/prefect_server.py: Prefect's app, its writers queued for SQLite's lock). Prefect's test
     harness server answers a write that meets another writer's lock with a 503, and its client retries 2 s,
     then 4 s later: a stage's start could lag 6 s behind, as a test of the stages' overlap saw."""
-    from dev.prefect_server import copy_empty_prefect_db
-    from flows.prefect_api import started_prefect_api
+    from dev.prefect_server import copy_empty_prefect_db, started_prefect_api
 
     home = tmp_path_factory.mktemp("prefect-server")
     database = copy_empty_prefect_db(home / "prefect.db")

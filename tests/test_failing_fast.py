@@ -165,8 +165,7 @@ LOST_API_RUN = f"""
 import asyncio, sys
 from pathlib import Path
 import flows.common
-from flows.prefect_api import started_prefect_api
-from dev.prefect_server import copy_empty_prefect_db
+from dev.prefect_server import copy_empty_prefect_db, started_prefect_api
 
 flows.common.API_LOST_SECONDS = 2.0
 flows.common.runs.HEARTBEAT_SECONDS = 0.5

@@ -618,18 +618,10 @@ def test_copy_csv_comes_in_slices_that_add_up_to_the_frame():
     assert back.equals(df)
 
 
-def _bytes_written() -> int:
-    """What this thread has handed to write calls so far (files, WAL, temporary files alike); other threads'
-    writes (Prefect's log and event workers sending to the test server) are not counted."""
-    with open("/proc/thread-self/io") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
-
-
-def test_sqlite_batch_writes_its_wal_frames_and_nothing_besides(settings_env, tmp_path):
-    """A batch's multi-row INSERTs must not make SQLite copy each page they touch to a statement journal
-    first (what it does for a statement that may abort halfway inside a transaction): at 100k users that
-    was 1.5 GB of temporary file writes beside a 230 MB database. What persist writes is the WAL's new
-    frames, and a new database has 8 KB pages."""
+def test_sqlite_batch_goes_to_the_wal_in_8k_pages(settings_env, tmp_path):
+    """A new database has 8 KB pages and persist's batch lands in the WAL. That it writes the WAL's new frames
+    and nothing besides (no statement journal) depends on the host's I/O accounting: `make bench` measures it
+    (bench/host_checks.py)."""
     from tasks.users.persist import persist_spans
 
     settings_env()
@@ -639,11 +631,10 @@ def test_sqlite_batch_writes_its_wal_frames_and_nothing_besides(settings_env, tm
     wal = tmp_path / "w.db-wal"
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 8192
-    wal_before, written_before = wal.stat().st_size, _bytes_written()
+    wal_before = wal.stat().st_size
     out = persist_spans(engine, run_id="r1", source="dummyjson", files=files, spans=spans)
-    written, grown = _bytes_written() - written_before, wal.stat().st_size - wal_before
+    grown = wal.stat().st_size - wal_before
     assert out["raw_inserted"] == 208 and grown > 200 * 1000  # the batch is in the WAL
-    assert written <= grown * 1.02, f"wrote {written:,} bytes for {grown:,} bytes of WAL frames"
 
 
 def test_a_row_the_database_refuses_halfway_through_a_statement_leaves_nothing_of_the_batch(settings_env, tmp_path):
@@ -733,14 +724,9 @@ def test_extract_checkpoint_does_not_wait_for_a_batch_being_stored(settings_env,
     assert _checkpoint_row(url) == (208, 2080, 208)
 
 
-def test_fetched_pages_are_freed_once_staged_without_the_garbage_collector(settings_env, tmp_path):
-    """httpx's responses sit in reference cycles, which only Python's cyclic garbage collector frees. A page
-    body kept on its response stayed in memory until the next collection, and over a long run the bodies piled
-    up (15-30 MB between batches at 1M users). With the collector off, fetching page after page must leave
-    no page bodies behind; the staged file holds every page."""
-    import gc
-    import tracemalloc
-
+def test_fetching_page_after_page_stages_every_page(settings_env, tmp_path):
+    """Fetching the same pages again and again appends each time: the staged file holds every page. (That the
+    page bodies are freed without the garbage collector is measured by `make bench`: bench/host_checks.py.)"""
     from tasks.extract.dummyjson import CheckpointWriter, begin_extract, fetch_batch
 
     settings_env()
@@ -763,19 +749,9 @@ def test_fetched_pages_are_freed_once_staged_without_the_garbage_collector(setti
             assert got["records"] == len(users) and got["done"]
             return got["offset"]
 
-        end = fetch_all(0)  # first calls warm up what stays (imports, the TLS context, ...)
-        gc.collect()
-        gc.disable()
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
-            for n in range(1, 11):
-                assert fetch_all(n * end) == (n + 1) * end  # 90 pages in all, about 35 KB each
-            held = tracemalloc.get_traced_memory()[0] - before
-        finally:
-            tracemalloc.stop()
-            gc.enable()
-    assert held < 1_000_000, f"{held:,} bytes still held after fetching {10 * end:,} bytes of pages"
+        end = fetch_all(0)
+        for n in range(1, 11):
+            assert fetch_all(n * end) == (n + 1) * end  # 90 pages in all, about 35 KB each
     assert (tmp_path / "raw.jsonl").stat().st_size == 11 * end
 
 

@@ -1,4 +1,4 @@
-"""The Prefect API a one-off run starts for itself when none is configured (flows/prefect_api.py, `make run`).
+"""The Prefect API a one-off run starts for itself when none is configured (dev/prefect_server.py, `make run`).
 
 Each case runs in a fresh Python process, as `make run` does: Prefect's settings are process-wide, and the
 point is what happens from a cold start."""
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 RUN_A_FLOW = """
 import json, sys
-from flows.prefect_api import local_prefect_api
+from dev.prefect_server import local_prefect_api
 
 with local_prefect_api(sys.argv[1]) as api:
     from prefect import flow, get_client, get_run_logger, task
@@ -116,10 +116,11 @@ def test_without_an_api_a_run_gets_a_server_of_its_own_that_keeps_its_logs_and_s
 
 def test_make_run_reaches_the_server_launch_before_any_heavy_import():
     """The local server takes longest to be ready, so `make run` launches it before importing anything
-    else: loading `dev.run` and `flows.prefect_api` pulls in none of the libraries the run needs later
-    (the settings and httpx, imported first, took 0.36 s before the launch)."""
+    else: loading `dev.run`, the process tuning it applies first, its launcher `dev.prefect_server` and the
+    flows' `flows.prefect_api` pulls in none of the libraries the run needs later."""
     heavy = ("httpx", "pydantic", "pydantic_settings", "prefect", "polars", "sqlalchemy")
-    code = f"import json, sys, dev.run, flows.prefect_api; print(json.dumps([m for m in {heavy!r} if m in sys.modules]))"
+    imports = "dev.run, flows.process, dev.prefect_server, flows.prefect_api"
+    code = f"import json, sys, {imports}; print(json.dumps([m for m in {heavy!r} if m in sys.modules]))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
 
@@ -127,7 +128,7 @@ def test_make_run_reaches_the_server_launch_before_any_heavy_import():
 def test_a_configured_api_is_used_as_it_is_and_nothing_is_started(tmp_path):
     script = """
 import json, sys
-from flows.prefect_api import local_prefect_api
+from dev.prefect_server import local_prefect_api
 from prefect.settings import get_current_settings
 
 with local_prefect_api(sys.argv[1]) as api:
@@ -147,7 +148,7 @@ def test_an_api_configured_in_a_profile_is_used_and_the_server_launched_early_is
     script = """
 import json, os, sys
 from pathlib import Path
-from flows.prefect_api import local_prefect_api
+from dev.prefect_server import local_prefect_api
 from prefect.settings import get_current_settings
 
 def children():
@@ -182,7 +183,7 @@ def test_a_server_that_cannot_start_is_reported_with_its_own_words(tmp_path):
     instead of waiting out the start-up timeout."""
     script = """
 import sys, time
-from flows.prefect_api import PrefectApiError, local_prefect_api
+from dev.prefect_server import PrefectApiError, local_prefect_api
 
 started = time.monotonic()
 try:
@@ -208,7 +209,7 @@ except PrefectApiError as exc:
 def test_the_process_environment_is_as_it_was_after_the_block(tmp_path):
     script = """
 import json, os, sys
-from flows.prefect_api import local_prefect_api
+from dev.prefect_server import local_prefect_api
 from prefect.settings import get_current_settings
 
 with local_prefect_api(sys.argv[1]) as api:
@@ -228,7 +229,7 @@ def test_a_server_whose_run_was_killed_stops_by_itself(tmp_path):
     holding Prefect's database."""
     script = """
 import sys, time
-from flows.prefect_api import local_prefect_api
+from dev.prefect_server import local_prefect_api
 
 with local_prefect_api(sys.argv[1]) as api:
     api.wait_ready()
@@ -261,7 +262,7 @@ def test_a_server_whose_run_was_killed_while_it_started_stops_by_itself(tmp_path
     server, orphaned before it could note who started it, still stops once it is up (it is told the pid)."""
     script = """
 import os, sys
-from flows.prefect_api import local_prefect_api
+from dev.prefect_server import local_prefect_api
 
 with local_prefect_api(sys.argv[1]) as api:
     print(api.process.pid, flush=True)
@@ -301,7 +302,7 @@ from pathlib import Path
 
 import httpx
 
-from flows.prefect_api import local_prefect_api
+from dev.prefect_server import local_prefect_api
 
 with local_prefect_api(sys.argv[1]) as api:
     api.wait_ready()

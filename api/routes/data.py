@@ -8,7 +8,8 @@ from fastapi import APIRouter, Query, Request
 
 from api import crud
 from api.deps import SessionDep, page_meta
-from models.data import DataListPublic
+from models.data import DataItemPublic, DataListPublic
+from models.users import PageMeta
 
 router = APIRouter(tags=["data"], responses={503: {"description": "the database is unavailable"}})
 
@@ -34,10 +35,10 @@ def list_data(
         session=session, limit=page_size + 1, offset=crud.page_offset(page=page, page_size=page_size), **filters
     )
     return DataListPublic(
-        data=rows[:page_size],
+        data=[DataItemPublic.model_validate(row) for row in rows[:page_size]],
         total=total,
         page=page,
         page_size=page_size,
         has_more=len(rows) > page_size,
-        meta=page_meta(request, filters),
+        meta=PageMeta.model_validate(page_meta(request, filters)),
     )

@@ -9,12 +9,13 @@ from fastapi import APIRouter, Query, Request
 
 from api import crud
 from api.deps import SessionDep, page_meta
-from models.schema import user_rules
-from models.users import DlqListPublic, DlqUser
+from models.rules import dlq_reasons
+from models.users import DlqListPublic, DlqUser, PageMeta
 
 router = APIRouter(tags=["dlq"], responses={503: {"description": "the database is unavailable"}})
 
-DlqReason = StrEnum("DlqReason", {name: name for name in [*(rule.name for rule in user_rules()), "csv_malformed"]})
+# members from the rules' names, which mypy cannot enumerate
+DlqReason = StrEnum("DlqReason", {name: name for name in dlq_reasons()})  # type: ignore[misc]
 
 
 @router.get("/dlq", response_model=DlqListPublic, summary="Dead-lettered records, newest first")
@@ -37,12 +38,9 @@ def list_dlq(
     user_id: Annotated[int | None, Query(ge=-(2**63), le=2**63 - 1, description="the record's user id")] = None,
     reason: Annotated[DlqReason | None, Query(description="a rule name, e.g. email_invalid")] = None,
 ) -> DlqListPublic:
-    given = {
-        k: v
-        for k, v in {"run_id": run_id, "user_id": user_id, "reason": reason and reason.value}.items()
-        if v is not None
-    }
-    where = crud.dlq_filters(status=status, **given)
+    reason_name = reason.value if reason is not None else None
+    where = crud.dlq_filters(status=status, run_id=run_id, user_id=user_id, reason=reason_name)
+    given = {k: v for k, v in {"run_id": run_id, "user_id": user_id, "reason": reason_name}.items() if v is not None}
     filters = given | ({"status": status} if status != "open" else {})  # as meta shows them
     total = crud.count_rows(session=session, model=DlqUser, where=where)
     offset = crud.page_offset(page=page, page_size=page_size)
@@ -53,5 +51,5 @@ def list_dlq(
         page=page,
         page_size=page_size,
         has_more=len(rows) > page_size,
-        meta=page_meta(request, filters),
+        meta=PageMeta.model_validate(page_meta(request, filters)),
     )

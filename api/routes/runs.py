@@ -1,13 +1,15 @@
-"""GET /etl_runs, GET /etl_runs/{run_id}, and POST /etl_runs (start `users-etl/daily` through Prefect)."""
+"""GET /etl_runs, GET /etl_runs/{run_id}, and POST /etl_runs (a run of `users-etl/daily`, over Prefect's REST API)."""
 
 from __future__ import annotations
 
+import base64
 import logging
 from typing import Annotated
 
 import anyio
 import httpx
 from fastapi import APIRouter, Body, HTTPException, Path, Query, status
+from sqlmodel import col
 
 from api import crud
 from api.deps import ApiKeyDep, SessionDep
@@ -32,7 +34,7 @@ def list_runs(
     page_size: Annotated[int, Query(ge=1, le=500)] = 20,
     status_: Annotated[RunStatus, Query(alias="status")] = None,
 ) -> EtlRunsPublic:
-    where = [EtlRun.status == status_] if status_ else []
+    where = [col(EtlRun.status) == status_] if status_ else []
     total = crud.count_rows(session=session, model=EtlRun, where=where)
     offset = crud.page_offset(page=page, page_size=page_size)
     runs = [] if offset is None else crud.fetch_runs(session=session, where=where, limit=page_size + 1, offset=offset)
@@ -53,25 +55,41 @@ def read_run(session: SessionDep, run_id: Annotated[str, Path(max_length=64, pat
     return crud.run_public(run=run)
 
 
-def _prefect_api_url() -> str | None:
-    from prefect.settings import get_current_settings
-
-    return get_current_settings().api.url
-
-
 def _ui_link(api_url: str, flow_run_id: str) -> str:
     base = get_settings().prefect_ui_url or api_url.rstrip("/").removesuffix("/api")
     return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}"
 
 
-async def _create_flow_run(parameters: dict):
-    """A flow run of the deployment, created through Prefect's API (a worker picks it up)."""
-    from prefect import get_client
+def _prefect_headers() -> dict[str, str]:
+    """The credentials Prefect's own client would send: a server's basic auth first, else a Cloud API key."""
+    settings = get_settings()
+    if settings.prefect_api_auth_string:
+        token = base64.b64encode(settings.prefect_api_auth_string.get_secret_value().encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+    if settings.prefect_api_key:
+        return {"Authorization": f"Bearer {settings.prefect_api_key.get_secret_value()}"}
+    return {}
 
+
+class DeploymentMissing(Exception):
+    pass
+
+
+async def _create_flow_run(api_url: str, parameters: dict) -> dict:
+    """A flow run of the deployment (Scheduled: a worker picks it up), created through Prefect's REST API,
+    so that the API process never loads Prefect."""
+    flow, name = DEPLOYMENT.split("/")
     with anyio.fail_after(PREFECT_TIMEOUT_SECONDS):
-        async with get_client() as client:
-            deployment = await client.read_deployment_by_name(DEPLOYMENT)
-            return await client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+        async with httpx.AsyncClient(base_url=api_url, headers=_prefect_headers()) as client:
+            found = await client.get(f"/deployments/name/{flow}/{name}")
+            if found.status_code == status.HTTP_404_NOT_FOUND:
+                raise DeploymentMissing
+            found.raise_for_status()
+            created = await client.post(
+                f"/deployments/{found.json()['id']}/create_flow_run", json={"parameters": parameters}
+            )
+            created.raise_for_status()
+            return created.json()
 
 
 def _unavailable(message: str) -> HTTPException:
@@ -96,27 +114,26 @@ def _unavailable(message: str) -> HTTPException:
     },
 )
 async def start_run(body: Annotated[EtlRunCreate | None, Body()] = None) -> EtlRunStarted:
-    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-
     parameters = body.model_dump(exclude_none=True) if body else {}
-    api_url = _prefect_api_url()
+    api_url = get_settings().prefect_api_url
     if not api_url:
         raise _unavailable("Prefect is not configured: set PREFECT_API_URL to the Prefect server's API")
     try:
-        flow_run = await _create_flow_run(parameters)
-    except ObjectNotFound:
+        flow_run = await _create_flow_run(api_url, parameters)
+    except DeploymentMissing:
         raise _unavailable(f"deployment {DEPLOYMENT} not found on the Prefect server: run `make deploy`") from None
-    except PrefectHTTPStatusError as exc:
+    except httpx.HTTPStatusError as exc:
         log.warning("Prefect refused the run: %s", exc)
         raise _unavailable(f"the Prefect server refused the run ({exc.response.status_code})") from None
-    except (TimeoutError, httpx.HTTPError, OSError, RuntimeError) as exc:
+    except (TimeoutError, httpx.HTTPError, OSError) as exc:
         log.warning("Prefect unreachable at %s: %r", api_url, exc)
         raise _unavailable(f"the Prefect server is unreachable ({type(exc).__name__})") from None
+    state = flow_run.get("state") or {}
     return EtlRunStarted(
-        flow_run_id=str(flow_run.id),
-        flow_run_name=flow_run.name,
+        flow_run_id=str(flow_run["id"]),
+        flow_run_name=flow_run.get("name"),
         deployment=DEPLOYMENT,
-        state=flow_run.state.name if flow_run.state else None,
+        state=state.get("name"),
         parameters=parameters,
-        ui_url=_ui_link(api_url, str(flow_run.id)),
+        ui_url=_ui_link(api_url, str(flow_run["id"])),
     )

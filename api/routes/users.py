@@ -50,7 +50,7 @@ def _int64(value: Any) -> int:
     return value
 
 
-def _check_value(sort: str, value: Any) -> Any:
+def _check_value(sort: object, value: Any) -> Any:
     if sort in ("id", "age"):
         return _int64(value)
     if sort == "last_name" and value is not None and (not isinstance(value, str) or "\x00" in value):
@@ -153,7 +153,7 @@ async def list_users(
         )
     )
     next_cursor = None
-    if page.has_more:
+    if page.has_more and page.last is not None:
         value, last_id = page.last
         next_cursor = encode_cursor(sort=q.sort, order=q.order, value=value, last_id=last_id, filters=shown)
     payload = {

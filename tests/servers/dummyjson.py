@@ -1,40 +1,31 @@
-"""The DummyJSON-contract peer for tests: the product's loopback server, fed the real users from
-../shared/data (never copied into the repo), with invalid variants made at test time."""
+"""The DummyJSON-contract peer for tests: dev's loopback server, fed the real users from ../shared/data
+(dev/real_users.py), with invalid variants made at test time."""
 
 from __future__ import annotations
 
 import copy
 import io
-import json
-import os
-from pathlib import Path
 
 import pytest
 
+from dev import real_users
 from dev.sample_api import DummyJsonServer, Fault  # noqa: F401  (re-exported for tests)
 from tasks.extract.staging import write_lines
 
-SHARED_USERS = (
-    Path(os.environ.get("SLUICE_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
-    / "dummyjson"
-    / "users.json"
-)
-
 
 def load_real_users() -> list[dict]:
-    if not SHARED_USERS.exists():
-        pytest.fail(f"the real DummyJSON users are expected at {SHARED_USERS} (../shared beside the checkout)")
-    data = json.loads(SHARED_USERS.read_text())
-    return data["users"] if isinstance(data, dict) else data
+    try:
+        return real_users.load_real_users()
+    except real_users.RealUsersMissing as exc:
+        pytest.fail(str(exc))
 
 
 def distinct_users(n: int) -> list[dict]:
     """`n` valid users: the real ones over and over, each with an id, email and username of its own."""
-    real = load_real_users()
-    return [
-        real[i % len(real)] | {"id": i + 1, "email": f"user{i + 1}@example.com", "username": f"user{i + 1}"}
-        for i in range(n)
-    ]
+    try:
+        return real_users.distinct_users(n)
+    except real_users.RealUsersMissing as exc:
+        pytest.fail(str(exc))
 
 
 def staged_lines(users: list) -> bytes:
