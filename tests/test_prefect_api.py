@@ -119,7 +119,9 @@ def test_make_run_reaches_the_server_launch_before_any_heavy_import():
     else: loading `dev.run` and `flows.prefect_api` pulls in none of the libraries the run needs later
     (the settings and httpx, imported first, took 0.36 s before the launch)."""
     heavy = ("httpx", "pydantic", "pydantic_settings", "prefect", "polars", "sqlalchemy")
-    code = f"import json, sys, dev.run, flows.prefect_api; print(json.dumps([m for m in {heavy!r} if m in sys.modules]))"
+    code = (
+        f"import json, sys, dev.run, flows.prefect_api; print(json.dumps([m for m in {heavy!r} if m in sys.modules]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dev.sample_api import DummyJsonServer, Fault  # noqa: F401  (re-exported for tests)
-from tasks.extract.staging import write_lines
+from tasks.extract.dummyjson.lines import write_lines
 
 SHARED_USERS = (
     Path(os.environ.get("SLUICE_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
