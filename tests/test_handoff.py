@@ -77,9 +77,9 @@ def test_an_api_batch_is_one_transform_batch_and_a_big_input_is_cut_without_sliv
     """Task runs grow with batches: a posted batch of `batch_records` is one transform (and persist) task
     run, never a big one plus a sliver of a few lines; a larger input is cut in about equal batches."""
     import orjson
+
     from tasks.staging.batches import Span, StagedInput
     from tasks.users.stages import source_spans
-
     from tests.servers.dummyjson import load_real_users
 
     users = load_real_users()
