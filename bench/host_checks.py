@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 PAGE_SIZE = 25
@@ -39,35 +40,33 @@ def persist_writes(folder: Path) -> dict:
     into the database meanwhile) into a new SQLite database, and the WAL frames the batch adds."""
     from dev.real_users import load_real_users
     from models.settings import BUNDLED_DEPARTMENTS
-    from tasks.extract.staging import write_lines
+    from tasks.extract.dummyjson.lines import write_lines
+    from tasks.staging.batches import RunFiles
     from tasks.users.persist import persist_spans
     from tasks.users.transform import read_departments, transform_batch
 
     raw = folder / "raw.jsonl"
     with raw.open("wb") as fh:
         write_lines(fh, load_real_users())
-    files = {
-        "raw": str(raw),
-        "processed": str(folder / "processed.jsonl"),
-        "dlq": str(folder / "dlq.jsonl"),
-        "raw_keys": str(folder / "keys.arrows"),
-    }
+    files = RunFiles(
+        processed=str(folder / "processed.jsonl"), dlq=str(folder / "dlq.jsonl"), raw_keys=str(folder / "keys.arrows")
+    )
     out = transform_batch.fn(
         read_departments(BUNDLED_DEPARTMENTS),
         raw_path=str(raw),
         offset=0,
         length=raw.stat().st_size,
-        processed_path=files["processed"],
-        dlq_path=files["dlq"],
-        keys_path=files["raw_keys"],
+        processed_path=files.processed,
+        dlq_path=files.dlq,
+        keys_path=files.raw_keys,
     )
-    spans = {k: out[k] for k in ("raw", "processed", "dlq", "raw_keys") if out[k]}
+    batch = out.batch(source="dummyjson", as_of=datetime.now(UTC).isoformat(), raw_path=str(raw), files=files)
     engine = _sqlite(folder / "persist.db")
     wal = folder / "persist.db-wal"
     with engine.connect() as conn:  # the WAL exists once a connection opened it
         conn.exec_driver_sql("SELECT 1")
     wal_before, written_before = wal.stat().st_size, _bytes_written()
-    stored = persist_spans(engine, run_id="bench", source="dummyjson", files=files, spans=spans)
+    stored = persist_spans(engine, batch, run_id="bench")
     written, grown = _bytes_written() - written_before, wal.stat().st_size - wal_before
     return {"records": stored["raw_inserted"], "written_bytes": written, "wal_bytes": grown}
 
@@ -79,7 +78,8 @@ def pages_held(folder: Path) -> dict:
 
     from dev.real_users import load_real_users
     from dev.sample_api import DummyJsonServer
-    from tasks.extract.dummyjson import CheckpointWriter, begin_extract, fetch_batch
+    from tasks.extract.dummyjson.checkpoint import CheckpointWriter, begin_extract
+    from tasks.extract.dummyjson.pages import fetch_batch
 
     engine = _sqlite(folder / "checkpoint.db")
     plan = begin_extract(engine, run_id="bench", fingerprint="bench", new_path=folder / "pages.jsonl")
@@ -97,7 +97,7 @@ def pages_held(folder: Path) -> dict:
                 offset=offset,
                 records_before=0,
             )
-            return got["offset"]
+            return got.offset
 
         end = fetch_all(0)  # the first call warms up what stays (imports, the HTTP client...)
         gc.collect()

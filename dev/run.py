@@ -8,7 +8,7 @@ dev/demo_sftp.py); with no Prefect API configured, a local Prefect server (dev/p
 
 A run that does not end by itself ends with one line on stderr, not a traceback: stopped by SIGTERM or Ctrl-C
 (after its run is marked crashed in etl_runs), or its Prefect API gone (at the start, or for
-API_LOST_SECONDS during the run: see flows/common.py)."""
+API_LOST_SECONDS during the run: see flows/runtime.py)."""
 
 from __future__ import annotations
 

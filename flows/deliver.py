@@ -10,7 +10,6 @@ after persist. With a `run_id`, each file is recorded in that run's `etl_runs` r
 from __future__ import annotations
 
 import dataclasses
-import time
 from datetime import datetime
 from uuid import UUID
 
@@ -92,10 +91,9 @@ def deliver(
     settings, logger = get_settings(), get_run_logger()
     if not settings.sftp_enabled:
         logger.warning("SFTP_HOST is not set: delivery skipped")
-        return {"delivered": [], "staged": [], "work_spans": []}
+        return {"delivered": [], "staged": []}
     target = SftpTarget.from_settings(settings)  # passphrase: SFTP_KEY_PASSPHRASE or its Secret block
     remote_dir = remote_dir_for(target.remote_base, datetime.fromisoformat(run_date).date())
-    started = time.time()
     paths = files_to_deliver(files, raw_files or [], settings.deliver_raw)
     if raw_files:
         logger.info("deliver: %d raw file(s), DELIVER_RAW=%s", len(raw_files), settings.deliver_raw)
@@ -105,12 +103,12 @@ def deliver(
     staged = stage_task(target, paths, remote_dir, folder, names=names, is_live=run_is_live)
     logger.info("deliver: %d files, %d bytes staged on %s", len(staged), sum(f.bytes for f in staged), target.host)
     if not publish:
-        return {"delivered": [], "staged": staged, "work_spans": [[started, time.time()]]}
+        return {"delivered": [], "staged": staged}
     landed = publish_task(target, staged, record=_recorder(run_id, database_block))
     logger.info(
         "deliver: %d files, %d bytes to %s:%s", len(landed), sum(f.bytes for f in landed), target.host, remote_dir
     )
-    return {"delivered": _delivered(landed), "staged": [], "work_spans": [[started, time.time()]]}
+    return {"delivered": _delivered(landed), "staged": []}
 
 
 @flow(name="deliver-publish")
@@ -119,12 +117,11 @@ def publish_delivery(staged: list[StagedFile], run_id: str | None = None, databa
     `run_id`'s etl_runs row as it lands."""
     settings, logger = get_settings(), get_run_logger()
     if not staged or not settings.sftp_enabled:
-        return {"delivered": [], "work_spans": []}
-    started = time.time()
+        return {"delivered": []}
     target = SftpTarget.from_settings(settings)
     landed = publish_task(target, staged, record=_recorder(run_id, database_block))
     logger.info("deliver: %d files, %d bytes to %s", len(landed), sum(f.bytes for f in landed), target.host)
-    return {"delivered": _delivered(landed), "work_spans": [[started, time.time()]]}
+    return {"delivered": _delivered(landed)}
 
 
 def discard_delivery(run_id: str) -> None:

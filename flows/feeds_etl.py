@@ -16,15 +16,15 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from flows.common import begin_run, parent_flow, record_failure
 from flows.deliver import deliver, discard_delivery
+from flows.runtime import begin_run, parent_flow, record_failure
 from models.db import resolve_engine
 from models.settings import get_settings
 from tasks import feeds, runs
 from tasks.extract import feeds as feed_source
-from tasks.extract.dummyjson import SourceError, TransientSourceError
-from tasks.extract.feed_constants import MAX_PARALLEL_FETCHES, REQUEST_TIMEOUT_SECONDS
-from tasks.users.transform import split_spans
+from tasks.extract.errors import SourceError, TransientSourceError
+from tasks.extract.feeds.constants import MAX_PARALLEL_FETCHES, REQUEST_TIMEOUT_SECONDS
+from tasks.staging.files import split_spans
 
 FLOW_NAME = "feeds-etl"
 APPROX_ITEM_BYTES = 2_000  # only sizes transform spans when nothing was extracted
@@ -107,7 +107,6 @@ def extract(
         "raw_path": str(raw_path),
         "records": records,
         "feeds": outcomes,
-        "work_spans": [o.pop("work_span") for o in outcomes if "work_span" in o],
     }
 
 
@@ -140,7 +139,6 @@ def transform(raw_path: str, run_dir: str, stamp: str, records: int, batch_recor
         "valid": valid,
         "invalid": invalid,
         "reasons": dict(reasons),
-        "work_spans": [b["work_span"] for b in batches],
     }
 
 
@@ -152,15 +150,13 @@ def persist(
     fetched feeds' checkpoints take their new ETag / Last-Modified."""
     engine = resolve_engine(database_block)
     totals: Counter = Counter()
-    work = []
     for spans in batches:
         counts = feeds.persist_batch(engine, run_id=run_id, files=files, spans=spans)
-        work.append(counts.pop("work_span"))
         totals.update(counts)
     feed_source.record_outcomes(engine, run_id=run_id, outcomes=fetched)
     counts = {k: totals.get(k, 0) for k in ("inserted", "updated", "unchanged", "raw_inserted", "dlq_inserted")}
     get_run_logger().info("persist: %s", counts)
-    return counts | {"work_spans": work}
+    return counts
 
 
 def _feed_list(feed_urls: list[str] | None) -> list[str]:
@@ -183,21 +179,21 @@ def feeds_etl(
     """Parameters override the environment (FEED_URLS, DATABASE_BLOCK)."""
     logger = get_run_logger()
     run = begin_run(FLOW_NAME, database_block)
-    engine, run_id, started, stamp, run_dir, clock = (
+    engine, run_id, started, stamp, run_dir, stages = (
         run.engine,
         run.run_id,
         run.started,
         run.stamp,
         run.run_dir,
-        run.clock,
+        run.stages,
     )
-    seconds, work = clock.seconds, clock.work
+    seconds, work = stages.seconds, stages.work
 
     try:
         urls = _feed_list(feed_urls)
-        ex = clock.run("extract", extract, run_id, run_dir, stamp, urls, database_block, request_timeout)
+        ex = stages.run("extract", extract, run_id, run_dir, stamp, urls, database_block, request_timeout)
         runs.update_run(engine, run_id=run_id, extracted=ex["records"])
-        tr = clock.run("transform", transform, ex["raw_path"], run_dir, stamp, ex["records"], batch_records)
+        tr = stages.run("transform", transform, ex["raw_path"], run_dir, stamp, ex["records"], batch_records)
         runs.update_run(
             engine,
             run_id=run_id,
@@ -207,10 +203,10 @@ def feeds_etl(
             dlq_reasons=tr["reasons"],
         )
         fetched = [o for o in ex["feeds"] if o["status"] == "fetched"]
-        ps = clock.run("persist", persist, run_id, tr["files"], tr["batches"], fetched, database_block)
+        ps = stages.run("persist", persist, run_id, tr["files"], tr["batches"], fetched, database_block)
         runs.update_run(engine, run_id=run_id, stage_seconds=seconds, **ps)
         delivered = (
-            clock.run(
+            stages.run(
                 "deliver",
                 deliver,
                 list(tr["files"].values()),
@@ -223,8 +219,8 @@ def feeds_etl(
             else []
         )
     except BaseException:
-        runs.update_run(engine, run_id=run_id, failed_stage=clock.stage, stage_seconds=seconds)
-        if deliver_files and clock.stage == "deliver":  # what it uploaded and did not publish goes
+        runs.update_run(engine, run_id=run_id, failed_stage=stages.stage, stage_seconds=seconds)
+        if deliver_files and stages.stage == "deliver":  # what it uploaded and did not publish goes
             discard_delivery(run_id)
         raise
 

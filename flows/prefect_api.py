@@ -1,4 +1,4 @@
-"""Whether the Prefect API a run talks to is there (a run ends at once when it is lost: flows/common.py).
+"""Whether the Prefect API a run talks to is there (a run ends at once when it is lost: flows/runtime.py).
 The local Prefect server `make run` starts is dev/prefect_server.py."""
 
 from __future__ import annotations

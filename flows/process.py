@@ -1,7 +1,7 @@
-"""Process tuning for a flow process (the stages, Polars and glibc's allocator), applied by the flows package
-before Polars loads: `tune()`, once per process. The API and anything else importing `models` or `tasks` are
-left as they are. Each value an operator already set in the environment is kept. Why each (measured in
-docs/benchmarks.md):
+"""Process tuning for a flow process (the stages, Polars and glibc's allocator), applied by the process's entry
+point before Polars loads: `tune()` in `make run` (dev/run.py) and the bench; a worker's flow process gets the
+same values as environment variables from prefect.yaml's job variables. Importing anything changes nothing.
+Each value an operator already set in the environment is kept. Why each (docs/benchmarks.md):
 - the stages already work side by side, each in a thread of its own: Polars' pool takes half the cores;
 - Polars' jemalloc returns freed pages without the lazy step and has as many arenas as that pool, so a page
   one stage freed can serve the next stage's piece (5-20 MB less peak RSS);
@@ -16,7 +16,13 @@ import platform
 
 HALF_THE_CORES = max(1, (os.cpu_count() or 2) // 2)
 POLARS_ALLOCATOR_ENV = "_RJEM_MALLOC_CONF"  # Polars appends it to its own settings (the last one wins)
-POLARS_ALLOCATOR_CONF = f"muzzy_decay_ms:0,narenas:{HALF_THE_CORES}"
+
+
+def allocator_conf(arenas: int) -> str:
+    return f"muzzy_decay_ms:0,narenas:{arenas}"
+
+
+POLARS_ALLOCATOR_CONF = allocator_conf(HALF_THE_CORES)
 POLARS_THREADS_ENV = "POLARS_MAX_THREADS"
 GLIBC_MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"  # glibc reads an operator's own at start
 GLIBC_MMAP_THRESHOLD = 128 * 1024

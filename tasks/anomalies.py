@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime
 from statistics import mean
 
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from models.runs import EtlRun
+from models.settings import Settings
+from tasks import runs
 
 
 class AnomalyError(RuntimeError):
@@ -56,3 +60,39 @@ def find_anomalies(
     if durations and duration > duration_factor * mean(durations):
         found.append(f"duration {duration:.1f}s is over {duration_factor:g}x the mean of {mean(durations):.1f}s")
     return found
+
+
+def judge_run(
+    engine: Engine,
+    settings: Settings,
+    *,
+    flow_name: str,
+    run_id: str,
+    started: datetime,
+    counts: dict[str, int],
+    findings: list[str],
+    stage_seconds: dict[str, float],
+    logger: logging.Logger | logging.LoggerAdapter,
+) -> list[str]:
+    """The run against the runs before it, plus the stages' own `findings` (a source that changed during the
+    walk, deletions withheld); recorded on the run's row; with ANOMALY_FAIL, an anomalous run fails here."""
+    anomalies = find_anomalies(
+        engine,
+        flow_name=flow_name,
+        run_id=run_id,
+        extracted=counts["extracted"],
+        invalid=counts["invalid"],
+        duration=(datetime.now(UTC) - started).total_seconds(),
+        min_runs=settings.anomaly_min_runs,
+        count_tolerance=settings.anomaly_count_tolerance,
+        invalid_rate_tolerance=settings.anomaly_invalid_rate_tolerance,
+        duration_factor=settings.anomaly_duration_factor,
+    )
+    anomalies += findings
+    if anomalies:
+        logger.warning("anomalous run: %s", "; ".join(anomalies))
+        runs.update_run(engine, run_id=run_id, anomalies="; ".join(anomalies))
+        if settings.anomaly_fail:
+            runs.update_run(engine, run_id=run_id, failed_stage="anomaly-check", stage_seconds=stage_seconds, **counts)
+            raise AnomalyError("anomalous run (ANOMALY_FAIL is set): " + "; ".join(anomalies))
+    return anomalies

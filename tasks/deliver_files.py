@@ -12,8 +12,9 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.parse import read_lines
 from tasks.redact import mask_sensitive
-from tasks.users.transform import PIECE_BYTES, append_text_lines, read_lines, read_pieces
+from tasks.staging.files import PIECE_BYTES, append_text_lines, read_pieces
 
 DeliverRaw = Literal["masked", "full", "none"]
 MASKED_DIR = "deliver"  # beside the staged file's folder, in its run's folder

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import polars as pl
@@ -11,6 +14,7 @@ from sqlmodel import Session
 
 from models.drift import SchemaDrift
 from models.runs import EtlCheckpoint
+from tasks.staging.batches import TransformResult
 
 MIXED = "mixed"
 
@@ -103,3 +107,52 @@ def record_schema(
         )
         session.add(snap)
         session.commit()
+
+
+@dataclass
+class DriftReport:
+    """Each source's observed field types this run, its changes against the accepted snapshot, and the
+    changes described (a source other than the API named in front)."""
+
+    observed: dict[str, dict[str, str]]
+    changes: dict[str, list[dict]]
+    described: list[str]
+
+
+def check_sources(
+    engine: Engine,
+    types: dict[str, list[dict]],
+    *,
+    policy: Callable[[str], str],
+    run_id: str,
+    api_source: str,
+    logger: logging.Logger | logging.LoggerAdapter,
+) -> DriftReport:
+    """Every source's schema against its snapshot; a source whose policy is `fail` and that changed is
+    recorded at once (nothing of it reaches persist)."""
+    report = DriftReport({}, {}, [])
+    for source, seen in types.items():
+        observed = report.observed[source] = merge_types(seen)
+        changes = report.changes[source] = schema_changes(engine, source=source, types=observed)
+        if changes and policy(source) == "fail":
+            record_schema(engine, run_id=run_id, source=source, types=observed, policy="fail", changes=changes)
+        if changes:
+            (logger.info if policy(source) == "evolve" else logger.warning)(
+                "schema drift in %s (policy %s): %s", source, policy(source), "; ".join(describe(c) for c in changes)
+            )
+        report.described += [describe(c) if source == api_source else f"{source}: {describe(c)}" for c in changes]
+    return report
+
+
+def record_schemas(engine: Engine, *, run_id: str, result: TransformResult, policy: Callable[[str], str]) -> None:
+    """The schemas a run saw, stored once its persist is done (transform's write would wait for its
+    transaction)."""
+    for source, observed in result.observed_schema.items():
+        record_schema(
+            engine,
+            run_id=run_id,
+            source=source,
+            types=observed,
+            policy=policy(source),
+            changes=result.schema_changes[source],
+        )

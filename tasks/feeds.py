@@ -6,7 +6,6 @@ Staged raw JSONL span in -> processed + DLQ JSONL out -> tables. Every step is a
 from __future__ import annotations
 
 import io
-import time
 from datetime import UTC, datetime
 
 import polars as pl
@@ -18,9 +17,12 @@ from sqlalchemy import Connection, Engine, bindparam, update
 
 from models.feeds import FEED_ITEM_COLUMNS, DlqFeedItem, FeedItem, RawFeedItem, feed_item_rules
 from tasks.bulk import bulk_insert, insert_new_versions, stamp_literal, stamp_text, stored_hashes, upsert_failures
+from tasks.parse import read_lines
 from tasks.redact import mask_sensitive
+from tasks.staging.files import append_lines, append_text_lines, read_span
+from tasks.staging.runner import timed_work
+from tasks.users.dlq import dlq_lines, read_dlq_span
 from tasks.users.persist import raw_frame as persist_raw_frame
-from tasks.users.transform import append_lines, append_text_lines, dlq_lines, read_dlq_span, read_lines, read_span
 
 LINE = "_raw"
 SEP = "\x1f"
@@ -137,9 +139,9 @@ def reason_counts(dlq: pl.DataFrame) -> dict[str, int]:
 
 
 @task(name="transform-feed-items-batch", cache_policy=NO_CACHE)
+@timed_work
 def transform_batch(*, raw_path: str, offset: int, length: int, processed_path: str, dlq_path: str) -> dict:
     """One span of the staged raw file through the rules; outputs appended to the run's files."""
-    started = time.time()
     processed, dlq = transform_frame(parse_staged(read_span(raw_path, offset, length)))
     p_span = append_lines(processed_path, processed)
     d_span = append_text_lines(dlq_path, dlq_lines(dlq))
@@ -150,7 +152,6 @@ def transform_batch(*, raw_path: str, offset: int, length: int, processed_path: 
         "valid": processed.height,
         "invalid": dlq.height,
         "reasons": reason_counts(dlq),
-        "work_span": [started, time.time()],
     }
 
 
@@ -219,9 +220,9 @@ def persist_frames(
     retry_jitter_factor=0.5,
     cache_policy=NO_CACHE,
 )
+@timed_work
 def persist_batch(engine: Engine, *, run_id: str, files: dict[str, str], spans: dict[str, list[int]]) -> dict:
     """Read one batch's spans of the staged raw, processed and DLQ files and store them."""
-    started = time.time()
     counts = persist_frames(
         engine,
         run_id=run_id,
@@ -229,7 +230,7 @@ def persist_batch(engine: Engine, *, run_id: str, files: dict[str, str], spans: 
         items=read_processed_span(read_span(files["processed"], *spans["processed"])),
         dlq=read_dlq_span(read_span(files["dlq"], *spans["dlq"])),
     )
-    return counts | {"work_span": [started, time.time()]}
+    return counts
 
 
 # ---------------------------------------------------------------- report

@@ -4,7 +4,7 @@ Every run stages its raw, processed and DLQ files (about 2.3 GB for a million Du
 them; what stays behind is the run's working copy. With `RUN_FILES_KEEP_DAYS` set, a run starting removes
 the folders of runs that ended (completed, failed or crashed) more than that many days before. A run whose
 process died is over too: the same start has just marked it crashed, ended at its last heartbeat
-(flows/common.py `mark_stale_runs`). Kept whatever their age: a folder holding a staged file an unfinished
+(flows/runtime.py `mark_stale_runs`). Kept whatever their age: a folder holding a staged file an unfinished
 extraction would resume from, a run still running, and a folder no run in `etl_runs` owns (not ours to
 judge)."""
 

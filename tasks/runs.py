@@ -21,6 +21,7 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, select
 
 from models.runs import EtlRun
+from tasks.staging.batches import TransformResult
 
 HEARTBEAT_SECONDS = 5.0
 # a running run whose heartbeat is older than this has died (a dozen beats: a beat may wait for SQLite's write
@@ -199,3 +200,17 @@ def mark_crashed(engine: Engine, crashes: Iterable[Crash], *, noticed_by: str) -
             error=f"the run ended without reporting back (crashed): {crash.why}; noticed at the start of "
             f"run {noticed_by}",
         )
+
+
+def record_transform(engine: Engine, *, run_id: str, result: TransformResult, files: dict[str, str]) -> None:
+    """What transform found, on the run's row: counts, files, DLQ reasons, schema drift."""
+    update_run(
+        engine,
+        run_id=run_id,
+        valid=result.valid,
+        invalid=result.invalid,
+        files=files,
+        dlq_reasons=result.reasons,
+        schema_drift="; ".join(result.drift) or None,
+        observed_schema=result.observed_schema,
+    )

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from dev.sample_api import DummyJsonServer
 from flows.users_etl import users_etl
 from models.db import engine_for
-from tasks.extract.csv_drop import CsvFormatError, read_users_csv
+from tasks.extract.csv_drop.reader import CsvFormatError, read_users_csv
 from tests.servers.dummyjson import load_real_users
 
 HEADER = "id,first_name,last_name,email,age,gender,department,company,title,city,country,password\n"

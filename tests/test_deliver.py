@@ -42,7 +42,8 @@ from tasks.deliver import (
     upload_files,
 )
 from tasks.deliver_files import files_to_deliver, write_masked_copy
-from tasks.users.transform import read_departments, split_spans, transform_batch
+from tasks.staging.files import split_spans
+from tasks.users.transform import read_departments, transform_batch
 from tests.servers.dummyjson import break_users, load_real_users, staged_lines
 from tests.servers.sshd import SshdServer
 

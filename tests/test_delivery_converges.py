@@ -21,13 +21,13 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from dev.sample_api import DummyJsonServer
-from flows.common import StageClock
 from flows.deliver import deliver, discard_delivery, publish_delivery
 from flows.users_etl import users_etl
 from models.db import engine_for
 from models.runs import EtlRun
 from tasks import runs
 from tasks.deliver import INCOMING_DIR, SftpPublishError, SftpRemoteError, SftpUnavailableError
+from tasks.staging.runner import StageRunner
 from tests.conftest import migrated
 from tests.servers.dummyjson import load_real_users
 from tests.servers.sshd import SshdServer
@@ -92,29 +92,29 @@ def users_shaped(before_failing: Callable[[str], None] | None = None) -> Flow:
         run_id = str(current_run.id)
         engine = engine_for(url)
         runs.start_run(engine, run_id=run_id, flow_name="users-etl")
-        clock = StageClock()
+        stages = StageRunner()
 
         def persist() -> dict:
             if persist_fails:
                 if before_failing is not None:
                     before_failing(run_id)
                 raise PersistFailed("persist failed")
-            return {"work_spans": []}
+            return {}
 
         try:
-            clock.start(
+            stages.start(
                 "deliver", deliver, files, DAY, raw_files=[files[0]], run_id=run_id, publish=False, daily_names=True
             )
-            clock.start("persist", persist)
-            clock.result("persist")
-            staged = clock.result("deliver")["staged"]
-            delivered = clock.run("publish", publish_delivery, staged, run_id=run_id)["delivered"]
+            stages.start("persist", persist)
+            stages.result("persist")
+            staged = stages.result("deliver")["staged"]
+            delivered = stages.run("publish", publish_delivery, staged, run_id=run_id)["delivered"]
         except BaseException:
-            clock.close()  # the uploads end (or fail) first
+            stages.close()  # the uploads end (or fail) first
             discard_delivery(run_id)
             raise
         finally:
-            clock.close()
+            stages.close()
         runs.finish_run(engine, run_id=run_id, status="completed")
         return {"run_id": run_id, "delivered": delivered}
 

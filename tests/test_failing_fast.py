@@ -164,11 +164,11 @@ def test_sigterm_ends_the_run_within_seconds_with_its_run_marked(env, slow_sourc
 LOST_API_RUN = f"""
 import asyncio, sys
 from pathlib import Path
-import flows.common
+import flows.runtime
 from dev.prefect_server import copy_empty_prefect_db, started_prefect_api
 
-flows.common.API_LOST_SECONDS = 2.0
-flows.common.runs.HEARTBEAT_SECONDS = 0.5
+flows.runtime.API_LOST_SECONDS = 2.0
+flows.runtime.runs.HEARTBEAT_SECONDS = 0.5
 home = Path(sys.argv[2])
 database = copy_empty_prefect_db(home / "prefect.db")
 env = {{"PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{{database}}"}}

@@ -78,24 +78,26 @@ def test_an_api_batch_is_one_transform_batch_and_a_big_input_is_cut_without_sliv
     run, never a big one plus a sliver of a few lines; a larger input is cut in about equal batches."""
     import orjson
 
-    from flows.users_stages import source_spans
+    from tasks.staging.batches import Span, StagedInput
+    from tasks.users.stages import source_spans
     from tests.servers.dummyjson import load_real_users
 
     users = load_real_users()
     lines = [orjson.dumps({**u, "id": i}) + b"\n" for i, u in enumerate(users * 10)]  # 2,080 records, ~2.8 MB
     raw = tmp_path / "raw.jsonl"
     raw.write_bytes(b"".join(lines))
-    whole = {"raw_path": str(raw), "offset": 0, "length": raw.stat().st_size, "records": len(lines)}
-    assert source_spans(whole, batch_records=len(lines)) == [(0, whole["length"])]
+    size = raw.stat().st_size
+    whole = StagedInput(source="dummyjson", as_of="", raw_path=str(raw), span=Span(0, size), records=len(lines))
+    assert source_spans(whole, batch_records=len(lines)) == [(0, size)]
     spans = source_spans(whole, batch_records=1000)
     counts = [raw.read_bytes()[o : o + n].count(b"\n") for o, n in spans]
     assert len(spans) == 3 and sum(counts) == len(lines) and min(counts) > 50
 
 
 def test_a_stage_starts_once_the_one_before_it_runs_not_once_it_first_posts(tmp_path):
-    """StageClock's `after`: the next child flow run is created while the stage before it works on its first
+    """StageRunner's `after`: the next child flow run is created while the stage before it works on its first
     batch, so it is ready when that batch is posted; a new manifest drops the old run's mark."""
-    from flows.common import StageClock
+    from tasks.staging.runner import StageRunner
 
     first, second = (handoff.open_manifest(tmp_path / name) for name in ("extracted.jsonl", "transformed.jsonl"))
     working, seen = threading.Event(), {}
@@ -105,21 +107,21 @@ def test_a_stage_starts_once_the_one_before_it_runs_not_once_it_first_posts(tmp_
         working.wait(timeout=10)  # still on its first batch until the next stage has started
         handoff.post(manifest, {"n": 0})
         handoff.close(manifest)
-        return {"work_spans": []}
+        return {}
 
     def downstream(manifest):
         seen["posted_before_start"] = (tmp_path / "extracted.jsonl").stat().st_size
         working.set()
         handoff.close(manifest)
-        return {"work_spans": []}
+        return {}
 
-    clock = StageClock(str(tmp_path))
+    stages = StageRunner(str(tmp_path))
     try:
-        clock.start("extract", upstream, manifest=first)
-        clock.start("transform", downstream, manifest=second, after=("extract", first))
-        clock.result("extract"), clock.result("transform")
+        stages.start("extract", upstream, manifest=first)
+        stages.start("transform", downstream, manifest=second, after=("extract", first))
+        stages.result("extract"), stages.result("transform")
     finally:
-        clock.close()
+        stages.close()
     assert seen["posted_before_start"] == 0
     assert handoff.has_started(first) and not handoff.has_started(handoff.open_manifest(first))
 

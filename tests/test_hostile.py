@@ -22,19 +22,13 @@ from sqlalchemy import text
 from models.db import engine_for
 from models.schema import max_lengths
 from models.settings import BUNDLED_DEPARTMENTS
-from tasks.extract.staging import write_lines
+from tasks.extract.dummyjson.lines import write_lines
+from tasks.parse import parse_raw
 from tasks.redact import CUT
-from tasks.users.transform import (
-    dlq_lines,
-    parse_raw,
-    parsed_ids,
-    raw_keys,
-    read_departments,
-    read_dlq_span,
-    split_spans,
-    transform_batch,
-    transform_frame,
-)
+from tasks.staging.files import split_spans
+from tasks.users.dlq import dlq_lines, read_dlq_span
+from tasks.users.transform import read_departments, transform_batch
+from tasks.users.validate import parsed_ids, raw_keys, transform_frame
 from tests.servers.dummyjson import DummyJsonServer, load_real_users
 
 SECRET = "SECRET-"  # every secret below holds this, or is SECRET_NUMBER
@@ -333,13 +327,13 @@ def test_pieces_and_batches_of_any_size_give_the_same_outputs(tmp_path, departme
                     piece_bytes=piece_bytes,
                 )
             )
-            seen = results[-1]["ids"]
+            seen = results[-1].ids
         outs[name] = (
             p.read_bytes(),
             d.read_bytes(),
-            sum(r["valid"] for r in results),
-            sum(r["invalid"] for r in results),
-            sum((Counter(r["reasons"]) for r in results), Counter()),
+            sum(r.valid for r in results),
+            sum(r.invalid for r in results),
+            sum((Counter(r.reasons) for r in results), Counter()),
         )
     assert outs["pieces"] == outs["whole"] == outs["batches"]
     _, dlq_bytes, valid, invalid, _ = outs["whole"]

@@ -20,7 +20,8 @@ from dev.prefect_server import run_artifacts
 from dev.sample_api import DummyJsonServer, Fault
 from flows.users_etl import users_etl
 from models.db import engine_for
-from tasks.extract.constants import CHECKPOINT_KEY
+from tasks.extract.dummyjson.constants import CHECKPOINT_KEY
+from tasks.staging.batches import RunFiles
 from tests.conftest import migrated
 from tests.servers.dummyjson import break_users, load_real_users, staged_lines
 
@@ -314,7 +315,7 @@ def _transformed_real_users(
     tmp_path: Path, id_offset: int = 0, *, repeat: int = 0, keys: bool = False
 ) -> tuple[dict, dict, int]:
     """The real users (ids moved by `id_offset`) with a broken share, staged and transformed in `tmp_path`:
-    (files, spans, invalid count). `repeat`: the first users staged again at the end (same lines, same ids);
+    (the batch as persist receives it, invalid count). `repeat`: the first users staged again at the end (same lines, same ids);
     `keys`: transform stages the raw lines' keys too, as the flow has it do."""
     from models.settings import BUNDLED_DEPARTMENTS
     from tasks.users.transform import read_departments, transform_batch
@@ -336,17 +337,19 @@ def _transformed_real_users(
         dlq_path=files["dlq"],
         keys_path=files.get("raw_keys"),
     )
-    return files, {k: out[k] for k in ("raw", "processed", "dlq", "raw_keys") if out[k]}, len(expected)
+    run_files = RunFiles(processed=files["processed"], dlq=files["dlq"], raw_keys=files.get("raw_keys", ""))
+    as_of = datetime.now(UTC).isoformat()
+    return out.batch(source="dummyjson", as_of=as_of, raw_path=str(raw), files=run_files), len(expected)
 
 
 def test_a_retried_persist_batch_adds_nothing_twice(pipeline_env, tmp_path):
     """The persist task's body run twice on the same spans (what a retry does) leaves the same rows."""
     from tasks.users.persist import persist_batch
 
-    files, spans, invalid = _transformed_real_users(tmp_path)
+    batch, invalid = _transformed_real_users(tmp_path)
     engine = engine_for(pipeline_env)
-    first = persist_batch.fn(engine, run_id="r1", source="dummyjson", files=files, spans=spans)
-    again = persist_batch.fn(engine, run_id="r1", source="dummyjson", files=files, spans=spans)
+    first = persist_batch.fn(engine, batch, run_id="r1")
+    again = persist_batch.fn(engine, batch, run_id="r1")
     assert (first["inserted"], first["raw_inserted"], first["dlq_inserted"]) == (208 - invalid, 208, invalid)
     assert (again["inserted"], again["updated"], again["raw_inserted"], again["dlq_inserted"]) == (0, 0, 0, 0)
     assert [count(pipeline_env, t) for t in ("raw_users", "processed_users", "dlq_users")] == [
@@ -360,22 +363,18 @@ def test_persist_in_pieces_stores_what_the_batch_taken_whole_would(pipeline_env,
     """persist works through a batch a few records at a time inside its one transaction: tables and counts
     are those of the batch taken whole, a record repeated in a later piece is stored and counted once, and
     each raw line keeps its own id and hash (transform's staged keys are sliced along with the lines)."""
+    from tasks.staging.files import split_spans
     from tasks.users.persist import persist_spans, raw_frame
-    from tasks.users.transform import split_spans
 
     # the first 3 users (valid) again at the end of the batch: the same raw lines, a duplicate id each
-    files, spans, invalid = _transformed_real_users(tmp_path, repeat=3, keys=True)
-    raw = Path(files["raw"])
+    batch, invalid = _transformed_real_users(tmp_path, repeat=3, keys=True)
+    raw = Path(batch.raw_path)
     piece = 4096
     assert len(split_spans(raw, piece)) > 50  # a few records a piece
 
     whole_url = migrated(f"sqlite:///{tmp_path / 'whole.db'}")
-    whole = persist_spans(
-        engine_for(whole_url), run_id="r1", source="dummyjson", files=files, spans=spans, piece_bytes=1 << 30
-    )
-    pieces = persist_spans(
-        engine_for(pipeline_env), run_id="r1", source="dummyjson", files=files, spans=spans, piece_bytes=piece
-    )
+    whole = persist_spans(engine_for(whole_url), batch, run_id="r1", piece_bytes=1 << 30)
+    pieces = persist_spans(engine_for(pipeline_env), batch, run_id="r1", piece_bytes=piece)
     assert (
         pieces
         == whole
@@ -422,8 +421,8 @@ def test_sqlite_bulk_load_checkpoints_beside_the_writer_and_keeps_the_wal_small(
     sizes, raw_inserted = [], 0
     with deferred_checkpoints(engine, checkpoint_bytes=checkpoint_bytes or CHECKPOINT_WAL_BYTES):
         for n in range(4):
-            files, spans, invalid = _transformed_real_users(tmp_path / f"batch{n}", id_offset=1000 * n)
-            out = persist_batch.fn(engine, run_id="r1", source="dummyjson", files=files, spans=spans)
+            batch, invalid = _transformed_real_users(tmp_path / f"batch{n}", id_offset=1000 * n)
+            out = persist_batch.fn(engine, batch, run_id="r1")
             raw_inserted += out["raw_inserted"]
             assert count(url, "processed_users") == (n + 1) * (208 - invalid)
             sizes.append(wal.stat().st_size)
@@ -462,8 +461,8 @@ def test_sqlite_bulk_load_writes_through_one_connection_whatever_runs_between_it
         runs.start_run(engine, run_id="r1", flow_name="users-etl")
         with deferred_checkpoints(engine):
             for n in range(4):
-                files, spans, invalid = _transformed_real_users(tmp_path / f"batch{n}", id_offset=1000 * n)
-                persist_batch.fn(engine, run_id="r1", source="dummyjson", files=files, spans=spans)
+                batch, invalid = _transformed_real_users(tmp_path / f"batch{n}", id_offset=1000 * n)
+                persist_batch.fn(engine, batch, run_id="r1")
                 with engine.connect() as other, engine.connect() as another:  # two sessions between batches
                     runs.update_run(engine, run_id="r1", extracted=n)
                     other.exec_driver_sql("SELECT count(*) FROM etl_runs").scalar()
@@ -625,14 +624,14 @@ def test_sqlite_batch_goes_to_the_wal_in_8k_pages(settings_env, tmp_path):
     from tasks.users.persist import persist_spans
 
     settings_env()
-    files, spans, invalid = _transformed_real_users(tmp_path / "batch", keys=True)
+    batch, invalid = _transformed_real_users(tmp_path / "batch", keys=True)
     url = migrated(f"sqlite:///{tmp_path / 'w.db'}")
     engine = engine_for(url)
     wal = tmp_path / "w.db-wal"
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 8192
     wal_before = wal.stat().st_size
-    out = persist_spans(engine, run_id="r1", source="dummyjson", files=files, spans=spans)
+    out = persist_spans(engine, batch, run_id="r1")
     grown = wal.stat().st_size - wal_before
     assert out["raw_inserted"] == 208 and grown > 200 * 1000  # the batch is in the WAL
 
@@ -707,7 +706,7 @@ def test_extract_checkpoint_does_not_wait_for_a_batch_being_stored(settings_env,
     """While another connection holds SQLite's write lock (persist storing a batch), the fetcher hands its
     position over and goes on; the newest position is stored once the lock is free, and leaving the writer
     leaves it stored."""
-    from tasks.extract.dummyjson import CheckpointWriter, begin_extract
+    from tasks.extract.dummyjson.checkpoint import CheckpointWriter, begin_extract
 
     settings_env()
     url = migrated(f"sqlite:///{tmp_path / 'cp.db'}")
@@ -727,7 +726,8 @@ def test_extract_checkpoint_does_not_wait_for_a_batch_being_stored(settings_env,
 def test_fetching_page_after_page_stages_every_page(settings_env, tmp_path):
     """Fetching the same pages again and again appends each time: the staged file holds every page. (That the
     page bodies are freed without the garbage collector is measured by `make bench`: bench/host_checks.py.)"""
-    from tasks.extract.dummyjson import CheckpointWriter, begin_extract, fetch_batch
+    from tasks.extract.dummyjson.checkpoint import CheckpointWriter, begin_extract
+    from tasks.extract.dummyjson.pages import fetch_batch
 
     settings_env()
     engine = engine_for(migrated(f"sqlite:///{tmp_path / 'cp.db'}"))
@@ -746,8 +746,8 @@ def test_fetching_page_after_page_stages_every_page(settings_env, tmp_path):
                 offset=offset,
                 records_before=0,
             )
-            assert got["records"] == len(users) and got["done"]
-            return got["offset"]
+            assert got.records == len(users) and got.done
+            return got.offset
 
         end = fetch_all(0)
         for n in range(1, 11):
@@ -759,7 +759,7 @@ def test_extract_checkpoint_write_error_reaches_the_extracting_thread(settings_e
     """A position that cannot be stored fails the extraction (at the next hand-over or on leaving)."""
     from sqlalchemy.exc import OperationalError
 
-    from tasks.extract.dummyjson import CheckpointWriter, begin_extract
+    from tasks.extract.dummyjson.checkpoint import CheckpointWriter, begin_extract
 
     settings_env()
     url = migrated(f"sqlite:///{tmp_path / 'cp.db'}")

@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.settings import BUNDLED_DEPARTMENTS
+from tasks.parse import parse_raw
 from tasks.redact import CARD, EIN, IBAN, MASKS, SSN, Mask, mask_sensitive, mask_value
-from tasks.users.transform import parse_raw, read_departments, transform_frame
+from tasks.users.transform import read_departments
+from tasks.users.validate import transform_frame
 from tests.servers.dummyjson import load_real_users, staged_lines
 
 

@@ -13,8 +13,9 @@ import pytest
 
 from flows.users_etl import users_etl
 from models.db import engine_for
-from tasks.extract.constants import CHECKPOINT_KEY
-from tasks.extract.dummyjson import CheckpointWriter, begin_extract, fetch_batch
+from tasks.extract.dummyjson.checkpoint import CheckpointWriter, begin_extract
+from tasks.extract.dummyjson.constants import CHECKPOINT_KEY
+from tasks.extract.dummyjson.pages import fetch_batch
 from tests.child import rows
 from tests.conftest import migrated
 from tests.servers.dummyjson import DummyJsonServer, Fault, distinct_users
@@ -130,7 +131,7 @@ def test_a_retried_page_is_logged_with_its_reason_after_a_growing_wait_and_no_cr
                 retry_base_seconds=0.2,
             )
         times = [t for (_, skip), t in zip(server.requests, server.request_times, strict=True) if skip == 40]
-    assert got["records"] == 100 and got["done"]
+    assert got.records == 100 and got.done
     retried = [r.getMessage() for r in caplog.records if "retrying this page" in r.getMessage()]
     assert len(retried) == 2, caplog.text
     assert f"GET {server.base_url}?limit=20&skip=40 answered HTTP 500: retrying this page (1 of 2)" in retried[0]

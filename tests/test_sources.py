@@ -20,6 +20,7 @@ from flows.users_etl import users_etl
 from models.db import engine_for
 from models.settings import ConfigError, get_settings
 from tasks.extract import source_module
+from tasks.staging.batches import Span, StagedInput
 from tests.conftest import migrated
 from tests.servers.dummyjson import load_real_users
 
@@ -43,22 +44,24 @@ def partner_module() -> types.ModuleType:
     module.done = []
 
     def pending(engine, settings):
-        return [] if module.done else [{"name": "drop1"}]
+        return [] if module.done else [types.SimpleNamespace(name="drop1")]
 
     @task(name="stage-partner-drop", cache_policy=NO_CACHE)
-    def stage(item: dict, raw_path: str) -> dict:
+    def stage(item: types.SimpleNamespace, raw_path: str) -> StagedInput:
         Path(raw_path).parent.mkdir(parents=True, exist_ok=True)
         Path(raw_path).write_text("".join(json.dumps(r) + "\n" for r in PARTNER_ROWS))
-        return {
-            "source": "partner",
-            "raw_path": raw_path,
-            "records": len(PARTNER_ROWS),
-            "file": item["name"],
-            "as_of": datetime.now(UTC).isoformat(),
-        }
+        return StagedInput(
+            source="partner",
+            as_of=datetime.now(UTC).isoformat(),
+            raw_path=raw_path,
+            span=Span(0, Path(raw_path).stat().st_size),
+            records=len(PARTNER_ROWS),
+            plugin="partner_drop",
+            label=item.name,
+        )
 
     module.pending, module.stage = pending, stage
-    module.failure_record = lambda entry: json.dumps({"error": entry["error"]})
+    module.failure_record = lambda entry: json.dumps({"error": entry.error})
     module.mark_done = lambda engine, entries, run_id: module.done.extend(entries)
     return module
 

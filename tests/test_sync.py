@@ -21,7 +21,8 @@ from sqlalchemy import text
 
 from models.migrate import upgrade
 from models.settings import BUNDLED_DEPARTMENTS
-from tasks.extract.constants import SOURCE
+from tasks.extract.dummyjson.constants import SOURCE
+from tasks.staging.batches import RunFiles
 from tasks.users.persist import persist_spans
 from tasks.users.sync import mark_absent, staged_ids
 from tasks.users.transform import read_departments, transform_batch
@@ -224,12 +225,12 @@ def run_through_stages(
                 keys_path=str(keys),
                 seen_ids=seen,
             )
-            seen = out["ids"]
-            files = {"raw": str(raw), "processed": str(processed), "dlq": str(dlq), "raw_keys": str(keys)}
-            spans = {k: out[k] for k in ("raw", "processed", "dlq", "raw_keys") if out.get(k)}
-            persist_spans(engine, run_id=run_id, source=SOURCE, files=files, spans=spans, as_of=as_of)
-            if out.get("raw_keys"):
-                key_spans.append((str(keys), out["raw_keys"]))
+            seen = out.ids
+            files = RunFiles(processed=str(processed), dlq=str(dlq), raw_keys=str(keys))
+            batch = out.batch(source=SOURCE, as_of=as_of.isoformat(), raw_path=str(raw), files=files)
+            persist_spans(engine, batch, run_id=run_id)
+            if out.raw_keys:
+                key_spans.append((str(keys), out.raw_keys))
     mark_absent(
         engine, source=SOURCE, seen_ids=staged_ids(key_spans), run_id=run_id, now=datetime.now(UTC), max_share=MAX_SHARE
     )

@@ -7,7 +7,11 @@ import polars as pl
 import pytest
 
 from models.settings import BUNDLED_DEPARTMENTS
-from tasks.users.transform import dlq_lines, parse_raw, read_departments, split_spans, transform_batch, transform_frame
+from tasks.parse import parse_raw
+from tasks.staging.files import split_spans
+from tasks.users.dlq import dlq_lines
+from tasks.users.transform import read_departments, transform_batch
+from tasks.users.validate import transform_frame
 from tests.servers.dummyjson import break_users, load_real_users, staged_lines
 
 
@@ -129,8 +133,8 @@ def test_password_never_reaches_a_staged_line():
 def test_raw_keys_staged_by_transform_are_those_persist_would_work_out(tmp_path, departments):
     """Transform hands persist each raw line's id and hash (an Arrow stream per batch): persist's raw rows
     from them are exactly those it computes from the lines alone, batch by batch."""
+    from tasks.staging.files import read_frame, read_span
     from tasks.users.persist import raw_frame
-    from tasks.users.transform import read_frame, read_span
 
     users, _ = break_users(load_real_users())
     raw = tmp_path / "raw.jsonl"
@@ -148,13 +152,13 @@ def test_raw_keys_staged_by_transform_are_those_persist_would_work_out(tmp_path,
         )
         for o, n in split_spans(raw, 64_000)
     ]
-    assert len(outs) > 3 and sum(o["raw_keys"][1] for o in outs) == keys.stat().st_size
+    assert len(outs) > 3 and sum(o.raw_keys[1] for o in outs) == keys.stat().st_size
     for out in outs:
-        lines = read_span(raw, *out["raw"])
-        given = raw_frame(lines, read_frame(read_span(keys, *out["raw_keys"])))
+        lines = read_span(raw, *out.raw)
+        given = raw_frame(lines, read_frame(read_span(keys, *out.raw_keys)))
         assert given.equals(raw_frame(lines))
         assert given.get_column("source_id").null_count() == 0
-    every = pl.concat(raw_frame(read_span(raw, *o["raw"])) for o in outs)
+    every = pl.concat(raw_frame(read_span(raw, *o.raw)) for o in outs)
     assert every.height == len(users) + 30 and every.get_column("record_hash").n_unique() == len(users)
 
 
@@ -171,9 +175,9 @@ def test_transform_batch_appends_outputs_and_reports_reasons(tmp_path, departmen
         )
         for o, n in spans
     ]
-    assert sum(r["valid"] for r in results) + sum(r["invalid"] for r in results) == len(users)
+    assert sum(r.valid for r in results) + sum(r.invalid for r in results) == len(users)
     dlq = pl.read_ndjson(out_d)
-    assert dlq.height == len(expected) == sum(r["invalid"] for r in results)
+    assert dlq.height == len(expected) == sum(r.invalid for r in results)
     processed = pl.read_ndjson(out_p)
     assert processed.height == len(users) - len(expected)
     assert processed.get_column("id").is_unique().all()
@@ -184,7 +188,7 @@ def test_a_batch_worked_through_in_pieces_gives_what_it_gives_in_one(tmp_path, d
     outputs are the same bytes, counts and reasons as in one piece, and an id seen in an earlier piece is
     a duplicate as it is within one. (Field types are read per piece and merged as across batches: where
     the broken users give a field another type, a piece says so where the whole span would say text.)"""
-    from tasks.users.transform import read_frame, read_span
+    from tasks.staging.files import read_frame, read_span
 
     users, expected = break_users(load_real_users())
     again = [dict(u, firstName=f"Again {u['firstName']}") for u in users[:5]]  # same ids, new content, at the end
@@ -203,19 +207,19 @@ def test_a_batch_worked_through_in_pieces_gives_what_it_gives_in_one(tmp_path, d
             keys_path=str(paths["k"]),
             piece_bytes=piece_bytes,
         )
-        assert out["processed"] == [0, paths["p"].stat().st_size] and out["dlq"] == [0, paths["d"].stat().st_size]
+        assert out.processed == (0, paths["p"].stat().st_size) and out.dlq == (0, paths["d"].stat().st_size)
         outs[name] = (
             out,
             {k: p.read_bytes() for k, p in paths.items()},
-            read_frame(read_span(paths["k"], *out["raw_keys"])),
+            read_frame(read_span(paths["k"], *out.raw_keys)),
         )
     assert len(split_spans(raw, 16_000)) > 10
     (whole, whole_files, whole_keys), (pieces, piece_files, piece_keys) = outs["whole"], outs["pieces"]
     assert piece_files["p"] == whole_files["p"] and piece_files["d"] == whole_files["d"]
     assert piece_keys.equals(whole_keys) and piece_keys.height == len(users) + len(again)
     same = ("valid", "invalid", "reasons")
-    assert {k: pieces[k] for k in same} == {k: whole[k] for k in same}
-    assert pieces["invalid"] == len(expected) + len(again) and pieces["reasons"]["id_duplicate"] >= len(again)
+    assert {k: getattr(pieces, k) for k in same} == {k: getattr(whole, k) for k in same}
+    assert pieces.invalid == len(expected) + len(again) and pieces.reasons["id_duplicate"] >= len(again)
     dlq = pl.read_ndjson(tmp_path / "pieces.d")
     assert dlq.filter(pl.col("reasons").list.contains("id_duplicate")).height >= len(again)
 
@@ -230,9 +234,9 @@ def test_field_types_read_in_pieces_are_those_of_the_whole_batch(tmp_path, depar
         processed_path=str(tmp_path / "p"),
         dlq_path=str(tmp_path / "d"),
     )
-    whole = transform_batch.fn(departments, **kw, piece_bytes=1 << 30)["types"]
+    whole = transform_batch.fn(departments, **kw, piece_bytes=1 << 30).types
     assert whole["id"] == "Int64" and whole["address.coordinates.lat"] == "Float64"
-    assert transform_batch.fn(departments, **kw, piece_bytes=16_000)["types"] == whole
+    assert transform_batch.fn(departments, **kw, piece_bytes=16_000).types == whole
 
 
 def _drifted(change):
@@ -269,7 +273,7 @@ def test_a_span_parsed_with_an_earlier_spans_fields_reads_as_inferring_its_own_w
     reported from them)."""
     from polars.testing import assert_frame_equal
 
-    from tasks.users.transform import parse_like
+    from tasks.parse import parse_like
 
     like = parse_raw(staged_lines(load_real_users())).drop("_raw", "_record").schema
     data = _drifted(DRIFTS[drift])

@@ -36,6 +36,7 @@ from tasks.deliver.transfer import (
     stat_or_none,
     write_verified,
 )
+from tasks.staging.runner import timed_work
 
 INCOMING_DIR = ".sluice-incoming"  # under SFTP_REMOTE_BASE: this deployment's uploads until published
 PART_SUFFIX = ".part"
@@ -245,5 +246,5 @@ def discard_files(target: SftpTarget, run_id: str) -> int:
         return _remove_tree(sftp, folder) if stat_or_none(sftp, folder) is not None else 0
 
 
-stage_task = task(name="sftp-stage", **SFTP_RETRIES)(stage_files)
-publish_task = task(name="sftp-publish", **SFTP_RETRIES)(publish_files)
+stage_task = task(name="sftp-stage", **SFTP_RETRIES)(timed_work(stage_files))
+publish_task = task(name="sftp-publish", **SFTP_RETRIES)(timed_work(publish_files))

@@ -28,6 +28,7 @@ from tasks.deliver.errors import SftpRemoteError, SftpVerificationError, is_tran
 from tasks.deliver.session import SftpOperation, SftpSession
 from tasks.deliver.target import SftpTarget
 from tasks.retry import retry_when
+from tasks.staging.runner import timed_work
 
 log = logging.getLogger(__name__)
 
@@ -243,4 +244,4 @@ def upload_files(target: SftpTarget, files: list[Path], remote_dir: str) -> list
     return results
 
 
-deliver_files_task = task(name="sftp-upload", **SFTP_RETRIES)(upload_files)
+deliver_files_task = task(name="sftp-upload", **SFTP_RETRIES)(timed_work(upload_files))

@@ -1,13 +1,26 @@
-"""Sources: one module per source; each exposes its Prefect tasks and keeps helpers private.
+"""Sources: a package per source (dummyjson: the users API; feeds: RSS/Atom; csv_drop: a users plug-in), their
+shared errors in errors.py.
 
-Users sources besides the paginated API are plug-ins named in USERS_SOURCES (default `csv_drop`): a module
+Users sources besides the paginated API are plug-ins named in USERS_SOURCES (default `csv_drop`): a package
 here with SOURCE, FIELDS, FAILURE_REASON, `pending`, `stage`, `failure_record` and `mark_done`
-(see csv_drop.py)."""
+(see csv_drop/)."""
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
+from logging import Logger
+from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+from tasks.staging import handoff
+from tasks.staging.batches import StagedInput
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from models.settings import Settings
 
 PLUGIN_API = ("SOURCE", "FIELDS", "FAILURE_REASON", "pending", "stage", "failure_record", "mark_done")
 
@@ -19,3 +32,27 @@ def source_module(name: str) -> ModuleType:
     if missing:
         raise TypeError(f"USERS_SOURCES: tasks.extract.{name} lacks {', '.join(missing)}")
     return module
+
+
+def stage_plugins(
+    engine: Engine, settings: Settings, *, run_dir: str, stamp: str, manifest: str | None, logger: Logger
+) -> list[StagedInput]:
+    """Every USERS_SOURCES plug-in's pending inputs staged (each posted to `manifest` once on disk)."""
+    staged = []
+    for name in settings.users_sources:
+        plugin = source_module(name)
+        for item in plugin.pending(engine, settings):
+            handoff.check_cancelled(run_dir, "extract")
+            out = plugin.stage(item, str(Path(run_dir) / "raw_users" / f"{plugin.SOURCE}_{item.name}_{stamp}.jsonl"))
+            if out.error:
+                logger.error("%s input rejected, sent to the DLQ: %s", plugin.SOURCE, out.error)
+            staged.append(replace(out, plugin=name))
+            if manifest:
+                handoff.post(manifest, staged[-1])
+    return staged
+
+
+def mark_plugins_done(engine: Engine, staged: list[StagedInput], *, run_id: str) -> None:
+    """Each plug-in checkpoints its inputs once all their rows are stored."""
+    for name in {s.plugin for s in staged if s.plugin}:
+        source_module(name).mark_done(engine, [s for s in staged if s.plugin == name], run_id=run_id)

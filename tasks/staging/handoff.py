@@ -22,9 +22,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
+import msgspec
 import orjson
 
+T = TypeVar("T")
 END = "_end"
 STAGES = ("extract", "transform", "persist")  # stream order: a failure stops the stages before it (deliver,
 # which starts once transform is done, stops nothing: what is being stored gets stored)
@@ -75,11 +78,12 @@ def forget(run_dir: str | Path) -> None:
             del _failed[manifest]
 
 
-def post(manifest: str | Path, entry: dict) -> None:
-    """Append one entry (a single write of one line, so a follower never sees half of it)."""
+def post(manifest: str | Path, entry: object) -> None:
+    """Append one entry, a dataclass of tasks/staging/batches.py (or a dict), as a single write of one line,
+    so a follower never sees half of it."""
     fd = os.open(manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, orjson.dumps(entry) + b"\n")
+        os.write(fd, msgspec.json.encode(entry) + b"\n")
     finally:
         os.close(fd)
 
@@ -150,12 +154,13 @@ def check_cancelled(run_dir: str | Path | None, stage: str) -> None:
 
 def follow(
     manifest: str | Path,
+    into: type[T] | None = None,
     *,
     stage: str | None = None,
     run_dir: str | Path | None = None,
     poll: float = POLL_SECONDS,
     idle_timeout: float = IDLE_TIMEOUT_SECONDS,
-) -> Iterator[dict]:
+) -> Iterator[Any]:
     """Each entry of `manifest` as it is posted, until its end line; waits while the upstream is working (as
     long as it takes while its stage runs in this process, else up to `idle_timeout` without a new line).
     With `run_dir`, `stage` (the follower) stops when a stage it feeds has failed."""
@@ -173,7 +178,7 @@ def follow(
                     if END not in entry:
                         if stage:
                             check_cancelled(run_dir, stage)
-                        yield entry
+                        yield entry if into is None else msgspec.convert(entry, into)
                     elif entry[END] == "failed":
                         raise UpstreamFailedError(f"{Path(manifest).stem} failed: {entry.get('error')}")
                     else:
@@ -188,9 +193,9 @@ def follow(
             time.sleep(poll)
 
 
-def read_all(manifest: str | Path) -> list[dict]:
-    """The entries of a finished manifest (its end line excluded)."""
-    return list(follow(manifest, idle_timeout=0.0))
+def read_all(manifest: str | Path, into: type[T] | None = None) -> list:
+    """The entries of a finished manifest (its end line excluded), as `into` when given."""
+    return list(follow(manifest, into, idle_timeout=0.0))
 
 
 def end_summary(manifest: str | Path) -> dict:

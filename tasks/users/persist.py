@@ -6,7 +6,7 @@ changed rows updated, unchanged rows left alone)."""
 
 from __future__ import annotations
 
-import time
+import io
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -28,17 +28,15 @@ from tasks.bulk import (
     stored_hashes,
     update_rows,
 )
+from tasks.parse import read_lines
 from tasks.retry import db_transient, retry_when
+from tasks.staging.batches import Span, TransformedBatch
+from tasks.staging.files import read_frame, read_pieces, read_span
+from tasks.staging.runner import timed_work
+from tasks.users.dlq import read_dlq_span
+from tasks.users.fields import PROCESSED_SCHEMA
 from tasks.users.sync import resolve_valid, store_failures
-from tasks.users.transform import (
-    raw_keys,
-    read_dlq_span,
-    read_frame,
-    read_lines,
-    read_pieces,
-    read_processed_span,
-    read_span,
-)
+from tasks.users.validate import raw_keys
 
 # persist works through a batch's staged files in pieces of about this many bytes (about 3,000 raw DummyJSON
 # users): fewer, larger pieces than transform's, since each costs persist lookups and statements of its own
@@ -126,55 +124,43 @@ def upsert_processed(conn: Connection, processed: pl.DataFrame, *, run_id: str, 
 
 
 def _pieces(
-    files: dict[str, str | None],
-    spans: dict[str, list[int]],
-    name: str,
-    piece_bytes: int,
-    parse: Callable[[bytes], pl.DataFrame],
+    path: str | None, span: Span | None, piece_bytes: int, parse: Callable[[bytes], pl.DataFrame]
 ) -> Iterator[pl.DataFrame]:
     """The batch's span of one staged file, piece by piece, each piece's lines parsed by `parse` (nothing when
     the batch has none). A piece's bytes are let go once parsed, before its rows are written."""
-    if files.get(name) and spans.get(name):
-        yield from map(parse, read_pieces(files[name], piece_bytes, *spans[name]))  # (nothing keeps the bytes)
+    if path and span:
+        yield from map(parse, read_pieces(path, piece_bytes, *span))  # (nothing keeps the bytes)
 
 
 def _raw_lines(data: bytes) -> pl.DataFrame:
     return read_lines(data, "data")
 
 
-def batch_keys(
-    files: dict[str, str | None], spans: dict[str, list[int]], piece_bytes: int = PERSIST_PIECE_BYTES
-) -> pl.DataFrame:
+def batch_keys(batch: TransformedBatch, piece_bytes: int = PERSIST_PIECE_BYTES) -> pl.DataFrame:
     """The batch's raw lines' keys (`source_id`, `record_hash`), a row per line in file order: as transform
     staged them, else worked out from the lines a piece at a time."""
-    if spans.get("raw_keys"):
-        return read_frame(read_span(files["raw_keys"], *spans["raw_keys"]))
-    keys = [lines.select(raw_keys(pl.col("data"))) for lines in _pieces(files, spans, "raw", piece_bytes, _raw_lines)]
+    if batch.raw_keys:
+        return read_frame(read_span(batch.files.raw_keys, *batch.raw_keys))
+    pieces = _pieces(batch.raw_path, batch.raw, piece_bytes, _raw_lines)
+    keys = [lines.select(raw_keys(pl.col("data"))) for lines in pieces]
     return pl.concat(keys) if keys else pl.DataFrame(schema={"source_id": pl.String, "record_hash": pl.String})
 
 
 def persist_spans(
-    engine: Engine,
-    *,
-    run_id: str,
-    source: str,
-    files: dict[str, str | None],
-    spans: dict[str, list[int]],
-    as_of: datetime | None = None,
-    piece_bytes: int = PERSIST_PIECE_BYTES,
+    engine: Engine, batch: TransformedBatch, *, run_id: str, piece_bytes: int = PERSIST_PIECE_BYTES
 ) -> dict[str, int]:
     """One transaction for the whole batch: either all three tables take it or none does. Each file's span is
     worked through in pieces of about `piece_bytes`, so the stage's memory is a piece's frames, not the
-    batch's. `as_of`: when the source was observed (the newest observation of a user wins). One lookup by
-    the batch's raw keys says which raw lines to store (a new version, the first time in the batch)."""
+    batch's. The batch's `as_of` is when the source was observed (the newest observation of a user wins).
+    One lookup by the batch's raw keys says which raw lines to store (a new version, the first time in it)."""
     now = datetime.now(UTC)
-    as_of = as_of or now
+    as_of, source = datetime.fromisoformat(batch.as_of), batch.source
     counts = Counter(dict.fromkeys(BATCH_COUNTS, 0))
-    keys = batch_keys(files, spans, piece_bytes)
+    keys = batch_keys(batch, piece_bytes)
     with write_transaction(engine) as conn:
         stored = stored_hashes(conn, RawUser.__table__, "record_hash", keys.get_column("record_hash"))
         # each loop lets go of its piece before the next is read (a loop's name keeps it until then)
-        for piece in _pieces(files, spans, "processed", piece_bytes, read_processed_span):
+        for piece in _pieces(batch.files.processed, batch.processed, piece_bytes, read_processed_span):
             counts.update(
                 upsert_processed(
                     conn, piece.with_columns(_as_of=pl.lit(as_of).dt.convert_time_zone("UTC")), run_id=run_id, now=now
@@ -188,16 +174,16 @@ def persist_spans(
             ).alias("new")
         )
         line = 0
-        for lines in _pieces(files, spans, "raw", piece_bytes, _raw_lines):
+        for lines in _pieces(batch.raw_path, batch.raw, piece_bytes, _raw_lines):
             if line + lines.height > keys.height:
-                raise ValueError(f"{files['raw']}: more staged lines than keys ({keys.height}) in the batch's span")
+                raise ValueError(f"{batch.raw_path}: more staged lines than keys ({keys.height}) in the batch's span")
             rows = pl.concat([keys.slice(line, lines.height), lines, new.slice(line, lines.height)], how="horizontal")
             line += lines.height
             counts["raw_inserted"] += insert_versions(
                 conn, RawUser.__table__, rows.filter("new").drop("new"), now=now, run_id=run_id, source=source
             )
             del lines, rows
-        for dlq in _pieces(files, spans, "dlq", piece_bytes, _user_failures):
+        for dlq in _pieces(batch.files.dlq, batch.dlq, piece_bytes, _user_failures):
             counts.update(store_failures(conn, dlq, run_id=run_id, source=source, as_of=as_of, now=now))
             del dlq
     return dict(counts)
@@ -215,25 +201,14 @@ def _user_failures(data: bytes) -> pl.DataFrame:
     retry_condition_fn=retry_when(db_transient),
     cache_policy=NO_CACHE,
 )
-def persist_batch(
-    engine: Engine,
-    *,
-    run_id: str,
-    source: str,
-    files: dict[str, str | None],
-    spans: dict[str, list[int]],
-    as_of: str | None = None,
-) -> dict[str, int]:
+@timed_work
+def persist_batch(engine: Engine, batch: TransformedBatch, *, run_id: str) -> dict[str, int]:
     """Read one batch's spans of the staged raw, processed and DLQ files (and of the raw lines' keys, when
-    transform staged them) and store them. `as_of` is when the source produced the records (fetch time for
-    the API, file time for a CSV)."""
-    started = time.time()
-    counts = persist_spans(
-        engine,
-        run_id=run_id,
-        source=source,
-        files=files,
-        spans=spans,
-        as_of=datetime.fromisoformat(as_of) if as_of else None,
-    )
-    return counts | {"work_span": [started, time.time()]}
+    transform staged them) and store them."""
+    return persist_spans(engine, batch, run_id=run_id)
+
+
+def read_processed_span(data: bytes) -> pl.DataFrame:
+    if not data:
+        return pl.DataFrame(schema=PROCESSED_SCHEMA)
+    return pl.read_ndjson(io.BytesIO(data), schema=PROCESSED_SCHEMA)

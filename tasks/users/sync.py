@@ -35,7 +35,7 @@ from tasks.bulk import (
     update_verb,
 )
 from tasks.retry import db_transient, retry_when
-from tasks.users.transform import read_frame, read_span
+from tasks.staging.files import read_frame, read_span
 
 USERS, DLQ = ProcessedUser.__tablename__, DlqUser.__tablename__
 REOPENED_NULLS = ("resolved_at", "resolved_run_id", "resolution")  # an entry seen again is open

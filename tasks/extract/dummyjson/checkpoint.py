@@ -15,7 +15,7 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session
 
 from models.runs import EtlCheckpoint
-from tasks.extract.constants import CHECKPOINT_EVERY_SECONDS, CHECKPOINT_KEY
+from tasks.extract.dummyjson.constants import CHECKPOINT_EVERY_SECONDS, CHECKPOINT_KEY
 
 
 @dataclass(frozen=True)

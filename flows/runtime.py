@@ -1,24 +1,21 @@
-"""What every flow shares: the parent flows' wrapper, run bookkeeping (hooks, liveness, crashes noticed) and the
-stage clock."""
+"""What every parent flow shares: the async wrapper, and the run's bookkeeping (its etl_runs row, liveness,
+hooks, crashed runs noticed). The stages themselves run through tasks/staging/runner.py."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import functools
 import os
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from prefect import Flow, flow, get_client, get_run_logger
 from prefect.runtime import flow_run as current_run
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+from prefect.settings import get_current_settings
 from sqlalchemy import Engine
 
 from flows.prefect_api import api_answers
@@ -28,6 +25,7 @@ from models.settings import get_settings
 from tasks import runs
 from tasks.retention import prune_run_dirs
 from tasks.staging import handoff
+from tasks.staging.runner import StageRunner
 
 STOP_SECONDS = 20.0  # an interrupted run waits this long for its stages to stop (Prefect's runner kills at 30 s)
 # no answer from the Prefect API for this long ends the run at once (Prefect's client would try each call
@@ -80,7 +78,7 @@ def parent_flow(**options) -> Callable[[Callable[..., dict]], Flow]:
 async def _interrupted(run_id: str, body: asyncio.Future) -> None:
     """Stop the run's stages, wait for its body to end (up to STOP_SECONDS), and record it as stopped."""
     run = _active.get(run_id)
-    stages = run.clock.running() if run is not None else []
+    stages = run.stages.running() if run is not None else []
     if run is not None:
         handoff.cancel(run.run_dir, handoff.RUN)
     await asyncio.wait({body}, timeout=STOP_SECONDS)
@@ -90,7 +88,7 @@ async def _interrupted(run_id: str, body: asyncio.Future) -> None:
             run_id=run_id,
             status="crashed",
             if_running=True,
-            failed_stage=stages[0] if stages else run.clock.stage,
+            failed_stage=stages[0] if stages else run.stages.stage,
             error="the run was stopped (SIGTERM, Ctrl-C or a cancellation)"
             + (f" while {', '.join(stages)} ran" if stages else ""),
         )
@@ -134,14 +132,14 @@ def mark_stale_runs(engine, *, run_id: str) -> None:
 
 @dataclass
 class RunStart:
-    """What a parent flow knows once its run is open: engine, run id, start time, staging folder, clock."""
+    """What a parent flow knows once its run is open: engine, run id, start time, staging folder, stage runner."""
 
     engine: Engine
     run_id: str
     started: datetime
     stamp: str
     run_dir: str
-    clock: StageClock
+    stages: StageRunner
     flow_name: str = ""
     heartbeat: runs.Heartbeat | None = None
 
@@ -165,7 +163,7 @@ def begin_run(flow_name: str, database_block: str | None) -> RunStart:
         started=started,
         stamp=started.strftime("%Y%m%d_%H%M%S"),
         run_dir=run_dir,
-        clock=StageClock(run_dir),
+        stages=StageRunner(run_dir),
         flow_name=flow_name,
     )
     api_url = get_current_settings().api.url
@@ -203,7 +201,7 @@ class _ApiWatch:
         if silent < API_LOST_SECONDS:
             return
         run, why = self.run, f"lost the Prefect API at {self.api_url}: no answer for {silent:.0f} s"
-        stages = run.clock.running()  # they end with the process, as if killed: each resumes or redoes its batch
+        stages = run.stages.running()  # they end with the process, as if killed: each resumes or redoes its batch
         try:
             runs.finish_run(
                 run.engine,
@@ -211,107 +209,10 @@ class _ApiWatch:
                 status="failed",
                 error=why,
                 if_running=True,
-                failed_stage=stages[0] if stages else run.clock.stage,
+                failed_stage=stages[0] if stages else run.stages.stage,
             )
         finally:
             # on a line of its own: Prefect's log worker may have left one unfinished ("Error logging to API")
             print(f"\nsluice: {run.flow_name} run {run.run_id} failed: {why}", file=sys.stderr, flush=True)
             sys.stdout.flush()
             os._exit(API_LOST_EXIT_CODE)  # Prefect's own exit would try the lost API again, for minutes
-
-
-class StageClock:
-    """Runs stages (child flows), keeping each one's wall time, the [start, end] intervals in which its
-    tasks did their own work (`work_spans` in each stage's summary; time covered by no task's work is
-    orchestration) and their total, and which stage is running.
-
-    `run` runs a stage and waits for it; `start` runs it in a thread of its own (the parent's Prefect
-    context copied in, so it is still a child flow run) for stages that stream to each other, and `result`
-    waits for one. When a streamed stage fails, its manifest is closed as failed and the run's cancel flag
-    set, so the stages downstream finish what was posted and stop, and those upstream stop at their next
-    batch; `failed_stage` then names the stage whose own error it was.
-
-    Child flows run without heartbeats of their own: they live in the parent's process, whose heartbeat
-    already tells the server that process is alive, and each child's heartbeat thread (which sleeps in
-    one-second steps) would otherwise hold up the end of every stage by up to a second."""
-
-    def __init__(self, run_dir: str | None = None) -> None:
-        self.stage = "start"
-        self.run_dir = run_dir
-        self.seconds: dict[str, float] = {}
-        self.work: dict[str, float] = {}
-        self.spans: list[list[float]] = []
-        self._pool: ThreadPoolExecutor | None = None
-        self._futures: dict[str, Future] = {}
-        self._running: list[str] = []
-
-    def run(self, name: str, fn, *args, **kwargs) -> dict:
-        self.stage = name
-        return self._timed(name, fn, args, kwargs)
-
-    def running(self) -> list[str]:
-        """The stages running now, in the order they started."""
-        return list(self._running)
-
-    def _timed(self, name: str, fn, args, kwargs) -> dict:
-        t0 = time.perf_counter()
-        self._running.append(name)
-        try:
-            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-                out = fn(*args, **kwargs)
-        finally:
-            self._running.remove(name)
-        self.seconds[name] = round(time.perf_counter() - t0, 3)
-        spans = out.pop("work_spans")
-        self.work[name] = round(sum(end - start for start, end in spans), 3)
-        self.spans += spans
-        return out
-
-    def start(
-        self, name: str, fn, *args, manifest: str | None = None, after: tuple[str, str] | None = None, **kwargs
-    ) -> None:
-        """Run a stage alongside the others; `manifest` is the one it posts to (closed as failed if it dies).
-        `after` = (stage, its manifest): start once that stage is running (`handoff.mark_started`), has
-        posted something or has ended, so the child flow runs are not all created at the same instant (a
-        Prefect API on SQLite serialises writes), yet each is ready by the time its first batch is posted."""
-        if after is not None:
-            upstream, posted = self._futures[after[0]], Path(after[1])
-            while not upstream.done() and posted.stat().st_size == 0 and not handoff.has_started(posted):
-                time.sleep(handoff.POLL_SECONDS)
-        if manifest is not None:
-            kwargs["manifest"] = manifest
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stage")
-        self._futures[name] = self._pool.submit(
-            contextvars.copy_context().run, self._streamed, name, fn, args, kwargs, manifest
-        )
-
-    def _streamed(self, name: str, fn, args, kwargs, manifest: str | None) -> dict:
-        # while it runs, its followers wait for it as long as it takes
-        with handoff.writing(manifest) if manifest else contextlib.nullcontext():
-            try:
-                return self._timed(name, fn, args, kwargs)
-            except BaseException as exc:
-                if manifest:
-                    handoff.close(manifest, error=f"{type(exc).__name__}: {exc}")
-                if self.run_dir and not isinstance(exc, (handoff.UpstreamFailedError, handoff.RunCancelledError)):
-                    handoff.cancel(self.run_dir, name)
-                raise
-
-    def result(self, name: str) -> dict:
-        """The stage's summary; if any started stage failed, waits for all and raises the root error."""
-        try:
-            return self._futures[name].result()
-        except BaseException:
-            self.stage = name
-            self.close()
-            for stage, future in self._futures.items():
-                exc = future.exception()
-                if exc is not None and not isinstance(exc, (handoff.UpstreamFailedError, handoff.RunCancelledError)):
-                    self.stage = stage
-                    raise exc from None
-            raise
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)

@@ -1,0 +1,43 @@
+"""users-etl's `extract` stage: the users API's pages, then every USERS_SOURCES plug-in's new inputs, staged as
+raw JSONL; each batch posted to the `extracted` manifest as soon as it is on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run as current_run
+
+from models.db import resolve_engine
+from models.settings import get_settings
+from tasks.extract import stage_plugins
+from tasks.extract.dummyjson import ApiSource, extract_api
+from tasks.staging import handoff
+from tasks.staging.batches import ExtractResult
+
+
+@flow(name="extract")
+def extract(
+    run_dir: str,
+    stamp: str,
+    source: ApiSource,
+    database_block: str | None = None,
+    csv_dir: str | None = None,
+    manifest: str | None = None,
+) -> ExtractResult:
+    """Sources -> staged raw JSONL files. The API is paged and checkpointed after every page (an interrupted
+    run resumes there); CSV files in `csv_dir` are staged when new or changed."""
+    settings, logger = get_settings(), get_run_logger()
+    if manifest:
+        handoff.mark_started(manifest)
+    engine = resolve_engine(database_block)
+    result = extract_api(
+        engine, source, run_id=str(current_run.id), run_dir=run_dir, stamp=stamp, manifest=manifest, logger=logger
+    )
+    if csv_dir:
+        settings = settings.model_copy(update={"users_csv_dir": Path(csv_dir)})
+    result.others = stage_plugins(engine, settings, run_dir=run_dir, stamp=stamp, manifest=manifest, logger=logger)
+    logger.info("extract: %d staged input(s) besides the API", len(result.others))
+    if manifest:  # persist marks users absent from the API deleted only after a complete walk
+        handoff.close(manifest, records=result.records, api_complete=not result.findings)
+    return result

@@ -1,0 +1,23 @@
+"""The users CSV drop's contract: its source name, DLQ reason, and columns."""
+
+from __future__ import annotations
+
+SOURCE = "csv"
+FAILURE_REASON = "csv_malformed"
+FIELDS: dict[str, tuple[str, ...]] = {
+    "id_text": ("id",),
+    "first_name": ("first_name",),
+    "last_name": ("last_name",),
+    "username": ("username",),
+    "email": ("email",),
+    "phone": ("phone",),
+    "age_text": ("age",),
+    "gender": ("gender",),
+    "city": ("city",),
+    "country": ("country",),
+    "department": ("department",),
+    "company_name": ("company",),
+    "company_title": ("title",),
+}
+REQUIRED_COLUMNS = ("id", "first_name", "email", "age", "department")
+KNOWN_COLUMNS = (*REQUIRED_COLUMNS, "last_name", "gender", "company", "title", "city", "country", "username", "phone")
