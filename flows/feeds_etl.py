@@ -49,7 +49,7 @@ def _merge_parts(parts: list[str], target: Path) -> None:
                 shutil.copyfileobj(fh, out)
 
 
-@flow(name="feeds-extract", task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_FETCHES))
+@flow(name="feeds-extract", task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_FETCHES))  # type: ignore[arg-type]
 def extract(
     run_id: str,
     run_dir: str,
@@ -124,7 +124,8 @@ def transform(raw_path: str, run_dir: str, stamp: str, records: int, batch_recor
         Path(files[key]).write_bytes(b"")
     size = Path(raw_path).stat().st_size
     span_bytes = max(1 << 20, (size // records if records else APPROX_ITEM_BYTES) * batch_records)
-    batches, reasons = [], Counter()
+    batches: list[dict] = []
+    reasons: Counter[str] = Counter()
     for offset, length in split_spans(raw_path, span_bytes):
         out = feeds.transform_batch(
             raw_path=raw_path, offset=offset, length=length, processed_path=files["processed"], dlq_path=files["dlq"]
@@ -252,7 +253,7 @@ def feeds_etl(
         status=status,
         error=error,
         stage_seconds=seconds,
-        **({"failed_stage": "extract"} if failed else {}),
+        failed_stage="extract" if failed else None,
         **counts,
     )
     summary = {

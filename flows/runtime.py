@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from uuid import UUID
 
 from prefect import Flow, flow, get_client, get_run_logger
 from prefect.runtime import flow_run as current_run
@@ -120,13 +121,14 @@ def mark_stale_runs(engine, *, run_id: str) -> None:
             unknown.append(other.id)
     if unknown:
         with get_client(sync_client=True) as client:
-            for other in unknown:
+            for unknown_id in unknown:
                 try:
-                    state = client.read_flow_run(other).state
+                    state = client.read_flow_run(UUID(unknown_id)).state
                 except Exception:  # noqa: BLE001 (unknown to this Prefect server: it cannot be running)
                     state = None
                 if state is None or state.is_final():
-                    crashes.append(runs.Crash(other, "its Prefect run is over" if state else "unknown to Prefect"))
+                    why = "its Prefect run is over" if state else "unknown to Prefect"
+                    crashes.append(runs.Crash(unknown_id, why))
     runs.mark_crashed(engine, crashes, noticed_by=run_id)
 
 
@@ -176,7 +178,8 @@ def _end_watch(run_id: str, *, over: bool) -> None:
     """The parent flow is leaving: no more heartbeats; once its body is `over`, its stages' cancel flags go."""
     run = _active.pop(run_id, None)
     if run is not None:
-        run.heartbeat.stop()
+        if run.heartbeat is not None:
+            run.heartbeat.stop()
         if over:  # else stages still stopping must go on seeing the run's cancel
             handoff.forget(run.run_dir)
 

@@ -45,11 +45,12 @@ def users_etl(
     everything (for a source that answers faster than the later stages work); if extract then fails, what it
     staged waits, checkpointed, for the next run."""
     settings = get_settings()
-    if not (api_base or settings.users_api_base):
+    base_url = api_base or settings.users_api_base
+    if not base_url:
         raise ConfigError("USERS_API_BASE is not set: point it at the users API to read (or pass api_base)")
     source = ApiSource.from_settings(
         settings,
-        base_url=api_base or settings.users_api_base,
+        base_url=base_url,
         page_size=page_size or settings.users_page_size,
         batch_records=batch_records or settings.users_batch_records,
     )

@@ -32,7 +32,7 @@ def persist(
     mark_plugins_done(engine, handoff.read_all(extracted, StagedInput), run_id=run_id)
     # the manifests ended normally, so extract did; it says whether the API's page walk was complete
     if settings.users_detect_deleted and handoff.end_summary(extracted).get("api_complete", True):
-        seen = staged_ids(tally.api_keys)
+        seen = staged_ids([(path, list(span)) for path, span in tally.api_keys])
         absence = mark_absent_task(
             engine, source=SOURCE, seen_ids=seen, run_id=run_id, max_share=settings.users_delete_max_share
         )

@@ -68,7 +68,9 @@ def _sqlite_insert(conn: Connection, table_name: str, df: pl.DataFrame, conflict
     head = f"INSERT OR FAIL INTO {table_name} ({', '.join(df.columns)}) VALUES "
     row = "(" + ", ".join("?" * df.width) + ")"
     start = 0
-    with closing(conn.connection.driver_connection.cursor()) as cur:
+    dbapi = conn.connection.driver_connection
+    assert dbapi is not None  # (an open connection's)
+    with closing(dbapi.cursor()) as cur:
         for size in statement_sizes(df.height, min(SQLITE_ROWS_PER_INSERT, SQLITE_MAX_PARAMS // df.width)):
             part = df.slice(start, size)
             cur.execute(head + ", ".join([row] * size) + conflict, list(chain.from_iterable(part.iter_rows())))
@@ -88,7 +90,9 @@ def bulk_insert(conn: Connection, table: Table, df: pl.DataFrame, *, ignore_conf
 
 
 def _copy(conn: Connection, table_name: str, df: pl.DataFrame) -> None:
-    with conn.connection.driver_connection.cursor() as cur:
+    dbapi = conn.connection.driver_connection
+    assert dbapi is not None  # (an open connection's)
+    with dbapi.cursor() as cur:
         with cur.copy(f"COPY {table_name} ({', '.join(df.columns)}) FROM STDIN (FORMAT csv, NULL '\\N')") as copy:
             for data in csv_slices(df):
                 copy.write(data)
@@ -117,7 +121,7 @@ def csv_slices(df: pl.DataFrame, slice_bytes: int = COPY_WRITE_BYTES) -> Iterato
     frame's whole CSV in memory and hands it over in one write, so one call for a piece held the piece's CSV
     twice (Polars' and ours); in slices, a slice's. Nulls are an unquoted \\N and every text is quoted, so
     a text that reads \\N stays text (COPY takes only an unquoted \\N for null)."""
-    step = max(1, df.height * slice_bytes // max(1, df.estimated_size()))
+    step = max(1, int(df.height * slice_bytes // max(1, df.estimated_size())))
     for start in range(0, df.height, step):
         buf = io.BytesIO()
         df.slice(start, step).write_csv(buf, include_header=False, null_value="\\N", quote_style="non_numeric")
@@ -148,7 +152,7 @@ def lookup(conn: Connection, table: Table | str, key: str, columns: list[str], k
         return []
     where, params = key_filter(conn, key, keys)
     name = table if isinstance(table, str) else table.name
-    return conn.exec_driver_sql(f"SELECT {', '.join([key, *columns])} FROM {name} WHERE {where}", params).all()
+    return list(conn.exec_driver_sql(f"SELECT {', '.join([key, *columns])} FROM {name} WHERE {where}", params).all())
 
 
 def lookup_frame(
@@ -164,7 +168,7 @@ def lookup_frame(
     """`lookup`'s rows as a frame: the key (named `key`), `schema`'s columns, and with `stamp` a last column of
     that name read as a UTC timestamp."""
     rows = lookup(conn, table, key, columns, keys)
-    schema = {key: pl.Int64 if keys.dtype.is_integer() else pl.String, **schema}
+    schema = {key: pl.Int64() if keys.dtype.is_integer() else pl.String(), **schema}
     if stamp:
         return timestamped_frame(conn, rows, schema, stamp)
     return pl.DataFrame(rows, schema=schema, orient="row", strict=False)

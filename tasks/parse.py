@@ -11,6 +11,7 @@ import json
 import math
 import re
 from collections.abc import Iterator
+from typing import cast
 
 import msgspec
 import polars as pl
@@ -182,13 +183,15 @@ def _shape(value: object) -> object:
     if isinstance(value, dict):
         return "struct", tuple((key, _shape(v)) for key, v in value.items())
     if isinstance(value, list):
-        return "list", functools.reduce(_united, dict.fromkeys(map(_shape, value)), "null")
+        return "list", functools.reduce(_united, dict.fromkeys(map(_shape, value)), _NULL_SHAPE)
     if type(value) is int and not -(2**63) <= value < 2**63:
         return "str"  # read as its text (an Int64 column cannot hold it)
     return "null" if value is None else _SCALARS.get(type(value), "str")
 
 
 _SCALARS = {bool: "bool", int: "int", float: "float"}
+_NULL_SHAPE: object = "null"
+_EMPTY_STRUCT: object = ("struct", ())
 _DTYPES = {"null": pl.Null(), "bool": pl.Boolean(), "int": pl.Int64(), "float": pl.Float64(), "str": pl.String()}
 
 
@@ -211,6 +214,7 @@ def _united(a: object, b: object) -> object:
 
 def _dtype(shape: object) -> pl.DataType:
     if not isinstance(shape, tuple):
+        assert isinstance(shape, str)  # (a scalar's shape is its name)
         return _DTYPES[shape]
     kind, inner = shape
     return pl.Struct({key: _dtype(s) for key, s in inner}) if kind == "struct" else pl.List(_dtype(inner))
@@ -230,13 +234,15 @@ def _objects(texts: list[str], values: list[dict]) -> tuple[pl.DataFrame, list[b
         return _read("\n".join(texts)), read
     except pl.exceptions.PolarsError:
         pass
-    shapes = {}  # each distinct shape once (most records share theirs)
+    shapes: dict[object, None] = {}  # each distinct shape once (most records share theirs)
     for i, value in enumerate(values):
         try:
             shapes[_shape(value)] = None
         except RecursionError:
             read[i] = False
-    schema = pl.Schema(_dtype(functools.reduce(_united, shapes, ("struct", ()))).to_schema())
+    struct = _dtype(functools.reduce(_united, shapes, _EMPTY_STRUCT))
+    assert isinstance(struct, pl.Struct)  # (united with a struct: a struct)
+    schema = pl.Schema(struct.to_schema())
     kept = [text for text, ok in zip(texts, read, strict=True) if ok]
     try:
         return _read("\n".join(kept), schema), read
@@ -260,7 +266,9 @@ def parse_lines(lines: pl.Series) -> pl.DataFrame:
     judged = [_judged(line) for line in lines]
     kinds = [kind for kind, _, _ in judged]
     at = [i for i, kind in enumerate(kinds) if kind in (OBJECT, REWRITTEN)]
-    parsed, read = _objects([judged[i][2] for i in at], [judged[i][1] for i in at]) if at else (pl.DataFrame(), [])
+    # (an object's line has both its text and its value)
+    texts, values = cast(list[str], [judged[i][2] for i in at]), cast(list[dict], [judged[i][1] for i in at])
+    parsed, read = _objects(texts, values) if at else (pl.DataFrame(), [])
     for i, ok in zip(at, read, strict=True):
         if not ok:
             kinds[i] = UNPARSEABLE

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from models.runs import EtlCheckpoint, EtlRun
 
@@ -38,13 +38,13 @@ def expired_run_dirs(engine: Engine, *, runs_dir: Path, keep_days: int, now: dat
     cutoff = (now or datetime.now(UTC)) - timedelta(days=keep_days)
     with Session(engine) as session:
         # a run gets its finished_at when it ends (completed, failed or crashed); a running one has none
-        ended = set(session.exec(select(EtlRun.id).where(EtlRun.finished_at < cutoff)).all())
+        ended = set(session.exec(select(EtlRun.id).where(col(EtlRun.finished_at) < cutoff)).all())
         staged = session.exec(
             select(EtlCheckpoint.staged_path).where(
-                EtlCheckpoint.status != "complete", EtlCheckpoint.staged_path.is_not(None)
+                col(EtlCheckpoint.status) != "complete", col(EtlCheckpoint.staged_path).is_not(None)
             )
         ).all()
-    resumable = {_owning_run(Path(p), runs_dir) for p in staged}
+    resumable = {_owning_run(Path(p), runs_dir) for p in staged if p is not None}
     return sorted(d for d in runs_dir.iterdir() if d.is_dir() and d.name in ended and d.name not in resumable)
 
 

@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 
 from sqlalchemy import Engine, update
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from models.runs import EtlRun
 from tasks.staging.batches import TransformResult
@@ -113,7 +113,9 @@ def finish_run(
 def beat(engine: Engine, run_id: str) -> None:
     """The run is alive (its row, while it is running)."""
     with engine.begin() as conn:
-        conn.execute(update(EtlRun).where(EtlRun.id == run_id, EtlRun.status == "running").values(heartbeat_at=_now()))
+        conn.execute(
+            update(EtlRun).where(col(EtlRun.id) == run_id, col(EtlRun.status) == "running").values(heartbeat_at=_now())
+        )
 
 
 class Heartbeat:

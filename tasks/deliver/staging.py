@@ -246,5 +246,5 @@ def discard_files(target: SftpTarget, run_id: str) -> int:
         return _remove_tree(sftp, folder) if stat_or_none(sftp, folder) is not None else 0
 
 
-stage_task = task(name="sftp-stage", **SFTP_RETRIES)(timed_work(stage_files))
-publish_task = task(name="sftp-publish", **SFTP_RETRIES)(timed_work(publish_files))
+stage_task = task(name="sftp-stage", **SFTP_RETRIES)(timed_work(stage_files))  # type: ignore[call-overload]
+publish_task = task(name="sftp-publish", **SFTP_RETRIES)(timed_work(publish_files))  # type: ignore[call-overload]

@@ -85,11 +85,12 @@ def resolve_key_passphrase(settings: Settings) -> SecretStr | None:
     from prefect.blocks.system import Secret
 
     try:
-        block = Secret.load(name, _sync=True)
+        block = Secret.load(name, _sync=True)  # type: ignore[call-arg]  # (Prefect's sync dispatch keyword)
     except Exception as exc:  # the message names the block, never its value
         raise ConfigError(
             f"SFTP_KEY_PASSPHRASE_BLOCK: could not load the Prefect Secret block {name!r} ({type(exc).__name__})"
         ) from None
+    assert isinstance(block, Secret)  # (loaded synchronously)
     # not Secret.get(): it JSON-decodes, turning a passphrase like "1234" into an int
     value = block.value.get_secret_value()
     if not isinstance(value, str):

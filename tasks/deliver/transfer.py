@@ -244,4 +244,4 @@ def upload_files(target: SftpTarget, files: list[Path], remote_dir: str) -> list
     return results
 
 
-deliver_files_task = task(name="sftp-upload", **SFTP_RETRIES)(timed_work(upload_files))
+deliver_files_task = task(name="sftp-upload", **SFTP_RETRIES)(timed_work(upload_files))  # type: ignore[call-overload]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import replace
-from logging import Logger
+from logging import Logger, LoggerAdapter
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -35,7 +35,13 @@ def source_module(name: str) -> ModuleType:
 
 
 def stage_plugins(
-    engine: Engine, settings: Settings, *, run_dir: str, stamp: str, manifest: str | None, logger: Logger
+    engine: Engine,
+    settings: Settings,
+    *,
+    run_dir: str,
+    stamp: str,
+    manifest: str | None,
+    logger: Logger | LoggerAdapter,
 ) -> list[StagedInput]:
     """Every USERS_SOURCES plug-in's pending inputs staged (each posted to `manifest` once on disk)."""
     staged = []

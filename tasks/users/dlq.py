@@ -47,7 +47,8 @@ def dlq_lines(dlq: pl.DataFrame) -> pl.Series:
 def append_failure(dlq_path: Path | str, *, reason: str, record: str) -> tuple[int, int]:
     """A DLQ line for something that never became records (a rejected file); `record` is JSON text."""
     line = pl.DataFrame({"error_reason": [reason], "reasons": [[reason]], "record": [record]}).with_columns(
-        pl.col("record").chash.sha2_256().alias("record_hash"), pl.lit(None, pl.Int64).alias("user_id")
+        pl.col("record").chash.sha2_256().alias("record_hash"),  # type: ignore[attr-defined]  # (polars_hash)
+        pl.lit(None, pl.Int64).alias("user_id"),
     )
     return append_text_lines(dlq_path, dlq_lines(line))
 

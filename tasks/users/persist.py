@@ -17,7 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Connection, Engine
 
-from models.db import write_transaction
+from models.db import table_of, write_transaction
 from models.users import CURRENT, PROCESSED_COLUMNS, ProcessedUser, RawUser
 from tasks.bulk import (
     bulk_insert,
@@ -76,7 +76,7 @@ def upsert_processed(conn: Connection, processed: pl.DataFrame, *, run_id: str, 
     (new, or current again) close."""
     if processed.height == 0:
         return Counter()
-    table = ProcessedUser.__table__
+    table = table_of(ProcessedUser)
     processed = processed.unique(subset="id", keep="last", maintain_order=True)
     stored = lookup_frame(
         conn,
@@ -84,7 +84,7 @@ def upsert_processed(conn: Connection, processed: pl.DataFrame, *, run_id: str, 
         "id",
         ["record_hash", "status", "source_updated_at"],
         processed.get_column("id"),
-        {"_stored": pl.String, "_status": pl.String},
+        {"_stored": pl.String(), "_status": pl.String()},
         stamp="_stored_as_of",
     )
     newer = pl.col("_stored_as_of").is_null() | (pl.col("_as_of") >= pl.col("_stored_as_of"))
@@ -158,7 +158,7 @@ def persist_spans(
     counts = Counter(dict.fromkeys(BATCH_COUNTS, 0))
     keys = batch_keys(batch, piece_bytes)
     with write_transaction(engine) as conn:
-        stored = stored_hashes(conn, RawUser.__table__, "record_hash", keys.get_column("record_hash"))
+        stored = stored_hashes(conn, table_of(RawUser), "record_hash", keys.get_column("record_hash"))
         # each loop lets go of its piece before the next is read (a loop's name keeps it until then)
         for piece in _pieces(batch.files.processed, batch.processed, piece_bytes, read_processed_span):
             counts.update(
@@ -180,7 +180,7 @@ def persist_spans(
             rows = pl.concat([keys.slice(line, lines.height), lines, new.slice(line, lines.height)], how="horizontal")
             line += lines.height
             counts["raw_inserted"] += insert_versions(
-                conn, RawUser.__table__, rows.filter("new").drop("new"), now=now, run_id=run_id, source=source
+                conn, table_of(RawUser), rows.filter("new").drop("new"), now=now, run_id=run_id, source=source
             )
             del lines, rows
         for dlq in _pieces(batch.files.dlq, batch.dlq, piece_bytes, _user_failures):

@@ -70,6 +70,7 @@ def transform_input(
         yield TransformedBatch(entry.source, entry.as_of, None, files, processed=empty, dlq=span, invalid=1)
         return
     for offset, length in source_spans(entry, batch_records) if entry.records else []:
+        assert entry.raw_path is not None  # (an input with records has its staged file)
         out = transform_batch(
             departments,
             raw_path=entry.raw_path,
@@ -82,6 +83,7 @@ def transform_input(
             fields=plugin.FIELDS if plugin else None,
             seen_ids=tally.seen_ids.get(entry.source),
         )
+        assert out.ids is not None  # (transform_batch always sets them)
         tally.seen_ids[entry.source] = out.ids
         tally.valid, tally.invalid = tally.valid + out.valid, tally.invalid + out.invalid
         tally.reasons.update(out.reasons)

@@ -14,7 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Connection, Engine
 
-from models.db import write_transaction
+from models.db import table_of, write_transaction
 from models.users import (
     DELETED,
     INVALID,
@@ -70,12 +70,12 @@ def store_failures(
         return counts
     dlq = dlq.unique(subset="record_hash", keep="first", maintain_order=True)
     hashes = dlq.get_column("record_hash")
-    before = lookup_frame(conn, DLQ, "record_hash", ["resolved_at IS NULL"], hashes, {"_open": pl.Boolean})
+    before = lookup_frame(conn, DLQ, "record_hash", ["resolved_at IS NULL"], hashes, {"_open": pl.Boolean()})
     counts["dlq_inserted"] = dlq.height - before.height
     counts["dlq_opened"] = dlq.height - before.filter("_open").height
     # new entries inserted, those seen before re-stamped (and reopened): no upsert, whose conflict handling
     # made SQLite journal every page each statement touched
-    table, stamp, run = DlqUser.__table__, stamp_literal(conn, now), pl.lit(run_id)
+    table, stamp, run = table_of(DlqUser), stamp_literal(conn, now), pl.lit(run_id)
     reopened = {"last_run_id": run, "last_seen_at": stamp, **dict.fromkeys(REOPENED_NULLS, pl.lit(None))}
     seen = dlq.join(before, on="record_hash", how="semi")
     bulk_insert(

@@ -104,7 +104,7 @@ def transform_batch(
     or in `seen_ids` (the source's earlier batches of the run), is a duplicate: the first copy counts."""
     field_map = {k: tuple(v) for k, v in fields.items()} if fields else None
     p_start, d_start = file_size(processed_path), file_size(dlq_path)
-    keys, types, reasons = [], [], Counter()
+    keys, types, reasons = [], [], Counter[str]()
     valid = invalid = 0
     seen_ids = pl.Series("id", [], pl.Int64) if seen_ids is None else seen_ids.rename("id")
     like = None  # the fields the pieces so far were found to have

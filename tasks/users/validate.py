@@ -30,7 +30,7 @@ def raw_keys(
     limit = RAW_ID_CHARS.get(id_column)
     return [
         (ids if limit is None else pl.when(ids.str.len_chars() <= limit).then(ids)).alias(id_column),
-        lines.chash.sha2_256().alias("record_hash"),
+        lines.chash.sha2_256().alias("record_hash"),  # type: ignore[attr-defined]  # (polars_hash)
     ]
 
 
@@ -57,7 +57,9 @@ def _field(schema: pl.Schema, path: tuple[str, ...]) -> tuple[pl.Expr, pl.DataTy
             fields = {f.name: f.dtype for f in dtype.fields}
             if key not in fields:
                 return pl.lit(None, pl.String), None
-            expr, dtype = expr.struct.field(key), fields[key]
+            field_dtype = fields[key]
+            assert isinstance(field_dtype, pl.DataType)  # (a Field holds an instance)
+            expr, dtype = expr.struct.field(key), field_dtype
         elif dtype == pl.String:
             return pl.col(LINE).str.json_path_match("$." + ".".join(path)), pl.String()
         else:
@@ -138,7 +140,9 @@ def check_frame(
     staged = (
         flatten(raw, fields)
         .with_columns(
-            pl.col(LINE).chash.sha2_256().alias("raw_hash") if raw_hash is None else raw_hash.alias("raw_hash")
+            pl.col(LINE).chash.sha2_256().alias("raw_hash")  # type: ignore[attr-defined]  # (polars_hash)
+            if raw_hash is None
+            else raw_hash.alias("raw_hash")
         )
         .with_columns(
             pl.col("department").str.strip_chars(),
@@ -217,9 +221,9 @@ def split_checked(staged: pl.DataFrame, *, source: str = "dummyjson") -> tuple[p
     )
     processed = processed.with_columns(
         pl.concat_str([pl.col(c).cast(pl.String).fill_null("\x00") for c in PROCESSED_COLUMNS], separator="\x1f")
-        .chash.sha2_256()
+        .chash.sha2_256()  # type: ignore[attr-defined]  # (polars_hash)
         .alias("record_hash")
-    ).cast(PROCESSED_SCHEMA)
+    ).cast(PROCESSED_SCHEMA)  # type: ignore[arg-type]  # (Polars' schema Mapping is invariant in its key type)
 
     dlq = staged.filter(~ok).select(
         pl.col("reasons").list.join("; ").alias("error_reason"),

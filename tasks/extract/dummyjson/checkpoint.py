@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from models.runs import EtlCheckpoint
 from tasks.extract.dummyjson.constants import CHECKPOINT_EVERY_SECONDS, CHECKPOINT_KEY
@@ -107,7 +107,7 @@ def _advance(engine: Engine, pos: Position) -> None:
     with engine.begin() as conn:
         conn.execute(
             update(EtlCheckpoint)
-            .where(EtlCheckpoint.source == CHECKPOINT_KEY)
+            .where(col(EtlCheckpoint.source) == CHECKPOINT_KEY)
             .values(
                 cursor=pos.skip, total=pos.total, staged_bytes=pos.offset, staged_records=pos.records, updated_at=_now()
             )

@@ -99,6 +99,7 @@ def fetch_page_retried(
             wait = _backoff(attempt, retry_base_seconds)
             _logger().warning("%s: retrying this page (%d of %d) in %.1fs", exc, attempt + 1, retries, wait)
             time.sleep(wait)
+    raise AssertionError("unreachable: itertools.count() never ends")
 
 
 class _Page(msgspec.Struct):

@@ -17,7 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from models.runs import EtlCheckpoint
 from tasks.extract.errors import is_transient
@@ -114,7 +114,7 @@ def load_validators(engine: Engine, urls: list[str]) -> dict[str, dict[str, str 
     sources = {checkpoint_source(u): u for u in urls}
     with Session(engine) as session:
         rows = session.exec(
-            select(EtlCheckpoint.source, EtlCheckpoint.state).where(EtlCheckpoint.source.in_(list(sources)))
+            select(EtlCheckpoint.source, EtlCheckpoint.state).where(col(EtlCheckpoint.source).in_(list(sources)))
         ).all()
     stored = {sources[source]: Validators.from_state(state) for source, state in rows}
     return {u: vars(stored.get(u, Validators())).copy() for u in urls}
