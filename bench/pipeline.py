@@ -88,7 +88,7 @@ def sftp_server():
 def prefect_api():
     """A Prefect server as deployed (`make server` on PostgreSQL, as in docker-compose.yml), up before the
     clock starts, the way a worker's flow runs find it. Its database is migrated first."""
-    from dev.prefect_server import make_server
+    from dev.prefect_helpers import make_server
 
     with pg_database() as url:
         env = _env(

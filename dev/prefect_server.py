@@ -1,6 +1,6 @@
-"""The Prefect servers of development: the local one a one-off run (`make run`, the benchmark's flow
-process, the test session) starts for itself, `make server` on a free port (the deployment test, `make
-bench`), and empty migrated Prefect databases for the servers the tests start.
+"""The local Prefect server of development: the one a one-off run (`make run`, the benchmark's flow process,
+the test session) starts for itself. Empty databases for test servers and `make server` on a free port are
+in dev/prefect_helpers.py.
 
 Without an API configured, Prefect would start a temporary server at the flow's first API call, after the
 flow process has imported everything, and import Prefect's whole server just to launch it. `local_prefect_api`
@@ -13,9 +13,7 @@ socket the parent bound and handed over (no race for a port)."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -26,9 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# an empty Prefect database, migrated once; each test server starts on a copy of it
-PREFECT_DB_TEMPLATE = ROOT / "var" / "prefect-test-template.db"
-MIGRATE_TIMEOUT = 300
 POLL_SECONDS = 0.05
 STOP_SECONDS = 5
 PARENT_CHECK_SECONDS = 1.0
@@ -233,67 +228,6 @@ def serve(fd: int, parent: int) -> None:
 
     threading.Thread(target=stop_when_orphaned, name="parent-watch", daemon=True).start()
     server.run(sockets=[listener])
-
-
-def copy_empty_prefect_db(dest: Path) -> Path:
-    """An empty, migrated Prefect database at `dest` (a copy of the template, made first if missing). A
-    template from an older Prefect is migrated further when a server starts on the copy."""
-    if not PREFECT_DB_TEMPLATE.exists():
-        PREFECT_DB_TEMPLATE.parent.mkdir(parents=True, exist_ok=True)
-        fresh = PREFECT_DB_TEMPLATE.with_suffix(f".{os.getpid()}.tmp")
-        subprocess.run(
-            [str(Path(sys.executable).parent / "prefect"), "server", "database", "upgrade", "-y"],
-            env=os.environ | {"PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{fresh}"},
-            check=True,
-            capture_output=True,
-            timeout=MIGRATE_TIMEOUT,
-        )
-        fresh.replace(PREFECT_DB_TEMPLATE)
-    with sqlite3.connect(PREFECT_DB_TEMPLATE) as src, sqlite3.connect(dest) as dst:
-        src.backup(dst)
-    return dest
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen | None) -> None:
-    """SIGTERM the process group, SIGKILL what is left after 15 s."""
-    if proc is None or proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-@contextmanager
-def make_server(env: dict[str, str], log: Path, timeout: float) -> Iterator[tuple[int, str]]:
-    """`make server` with `env` on a free port; yields (port, API URL) once /health answers 200."""
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            ["make", "--no-print-directory", "-C", str(ROOT), "server", f"PREFECT_PORT={port}"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_until_healthy(proc, api_url, timeout=timeout, log_path=log, what="`make server`")
-        yield port, api_url
-    finally:
-        stop(proc)
 
 
 def run_artifacts(run_id: str) -> dict[str, str]:

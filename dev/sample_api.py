@@ -19,7 +19,7 @@ import orjson
 
 from tasks.extract.dummyjson.constants import SERVER_DEFAULT_LIMIT
 
-_FIRST = [
+FIRST_NAMES = [
     "Ava",
     "Ben",
     "Chloe",
@@ -47,7 +47,7 @@ _FIRST = [
     "Yusuf",
     "Zoe",
 ]
-_LAST = [
+LAST_NAMES = [
     "Abara",
     "Brandt",
     "Castillo",
@@ -71,7 +71,7 @@ _LAST = [
     "Ueda",
     "Varga",
 ]
-_DEPARTMENTS = [
+DEPARTMENTS = [
     "Accounting",
     "Business Development",
     "Engineering",
@@ -85,7 +85,7 @@ _DEPARTMENTS = [
     "Support",
     "Training",
 ]
-_CITIES = [
+CITIES = [
     ("Lisbon", "Portugal"),
     ("Osaka", "Japan"),
     ("Lagos", "Nigeria"),
@@ -95,7 +95,7 @@ _CITIES = [
     ("Austin", "United States"),
     ("Porto", "Portugal"),
 ]
-_TITLES = ["Analyst", "Engineer", "Manager", "Designer", "Accountant", "Counsel", "Specialist"]
+TITLES = ["Analyst", "Engineer", "Manager", "Designer", "Accountant", "Counsel", "Specialist"]
 
 # How the sample's invalid records are broken: (share of one in N, what is done)
 _DEFECTS: list[tuple[str, Callable[[dict], None]]] = [
@@ -115,8 +115,8 @@ def generate_users(n: int = 300, *, seed: int = 20261123, invalid_every: int = 1
     rng = random.Random(seed)
     users = []
     for i in range(1, n + 1):
-        first, last = rng.choice(_FIRST), rng.choice(_LAST)
-        city, country = rng.choice(_CITIES)
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        city, country = rng.choice(CITIES)
         user = {
             "id": i,
             "firstName": first,
@@ -150,7 +150,7 @@ def generate_users(n: int = 300, *, seed: int = 20261123, invalid_every: int = 1
                 "currency": "EUR",
                 "iban": f"PT{rng.randint(10, 99)}" + "".join(str(rng.randint(0, 9)) for _ in range(21)),
             },
-            "company": {"department": rng.choice(_DEPARTMENTS), "name": f"{last} & Co", "title": rng.choice(_TITLES)},
+            "company": {"department": rng.choice(DEPARTMENTS), "name": f"{last} & Co", "title": rng.choice(TITLES)},
             "ssn": f"{rng.randint(100, 999)}-{rng.randint(10, 99)}-{rng.randint(1000, 9999)}",
             "role": rng.choice(["user", "user", "moderator", "admin"]),
         }

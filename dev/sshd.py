@@ -93,6 +93,18 @@ class SshdServer:
 
     # lifecycle -------------------------------------------------------------------------
 
+    def sftp_settings(self) -> dict[str, object]:
+        """Sluice's SFTP settings pointing at this server (lower-case names, as `settings_env` takes them)."""
+        return {
+            "sftp_host": self.host,
+            "sftp_port": self.port,
+            "sftp_username": self.username,
+            "sftp_key_path": self.key_path,
+            "sftp_known_hosts": self.known_hosts,
+            "sftp_key_passphrase": self.passphrase,
+            "sftp_remote_base": self.remote_base,
+        }
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

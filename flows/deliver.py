@@ -10,6 +10,7 @@ after persist. With a `run_id`, each file is recorded in that run's `etl_runs` r
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
@@ -32,6 +33,15 @@ from tasks.deliver import (
 from tasks.deliver_files import files_to_deliver
 
 DISCARD_TIMEOUT_SECONDS = 10.0  # a failing run does not wait long on a server that may be why it failed
+
+
+@dataclass
+class DeliveryResult:
+    """What `deliver` or `publish_delivery` did: the files that landed (local and remote path, bytes, sha256:
+    what the run's summary lists), and the uploads waiting to be published (`deliver(..., publish=False)`)."""
+
+    delivered: list[dict] = field(default_factory=list)
+    staged: list[StagedFile] = field(default_factory=list)
 
 
 def run_is_live(run_id: str) -> bool:
@@ -81,17 +91,18 @@ def deliver(
     database_block: str | None = None,
     publish: bool = True,
     daily_names: bool = False,
-) -> dict:
+) -> DeliveryResult:
     """The run's JSONL files -> SFTP_REMOTE_BASE/<run date>/ (skipped, and said so, when SFTP_HOST is unset).
     `raw_files`, those of `files` that are raw-layer files, go as DELIVER_RAW says: masked copies by default,
     as staged (`full`) or not at all (`none`). `daily_names`: one remote name per day and kind (the staged
-    name without its stamp), replaced by a rerun; else the staged names. `publish=False` stops after the
-    uploads: `staged` is then for `publish_delivery`. `run_id` (default: this flow run's, or its parent's with
-    `publish=False`) names the run's incoming folder and, when given, the etl_runs row recording what landed."""
+    name without its file_time), replaced by a rerun; else the staged names. `publish=False` stops after the
+    uploads: the result's `staged` is then for `publish_delivery`. `run_id` (default: this flow run's, or its
+    parent's with `publish=False`) names the run's incoming folder and, when given, the etl_runs row recording
+    what landed."""
     settings, logger = get_settings(), get_run_logger()
     if not settings.sftp_enabled:
         logger.warning("SFTP_HOST is not set: delivery skipped")
-        return {"delivered": [], "staged": []}
+        return DeliveryResult()
     target = SftpTarget.from_settings(settings)  # passphrase: SFTP_KEY_PASSPHRASE or its Secret block
     remote_dir = remote_dir_for(target.remote_base, datetime.fromisoformat(run_date).date())
     paths = files_to_deliver(files, raw_files or [], settings.deliver_raw)
@@ -103,25 +114,27 @@ def deliver(
     staged = stage_task(target, paths, remote_dir, folder, names=names, is_live=run_is_live)
     logger.info("deliver: %d files, %d bytes staged on %s", len(staged), sum(f.bytes for f in staged), target.host)
     if not publish:
-        return {"delivered": [], "staged": staged}
+        return DeliveryResult(staged=staged)
     landed = publish_task(target, staged, record=_recorder(run_id, database_block))
     logger.info(
         "deliver: %d files, %d bytes to %s:%s", len(landed), sum(f.bytes for f in landed), target.host, remote_dir
     )
-    return {"delivered": _delivered(landed), "staged": []}
+    return DeliveryResult(delivered=_delivered(landed))
 
 
 @flow(name="deliver-publish")
-def publish_delivery(staged: list[StagedFile], run_id: str | None = None, database_block: str | None = None) -> dict:
+def publish_delivery(
+    staged: list[StagedFile], run_id: str | None = None, database_block: str | None = None
+) -> DeliveryResult:
     """`deliver`'s staged uploads renamed into place, once the run's data is persisted; each file recorded in
     `run_id`'s etl_runs row as it lands."""
     settings, logger = get_settings(), get_run_logger()
     if not staged or not settings.sftp_enabled:
-        return {"delivered": []}
+        return DeliveryResult()
     target = SftpTarget.from_settings(settings)
     landed = publish_task(target, staged, record=_recorder(run_id, database_block))
     logger.info("deliver: %d files, %d bytes to %s", len(landed), sum(f.bytes for f in landed), target.host)
-    return {"delivered": _delivered(landed)}
+    return DeliveryResult(delivered=_delivered(landed))
 
 
 def discard_delivery(run_id: str) -> None:

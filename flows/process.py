@@ -4,9 +4,9 @@ same values as environment variables from prefect.yaml's job variables. Importin
 Each value an operator already set in the environment is kept. Why each (docs/benchmarks.md):
 - the stages already work side by side, each in a thread of its own: Polars' pool takes half the cores;
 - Polars' jemalloc returns freed pages without the lazy step and has as many arenas as that pool, so a page
-  one stage freed can serve the next stage's piece (5-20 MB less peak RSS);
-- glibc's mmap threshold stays at 128 KB, so the stages' 2-4 MB pieces are mapped and unmapped each time
-  instead of fragmenting the heap (12-15 MB less peak RSS)."""
+  one stage freed can serve the next stage's piece;
+- glibc's mmap threshold stays at 128 KB, so the stages' pieces are mapped and unmapped each time instead of
+  fragmenting the heap."""
 
 from __future__ import annotations
 

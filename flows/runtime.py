@@ -139,7 +139,7 @@ class RunStart:
     engine: Engine
     run_id: str
     started: datetime
-    stamp: str
+    file_time: str
     run_dir: str
     stages: StageRunner
     flow_name: str = ""
@@ -163,7 +163,7 @@ def begin_run(flow_name: str, database_block: str | None) -> RunStart:
         engine=engine,
         run_id=run_id,
         started=started,
-        stamp=started.strftime("%Y%m%d_%H%M%S"),
+        file_time=started.strftime("%Y%m%d_%H%M%S"),
         run_dir=run_dir,
         stages=StageRunner(run_dir),
         flow_name=flow_name,

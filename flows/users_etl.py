@@ -61,7 +61,7 @@ def users_etl(
     csv = str(csv_dir or settings.users_csv_dir or "") or None
     uploading = False
     try:
-        stages.start("extract", extract, run_dir, run.stamp, source, database_block, csv, manifest=extracted)
+        stages.start("extract", extract, run_dir, run.file_time, source, database_block, csv, manifest=extracted)
         if settings.users_extract_first if extract_first is None else extract_first:
             stages.result("extract")
         departments, after_extract = str(settings.departments_csv), ("extract", extracted)
@@ -70,7 +70,7 @@ def users_etl(
             transform,
             extracted,
             run_dir,
-            run.stamp,
+            run.file_time,
             departments,
             source.batch_records,
             database_block,
@@ -110,7 +110,7 @@ def users_etl(
         ps: PersistResult = stages.result("persist")
         runs.update_run(run.engine, run_id=run.run_id, stage_seconds=stages.seconds, sources=ps.sources, **ps.counts)
         record_schemas(run.engine, run_id=run.run_id, result=tr, policy=settings.drift_policy)  # after persist's
-        staged = stages.result("deliver")["staged"] if deliver_files else []
+        staged = stages.result("deliver").staged if deliver_files else []
         published = stages.run("publish", publish_delivery, staged, run.run_id, database_block) if staged else None
     except BaseException:
         handoff.cancel(run_dir, handoff.RUN)  # stages still running stop at their next batch (finally waits)
@@ -121,7 +121,7 @@ def users_etl(
         raise
     finally:
         stages.close()
-    return finish(run, ex, tr, ps, files, published["delivered"] if published else [])
+    return finish(run, ex, tr, ps, files, published.delivered if published else [])
 
 
 def run_files(ex: ExtractResult, tr: TransformResult) -> dict[str, str]:
@@ -135,14 +135,9 @@ def finish(
 ) -> dict:
     """The run judged against the runs before it, recorded as completed, its summary published and returned."""
     settings, stages = get_settings(), run.stages
-    counts = {
-        "extracted": ex.records,
-        "valid": tr.valid,
-        "invalid": tr.invalid,
-        **ps.counts,
-        "delivered_files": len(delivered),
-        "delivered_bytes": sum(d["bytes"] for d in delivered),
-    }
+    counts = runs.run_counts(
+        extracted=ex.records, valid=tr.valid, invalid=tr.invalid, persisted=ps.counts, delivered=delivered
+    )
     anomalies = judge_run(
         run.engine,
         settings,

@@ -19,7 +19,7 @@ from tasks.staging.batches import ExtractResult
 @flow(name="extract")
 def extract(
     run_dir: str,
-    stamp: str,
+    file_time: str,
     source: ApiSource,
     database_block: str | None = None,
     csv_dir: str | None = None,
@@ -32,11 +32,19 @@ def extract(
         handoff.mark_started(manifest)
     engine = resolve_engine(database_block)
     result = extract_api(
-        engine, source, run_id=str(current_run.id), run_dir=run_dir, stamp=stamp, manifest=manifest, logger=logger
+        engine,
+        source,
+        run_id=str(current_run.id),
+        run_dir=run_dir,
+        file_time=file_time,
+        manifest=manifest,
+        logger=logger,
     )
     if csv_dir:
         settings = settings.model_copy(update={"users_csv_dir": Path(csv_dir)})
-    result.others = stage_plugins(engine, settings, run_dir=run_dir, stamp=stamp, manifest=manifest, logger=logger)
+    result.others = stage_plugins(
+        engine, settings, run_dir=run_dir, file_time=file_time, manifest=manifest, logger=logger
+    )
     logger.info("extract: %d staged input(s) besides the API", len(result.others))
     if manifest:  # persist marks users absent from the API deleted only after a complete walk
         handoff.close(manifest, records=result.records, api_complete=not result.findings)

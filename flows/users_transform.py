@@ -21,7 +21,7 @@ from tasks.users.transform import load_departments
 def transform(
     extracted: str,
     run_dir: str,
-    stamp: str,
+    file_time: str,
     departments_csv: str,
     batch_records: int = DEFAULT_BATCH_RECORDS,
     database_block: str | None = None,
@@ -34,7 +34,7 @@ def transform(
     if manifest:
         handoff.mark_started(manifest)
     departments = load_departments(departments_csv, file_sha256(departments_csv))
-    files, tally = run_files(run_dir, stamp), TransformTally()
+    files, tally = run_files(run_dir, file_time), TransformTally()
     relay = BatchRelay(manifest, settings.drift_policy)
     for entry in handoff.follow(extracted, StagedInput, stage="transform", run_dir=run_dir):
         for batch in transform_input(entry, departments, files, batch_records, tally):

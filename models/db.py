@@ -20,20 +20,16 @@ from models.migrate import check_current
 from models.settings import get_settings
 
 BUSY_TIMEOUT_MS = 30_000
-# page cache per connection: SQLite's own default. 32 MB made persist no quicker (1M users, back to back:
-# 269.8 s against 272.8 s; a cache starts over whenever another connection commits, as extract's checkpoints
-# do, and a batch's content hashes land all over their index) and held up to 30 MB more per connection.
-# 16 MB for the bulk load's writer alone (100k users, 3 runs each): 0.3 s less CPU, no quicker end to end,
-# 13 MB more memory.
+# page cache per connection: SQLite's own default (a larger one made persist no quicker: a cache starts over
+# whenever another connection commits, and a batch's content hashes land all over their index)
 SQLITE_CACHE_KIB = 2 * 1024
-# a new database's page size (an existing one keeps its own). SQLite writes whole pages to the WAL and back,
-# a call each: 8 KB pages made persist a quarter quicker at 100k users and the file 16% smaller than 4 KB
-# pages (16 KB and more: no quicker, and slower beyond 32 KB)
+# a new database's page size (an existing one keeps its own): SQLite writes whole pages to the WAL and back,
+# a call each, and 8 KB was the quickest size in docs/benchmarks.md
 SQLITE_PAGE_SIZE = 8192
 CHECKPOINT_WAIT_MS = 200  # how long a checkpoint waits for readers of the WAL (an API request) to finish
 # a bulk load lets its WAL grow to this size while a checkpointer thread copies it into the database file
-# beside the writer; then the writer waits once for it to be copied and emptied. Waiting for a checkpoint
-# after every batch (mostly its sync of the file) was half of persist's time at 1M users.
+# beside the writer; then the writer waits once for it to be copied and emptied (a checkpoint after every
+# batch, mostly its sync of the file, costs persist much of its time).
 CHECKPOINT_WAL_BYTES = 256 << 20
 # engines in a bulk load whose writes leave the WAL to a checkpointer thread -> that load's state
 _deferred: dict[int, _BulkLoad] = {}

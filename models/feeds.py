@@ -7,11 +7,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import polars as pl
 from sqlalchemy import Column, DateTime, Index, Text
 from sqlmodel import Field, SQLModel
-
-from models.schema import Rule, present
 
 TZ = DateTime(timezone=True)
 
@@ -78,13 +75,3 @@ FEED_ITEM_COLUMNS: tuple[str, ...] = (
     "categories",
     "published_at",
 )
-
-
-def feed_item_rules() -> list[Rule]:
-    """Rules over the staging columns `title, link, item_key` (text, trimmed, empty as null) and
-    `key_duplicate` (the key was already seen earlier in the same feed document)."""
-    return [
-        Rule("title_and_link_missing", "the item has neither a title nor a link", present("title") | present("link")),
-        Rule("key_missing", "the item has neither a guid nor a link to key it by", present("item_key")),
-        Rule("key_duplicate", "the item's guid (or link) appears earlier in the same feed", ~pl.col("key_duplicate")),
-    ]

@@ -139,3 +139,13 @@ def user_rules() -> list[Rule]:
         ),
         *storage_rules(),
     ]
+
+
+def feed_item_rules() -> list[Rule]:
+    """Rules over the staging columns `title, link, item_key` (text, trimmed, empty as null) and
+    `key_duplicate` (the key was already seen earlier in the same feed document)."""
+    return [
+        Rule("title_and_link_missing", "the item has neither a title nor a link", present("title") | present("link")),
+        Rule("key_missing", "the item has neither a guid nor a link to key it by", present("item_key")),
+        Rule("key_duplicate", "the item's guid (or link) appears earlier in the same feed", ~pl.col("key_duplicate")),
+    ]

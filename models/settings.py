@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     users_page_size: int = Field(100, ge=1, le=10_000)
     # records per task run of each stage: each task run costs the flow and the Prefect server API calls, logs
     # and events, while the stages work through a batch in pieces, so a larger one holds little more memory
-    # (25,000 against 10,000: 100k users 0.7 s quicker, 1M as quick, as much memory; docs/benchmarks.md)
+    # (docs/benchmarks.md)
     users_batch_records: int = Field(DEFAULT_BATCH_RECORDS, ge=1, le=1_000_000)
     # stage the whole API extract before transform and persist start (for a source quicker than the stages
     # after it: extract then no longer competes with them for the cores; see docs/benchmarks.md)

@@ -23,7 +23,7 @@ RESTAMPED_ON_FAILURE = ("run_id", "last_seen_at", "error_reason")  # what a fail
 SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy's DateTime stores a UTC time on SQLite (naive text)
 
 
-def stamp_literal(conn: Connection, when: datetime) -> pl.Expr:
+def time_literal(conn: Connection, when: datetime) -> pl.Expr:
     """A timestamp literal in the form each database's DateTime column reads back."""
     if conn.dialect.name == "sqlite":
         return pl.lit(when.replace(tzinfo=None).strftime(SQLITE_TIME))
@@ -49,8 +49,8 @@ def update_verb(conn: Connection) -> str:
 def statement_sizes(rows: int, most: int) -> list[int]:
     """`rows` cut into statements of at most `most`, every size a power of two: full ones, then the
     rest by its binary digits. However the pieces fall, a handful of statement shapes, where one per row or
-    key count had filled Python sqlite3's cache (128 prepared statements per connection, up to a MB each):
-    SQLite's memory grew with the run, 15 MB at 100k users, 23 MB at 1M."""
+    key count would fill Python sqlite3's cache (128 prepared statements per connection, up to a MB each)
+    and SQLite's memory would grow with the run."""
     step = 1 << (max(1, most).bit_length() - 1)
     full, rest = divmod(rows, step)
     return [step] * full + [1 << b for b in reversed(range(rest.bit_length())) if rest >> b & 1]
@@ -59,12 +59,12 @@ def statement_sizes(rows: int, most: int) -> list[int]:
 def _sqlite_insert(conn: Connection, table_name: str, df: pl.DataFrame, conflict: str = "") -> None:
     """INSERT ... VALUES (...), (...), ... of up to SQLITE_ROWS_PER_INSERT rows at a time, on the
     transaction's own connection. Not `executemany`: it gives the GIL back and takes it again for every row,
-    and while other threads run Python (the other stages) each row waited for it, up to 5 ms.
+    and while other threads run Python (the other stages) each row would wait for it.
 
     OR FAIL: a row the database refuses still raises, and the caller's transaction is rolled back whole, as
     before. With the default (ABORT), SQLite had to be able to undo one statement's earlier rows on its own,
-    so it copied every page a statement touched to a statement journal first: 1.5 GB of temporary file
-    writes for 100k users, three of every four bytes persist wrote (strace)."""
+    so it copied every page a statement touched to a statement journal first (`make bench` checks that
+    persist writes its WAL frames and nothing besides)."""
     head = f"INSERT OR FAIL INTO {table_name} ({', '.join(df.columns)}) VALUES "
     row = "(" + ", ".join("?" * df.width) + ")"
     start = 0
@@ -163,14 +163,14 @@ def lookup_frame(
     keys: pl.Series,
     schema: dict[str, pl.DataType],
     *,
-    stamp: str | None = None,
+    time_column: str | None = None,
 ) -> pl.DataFrame:
-    """`lookup`'s rows as a frame: the key (named `key`), `schema`'s columns, and with `stamp` a last column of
+    """`lookup`'s rows as a frame: the key (named `key`), `schema`'s columns, and with `time_column` a last column of
     that name read as a UTC timestamp."""
     rows = lookup(conn, table, key, columns, keys)
     schema = {key: pl.Int64() if keys.dtype.is_integer() else pl.String(), **schema}
-    if stamp:
-        return timestamped_frame(conn, rows, schema, stamp)
+    if time_column:
+        return frame_with_time(conn, rows, schema, time_column)
     return pl.DataFrame(rows, schema=schema, orient="row", strict=False)
 
 
@@ -180,16 +180,20 @@ def stored_hashes(conn: Connection, table: Table, key: str, keys: pl.Series) -> 
     return pl.DataFrame(rows, schema={"_key": pl.String, "_stored": pl.String}, orient="row")
 
 
-def _stamped(conn: Connection, rows: pl.DataFrame, now: datetime, stamps: tuple[str, ...], **constants) -> pl.DataFrame:
-    """Rows with the `stamps` columns set to `now` and one column per constant."""
+def _with_times(
+    conn: Connection, rows: pl.DataFrame, now: datetime, time_columns: tuple[str, ...], **constants
+) -> pl.DataFrame:
+    """Rows with the `time_columns` columns set to `now` and one column per constant."""
     return rows.with_columns(
-        **dict.fromkeys(stamps, stamp_literal(conn, now)), **{k: pl.lit(v) for k, v in constants.items()}
+        **dict.fromkeys(time_columns, time_literal(conn, now)), **{k: pl.lit(v) for k, v in constants.items()}
     )
 
 
 def insert_versions(conn: Connection, table: Table, rows: pl.DataFrame, *, now: datetime, **constants) -> int:
     """Rows known to be new versions, stamped and inserted (a version stored meanwhile is skipped)."""
-    bulk_insert(conn, table, _stamped(conn, rows, now, ("inserted_at",), **constants), ignore_conflicts="record_hash")
+    bulk_insert(
+        conn, table, _with_times(conn, rows, now, ("inserted_at",), **constants), ignore_conflicts="record_hash"
+    )
     return rows.height
 
 
@@ -210,7 +214,7 @@ def upsert_failures(conn: Connection, table: Table, dlq: pl.DataFrame, *, now: d
         return 0
     dlq = dlq.unique(subset="record_hash", keep="first", maintain_order=True)
     seen = stored_hashes(conn, table, "record_hash", dlq.get_column("record_hash"))
-    rows = _stamped(conn, dlq, now, ("inserted_at", "last_seen_at"), **constants)
+    rows = _with_times(conn, dlq, now, ("inserted_at", "last_seen_at"), **constants)
     conflict = " ON CONFLICT (record_hash) DO UPDATE SET " + ", ".join(
         f"{c} = excluded.{c}" for c in RESTAMPED_ON_FAILURE
     )
@@ -224,16 +228,16 @@ def upsert_failures(conn: Connection, table: Table, dlq: pl.DataFrame, *, now: d
     return dlq.height - seen.height
 
 
-def timestamped_frame(conn: Connection, rows: list[tuple], schema: dict, stamp: str) -> pl.DataFrame:
+def frame_with_time(conn: Connection, rows: list[tuple], schema: dict, time_column: str) -> pl.DataFrame:
     """Looked-up rows as a frame whose last column is a UTC timestamp (SQLite returns it as text)."""
     raw_type = pl.String if conn.dialect.name == "sqlite" else pl.Datetime("us", "UTC")
-    df = pl.DataFrame(rows, schema={**schema, stamp: raw_type}, orient="row")
+    df = pl.DataFrame(rows, schema={**schema, time_column: raw_type}, orient="row")
     if conn.dialect.name == "sqlite":
-        df = df.with_columns(pl.col(stamp).str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_zone="UTC", strict=False))
+        df = df.with_columns(pl.col(time_column).str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_zone="UTC", strict=False))
     return df
 
 
-def stamp_text(conn: Connection, col: str) -> pl.Expr:
+def time_text(conn: Connection, col: str) -> pl.Expr:
     fmt = SQLITE_TIME if conn.dialect.name == "sqlite" else "%Y-%m-%dT%H:%M:%S.%f+00:00"
     return pl.col(col).dt.convert_time_zone("UTC").dt.strftime(fmt)
 

@@ -16,10 +16,13 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Connection, Engine, bindparam, update
 
 from models.db import table_of
-from models.feeds import FEED_ITEM_COLUMNS, DlqFeedItem, FeedItem, RawFeedItem, feed_item_rules
-from tasks.bulk import bulk_insert, insert_new_versions, stamp_literal, stamp_text, stored_hashes, upsert_failures
+from models.feeds import FEED_ITEM_COLUMNS, DlqFeedItem, FeedItem, RawFeedItem
+from models.schema import feed_item_rules
+from tasks.bulk import bulk_insert, insert_new_versions, stored_hashes, time_literal, time_text, upsert_failures
+from tasks.feeds_batches import FeedBatch, FeedFiles
 from tasks.parse import read_lines
 from tasks.redact import mask_sensitive
+from tasks.staging.batches import Span
 from tasks.staging.files import append_lines, append_text_lines, read_span
 from tasks.staging.runner import timed_work
 from tasks.users.dlq import dlq_lines, read_dlq_span
@@ -141,19 +144,17 @@ def reason_counts(dlq: pl.DataFrame) -> dict[str, int]:
 
 @task(name="transform-feed-items-batch", cache_policy=NO_CACHE)
 @timed_work
-def transform_batch(*, raw_path: str, offset: int, length: int, processed_path: str, dlq_path: str) -> dict:
+def transform_batch(files: FeedFiles, raw: Span) -> FeedBatch:
     """One span of the staged raw file through the rules; outputs appended to the run's files."""
-    processed, dlq = transform_frame(parse_staged(read_span(raw_path, offset, length)))
-    p_span = append_lines(processed_path, processed)
-    d_span = append_text_lines(dlq_path, dlq_lines(dlq))
-    return {
-        "raw": [offset, length],
-        "processed": list(p_span),
-        "dlq": list(d_span),
-        "valid": processed.height,
-        "invalid": dlq.height,
-        "reasons": reason_counts(dlq),
-    }
+    processed, dlq = transform_frame(parse_staged(read_span(files.raw, *raw)))
+    return FeedBatch(
+        raw=raw,
+        processed=Span(*append_lines(files.processed, processed)),
+        dlq=Span(*append_text_lines(files.dlq, dlq_lines(dlq))),
+        valid=processed.height,
+        invalid=dlq.height,
+        reasons=reason_counts(dlq),
+    )
 
 
 # ---------------------------------------------------------------- persist
@@ -182,12 +183,12 @@ def upsert_items(conn: Connection, items: pl.DataFrame, *, run_id: str, now: dat
     changed = joined.filter(pl.col("_stored").is_not_null() & (pl.col("_stored") != pl.col("record_hash"))).drop(
         "_stored"
     )
-    stamp = stamp_literal(conn, now)
+    now_lit = time_literal(conn, now)
     bulk_insert(
         conn,
         table,
         new.with_columns(
-            stamp_text(conn, "published_at"), first_seen_at=stamp, updated_at=stamp, run_id=pl.lit(run_id)
+            time_text(conn, "published_at"), first_seen_at=now_lit, updated_at=now_lit, run_id=pl.lit(run_id)
         ),
     )
     if changed.height:
@@ -222,16 +223,15 @@ def persist_frames(
     cache_policy=NO_CACHE,
 )
 @timed_work
-def persist_batch(engine: Engine, *, run_id: str, files: dict[str, str], spans: dict[str, list[int]]) -> dict:
-    """Read one batch's spans of the staged raw, processed and DLQ files and store them."""
-    counts = persist_frames(
+def persist_batch(engine: Engine, *, run_id: str, files: FeedFiles, batch: FeedBatch) -> dict[str, int]:
+    """Read one batch's spans of the staged raw, processed and DLQ files and store them; what it added."""
+    return persist_frames(
         engine,
         run_id=run_id,
-        raw=raw_frame(read_span(files["raw"], *spans["raw"])),
-        items=read_processed_span(read_span(files["processed"], *spans["processed"])),
-        dlq=read_dlq_span(read_span(files["dlq"], *spans["dlq"])),
+        raw=raw_frame(read_span(files.raw, *batch.raw)),
+        items=read_processed_span(read_span(files.processed, *batch.processed)),
+        dlq=read_dlq_span(read_span(files.dlq, *batch.dlq)),
     )
-    return counts
 
 
 # ---------------------------------------------------------------- report

@@ -1,6 +1,6 @@
 """Staged run folders (`DATA_DIR/runs/<run id>`) removed once their run has been over for a while.
 
-Every run stages its raw, processed and DLQ files (about 2.3 GB for a million DummyJSON users) and delivers
+Every run stages its raw, processed and DLQ files (gigabytes for a million users) and delivers
 them; what stays behind is the run's working copy. With `RUN_FILES_KEEP_DAYS` set, a run starting removes
 the folders of runs that ended (completed, failed or crashed) more than that many days before. A run whose
 process died is over too: the same start has just marked it crashed, ended at its last heartbeat

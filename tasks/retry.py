@@ -5,7 +5,10 @@ from __future__ import annotations
 import sqlite3
 import sys
 from collections.abc import Callable
+from typing import Any
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 
@@ -31,3 +34,16 @@ def db_transient(exc: BaseException) -> bool:
         return True
     psycopg = sys.modules.get("psycopg")  # loaded by any PostgreSQL connection
     return psycopg is not None and isinstance(exc, psycopg.OperationalError)
+
+
+def db_task(name: str) -> Any:
+    """`@task` for a task that writes one transaction: retried (1, 5, 15 s, jittered) only when the database
+    failed for a moment, never cached."""
+    return task(
+        name=name,
+        retries=3,
+        retry_delay_seconds=[1, 5, 15],
+        retry_jitter_factor=0.5,
+        retry_condition_fn=retry_when(db_transient),
+        cache_policy=NO_CACHE,
+    )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
@@ -216,3 +217,17 @@ def record_transform(engine: Engine, *, run_id: str, result: TransformResult, fi
         schema_drift="; ".join(result.drift) or None,
         observed_schema=result.observed_schema,
     )
+
+
+def run_counts(
+    *, extracted: int, valid: int, invalid: int, persisted: dict[str, int], delivered: list[dict]
+) -> dict[str, Any]:
+    """A finished run's counts as etl_runs and the summary hold them."""
+    return {
+        "extracted": extracted,
+        "valid": valid,
+        "invalid": invalid,
+        **persisted,
+        "delivered_files": len(delivered),
+        "delivered_bytes": sum(d["bytes"] for d in delivered),
+    }

@@ -37,7 +37,8 @@ def prefect_server(tmp_path_factory) -> Iterator[str]:
     starts (dev/prefect_server.py: Prefect's app, its writers queued for SQLite's lock). Prefect's test
     harness server answers a write that meets another writer's lock with a 503, and its client retries 2 s,
     then 4 s later: a stage's start could lag 6 s behind, as a test of the stages' overlap saw."""
-    from dev.prefect_server import copy_empty_prefect_db, started_prefect_api
+    from dev.prefect_helpers import copy_empty_prefect_db
+    from dev.prefect_server import started_prefect_api
 
     home = tmp_path_factory.mktemp("prefect-server")
     database = copy_empty_prefect_db(home / "prefect.db")
@@ -161,3 +162,10 @@ def settings_env(monkeypatch, tmp_path):
 
     yield set_env
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def pipeline_env(settings_env, database_url, tmp_path):
+    """users-etl configured on each database: pages of 50 users, two extract retries; the database's URL."""
+    settings_env(database_url=database_url, users_page_size=50, extract_retries=2)
+    return database_url

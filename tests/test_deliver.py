@@ -486,16 +486,7 @@ def test_demo_server_receives_identical_files(tmp_path: Path, run_files: list[Pa
 
 def sftp_env(set_env, server: SshdServer, **more: object) -> None:
     """The SFTP settings pointing at `server`, through the environment as a user sets them."""
-    set_env(
-        sftp_host=server.host,
-        sftp_port=server.port,
-        sftp_username=server.username,
-        sftp_key_path=server.key_path,
-        sftp_known_hosts=server.known_hosts,
-        sftp_key_passphrase=server.passphrase,
-        sftp_remote_base=server.remote_base,
-        **more,
-    )
+    set_env(**server.sftp_settings(), **more)
 
 
 def download(server: SshdServer, remote_dir: str) -> dict[str, bytes]:
@@ -554,7 +545,7 @@ def test_delivered_raw_file_is_masked_by_default_as_everywhere_else(
     assert set(got) == {raw.name, processed.name, dlq.name}  # the names as staged
     assert raw.read_bytes() == staged  # the raw layer stays as received
     copy = raw.parent.parent / "deliver" / raw.name
-    assert out["delivered"][0]["local_path"] == str(copy) and got[raw.name] == copy.read_bytes()
+    assert out.delivered[0]["local_path"] == str(copy) and got[raw.name] == copy.read_bytes()
     assert got[processed.name] == processed.read_bytes() and got[dlq.name] == dlq.read_bytes()
     everything = b"".join(got.values()).decode()
     assert "password" not in everything
@@ -596,7 +587,7 @@ def test_deliver_raw_full_or_none(prefect_server: str, sshd: SshdServer, setting
         assert users[0]["ssn"] in got[raw.name].decode() and b"password" not in got[raw.name]
     else:
         assert got == {p.name: p.read_bytes() for p in (processed, dlq)}
-        assert [d["local_path"] for d in out["delivered"]] == [str(processed), str(dlq)]
+        assert [d["local_path"] for d in out.delivered] == [str(processed), str(dlq)]
 
 
 def test_masked_copy_is_made_piece_by_piece(staged_run, tmp_path: Path) -> None:

@@ -69,13 +69,7 @@ def env(prefect_server: str, sshd: SshdServer, settings_env, tmp_path: Path) -> 
     """SFTP settings pointing at the test sshd, the raw file delivered as staged, a migrated SQLite database."""
     url = migrated(f"sqlite:///{tmp_path / 'app.db'}")
     settings_env(
-        sftp_host=sshd.host,
-        sftp_port=sshd.port,
-        sftp_username=sshd.username,
-        sftp_key_path=sshd.key_path,
-        sftp_known_hosts=sshd.known_hosts,
-        sftp_key_passphrase=sshd.passphrase,
-        sftp_remote_base=sshd.remote_base,
+        **sshd.sftp_settings(),
         deliver_raw="full",
         database_url=url,
     )
@@ -107,8 +101,8 @@ def users_shaped(before_failing: Callable[[str], None] | None = None) -> Flow:
             )
             stages.start("persist", persist)
             stages.result("persist")
-            staged = stages.result("deliver")["staged"]
-            delivered = stages.run("publish", publish_delivery, staged, run_id=run_id)["delivered"]
+            staged = stages.result("deliver").staged
+            delivered = stages.run("publish", publish_delivery, staged, run_id=run_id).delivered
         except BaseException:
             stages.close()  # the uploads end (or fail) first
             discard_delivery(run_id)
@@ -239,7 +233,7 @@ def test_publish_checks_every_staged_file_before_renaming_any(env: str, sshd: Ss
     files = staged_run(tmp_path, "20240517_060000", users=500)
     staged = deliver(
         [str(f) for f in files], DAY, raw_files=[str(files[0])], run_id=run_id, publish=False, daily_names=True
-    )["staged"]
+    ).staged
     part = sshd.local_root / INCOMING_DIR / run_id / "invalid_users.jsonl.part"
     part.write_bytes(b"changed by someone else\n")
 
@@ -257,7 +251,7 @@ def test_a_publish_failing_midway_records_exactly_what_landed(env: str, sshd: Ss
     files = staged_run(tmp_path, "20240517_060000", users=500)
     staged = deliver(
         [str(f) for f in files], DAY, raw_files=[str(files[0])], run_id=run_id, publish=False, daily_names=True
-    )["staged"]
+    ).staged
     owner = sshd.local_root.stat()
     for folder in (sshd.local_root / DAY, sshd.local_root / DAY / "invalid_users.jsonl"):  # a folder in the way
         folder.mkdir()
@@ -297,7 +291,7 @@ def test_cleaning_spares_runs_still_going(env: str, sshd: SshdServer, tmp_path: 
         waiting = deliver([str(f) for f in users], DAY, run_id=str(current_run.id), publish=False, daily_names=True)
         other = deliver([str(feeds)], DAY)  # another flow's whole delivery, while this run's uploads wait
         assert not gone.exists()
-        return other["delivered"] + publish_delivery(waiting["staged"])["delivered"]
+        return other.delivered + publish_delivery(waiting.staged).delivered
 
     delivered = two_runs()
     assert [Path(d["remote_path"]).name for d in delivered] == [feeds.name, *DAILY]

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from dev.prefect_helpers import make_server, stop
 from dev.prefect_server import log_tail as tail
-from dev.prefect_server import make_server, stop
 from tests.conftest import skip_or_fail
 from tests.servers.dummyjson import DummyJsonServer, load_real_users
 

@@ -165,7 +165,8 @@ LOST_API_RUN = f"""
 import asyncio, sys
 from pathlib import Path
 import flows.runtime
-from dev.prefect_server import copy_empty_prefect_db, started_prefect_api
+from dev.prefect_helpers import copy_empty_prefect_db
+from dev.prefect_server import started_prefect_api
 
 flows.runtime.API_LOST_SECONDS = 2.0
 flows.runtime.runs.HEARTBEAT_SECONDS = 0.5

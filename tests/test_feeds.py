@@ -311,15 +311,7 @@ def test_one_rss_and_one_atom_feed_delivered_under_distinct_names(feeds_env, ser
         "/rss", rss_document(make_items(3, prefix="rss") + [{"guid": "urn:rss:bad", "summary": "no title"}]), RSS
     )
     server.set_feed("/atom", atom_document(make_items(2, prefix="atom")), ATOM)
-    set_env(
-        sftp_host=sshd.host,
-        sftp_port=sshd.port,
-        sftp_username=sshd.username,
-        sftp_key_path=sshd.key_path,
-        sftp_known_hosts=sshd.known_hosts,
-        sftp_key_passphrase=sshd.passphrase,
-        sftp_remote_base=sshd.remote_base,
-    )
+    set_env(**sshd.sftp_settings())
 
     summary = asyncio.run(feeds_etl(feed_urls=[server.url("/rss"), server.url("/atom")]))
 

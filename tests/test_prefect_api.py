@@ -15,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-from dev.prefect_server import copy_empty_prefect_db
+from dev.prefect_helpers import copy_empty_prefect_db
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -60,13 +60,17 @@ HALF = max(1, (os.cpu_count() or 2) // 2)
     ("own", "last"), [(None, ["muzzy_decay_ms:0", f"narenas:{HALF}"]), ("muzzy_decay_ms:5000", ["muzzy_decay_ms:5000"])]
 )
 def test_polars_allocator_returns_freed_pages_unless_the_operator_says_otherwise(own, last):
-    """A fresh flow process hands Polars' allocator our settings (the last option given wins): freed pages
+    """A fresh flow process, tuned at its entry point (`make run`'s, the bench's), hands Polars' allocator our settings (the last option given wins): freed pages
     back with no lazy step, arenas as many as half the cores; an operator's own `_RJEM_MALLOC_CONF` is kept
     instead."""
     env = _environment_with("_RJEM_MALLOC_CONF", own)
     # what Polars handed its allocator when it loaded: its own defaults, then the override
     out = subprocess.run(
-        [sys.executable, "-c", "import os, flows.users_etl; print(os.environ['_RJEM_MALLOC_CONF'])"],
+        [
+            sys.executable,
+            "-c",
+            "from flows.process import tune; tune(); import os, flows.users_etl; print(os.environ['_RJEM_MALLOC_CONF'])",
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -82,7 +86,11 @@ def test_polars_pool_is_half_the_cores_unless_the_operator_says_otherwise(own):
     or the operator's own POLARS_MAX_THREADS."""
     env = _environment_with("POLARS_MAX_THREADS", own)
     out = subprocess.run(
-        [sys.executable, "-c", "import flows.users_etl, polars; print(polars.thread_pool_size())"],
+        [
+            sys.executable,
+            "-c",
+            "from flows.process import tune; tune(); import flows.users_etl, polars; print(polars.thread_pool_size())",
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -93,7 +101,9 @@ def test_polars_pool_is_half_the_cores_unless_the_operator_says_otherwise(own):
 
 MAPPED_BLOCKS = """
 import ctypes
-import flows  # noqa: F401  (a flow process: tuned by the flows package)
+from flows.process import tune
+
+tune()  # a flow process's entry point
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",

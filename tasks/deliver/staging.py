@@ -7,7 +7,7 @@
    to `record` the moment it lands. A file already there under that name (an earlier run's) is replaced.
 3. `discard_files`: a failed run's staged uploads removed (best effort: the next run does it otherwise).
 
-With `daily_name`, a file's remote name is its staged name without the run's stamp, one per day and kind
+With `daily_name`, a file's remote name is its staged name without the run's file time, one per day and kind
 (`records_20240517_120000.jsonl` -> `records.jsonl`): a rerun for the same day replaces, never adds.
 """
 
@@ -60,7 +60,7 @@ class StagedFile:
 
 
 def daily_name(staged_name: str) -> str:
-    """The remote name of one day and kind: the staged name without its run stamp (`_YYYYMMDD_HHMMSS`)."""
+    """The remote name of one day and kind: the staged name without its run's file time (`_YYYYMMDD_HHMMSS`)."""
     return RUN_STAMP.sub("", staged_name, count=1)
 
 

@@ -39,7 +39,7 @@ def stage_plugins(
     settings: Settings,
     *,
     run_dir: str,
-    stamp: str,
+    file_time: str,
     manifest: str | None,
     logger: Logger | LoggerAdapter,
 ) -> list[StagedInput]:
@@ -49,7 +49,9 @@ def stage_plugins(
         plugin = source_module(name)
         for item in plugin.pending(engine, settings):
             handoff.check_cancelled(run_dir, "extract")
-            out = plugin.stage(item, str(Path(run_dir) / "raw_users" / f"{plugin.SOURCE}_{item.name}_{stamp}.jsonl"))
+            out = plugin.stage(
+                item, str(Path(run_dir) / "raw_users" / f"{plugin.SOURCE}_{item.name}_{file_time}.jsonl")
+            )
             if out.error:
                 logger.error("%s input rejected, sent to the DLQ: %s", plugin.SOURCE, out.error)
             staged.append(replace(out, plugin=name))

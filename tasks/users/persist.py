@@ -13,8 +13,6 @@ from datetime import UTC, datetime
 
 import polars as pl
 import polars_hash  # noqa: F401
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Connection, Engine
 
 from models.db import table_of, write_transaction
@@ -23,13 +21,13 @@ from tasks.bulk import (
     bulk_insert,
     insert_versions,
     lookup_frame,
-    stamp_literal,
-    stamp_text,
     stored_hashes,
+    time_literal,
+    time_text,
     update_rows,
 )
 from tasks.parse import read_lines
-from tasks.retry import db_transient, retry_when
+from tasks.retry import db_task
 from tasks.staging.batches import Span, TransformedBatch
 from tasks.staging.files import read_frame, read_pieces, read_span
 from tasks.staging.runner import timed_work
@@ -85,7 +83,7 @@ def upsert_processed(conn: Connection, processed: pl.DataFrame, *, run_id: str, 
         ["record_hash", "status", "source_updated_at"],
         processed.get_column("id"),
         {"_stored": pl.String(), "_status": pl.String()},
-        stamp="_stored_as_of",
+        time_column="_stored_as_of",
     )
     newer = pl.col("_stored_as_of").is_null() | (pl.col("_as_of") >= pl.col("_stored_as_of"))
     joined = processed.join(stored, on="id", how="left", maintain_order="left").with_columns(
@@ -98,24 +96,24 @@ def upsert_processed(conn: Connection, processed: pl.DataFrame, *, run_id: str, 
         .otherwise(pl.lit("unchanged"))
         .alias("_kind")
     )
-    stamp, run = stamp_literal(conn, now), pl.lit(run_id)
-    values = [*PROCESSED_COLUMNS, "record_hash", stamp_text(conn, "_as_of").alias("source_updated_at")]
+    now_lit, run = time_literal(conn, now), pl.lit(run_id)
+    values = [*PROCESSED_COLUMNS, "record_hash", time_text(conn, "_as_of").alias("source_updated_at")]
     kind = pl.col("_kind")
     bulk_insert(
         conn,
         table,
         joined.filter(kind == "inserted").select(
-            *values, first_seen_at=stamp, updated_at=stamp, run_id=run, status=pl.lit(CURRENT)
+            *values, first_seen_at=now_lit, updated_at=now_lit, run_id=run, status=pl.lit(CURRENT)
         ),
     )
     for update in ("updated", "restored"):
         rows = joined.filter(kind == update)
         if rows.height:
-            status = {"status": pl.lit(CURRENT), "status_changed_at": stamp, "status_run_id": run}
+            status = {"status": pl.lit(CURRENT), "status_changed_at": now_lit, "status_run_id": run}
             update_rows(
                 conn,
                 table,
-                rows.select(*values, updated_at=stamp, run_id=run, **(status if update == "restored" else {})),
+                rows.select(*values, updated_at=now_lit, run_id=run, **(status if update == "restored" else {})),
             )
     counts = Counter(dict(joined.get_column("_kind").value_counts().iter_rows()))
     made_current = joined.filter(kind.is_in(["inserted", "restored"])).get_column("id")
@@ -193,14 +191,7 @@ def _user_failures(data: bytes) -> pl.DataFrame:
     return read_dlq_span(data, user_ids=True)
 
 
-@task(
-    name="persist-users-batch",
-    retries=3,
-    retry_delay_seconds=[1, 5, 15],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_when(db_transient),
-    cache_policy=NO_CACHE,
-)
+@db_task("persist-users-batch")
 @timed_work
 def persist_batch(engine: Engine, batch: TransformedBatch, *, run_id: str) -> dict[str, int]:
     """Read one batch's spans of the staged raw, processed and DLQ files (and of the raw lines' keys, when

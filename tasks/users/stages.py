@@ -24,12 +24,12 @@ RUN_COUNTS = (*BATCH_COUNTS, "deleted")  # what persist adds to the run's record
 SOURCE_COUNTS = ("inserted", "updated", "unchanged", "restored", "invalidated")  # and to each source's
 
 
-def run_files(run_dir: str, stamp: str) -> RunFiles:
+def run_files(run_dir: str, file_time: str) -> RunFiles:
     """The run's transform outputs, created empty."""
     files = RunFiles(
-        processed=str(Path(run_dir) / "processed_users" / f"etl_{stamp}.jsonl"),
-        dlq=str(Path(run_dir) / "dlq" / f"invalid_users_{stamp}.jsonl"),
-        raw_keys=str(Path(run_dir) / "stages" / f"raw_keys_{stamp}.arrows"),  # for persist; never delivered
+        processed=str(Path(run_dir) / "processed_users" / f"etl_{file_time}.jsonl"),
+        dlq=str(Path(run_dir) / "dlq" / f"invalid_users_{file_time}.jsonl"),
+        raw_keys=str(Path(run_dir) / "stages" / f"raw_keys_{file_time}.arrows"),  # for persist; never delivered
     )
     for path in (files.processed, files.dlq, files.raw_keys):
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import polars as pl
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Connection, Engine
 
 from models.db import table_of, write_transaction
@@ -29,12 +27,12 @@ from tasks.bulk import (
     key_filter,
     lookup_frame,
     placeholder,
-    stamp_literal,
+    time_literal,
     time_param,
     update_rows,
     update_verb,
 )
-from tasks.retry import db_transient, retry_when
+from tasks.retry import db_task
 from tasks.staging.files import read_frame, read_span
 
 USERS, DLQ = ProcessedUser.__tablename__, DlqUser.__tablename__
@@ -75,14 +73,14 @@ def store_failures(
     counts["dlq_opened"] = dlq.height - before.filter("_open").height
     # new entries inserted, those seen before re-stamped (and reopened): no upsert, whose conflict handling
     # made SQLite journal every page each statement touched
-    table, stamp, run = table_of(DlqUser), stamp_literal(conn, now), pl.lit(run_id)
-    reopened = {"last_run_id": run, "last_seen_at": stamp, **dict.fromkeys(REOPENED_NULLS, pl.lit(None))}
+    table, now_lit, run = table_of(DlqUser), time_literal(conn, now), pl.lit(run_id)
+    reopened = {"last_run_id": run, "last_seen_at": now_lit, **dict.fromkeys(REOPENED_NULLS, pl.lit(None))}
     seen = dlq.join(before, on="record_hash", how="semi")
     bulk_insert(
         conn,
         table,
         dlq.join(before, on="record_hash", how="anti").with_columns(
-            inserted_at=stamp, run_id=run, source=pl.lit(source), **reopened
+            inserted_at=now_lit, run_id=run, source=pl.lit(source), **reopened
         ),
     )
     if seen.height:
@@ -91,7 +89,9 @@ def store_failures(
     spoken = dlq.drop_nulls("user_id")
     if spoken.is_empty():
         return counts
-    users = lookup_frame(conn, USERS, "id", ["source_updated_at"], spoken.get_column("user_id"), {}, stamp="_as_of")
+    users = lookup_frame(
+        conn, USERS, "id", ["source_updated_at"], spoken.get_column("user_id"), {}, time_column="_as_of"
+    )
     spoken = spoken.join(users, left_on="user_id", right_on="id", how="left")
     newest = pl.col("_as_of").is_null() | (pl.col("_as_of") <= as_of)
     stale = spoken.filter(~newest)
@@ -184,14 +184,7 @@ def staged_ids(key_spans: list[tuple[str, list[int]]]) -> pl.Series:
     return pl.concat(ids).drop_nulls().unique() if ids else pl.Series("source_id", [], pl.Int64)
 
 
-@task(
-    name="mark-absent-users",
-    retries=3,
-    retry_delay_seconds=[1, 5, 15],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_when(db_transient),
-    cache_policy=NO_CACHE,
-)
+@db_task("mark-absent-users")
 def mark_absent_task(engine: Engine, *, source: str, seen_ids: pl.Series, run_id: str, max_share: float) -> Absence:
     return mark_absent(
         engine, source=source, seen_ids=seen_ids, run_id=run_id, now=datetime.now(UTC), max_share=max_share

@@ -36,7 +36,7 @@ def raw_keys(
 
 def parsed_ids(raw: pl.DataFrame) -> pl.Expr | None:
     """The parsed records' top-level `id` as the text JSON has for it, when the parsed column is whole
-    numbers or text (a column is parsed once; reading the id back out of each line is 40x slower)."""
+    numbers or text (a column is parsed once; reading the id back out of each line costs far more)."""
     dtype = raw.schema.get("id")
     return pl.col("id").cast(pl.String) if dtype is not None and (dtype.is_integer() or dtype == pl.String) else None
 

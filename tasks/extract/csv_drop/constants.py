@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from models.rules import CSV_MALFORMED
+
 SOURCE = "csv"
-FAILURE_REASON = "csv_malformed"
+FAILURE_REASON = CSV_MALFORMED
 FIELDS: dict[str, tuple[str, ...]] = {
     "id_text": ("id",),
     "first_name": ("first_name",),

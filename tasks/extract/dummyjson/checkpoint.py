@@ -118,8 +118,8 @@ class CheckpointWriter:
     """Stores extract's position from a thread of its own; the newest position given wins.
 
     On SQLite, persist's batch transactions hold the database's one write lock most of the time while the
-    stages stream, and a fetcher writing its checkpoint inline waited for it after every batch (at 1M users,
-    80 s of extract's 130 s), which starved transform and persist in turn. Stores are at least
+    stages stream, and a fetcher writing its checkpoint inline would wait for it after every batch, which
+    starves transform and persist in turn. Stores are at least
     CHECKPOINT_EVERY_SECONDS apart, and each first syncs the staged file (once, however many pages came in
     between). A crash can lose only positions not yet written: the next run resumes from an earlier one,
     which is still consistent (the staged file is cut back to its offset and those pages are fetched again).

@@ -52,6 +52,6 @@ def _clean_lines(users: list) -> pl.DataFrame:
 
 def write_lines(fh: BinaryIO, users: list) -> None:
     """Records appended to `fh` as JSONL, written from the frame itself (one column, never quoted): no copy of
-    the page as one Python string and another as bytes (4.0 -> 2.7 ms for a page of 1,000 users)."""
+    the page as one Python string and another as bytes."""
     if users:
         _clean_lines(users).write_csv(fh, include_header=False, quote_style="never")

@@ -54,18 +54,18 @@ def extract_api(
     *,
     run_id: str,
     run_dir: str,
-    stamp: str,
+    file_time: str,
     manifest: str | None,
     logger: logging.Logger | logging.LoggerAdapter,
 ) -> ExtractResult:
-    """The API's pages into `raw_users/records_<stamp>.jsonl` (or the interrupted run's file, resumed at its
+    """The API's pages into `raw_users/records_<file_time>.jsonl` (or the interrupted run's file, resumed at its
     checkpoint); what that run staged goes through the stages again. Raises once its checkpoint is stored."""
     as_of = datetime.now(UTC).isoformat()
     plan = begin_extract(
         engine,
         run_id=run_id,
         fingerprint=source.fingerprint,
-        new_path=Path(run_dir) / "raw_users" / f"records_{stamp}.jsonl",
+        new_path=Path(run_dir) / "raw_users" / f"records_{file_time}.jsonl",
     )
     if plan.resumed:
         logger.info(

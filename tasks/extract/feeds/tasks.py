@@ -1,13 +1,16 @@
 """RSS/Atom feeds as Prefect tasks: `fetch_feed` (GET with If-None-Match / If-Modified-Since, parse, stage the
-items as JSONL), `load_validators` and `record_outcomes` (each feed's checkpoint row in `etl_checkpoints`,
-source `feed:<url>`: status, last error, and in `state` the ETag / Last-Modified).
+items as JSONL), `merge_parts` (the feeds' staged items as the run's one raw file), `load_validators` and
+`record_outcomes` (each feed's checkpoint row in `etl_checkpoints`, source `feed:<url>`: status, last error,
+and in `state` the ETag / Last-Modified).
 
 A feed's new validators are only stored once its items are persisted (`record_outcomes` from the persist
 stage): a run that dies in between refetches the whole feed next time instead of being told 304."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from tasks.extract.feeds.constants import (
     REQUEST_TIMEOUT_SECONDS,
     USER_AGENT,
 )
+from tasks.extract.feeds.outcome import FeedOutcome
 from tasks.staging.runner import timed_work
 
 
@@ -51,30 +55,20 @@ def checkpoint_source(url: str) -> str:
 )
 @timed_work
 def fetch_feed(
-    url: str, *, validators: dict[str, str | None], part_path: str, timeout: float = REQUEST_TIMEOUT_SECONDS
-) -> dict:
+    url: str, *, validators: Validators, part_path: str, timeout: float = REQUEST_TIMEOUT_SECONDS
+) -> FeedOutcome:
     """Conditional GET of one feed. 304: nothing staged. 200: its items written to `part_path` as JSONL
     (a retry rewrites the file). Returns the outcome, with the response's validators to store once the
     items are persisted."""
     check_url(url)
-    sent = Validators(**validators)
-    headers = {"Accept": ACCEPT, "User-Agent": USER_AGENT} | sent.headers()
+    headers = {"Accept": ACCEPT, "User-Agent": USER_AGENT} | validators.headers()
     with httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=True) as client:
         resp, body = get_document(client, url, headers)
     if resp.status_code == 304:
-        if not sent.headers():
+        if not validators.headers():
             raise FeedError(f"GET {url} answered 304 Not Modified to an unconditional request")
         _logger().info("GET %s: 304 Not Modified", url)
-        return {
-            "url": url,
-            "status": "not_modified",
-            "http_status": 304,
-            "items": 0,
-            "bytes": 0,
-            "path": None,
-            "validators": None,
-            "warning": None,
-        }
+        return FeedOutcome(url=url, status="not_modified", http_status=304)
     items, warning = parse_items(body, url=url, content_type=resp.headers.get("content-type"), base_url=str(resp.url))
     if warning:
         _logger().warning("GET %s: the feed has errors feedparser recovered from (%s)", url, warning)
@@ -90,16 +84,29 @@ def fetch_feed(
         len(body),
         " (no ETag or Last-Modified: next run fetches it whole)" if got == Validators() else "",
     )
-    return {
-        "url": url,
-        "status": "fetched",
-        "http_status": resp.status_code,
-        "items": len(items),
-        "bytes": len(body),
-        "path": str(path),
-        "validators": {"etag": got.etag, "last_modified": got.last_modified},
-        "warning": warning,
-    }
+    return FeedOutcome(
+        url=url,
+        status="fetched",
+        http_status=resp.status_code,
+        items=len(items),
+        bytes=len(body),
+        path=str(path),
+        validators=got,
+        warning=warning,
+    )
+
+
+def merge_parts(outcomes: list[FeedOutcome], parts_dir: Path, target: Path) -> list[FeedOutcome]:
+    """The fetched feeds' staged parts (in `parts_dir`), in feed order, as the run's one raw file `target`
+    (bytes copied, nothing parsed); the outcomes, the fetched ones now pointing at `target`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as out:
+        for o in outcomes:
+            if o.status == "fetched" and o.path:
+                with open(o.path, "rb") as fh:
+                    shutil.copyfileobj(fh, out)
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    return [dataclasses.replace(o, path=str(target)) if o.status == "fetched" else o for o in outcomes]
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -109,7 +116,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def load_validators(engine: Engine, urls: list[str]) -> dict[str, dict[str, str | None]]:
+def load_validators(engine: Engine, urls: list[str]) -> dict[str, Validators]:
     """Each feed's stored ETag / Last-Modified (None where none is stored)."""
     sources = {checkpoint_source(u): u for u in urls}
     with Session(engine) as session:
@@ -117,10 +124,10 @@ def load_validators(engine: Engine, urls: list[str]) -> dict[str, dict[str, str 
             select(EtlCheckpoint.source, EtlCheckpoint.state).where(col(EtlCheckpoint.source).in_(list(sources)))
         ).all()
     stored = {sources[source]: Validators.from_state(state) for source, state in rows}
-    return {u: vars(stored.get(u, Validators())).copy() for u in urls}
+    return {u: stored.get(u, Validators()) for u in urls}
 
 
-def record_outcomes(engine: Engine, *, run_id: str, outcomes: list[dict]) -> None:
+def record_outcomes(engine: Engine, *, run_id: str, outcomes: list[FeedOutcome]) -> None:
     """Checkpoint rows for a set of feeds in one transaction. `fetched`: the new validators and what was
     staged; `not_modified`: the 304 is a success; `failed`: the error, validators kept."""
     if not outcomes:
@@ -128,20 +135,20 @@ def record_outcomes(engine: Engine, *, run_id: str, outcomes: list[dict]) -> Non
     now = _now()
     with Session(engine) as session:
         for out in outcomes:
-            source = checkpoint_source(out["url"])
+            source = checkpoint_source(out.url)
             cp = session.get(EtlCheckpoint, source) or EtlCheckpoint(source=source)
             cp.run_id, cp.updated_at = run_id, now
-            if out["status"] == "failed":
-                cp.status, cp.last_failure_at, cp.last_error = "failed", now, out["error"][:2000]
+            if out.status == "failed":
+                cp.status, cp.last_failure_at, cp.last_error = "failed", now, (out.error or "")[:2000]
             else:
                 cp.status, cp.last_success_at, cp.last_error = (
-                    ("complete" if out["status"] == "fetched" else "not_modified"),
+                    ("complete" if out.status == "fetched" else "not_modified"),
                     now,
                     None,
                 )
-            if out["status"] == "fetched":
-                cp.state = Validators(**out["validators"]).state(out["url"])
-                cp.staged_path, cp.staged_records, cp.staged_bytes = out["path"], out["items"], out["bytes"]
-                cp.cursor, cp.total = out["items"], out["items"]
+            if out.status == "fetched":
+                cp.state = (out.validators or Validators()).state(out.url)
+                cp.staged_path, cp.staged_records, cp.staged_bytes = out.path, out.items, out.bytes
+                cp.cursor, cp.total = out.items, out.items
             session.add(cp)
         session.commit()
