@@ -40,7 +40,7 @@ def persist_writes(folder: Path) -> dict:
     into the database meanwhile) into a new SQLite database, and the WAL frames the batch adds."""
     from dev.real_users import load_real_users
     from models.settings import BUNDLED_DEPARTMENTS
-    from tasks.extract.dummyjson.lines import write_lines
+    from tasks.extract.users_api.lines import write_lines
     from tasks.staging.batches import RunFiles
     from tasks.users.persist import persist_spans
     from tasks.users.transform import read_departments, transform_batch
@@ -78,8 +78,10 @@ def pages_held(folder: Path) -> dict:
 
     from dev.real_users import load_real_users
     from dev.sample_api import DummyJsonServer
-    from tasks.extract.dummyjson.checkpoint import CheckpointWriter, begin_extract
-    from tasks.extract.dummyjson.pages import fetch_batch
+    from models.sources import ApiSourceConfig
+    from tasks.extract.users_api.checkpoint import CheckpointWriter, begin_extract
+    from tasks.extract.users_api.pages import Fetching, fetch_batch
+    from tasks.extract.users_api.paging import Paging, Position
 
     engine = _sqlite(folder / "checkpoint.db")
     plan = begin_extract(engine, run_id="bench", fingerprint="bench", new_path=folder / "pages.jsonl")
@@ -89,9 +91,8 @@ def pages_held(folder: Path) -> dict:
         def fetch_all(offset: int) -> int:
             got = fetch_batch.fn(
                 checkpoints,
-                base_url=server.base_url,
-                page_size=PAGE_SIZE,
-                skip=0,
+                Fetching(Paging(ApiSourceConfig(base_url=server.base_url, page_size=PAGE_SIZE))),
+                position=Position(0),
                 max_records=len(users),
                 staged_path=plan.staged_path,
                 offset=offset,

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from tasks.extract.dummyjson.constants import SERVER_DEFAULT_LIMIT
+from tasks.extract.users_api.constants import SERVER_DEFAULT_LIMIT
 
 FIRST_NAMES = [
     "Ava",

@@ -19,10 +19,11 @@ from flows.users_extract import extract
 from flows.users_persist import persist
 from flows.users_transform import transform
 from models.settings import ConfigError, get_settings
+from models.sources import api_sources
 from tasks import runs
 from tasks.anomalies import judge_run
 from tasks.drift import record_schemas
-from tasks.extract.dummyjson import ApiSource
+from tasks.extract.users_api import ApiSource
 from tasks.report import publish_run_artifacts
 from tasks.staging import handoff
 from tasks.staging.batches import ExtractResult, PersistResult, TransformResult
@@ -45,15 +46,11 @@ def users_etl(
     everything (for a source that answers faster than the later stages work); if extract then fails, what it
     staged waits, checkpointed, for the next run."""
     settings = get_settings()
-    base_url = api_base or settings.users_api_base
-    if not base_url:
+    batch_records = batch_records or settings.users_batch_records
+    configured = api_sources(settings, base_url=api_base, page_size=page_size)
+    if not configured:
         raise ConfigError("USERS_API_BASE is not set: point it at the users API to read (or pass api_base)")
-    source = ApiSource.from_settings(
-        settings,
-        base_url=base_url,
-        page_size=page_size or settings.users_page_size,
-        batch_records=batch_records or settings.users_batch_records,
-    )
+    sources = [ApiSource.from_settings(settings, c, batch_records=batch_records) for c in configured]
     run = begin_run(FLOW_NAME, database_block)
     stages, run_dir = run.stages, run.run_dir
     extracted = handoff.open_manifest(Path(run_dir) / "stages" / "extracted.jsonl")
@@ -61,7 +58,7 @@ def users_etl(
     csv = str(csv_dir or settings.users_csv_dir or "") or None
     uploading = False
     try:
-        stages.start("extract", extract, run_dir, run.file_time, source, database_block, csv, manifest=extracted)
+        stages.start("extract", extract, run_dir, run.file_time, sources, database_block, csv, manifest=extracted)
         if settings.users_extract_first if extract_first is None else extract_first:
             stages.result("extract")
         departments, after_extract = str(settings.departments_csv), ("extract", extracted)
@@ -72,7 +69,7 @@ def users_etl(
             run_dir,
             run.file_time,
             departments,
-            source.batch_records,
+            batch_records,
             database_block,
             run.run_id,
             manifest=transformed,
@@ -126,7 +123,9 @@ def users_etl(
 
 def run_files(ex: ExtractResult, tr: TransformResult) -> dict[str, str]:
     """The run's staged files by kind: the API's raw file, transform's files, each other input's raw file."""
-    files = {"raw": str(ex.api.raw_path), **tr.files}
+    default, *more = ex.apis
+    files = {"raw": str(default.staged.raw_path), **tr.files}
+    files |= {f"{a.staged.source}:raw": str(a.staged.raw_path) for a in more}
     return files | {f"{s.source}:{s.label or n}": s.raw_path for n, s in enumerate(ex.others) if s.raw_path}
 
 

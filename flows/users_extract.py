@@ -1,5 +1,5 @@
-"""users-etl's `extract` stage: the users API's pages, then every USERS_SOURCES plug-in's new inputs, staged as
-raw JSONL; each batch posted to the `extracted` manifest as soon as it is on disk."""
+"""users-etl's `extract` stage: every users API's pages, then every USERS_SOURCES plug-in's new inputs, staged
+as raw JSONL; each batch posted to the `extracted` manifest as soon as it is on disk."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from prefect.runtime import flow_run as current_run
 from models.db import resolve_engine
 from models.settings import get_settings
 from tasks.extract import stage_plugins
-from tasks.extract.dummyjson import ApiSource, extract_api
+from tasks.extract.users_api import ApiSource, extract_api
 from tasks.staging import handoff
 from tasks.staging.batches import ExtractResult
 
@@ -20,32 +20,29 @@ from tasks.staging.batches import ExtractResult
 def extract(
     run_dir: str,
     file_time: str,
-    source: ApiSource,
+    sources: list[ApiSource],
     database_block: str | None = None,
     csv_dir: str | None = None,
     manifest: str | None = None,
 ) -> ExtractResult:
-    """Sources -> staged raw JSONL files. The API is paged and checkpointed after every page (an interrupted
+    """Sources -> staged raw JSONL files. Each API is paged and checkpointed after every page (an interrupted
     run resumes there); CSV files in `csv_dir` are staged when new or changed."""
     settings, logger = get_settings(), get_run_logger()
     if manifest:
         handoff.mark_started(manifest)
-    engine = resolve_engine(database_block)
-    result = extract_api(
-        engine,
-        source,
-        run_id=str(current_run.id),
-        run_dir=run_dir,
-        file_time=file_time,
-        manifest=manifest,
-        logger=logger,
-    )
+    engine, run_id = resolve_engine(database_block), str(current_run.id)
+    result = ExtractResult()
+    for source in sources:
+        walk = extract_api(
+            engine, source, run_id=run_id, run_dir=run_dir, file_time=file_time, manifest=manifest, logger=logger
+        )
+        result.apis.append(walk)
     if csv_dir:
         settings = settings.model_copy(update={"users_csv_dir": Path(csv_dir)})
     result.others = stage_plugins(
         engine, settings, run_dir=run_dir, file_time=file_time, manifest=manifest, logger=logger
     )
-    logger.info("extract: %d staged input(s) besides the API", len(result.others))
-    if manifest:  # persist marks users absent from the API deleted only after a complete walk
-        handoff.close(manifest, records=result.records, api_complete=not result.findings)
+    logger.info("extract: %d staged input(s) besides the APIs", len(result.others))
+    if manifest:  # persist marks users absent from an API deleted only after its complete walk
+        handoff.close(manifest, records=result.records, complete_sources=result.complete_sources)
     return result

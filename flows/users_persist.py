@@ -9,7 +9,6 @@ from prefect import flow, get_run_logger
 from models.db import deferred_checkpoints, resolve_engine
 from models.settings import get_settings
 from tasks.extract import mark_plugins_done
-from tasks.extract.dummyjson.constants import SOURCE
 from tasks.staging import handoff
 from tasks.staging.batches import PersistResult, StagedInput, TransformedBatch
 from tasks.users.persist import persist_batch
@@ -30,13 +29,14 @@ def persist(
         for batch in handoff.follow(transformed, TransformedBatch, stage="persist", run_dir=run_dir):
             tally.add(batch, persist_batch(engine, batch, run_id=run_id))
     mark_plugins_done(engine, handoff.read_all(extracted, StagedInput), run_id=run_id)
-    # the manifests ended normally, so extract did; it says whether the API's page walk was complete
-    if settings.users_detect_deleted and handoff.end_summary(extracted).get("api_complete", True):
-        seen = staged_ids([(path, list(span)) for path, span in tally.api_keys])
+    # the manifests ended normally, so extract did; it names the API sources whose page walk was complete
+    complete = handoff.end_summary(extracted).get("complete_sources", []) if settings.users_detect_deleted else []
+    for source in complete:
+        seen = staged_ids([(path, list(span)) for path, span in tally.api_keys.get(source, [])])
         absence = mark_absent_task(
-            engine, source=SOURCE, seen_ids=seen, run_id=run_id, max_share=settings.users_delete_max_share
+            engine, source=source, seen_ids=seen, run_id=run_id, max_share=settings.users_delete_max_share
         )
-        tally.add_absence(absence)
+        tally.add_absence(source, absence)
         if absence.withheld:
             logger.warning("deletions withheld: %s", absence.withheld)
     result = tally.result()

@@ -9,7 +9,6 @@ from prefect.runtime import flow_run as current_run
 from models.db import resolve_engine
 from models.settings import DEFAULT_BATCH_RECORDS, get_settings
 from tasks.drift import check_sources
-from tasks.extract.dummyjson.constants import SOURCE
 from tasks.staging import handoff
 from tasks.staging.batches import StagedInput, TransformResult
 from tasks.staging.files import file_sha256
@@ -44,7 +43,7 @@ def transform(
         tally.types,
         policy=settings.drift_policy,
         run_id=run_id or str(current_run.id),
-        api_source=SOURCE,
+        api_source=settings.users_api_name,
         logger=logger,
     )
     relay.release()

@@ -7,9 +7,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+import orjson
 from cronsim import CronSim, CronSimError
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from models.sources import DEFAULT_NAME, NAME_PATTERN, AuthKind, Pagination, parse_sources
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_DEPARTMENTS = PROJECT_ROOT / "data" / "departments.csv"
@@ -38,6 +41,26 @@ class Settings(BaseSettings):
     # users source
     users_api_base: str | None = None
     users_page_size: int = Field(100, ge=1, le=10_000)
+    # how the API pages, where its records are, how it authenticates (models/sources.py, docs/sources.md)
+    users_api_name: str = Field(DEFAULT_NAME, pattern=NAME_PATTERN.pattern)
+    users_api_records_path: str = "users"
+    users_api_pagination: Pagination = "offset"
+    users_api_offset_param: str = "skip"
+    users_api_limit_param: str = "limit"
+    users_api_total_path: str = "total"
+    users_api_page_param: str = "page"
+    users_api_first_page: int = Field(1, ge=0)
+    users_api_total_pages_path: str = ""
+    users_api_cursor_param: str = "cursor"
+    users_api_cursor_path: str = "next_cursor"
+    users_api_fields: Annotated[dict[str, list[str]], NoDecode] = {}
+    users_api_auth: AuthKind = "none"
+    users_api_key_name: str | None = None
+    users_api_username: str | None = None
+    users_api_secret: SecretStr | None = None
+    users_api_secret_block: str | None = None
+    # more users APIs, read beside the default one: a JSON object of name -> the same fields (models/sources.py)
+    users_api_sources: Annotated[dict[str, dict], NoDecode] = {}
     # records per task run of each stage: each task run costs the flow and the Prefect server API calls, logs
     # and events, while the stages work through a batch in pieces, so a larger one holds little more memory
     # (docs/benchmarks.md)
@@ -130,6 +153,19 @@ class Settings(BaseSettings):
             return [p.strip() for p in v.split(",") if p.strip()]
         return v
 
+    @field_validator("users_api_sources", mode="before")
+    @classmethod
+    def _sources(cls, v: object) -> object:
+        return parse_sources(v) if isinstance(v, str) else v
+
+    @field_validator("users_api_fields", mode="before")
+    @classmethod
+    def _field_map(cls, v: object) -> object:
+        """A JSON object: staging column -> the path of its value in a record, as a list of keys."""
+        if isinstance(v, str):
+            return orjson.loads(v) if v.strip() else {}
+        return v
+
     @field_validator("schema_drift_policies", mode="before")
     @classmethod
     def _policy_map(cls, v: object) -> object:
@@ -167,7 +203,7 @@ def _describe(error: ValidationError) -> str:
     for err in error.errors():
         name = "_".join(str(p) for p in err["loc"]).upper() or "configuration"
         value = err.get("input")
-        secret = any(word in name.lower() for word in ("key", "passphrase", "url", "auth"))
+        secret = any(word in name.lower() for word in ("key", "passphrase", "url", "auth", "secret", "sources"))
         shown = "" if secret else f" (got {value!r})"
         lines.append(f"{name}: {err['msg']}{shown}")
     return "invalid configuration: " + "; ".join(lines)

@@ -7,9 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
-from models.db import engine_for
+from tests.tables import rows  # noqa: F401  (the child-run tests' reader, beside wait_for)
 
 
 def wait_for(what: str, check, *, timeout: float, child: subprocess.Popen | None = None, log: Path | None = None):
@@ -30,8 +29,3 @@ def env(settings_env, database_url):
     """A child run's database, and a source retried twice a page."""
     settings_env(database_url=database_url, extract_retries=2)
     return database_url
-
-
-def rows(url: str, sql: str, **params) -> list:
-    with engine_for(url).connect() as conn:
-        return conn.execute(text(sql), params).all()

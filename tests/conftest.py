@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from models.settings import get_settings
+from tests.compose_helpers import COMPOSE
 
 pytest_plugins = ["tests.servers.dummyjson", "tests.servers.sshd", "tests.child"]
 
@@ -169,3 +171,41 @@ def pipeline_env(settings_env, database_url, tmp_path):
     """users-etl configured on each database: pages of 50 users, two extract retries; the database's URL."""
     settings_env(database_url=database_url, users_page_size=50, extract_retries=2)
     return database_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_url(request, tmp_path) -> Iterator[str]:
+    """A database that does not exist yet (SQLite) or is empty (PostgreSQL)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'app.db'}"
+        return
+    url = create_pg_database("sluice_migrations")
+    yield url
+    drop_pg_database(url)
+
+
+@pytest.fixture()
+def run_files(tmp_path: Path) -> list[Path]:
+    out = tmp_path / "out"
+    out.mkdir()
+    files = {
+        "users.csv": b"id,name\n1,Ada\n2,Grace\n",
+        "departments.json": b'[{"id": 1, "name": "R&D"}]\n',
+        "empty.txt": b"",
+        "users.parquet": os.urandom(3 * 1024 * 1024 + 12345),  # a few MB, not chunk-aligned
+    }
+    paths = []
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+        paths.append(out / name)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict[str, dict]:
+    return compose["services"]

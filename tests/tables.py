@@ -7,9 +7,9 @@ from sqlalchemy import text
 from models.db import engine_for
 
 
-def rows(url: str, sql: str) -> list:
+def rows(url: str, sql: str, **params) -> list:
     with engine_for(url).connect() as conn:
-        return conn.execute(text(sql)).all()
+        return conn.execute(text(sql), params).all()
 
 
 def count(url: str, table: str) -> int:

@@ -16,7 +16,7 @@ from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime
 from dev.sample_api import DummyJsonServer, Fault
 from flows.users_etl import users_etl
 from models.db import engine_for
-from tasks.extract.dummyjson.constants import CHECKPOINT_KEY
+from tasks.extract.users_api.constants import CHECKPOINT_KEY
 from tests.conftest import migrated
 from tests.servers.dummyjson import break_users, load_real_users
 from tests.tables import count, rows
@@ -104,7 +104,8 @@ def test_extract_checkpoint_does_not_wait_for_a_batch_being_stored(settings_env,
     """While another connection holds SQLite's write lock (persist storing a batch), the fetcher hands its
     position over and goes on; the newest position is stored once the lock is free, and leaving the writer
     leaves it stored."""
-    from tasks.extract.dummyjson.checkpoint import CheckpointWriter, begin_extract
+    from tasks.extract.users_api.checkpoint import CheckpointWriter, begin_extract
+    from tasks.extract.users_api.paging import Position
 
     settings_env()
     url = migrated(f"sqlite:///{tmp_path / 'cp.db'}")
@@ -113,19 +114,21 @@ def test_extract_checkpoint_does_not_wait_for_a_batch_being_stored(settings_env,
     with CheckpointWriter(engine) as checkpoints:
         with engine.connect() as holder:
             holder.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, as a persist batch holds it
-            checkpoints.advance(skip=100, total=208, offset=1000, records=100)
-            checkpoints.advance(skip=200, total=208, offset=2000, records=200)  # returned: not waiting
+            checkpoints.advance(position=Position(100), total=208, offset=1000, records=100)
+            checkpoints.advance(position=Position(200), total=208, offset=2000, records=200)  # returned: not waiting
             assert _checkpoint_row(url) == (0, 0, 0)  # still held: nothing written yet
             holder.exec_driver_sql("COMMIT")
-        checkpoints.advance(skip=208, total=208, offset=2080, records=208)
+        checkpoints.advance(position=Position(208), total=208, offset=2080, records=208)
     assert _checkpoint_row(url) == (208, 2080, 208)
 
 
 def test_fetching_page_after_page_stages_every_page(settings_env, tmp_path):
     """Fetching the same pages again and again appends each time: the staged file holds every page. (That the
     page bodies are freed without the garbage collector is measured by `make bench`: bench/host_checks.py.)"""
-    from tasks.extract.dummyjson.checkpoint import CheckpointWriter, begin_extract
-    from tasks.extract.dummyjson.pages import fetch_batch
+    from models.sources import ApiSourceConfig
+    from tasks.extract.users_api.checkpoint import CheckpointWriter, begin_extract
+    from tasks.extract.users_api.pages import Fetching, fetch_batch
+    from tasks.extract.users_api.paging import Paging, Position
 
     settings_env()
     engine = engine_for(migrated(f"sqlite:///{tmp_path / 'cp.db'}"))
@@ -136,9 +139,8 @@ def test_fetching_page_after_page_stages_every_page(settings_env, tmp_path):
         def fetch_all(offset: int) -> int:
             got = fetch_batch.fn(
                 checkpoints,
-                base_url=server.base_url,
-                page_size=25,
-                skip=0,
+                Fetching(Paging(ApiSourceConfig(base_url=server.base_url, page_size=25))),
+                position=Position(0),
                 max_records=1000,
                 staged_path=plan.staged_path,
                 offset=offset,
@@ -157,7 +159,8 @@ def test_extract_checkpoint_write_error_reaches_the_extracting_thread(settings_e
     """A position that cannot be stored fails the extraction (at the next hand-over or on leaving)."""
     from sqlalchemy.exc import OperationalError
 
-    from tasks.extract.dummyjson.checkpoint import CheckpointWriter, begin_extract
+    from tasks.extract.users_api.checkpoint import CheckpointWriter, begin_extract
+    from tasks.extract.users_api.paging import Position
 
     settings_env()
     url = migrated(f"sqlite:///{tmp_path / 'cp.db'}")
@@ -166,7 +169,7 @@ def test_extract_checkpoint_write_error_reaches_the_extracting_thread(settings_e
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE etl_checkpoints")
     checkpoints = CheckpointWriter(engine)
-    checkpoints.advance(skip=100, total=208, offset=1000, records=100)
+    checkpoints.advance(position=Position(100), total=208, offset=1000, records=100)
     with pytest.raises(OperationalError, match="etl_checkpoints"):
         checkpoints.close()
 

@@ -1,4 +1,5 @@
-"""feeds-etl end to end against a loopback RSS/Atom server and real SQLite / PostgreSQL (no mocks)."""
+"""feeds-etl end to end against a loopback RSS/Atom server and real SQLite / PostgreSQL (no mocks). The transform
+alone: test_feeds_transform.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from flows.feeds_etl import feeds_etl
 from models.db import engine_for
 from models.feeds import FeedItem
 from tasks.extract.feeds import checkpoint_source
-from tasks.feeds import parse_staged, transform_frame
 from tests.servers.feeds import ATOM, RSS, Fault, FeedServer, atom_document, make_items, rss_document
 
 FEED_TABLES = ("raw_feed_items", "feed_items", "dlq_feed_items")
@@ -62,68 +62,6 @@ def feeds_env(settings_env, database_url, prefect_server):
 def server():
     with FeedServer() as srv:
         yield srv
-
-
-# ---------------------------------------------------------------- the transform alone (no Prefect, no database)
-
-
-def _staged(**fields) -> str:
-    """One staged line as tasks.extract.feeds writes it."""
-    return json.dumps(
-        {
-            "feed": "f",
-            "guid": None,
-            "link": None,
-            "title": None,
-            "summary": None,
-            "author": None,
-            "categories": [],
-            "published_at": None,
-        }
-        | fields
-    )
-
-
-def test_rules_keys_and_reasons():
-    raw = (
-        "\n".join(
-            [
-                _staged(guid=" g1 ", title="  One ", categories=[" a ", "", "b"], published_at="2026-03-01T08:00:00Z"),
-                _staged(link="https://x.test/2", title="keyed by link"),
-                _staged(guid="g3", summary="neither title nor link"),
-                _staged(summary="nothing at all"),
-                _staged(title="title only"),
-                _staged(guid="g1", title="same guid again"),
-                _staged(guid="g1", title="same guid, other feed", feed="other"),
-            ]
-        ).encode()
-        + b"\n"
-    )
-
-    processed, dlq = transform_frame(parse_staged(raw))
-
-    assert processed.get_column("item_key").to_list() == ["g1", "https://x.test/2", "g1"]
-    first = processed.row(0, named=True)
-    assert (first["title"], first["categories"], first["published_at"]) == (
-        "One",
-        '["a","b"]',
-        datetime(2026, 3, 1, 8, tzinfo=UTC),
-    )
-    assert processed.get_column("item_id").n_unique() == 3  # same guid, different feeds: different items
-    assert [set(r) for r in dlq.get_column("reasons").to_list()] == [
-        {"title_and_link_missing"},
-        {"title_and_link_missing", "key_missing"},
-        {"key_missing"},
-        {"key_duplicate"},
-    ]
-    assert dlq.get_column("error_reason").to_list()[1] == "title_and_link_missing; key_missing"
-    assert dlq.get_column("record").str.json_path_match("$.summary").to_list()[:2] == [
-        "neither title nor link",
-        "nothing at all",
-    ]
-
-
-# ---------------------------------------------------------------- end to end
 
 
 # a URL too long for `feed:<url>` in etl_checkpoints.source: its checkpoint is keyed by the URL's hash

@@ -1,216 +1,36 @@
 """Hostile records among the real DummyJSON users: every record is judged, none can stop a batch. Values the
 tables cannot hold go to the DLQ with the reason (on both databases alike), lines that are no JSON object go
-there with their line, secrets are dropped from the parsed record whatever their value, and the rest of the
-batch is stored. Through the stage functions, and end to end on SQLite and PostgreSQL."""
+there with their line, no secret is left, and the rest of the batch is stored. Through the transform, and end
+to end on SQLite and PostgreSQL (staging them: test_hostile_staging.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import io
 import json
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-import msgspec
 import orjson
 import polars as pl
 import pytest
-from sqlalchemy import text
 
-from models.db import engine_for
 from models.schema import max_lengths
 from models.settings import BUNDLED_DEPARTMENTS
-from tasks.extract.dummyjson.lines import write_lines
 from tasks.parse import parse_raw
-from tasks.redact import CUT
 from tasks.staging.files import split_spans
 from tasks.users.dlq import dlq_lines, read_dlq_span
 from tasks.users.transform import read_departments, transform_batch
 from tasks.users.validate import parsed_ids, raw_keys, transform_frame
+from tests.hostile_records import Hostile, hostile_records, mixed, no_secrets, staged
 from tests.servers.dummyjson import DummyJsonServer, load_real_users
-
-SECRET = "SECRET-"  # every secret below holds this, or is SECRET_NUMBER
-SECRET_NUMBER = 918273645012
-
-
-@dataclass(frozen=True)
-class Hostile:
-    name: str
-    text: bytes  # the record as the source sends it
-    reasons: frozenset[str] | None  # the DLQ reasons it must get; None: it is stored
-    user_id: int | None = None  # the DLQ entry's user, or the stored user's id
-
-
-def hostile_records() -> list[Hostile]:
-    """Records the source may send, each with a fresh id (5000 + n) unless the id is the point."""
-    base = load_real_users()[0]
-    out: list[Hostile] = []
-
-    def add(
-        n: int, name: str, reasons: set[str] | None, *, raw: bytes | None = None, user_id: int | None = -1, **changes
-    ) -> None:
-        record = copy.deepcopy(base)
-        record.update({"id": 5000 + n, "email": f"hostile{n}@example.com", "username": f"hostile{n}", **changes})
-        body = raw if raw is not None else json.dumps(record).encode()
-        uid = record["id"] if user_id == -1 else user_id
-        out.append(Hostile(name, body, frozenset(reasons) if reasons is not None else None, uid))
-
-    company, address = base["company"], base["address"]
-    add(1, "firstName of 300 characters", {"first_name_too_long"}, firstName="F" * 300)
-    add(2, "lastName of 201 characters", {"last_name_too_long"}, lastName="L" * 201)
-    add(3, "email of 330 characters", {"email_too_long"}, email="e" * 318 + "@example.com")
-    add(4, "gender of 33 characters", {"gender_too_long"}, gender="g" * 33)
-    add(5, "username of 201 characters", {"username_too_long"}, username="u" * 201)
-    add(
-        6,
-        "department of 201 characters",
-        {"department_too_long", "department_unknown"},
-        company={**company, "department": "D" * 201},
-    )
-    add(7, "id of 200 digits", {"id_out_of_range"}, id=int("9" * 200), user_id=None)
-    add(8, "id as text of 200 digits", {"id_out_of_range"}, id="9" * 200, user_id=None)
-    add(9, "id of 2^63", {"id_out_of_range"}, id=2**63, user_id=None)
-    add(10, "id below -2^63", {"id_out_of_range"}, id=-(2**63) - 1, user_id=None)
-    add(11, "age of 200 digits", {"age_out_of_range"}, age=int("9" * 200))
-    add(12, "age of 2^63", {"age_out_of_range"}, age=2**63)
-    add(13, "height NaN as text", {"number_not_finite"}, height="NaN")
-    add(
-        14,
-        "height 1e999",
-        {"number_not_finite"},
-        raw=json.dumps({**base, "id": 5014, "height": 1234.5678}).encode().replace(b"1234.5678", b"1e999"),
-    )
-    add(
-        15,
-        "latitude -Infinity as text",
-        {"number_not_finite"},
-        address={**address, "coordinates": {"lat": "-Infinity", "lng": 1.0}},
-    )
-    add(16, "firstName holding NUL", {"text_contains_nul"}, firstName="a\x00b")
-    add(17, "city holding NUL", {"text_contains_nul"}, address={**address, "city": "x\x00"})
-    others = [
-        ("a text", b'"hello"'),
-        ("a number", b"42"),
-        ("null", b"null"),
-        ("a boolean", b"true"),
-        ("an array", b'[1, {"password": "SECRET-in-array"}]'),
-    ]
-    for n, (name, body) in enumerate(others, start=18):
-        add(n, f"the record is {name}", {"record_not_object"}, raw=body, user_id=None)
-    # stored: secrets dropped whatever their value, odd shapes read as text or nothing, ids exactly
-    add(30, "password as an object", None, password={"hash": "SECRET-hash", "salt": "SECRET-salt"})
-    add(31, "password as an array", None, password=["SECRET-a", {"b": "SECRET-b"}])
-    add(32, "password nested in bank", None, bank={**base["bank"], "password": {"pin": "SECRET-pin"}})
-    add(33, "passwords in a list of objects", None, extra=[{"password": 1}, {"password": {"x": "SECRET-x"}}])
-    escaped = json.dumps({**base, "id": 5034, "password": "SECRET-esc"}).encode()
-    add(34, "password key spelled with escapes", None, raw=escaped.replace(b'"password"', b'"pass\\u0077ord"'))
-    add(35, "password as a number", None, password=SECRET_NUMBER)
-    add(36, "firstName as an object", None, firstName={"given": "Ann"})
-    add(37, "firstName as an array", None, firstName=["Ann"])
-    add(38, "address as an array", None, address=["nowhere"])
-    add(39, "height as an object", None, height={"cm": 180})
-    add(40, "id 2^63 - 1", None, id=2**63 - 1)
-    add(41, "id 2^53 + 1 (no float can hold it)", None, id=2**53 + 1)
-    add(42, "id -2^63", None, id=-(2**63))
-    return out
-
-
-def mixed(real: list[dict], hostile: list[Hostile]) -> list[bytes]:
-    """The real users' JSON with the hostile records spread among them (every page gets some)."""
-    encoded = [orjson.dumps(u) for u in real]
-    for i, h in enumerate(hostile):
-        encoded.insert(min(len(encoded), i * 5 + 3), h.text)
-    return encoded
-
-
-def staged(encoded: list[bytes]) -> bytes:
-    buf = io.BytesIO()
-    write_lines(buf, [msgspec.Raw(e) for e in encoded])
-    return buf.getvalue()
-
-
-def without_passwords(value: object) -> object:
-    if isinstance(value, dict):
-        return {k: without_passwords(v) for k, v in value.items() if k != "password"}
-    return [without_passwords(v) for v in value] if isinstance(value, list) else value
-
-
-def no_secrets(dump: str) -> None:
-    assert SECRET not in dump and str(SECRET_NUMBER) not in dump
-    assert not [u["password"] for u in load_real_users() if u["password"] in dump]
+from tests.tables import rows
 
 
 @pytest.fixture(scope="module")
 def departments():
     return read_departments(BUNDLED_DEPARTMENTS)
 
-
-# ---------------------------------------------------------------- staging
-
-
-SECRET_VALUES = {
-    "object": {"hash": "SECRET-h", "salt": "SECRET-s"},
-    "array": ["SECRET-1", ["SECRET-2"]],
-    "number": SECRET_NUMBER,
-    "null": None,
-    "boolean": True,
-    "text": "SECRET-text",
-    "escaped text": 'SECRET-"quoted\\',
-    "nested": {"deeper": {"password": "SECRET-d"}},
-}
-
-
-@pytest.mark.parametrize("value", SECRET_VALUES.values(), ids=SECRET_VALUES.keys())
-@pytest.mark.parametrize("where", ["top", "nested", "in a list"])
-def test_a_secret_is_dropped_from_the_parsed_record_whatever_its_value(value, where):
-    user = copy.deepcopy(load_real_users()[3])
-    if where == "top":
-        user["password"] = value
-    elif where == "nested":
-        user["bank"]["password"] = value
-    else:
-        user["history"] = [1, {"password": value, "kept": "yes"}, [{"password": value}]]
-    lines = staged([json.dumps(user).encode(), orjson.dumps(load_real_users()[4])]).splitlines()
-    assert len(lines) == 2
-    assert orjson.loads(lines[0]) == without_passwords(json.loads(json.dumps(user)))  # still one JSON object a line
-    no_secrets(lines[0].decode())
-
-
-def test_a_key_spelled_with_escapes_is_a_secret_too():
-    user = {**load_real_users()[0], "password": "SECRET-esc"}
-    line = staged([json.dumps(user).encode().replace(b'"password"', b'"pass\\u0077ord"')])
-    assert orjson.loads(line) == without_passwords(user) and SECRET not in line.decode()
-
-
-def test_clean_records_are_staged_as_the_source_sent_them_less_the_password():
-    """The common case stays a column operation: no record is parsed and written again."""
-    users = load_real_users()
-    texts = [orjson.dumps(u) for u in users]
-    expected = [orjson.dumps(u).replace(b'"password":' + orjson.dumps(u["password"]) + b",", b"") for u in users]
-    assert staged(texts).splitlines() == expected
-
-
-def test_a_record_that_is_not_json_is_staged_cut_before_any_secret():
-    """A record that cannot be parsed cannot have its secret found by key: nothing from a trace on is kept."""
-    broken = msgspec.Raw(b'{"id": 7, "firstName": "Ann", "password": {"p": "SECRET-p"}, "x": [}')
-    escaped = msgspec.Raw(b'{"id": 8, "pass\\u0077ord": "SECRET-q", ')
-    buf = io.BytesIO()
-    write_lines(buf, [broken, escaped, msgspec.Raw(orjson.dumps(load_real_users()[0]))])
-    lines = buf.getvalue().decode().splitlines()
-    assert lines[:2] == ['{"id": 7, "firstName": "Ann", "' + CUT, '{"id": 8, "pass' + CUT]
-    no_secrets("\n".join(lines))
-
-
-def test_text_that_is_not_utf8_is_staged_as_utf8():
-    user = orjson.dumps({**load_real_users()[0], "maidenName": "x"})
-    user = user.replace(b'"maidenName":"x"', b'"maidenName":"\xff"')
-    (line,) = staged([user]).decode().splitlines()
-    assert orjson.loads(line)["maidenName"] == "\ufffd"
-
-
-# ---------------------------------------------------------------- transform
 
 UNPARSEABLE = [
     b'{"id": 6001, "firstName": "cut short',
@@ -365,11 +185,6 @@ def test_raw_keys_are_ones_the_raw_table_holds():
 
 
 # ---------------------------------------------------------------- end to end
-
-
-def rows(url: str, sql: str) -> list:
-    with engine_for(url).connect() as conn:
-        return conn.execute(text(sql)).all()
 
 
 @pytest.mark.usefixtures("prefect_server")

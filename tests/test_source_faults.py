@@ -13,9 +13,11 @@ import pytest
 
 from flows.users_etl import users_etl
 from models.db import engine_for
-from tasks.extract.dummyjson.checkpoint import CheckpointWriter, begin_extract
-from tasks.extract.dummyjson.constants import CHECKPOINT_KEY
-from tasks.extract.dummyjson.pages import fetch_batch
+from models.sources import ApiSourceConfig
+from tasks.extract.users_api.checkpoint import CheckpointWriter, begin_extract
+from tasks.extract.users_api.constants import CHECKPOINT_KEY
+from tasks.extract.users_api.pages import Fetching, fetch_batch
+from tasks.extract.users_api.paging import Paging, Position
 from tests.child import rows
 from tests.conftest import migrated
 from tests.servers.dummyjson import DummyJsonServer, Fault, distinct_users
@@ -118,17 +120,15 @@ def test_a_retried_page_is_logged_with_its_reason_after_a_growing_wait_and_no_cr
         server.fail_when = _failing({40: 2})
         base = server.base_url.replace("http://", "http://etl:s3cret-pw@") + "?token=s3cret-tok"
         with caplog.at_level(logging.WARNING):
+            paging = Paging(ApiSourceConfig(base_url=base, page_size=20))
             got = fetch_batch.fn(
                 checkpoints,
-                base_url=base,
-                page_size=20,
-                skip=0,
+                Fetching(paging, retries=2, retry_base_seconds=0.2),
+                position=Position(0),
                 max_records=100,
                 staged_path=plan.staged_path,
                 offset=0,
                 records_before=0,
-                retries=2,
-                retry_base_seconds=0.2,
             )
         times = [t for (_, skip), t in zip(server.requests, server.request_times, strict=True) if skip == 40]
     assert got.records == 100 and got.done

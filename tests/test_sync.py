@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from models.migrate import upgrade
 from models.settings import BUNDLED_DEPARTMENTS
-from tasks.extract.dummyjson.constants import SOURCE
+from tasks.extract.users_api.constants import SOURCE
 from tasks.staging.batches import RunFiles
 from tasks.users.persist import persist_spans
 from tasks.users.sync import mark_absent, staged_ids

@@ -15,6 +15,10 @@ class SourceError(RuntimeError):
     """The source answered in a way retrying will not fix (4xx, broken contract)."""
 
 
+class SourceAuthError(SourceError):
+    """The source refused the credentials (401/403): the message names the setting to check, never its value."""
+
+
 class TransientSourceError(RuntimeError):
     """The source is down, slow or overloaded; worth another try."""
 

@@ -27,6 +27,7 @@ class StagedInput:
     label: str | None = None  # the plug-in's name for the input (a CSV file's name)
     checksum: str | None = None  # the plug-in's fingerprint of the input, for its checkpoint
     error: str | None = None  # why the whole input was rejected (it becomes one DLQ entry)
+    fields: dict[str, list[str]] | None = None  # staging column -> path in a record (None: DummyJSON's)
 
 
 @dataclass(frozen=True)
@@ -55,17 +56,36 @@ class TransformedBatch:
 
 
 @dataclass
-class ExtractResult:
-    """What extract staged: the API's file first, then every other input."""
+class ApiWalk:
+    """One users API's extraction in a run: its whole staged file (the resumed part included), and why the
+    walk is no complete picture of the source, if it is not."""
 
-    api: StagedInput  # the whole API file of the run (span: everything staged, resumed part included)
+    staged: StagedInput
+    resumed: bool = False
+    findings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExtractResult:
+    """What extract staged: each users API's file (the default source first), then every other input."""
+
+    apis: list[ApiWalk] = field(default_factory=list)
     others: list[StagedInput] = field(default_factory=list)
-    resumed_from: int | None = None  # the skip an interrupted extraction resumed at
-    findings: list[str] = field(default_factory=list)  # why the page walk is no complete picture of the source
 
     @property
     def records(self) -> int:
-        return self.api.records + sum(s.records for s in self.others)
+        return sum(a.staged.records for a in self.apis) + sum(s.records for s in self.others)
+
+    @property
+    def findings(self) -> list[str]:
+        """Every API walk's findings, each naming its source when several APIs were read."""
+        several = len(self.apis) > 1
+        return [f"{a.staged.source}: {f}" if several else f for a in self.apis for f in a.findings]
+
+    @property
+    def complete_sources(self) -> list[str]:
+        """The API sources whose page walk was complete (only these may have users marked deleted)."""
+        return [a.staged.source for a in self.apis if not a.findings]
 
 
 @dataclass

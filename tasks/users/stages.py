@@ -11,7 +11,6 @@ from pathlib import Path
 import polars as pl
 
 from tasks.extract import source_module
-from tasks.extract.dummyjson.constants import SOURCE
 from tasks.staging import handoff
 from tasks.staging.batches import PersistResult, RunFiles, Span, StagedInput, TransformedBatch
 from tasks.staging.files import split_spans
@@ -80,7 +79,7 @@ def transform_input(
             dlq_path=files.dlq,
             keys_path=files.raw_keys,
             source=entry.source,
-            fields=plugin.FIELDS if plugin else None,
+            fields=plugin.FIELDS if plugin else entry.fields,
             seen_ids=tally.seen_ids.get(entry.source),
         )
         assert out.ids is not None  # (transform_batch always sets them)
@@ -119,24 +118,25 @@ class PersistTally:
 
     totals: Counter = field(default_factory=Counter)
     per_source: dict[str, Counter] = field(default_factory=dict)
-    api_keys: list[tuple[str, Span]] = field(default_factory=list)
-    withheld: str | None = None
+    api_keys: dict[str, list[tuple[str, Span]]] = field(default_factory=dict)  # per source: its raw keys' spans
+    withheld: list[str] = field(default_factory=list)
 
     def add(self, batch: TransformedBatch, counts: dict[str, int]) -> None:
         self.totals.update(counts)
         mine = {k: v for k, v in counts.items() if k in SOURCE_COUNTS}
         self.per_source.setdefault(batch.source, Counter()).update(mine | {"failed": batch.invalid})
-        if batch.source == SOURCE and batch.raw_keys:
-            self.api_keys.append((batch.files.raw_keys, batch.raw_keys))
+        if batch.raw_keys:
+            self.api_keys.setdefault(batch.source, []).append((batch.files.raw_keys, batch.raw_keys))
 
-    def add_absence(self, absence: Absence) -> None:
+    def add_absence(self, source: str, absence: Absence) -> None:
         self.totals.update(deleted=absence.deleted, dlq_resolved=absence.dlq_resolved)
-        self.per_source.setdefault(SOURCE, Counter()).update(deleted=absence.deleted)
-        self.withheld = absence.withheld
+        self.per_source.setdefault(source, Counter()).update(deleted=absence.deleted)
+        if absence.withheld:
+            self.withheld.append(absence.withheld)
 
     def result(self) -> PersistResult:
         return PersistResult(
             counts={k: self.totals.get(k, 0) for k in RUN_COUNTS},
             sources={s: dict(c) for s, c in self.per_source.items()},
-            deletions_withheld=self.withheld,
+            deletions_withheld="; ".join(self.withheld) or None,
         )

@@ -19,6 +19,7 @@ from tasks.staging.batches import RunFiles, Span, TransformedBatch
 from tasks.staging.files import PIECE_BYTES, append_frame, append_lines, append_text_lines, file_size, read_pieces
 from tasks.staging.runner import timed_work
 from tasks.users.dlq import dlq_lines
+from tasks.users.fields import DUMMYJSON_FIELDS
 from tasks.users.validate import check_frame, parsed_ids, raw_keys, split_checked
 
 
@@ -103,6 +104,8 @@ def transform_batch(
     memory is a piece's, not the batch's, and each output is still one span. An id seen in an earlier piece,
     or in `seen_ids` (the source's earlier batches of the run), is a duplicate: the first copy counts."""
     field_map = {k: tuple(v) for k, v in fields.items()} if fields else None
+    id_path = (field_map or DUMMYJSON_FIELDS).get("id_text", ("id",))  # the source's id, for raw_users' keys
+    id_json_path = "$." + ".".join(id_path)
     p_start, d_start = file_size(processed_path), file_size(dlq_path)
     keys, types, reasons = [], [], Counter[str]()
     valid = invalid = 0
@@ -115,7 +118,7 @@ def transform_batch(
         types.append(field_types(raw.schema))
         if not raw.height:
             continue
-        piece_keys = raw.select(raw_keys(pl.col(LINE), ids=parsed_ids(raw)))
+        piece_keys = raw.select(raw_keys(pl.col(LINE), ids=parsed_ids(raw, id_path), id_path=id_json_path))
         checked = check_frame(
             raw, departments, fields=field_map, raw_hash=piece_keys.get_column("record_hash"), seen_ids=seen_ids
         )

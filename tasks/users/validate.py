@@ -34,11 +34,12 @@ def raw_keys(
     ]
 
 
-def parsed_ids(raw: pl.DataFrame) -> pl.Expr | None:
-    """The parsed records' top-level `id` as the text JSON has for it, when the parsed column is whole
-    numbers or text (a column is parsed once; reading the id back out of each line costs far more)."""
-    dtype = raw.schema.get("id")
-    return pl.col("id").cast(pl.String) if dtype is not None and (dtype.is_integer() or dtype == pl.String) else None
+def parsed_ids(raw: pl.DataFrame, path: tuple[str, ...] = ("id",)) -> pl.Expr | None:
+    """The parsed records' id (a top-level key, `path`) as the text JSON has for it, when the parsed column is
+    whole numbers or text (a column is parsed once; reading the id back out of each line costs far more)."""
+    dtype = raw.schema.get(path[0]) if len(path) == 1 else None
+    ok = dtype is not None and (dtype.is_integer() or dtype == pl.String)
+    return pl.col(path[0]).cast(pl.String) if ok else None
 
 
 # ---------------------------------------------------------------- flattening

@@ -10,7 +10,7 @@ import pytest
 
 from dev import real_users
 from dev.sample_api import DummyJsonServer, Fault  # noqa: F401  (re-exported for tests)
-from tasks.extract.dummyjson.lines import write_lines
+from tasks.extract.users_api.lines import write_lines
 
 
 def load_real_users() -> list[dict]:

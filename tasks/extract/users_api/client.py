@@ -1,5 +1,6 @@
-"""The DummyJSON-contract HTTP client: one page (`GET base?limit=L&skip=S` -> {users, total}), a 429 waited
-out, a transient failure retried for that page alone."""
+"""The users API's HTTP client: one page (DummyJSON's `GET base?limit=L&skip=S` -> {users, total} by
+default; any source's pagination, tasks/extract/users_api/paging.py), a 429 waited out, a transient failure
+retried for that page alone, refused credentials failing at once."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import random
 import ssl
 import time
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 import httpx
-import msgspec
 
-from tasks.extract.dummyjson.constants import DEFAULT_RETRY_AFTER_SECONDS, MAX_429_WAITS, RETRY_MAX_SECONDS
-from tasks.extract.errors import SourceError, TransientSourceError
+from tasks.extract.errors import SourceAuthError, SourceError, TransientSourceError
 from tasks.extract.errors import source_logger as _logger
+from tasks.extract.users_api.constants import DEFAULT_RETRY_AFTER_SECONDS, MAX_429_WAITS, RETRY_MAX_SECONDS
+from tasks.extract.users_api.paging import Page, Paging, Position
 
 
 def _retry_after_seconds(value: str | None, cap: float) -> float:
@@ -38,7 +40,8 @@ def _get(client: httpx.Client, url: str, params: dict) -> tuple[int, httpx.Heade
     httpx's response objects sit in reference cycles (request, streams, connection) that only Python's
     cyclic garbage collector frees: a response that kept its page body kept it until the next collection,
     and across a long run those bodies piled up (`make bench` checks they do not)."""
-    with client.stream("GET", url, params=params) as resp:
+    # merged into the URL's own query (httpx's `params=` would replace it: a Link header's next URL, say)
+    with client.stream("GET", httpx.URL(url).copy_merge_params(params)) as resp:
         return resp.status_code, resp.headers, b"".join(resp.iter_bytes())
 
 
@@ -47,12 +50,16 @@ def _shown(base_url: str) -> str:
     return str(httpx.URL(base_url).copy_with(username=None, password=None, query=None))
 
 
-def fetch_page(client: httpx.Client, base_url: str, *, limit: int, skip: int, max_retry_after: float) -> dict:
-    """One page. 429 waits for Retry-After; 5xx and network errors raise TransientSourceError."""
-    url = f"{_shown(base_url)}?limit={limit}&skip={skip}"
+def fetch_page(
+    client: httpx.Client, paging: Paging, position: Position, *, max_retry_after: float, secret_setting: str
+) -> Page:
+    """One page. 429 waits for Retry-After; 5xx and network errors raise TransientSourceError; 401/403 raise
+    SourceAuthError naming the setting that holds the credential (never its value)."""
+    target, params = paging.request(position)
+    url = _shown(target) + (f"?{urlencode(params)}" if params else "")
     for _ in range(MAX_429_WAITS + 1):
         try:
-            status, headers, body = _get(client, base_url, {"limit": limit, "skip": skip})
+            status, headers, body = _get(client, target, params)
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             raise TransientSourceError(f"GET {url} failed: {type(exc).__name__}: {exc}") from exc
         if status == 429:
@@ -62,9 +69,13 @@ def fetch_page(client: httpx.Client, base_url: str, *, limit: int, skip: int, ma
             continue
         if status >= 500:
             raise TransientSourceError(f"GET {url} answered HTTP {status}")
+        if status in (401, 403):
+            raise SourceAuthError(
+                f"GET {url} answered HTTP {status}: the source refused the credentials; check {secret_setting}"
+            )
         if status >= 400:
             raise SourceError(f"GET {url} answered HTTP {status}: {body[:200].decode(errors='replace')}")
-        return parse_page(body, url)
+        return paging.parse(body, headers, url)
     raise TransientSourceError(f"GET {url} still rate-limited (429) after {MAX_429_WAITS} waits")
 
 
@@ -77,20 +88,20 @@ def _backoff(attempt: int, base_seconds: float) -> float:
 
 def fetch_page_retried(
     client: httpx.Client,
-    base_url: str,
+    paging: Paging,
+    position: Position,
     *,
-    limit: int,
-    skip: int,
     max_retry_after: float,
     retries: int,
     retry_base_seconds: float,
-) -> dict:
+    secret_setting: str,
+) -> Page:
     """One page, a transient failure (connection error, timeout, 5xx, 429 past its waits) retried up to
     `retries` times with backoff: every page has a budget of its own and a retry asks for that page alone, so a
     source failing now and then completes however many pages the walk has. Anything else raises at once."""
     for attempt in itertools.count():
         try:
-            return fetch_page(client, base_url, limit=limit, skip=skip, max_retry_after=max_retry_after)
+            return fetch_page(client, paging, position, max_retry_after=max_retry_after, secret_setting=secret_setting)
         except TransientSourceError as exc:
             if attempt == retries:
                 if retries:
@@ -100,26 +111,6 @@ def fetch_page_retried(
             _logger().warning("%s: retrying this page (%d of %d) in %.1fs", exc, attempt + 1, retries, wait)
             time.sleep(wait)
     raise AssertionError("unreachable: itertools.count() never ends")
-
-
-class _Page(msgspec.Struct):
-    """The envelope only: each user stays the raw JSON text the source sent (no Python objects per field)."""
-
-    users: list[msgspec.Raw]
-    total: int
-
-
-_PAGE = msgspec.json.Decoder(_Page)
-
-
-def parse_page(body: bytes, url: str) -> dict:
-    try:
-        page = _PAGE.decode(body)
-    except msgspec.ValidationError as exc:
-        raise SourceError(f"GET {url} broke the contract: {exc}") from exc
-    except (msgspec.DecodeError, RecursionError) as exc:  # (a record nested deeper than ~1,000 levels)
-        raise SourceError(f"GET {url} returned invalid JSON: {exc}") from exc
-    return {"users": page.users, "total": page.total}
 
 
 @functools.cache

@@ -11,17 +11,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col
 
 from models.runs import EtlCheckpoint
-from tasks.extract.dummyjson.constants import CHECKPOINT_EVERY_SECONDS, CHECKPOINT_KEY
+from tasks.extract.users_api.constants import CHECKPOINT_EVERY_SECONDS, CHECKPOINT_KEY
+from tasks.extract.users_api.paging import START, Position
 
 
 @dataclass(frozen=True)
 class ExtractPlan:
     staged_path: str
-    skip: int
+    position: Position  # where the walk goes on
     offset: int
     records: int
     resumed: bool
@@ -29,13 +31,13 @@ class ExtractPlan:
 
 
 @dataclass(frozen=True)
-class Position:
-    """Where extraction stands: the next `skip`, the `total` the source reported when the walk began, and the
-    staged file's length in bytes (`offset`) and records; `staged_path`, when given, is synced to disk before
-    the position is stored."""
+class Progress:
+    """What a checkpoint stores: the walk's `position`, the `total` the source reported when the walk began,
+    and the staged file's length in bytes (`offset`) and records; `staged_path`, when given, is synced to disk
+    before the position is stored."""
 
-    skip: int
-    total: int
+    position: Position
+    total: int | None
     offset: int
     records: int
     staged_path: str | None = None
@@ -45,10 +47,23 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def begin_extract(engine: Engine, *, run_id: str, fingerprint: str, new_path: Path) -> ExtractPlan:
-    """Resume an interrupted extraction of the same source, or start a new staged file."""
+def _state(position: Position) -> str:
+    return orjson.dumps({"token": position.token}).decode() if position.token else "{}"
+
+
+def begin_extract(
+    engine: Engine,
+    *,
+    run_id: str,
+    fingerprint: str,
+    new_path: Path,
+    key: str = CHECKPOINT_KEY,
+    first: Position = START,
+) -> ExtractPlan:
+    """Resume an interrupted extraction of the same source (checkpoint `key`), or start a new staged file at
+    `first`."""
     with Session(engine) as session:
-        cp = session.get(EtlCheckpoint, CHECKPOINT_KEY) or EtlCheckpoint(source=CHECKPOINT_KEY)
+        cp = session.get(EtlCheckpoint, key) or EtlCheckpoint(source=key)
         staged = Path(cp.staged_path) if cp.staged_path else None
         if (
             cp.status in ("in_progress", "failed")
@@ -57,28 +72,26 @@ def begin_extract(engine: Engine, *, run_id: str, fingerprint: str, new_path: Pa
             and staged.exists()
             and staged.stat().st_size >= cp.staged_bytes
         ):
-            plan = ExtractPlan(str(staged), cp.cursor, cp.staged_bytes, cp.staged_records, True, cp.total)
+            token = orjson.loads(cp.state or "{}").get("token")
+            at = Position(cp.cursor, token)
+            plan = ExtractPlan(str(staged), at, cp.staged_bytes, cp.staged_records, True, cp.total)
         else:
             new_path.parent.mkdir(parents=True, exist_ok=True)
             new_path.write_bytes(b"")
-            plan = ExtractPlan(str(new_path), 0, 0, 0, False)
+            plan = ExtractPlan(str(new_path), first, 0, 0, False)
             cp.total = None
         cp.status, cp.run_id, cp.fingerprint = "in_progress", run_id, fingerprint
-        cp.cursor, cp.staged_path, cp.staged_bytes, cp.staged_records = (
-            plan.skip,
-            plan.staged_path,
-            plan.offset,
-            plan.records,
-        )
+        cp.cursor, cp.state = plan.position.number, _state(plan.position)
+        cp.staged_path, cp.staged_bytes, cp.staged_records = plan.staged_path, plan.offset, plan.records
         cp.updated_at = _now()
         session.add(cp)
         session.commit()
     return plan
 
 
-def finish_extract(engine: Engine, *, error: str | None = None) -> None:
+def finish_extract(engine: Engine, *, error: str | None = None, key: str = CHECKPOINT_KEY) -> None:
     with Session(engine) as session:
-        cp = session.get(EtlCheckpoint, CHECKPOINT_KEY)
+        cp = session.get(EtlCheckpoint, key)
         if cp is None:
             return
         now = _now()
@@ -100,16 +113,21 @@ def _sync(path: str) -> None:
         os.close(fd)
 
 
-def _advance(engine: Engine, pos: Position) -> None:
-    """One UPDATE statement: it may run after every page, and a Session's load and flush took twice its CPU."""
-    if pos.staged_path is not None:
-        _sync(pos.staged_path)
+def _advance(engine: Engine, key: str, done: Progress) -> None:
+    """One UPDATE statement: it may run after every page, and a Session's load and flush cost twice its CPU."""
+    if done.staged_path is not None:
+        _sync(done.staged_path)
     with engine.begin() as conn:
         conn.execute(
             update(EtlCheckpoint)
-            .where(col(EtlCheckpoint.source) == CHECKPOINT_KEY)
+            .where(col(EtlCheckpoint.source) == key)
             .values(
-                cursor=pos.skip, total=pos.total, staged_bytes=pos.offset, staged_records=pos.records, updated_at=_now()
+                cursor=done.position.number,
+                state=_state(done.position),
+                total=done.total,
+                staged_bytes=done.offset,
+                staged_records=done.records,
+                updated_at=_now(),
             )
         )
 
@@ -127,26 +145,29 @@ class CheckpointWriter:
     resumed walk; positions store the first. Use as a context manager; leaving it stores the last position
     given, `close` too."""
 
-    def __init__(self, engine: Engine, *, total: int | None = None) -> None:
-        self._engine = engine
+    def __init__(self, engine: Engine, *, total: int | None = None, key: str = CHECKPOINT_KEY) -> None:
+        self._engine, self._key = engine, key
         self.totals: list[int] = [] if total is None else [total]
         self._cond = threading.Condition()
-        self._pending: Position | None = None
-        self.last: Position | None = None  # the last position given, stored or not
+        self._pending: Progress | None = None
+        self.last: Progress | None = None  # the last progress given, stored or not
         self._closed = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="extract-checkpoint", daemon=True)
         self._thread.start()
 
-    def advance(self, *, skip: int, total: int, offset: int, records: int, staged_path: str | None = None) -> None:
-        """Queue a new position (see `Position`), `total` as the source reported it with this page; raises if
-        an earlier write failed."""
+    def advance(
+        self, *, position: Position, total: int | None, offset: int, records: int, staged_path: str | None = None
+    ) -> None:
+        """Queue new progress (see `Progress`), `total` as the source reported it with this page (if it does);
+        raises if an earlier write failed."""
         with self._cond:
             if self._error is not None:
                 raise self._error
-            if not self.totals or self.totals[-1] != total:
+            if total is not None and (not self.totals or self.totals[-1] != total):
                 self.totals.append(total)
-            self._pending = self.last = Position(skip, self.totals[0], offset, records, staged_path)
+            first = self.totals[0] if self.totals else None
+            self._pending = self.last = Progress(position, first, offset, records, staged_path)
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -180,7 +201,7 @@ class CheckpointWriter:
                 )
                 position, self._pending = self._pending, None
             try:
-                _advance(self._engine, position)
+                _advance(self._engine, self._key, position)
             except Exception as exc:  # noqa: BLE001 (handed to the extracting thread)
                 with self._cond:
                     self._error = exc

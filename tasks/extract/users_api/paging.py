@@ -1,0 +1,126 @@
+"""How a users API pages, for each style a source may use: where a page's request goes, what its body says,
+and where the walk goes on. A walk's position is what its checkpoint stores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import msgspec
+
+from models.sources import ApiSourceConfig
+from tasks.extract.errors import SourceError
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a walk goes on: the next offset (`offset`) or page number (`page`), or the source's token for the
+    next page (`cursor`: its cursor; `link`: the URL its Link header gave) with the pages walked so far."""
+
+    number: int
+    token: str | None = None
+
+
+START = Position(0)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page as the source sent it: its records as raw JSON texts, and what it says about the rest."""
+
+    records: list[msgspec.Raw]
+    total: int | None = None
+    total_pages: int | None = None
+    next_token: str | None = None
+
+
+_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_LIST = msgspec.json.Decoder(list[msgspec.Raw])
+_COUNT = msgspec.json.Decoder(int | None)
+_TOKEN = msgspec.json.Decoder(str | int | None)
+
+
+def _at(body: bytes | msgspec.Raw, path: str) -> msgspec.Raw | bytes | None:
+    """The raw JSON at a dotted path (None where a step is missing); the body itself for ""."""
+    node: bytes | msgspec.Raw | None = body
+    for key in path.split(".") if path else []:
+        node = _OBJECT.decode(node).get(key) if node is not None else None
+    return node
+
+
+class Paging:
+    """A source's pagination (ApiSourceConfig's style and parameter names)."""
+
+    def __init__(self, config: ApiSourceConfig) -> None:
+        self.config = config
+
+    def first(self) -> Position:
+        return Position(self.config.first_page if self.config.pagination == "page" else 0)
+
+    def request(self, position: Position) -> tuple[str, dict[str, Any]]:
+        """The URL and query parameters of the page at `position` (credentials are added by the client)."""
+        c = self.config
+        size = {c.limit_param: c.page_size}
+        if c.pagination == "offset":
+            return c.base_url, {**size, c.offset_param: position.number}
+        if c.pagination == "page":
+            return c.base_url, {c.page_param: position.number, **size}
+        if c.pagination == "cursor":
+            return c.base_url, {**size, **({c.cursor_param: position.token} if position.token else {})}
+        return (position.token, {}) if position.token else (c.base_url, size)  # link: the next URL as given
+
+    def after(self, position: Position, page: Page) -> Position | None:
+        """Where the walk goes on after `page`, or None when that page was its last."""
+        c, got = self.config, len(page.records)
+        if not got:
+            return None
+        short = got < c.page_size
+        if c.pagination == "offset":
+            reached = position.number + got
+            done = reached >= page.total if page.total is not None else short
+            return None if done else Position(reached)
+        if c.pagination == "page":
+            last = page.total_pages is not None and position.number >= c.first_page + page.total_pages - 1
+            return None if short or last else Position(position.number + 1)
+        return Position(position.number + 1, page.next_token) if page.next_token else None
+
+    def last(self, position: Position, page: Page) -> Position:
+        """Where a walk that ended with `page` stands (its checkpoint's last position)."""
+        if self.config.pagination == "offset":
+            return Position(position.number + len(page.records))
+        return Position(position.number + 1)
+
+    def parse(self, body: bytes, headers: httpx.Headers, url: str) -> Page:
+        """A page's body (records at `records_path`, the counts and cursor where configured) and Link header."""
+        c = self.config
+        try:
+            records = _at(body, c.records_path)
+            if records is None:
+                raise SourceError(f"GET {url} broke the contract: no records at {c.records_path!r}")
+            total = _count(body, c.total_path, url) if c.pagination in ("offset", "page") else None
+            pages = _count(body, c.total_pages_path, url) if c.pagination == "page" else None
+            token = None
+            if c.pagination == "cursor":
+                raw = _at(body, c.cursor_path)
+                value = _TOKEN.decode(raw) if raw is not None else None
+                token = str(value) if value not in (None, "") else None
+            elif c.pagination == "link":
+                token = httpx.Response(200, headers=headers).links.get("next", {}).get("url")
+                if token and c.auth == "api_key_query":  # the key is added to every request: never stored
+                    token = str(httpx.URL(token).copy_remove_param(c.api_key_name))
+            return Page(_LIST.decode(records), total, pages, token)
+        except msgspec.ValidationError as exc:
+            raise SourceError(f"GET {url} broke the contract: {exc}") from exc
+        except (msgspec.DecodeError, RecursionError) as exc:  # (a record nested deeper than ~1,000 levels)
+            raise SourceError(f"GET {url} returned invalid JSON: {exc}") from exc
+
+
+def _count(body: bytes, path: str | None, url: str) -> int | None:
+    """A count the source gives at `path` (required there when configured), or None without a path."""
+    if not path:
+        return None
+    raw = _at(body, path)
+    if raw is None:
+        raise SourceError(f"GET {url} broke the contract: no {path!r} in the body")
+    return _COUNT.decode(raw)
