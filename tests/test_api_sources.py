@@ -216,3 +216,17 @@ def test_two_api_sources_land_side_by_side_each_with_its_own_checkpoint_and_sync
     assert checkpoints["users:dummyjson"] == checkpoints["users:hr"] == "complete"
     assert second["sources"]["hr"]["deleted"] == 1 and second["sources"]["dummyjson"].get("deleted", 0) == 0
     assert rows(url, "SELECT id, source FROM processed_users WHERE status = 'deleted'") == [(9039, "hr")]
+
+
+def test_the_credential_may_come_from_a_prefect_secret_block(users, settings_env, tmp_path):
+    from prefect.blocks.system import Secret
+
+    Secret(value=SECRET).save("sluice-test-users-api-token", overwrite=True)
+    url = migrated(f"sqlite:///{tmp_path / 'app.db'}")
+    with RestApiServer(users[:30], auth="bearer", secret=SECRET) as server:
+        settings_env(database_url=url, users_api_base=server.base_url, users_api_auth="bearer")
+        settings_env(users_api_secret_block="sluice-test-users-api-token")
+        assert run()["counts"]["extracted"] == 30 and server.unauthorized == 0
+        settings_env(users_api_secret_block="no-such-block")
+        state = asyncio.run(users_etl(deliver_files=False, return_state=True))
+    assert state.is_failed() and "USERS_API_SECRET_BLOCK" in state.message and "no-such-block" in state.message
