@@ -194,6 +194,13 @@ class QuietHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
+class JsonHandler(QuietHandler):
+    """QuietHandler whose answers are JSON."""
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        super()._send(status, body, {"Content-Type": "application/json", **(headers or {})})
+
+
 class LoopbackServer:
     """Runs `self._httpd` (a ThreadingHTTPServer) in a daemon thread; a context manager."""
 
@@ -261,10 +268,7 @@ class DummyJsonServer(LoopbackServer):
     def _handler(self):
         server = self
 
-        class Handler(QuietHandler):
-            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                super()._send(status, body, {"Content-Type": "application/json", **(headers or {})})
-
+        class Handler(JsonHandler):
             def do_GET(self):  # noqa: N802
                 url = urlsplit(self.path)
                 if url.path.rstrip("/") != server.path:

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import orjson
 
-from dev.sample_api import Fault, LoopbackServer, QuietHandler
+from dev.sample_api import Fault, JsonHandler, LoopbackServer
 
 PAGINATIONS = ("offset", "page", "cursor", "link")
 AUTHS = (None, "api_key_header", "api_key_query", "bearer", "basic")
@@ -200,10 +200,7 @@ class RestApiServer(LoopbackServer):
     def _handler(self):
         server = self
 
-        class Handler(QuietHandler):
-            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                super()._send(status, body, {"Content-Type": "application/json", **(headers or {})})
-
+        class Handler(JsonHandler):
             def do_GET(self):  # noqa: N802
                 url = urlsplit(self.path)
                 if url.path.rstrip("/") != server.path:
