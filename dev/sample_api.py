@@ -200,6 +200,14 @@ class JsonHandler(QuietHandler):
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         super()._send(status, body, {"Content-Type": "application/json", **(headers or {})})
 
+    def _query_at(self, path: str, *, keep_blank: bool = False) -> dict[str, list[str]] | None:
+        """The request's query when it asks for `path`; None, having answered 404, when it does not."""
+        url = urlsplit(self.path)
+        if url.path.rstrip("/") != path:
+            self._send(404, b'{"message": "not found"}')
+            return None
+        return parse_qs(url.query, keep_blank_values=keep_blank)
+
 
 class LoopbackServer:
     """Runs `self._httpd` (a ThreadingHTTPServer) in a daemon thread; a context manager."""
@@ -270,10 +278,9 @@ class DummyJsonServer(LoopbackServer):
 
         class Handler(JsonHandler):
             def do_GET(self):  # noqa: N802
-                url = urlsplit(self.path)
-                if url.path.rstrip("/") != server.path:
-                    return self._send(404, b'{"message": "not found"}')
-                query = parse_qs(url.query)
+                query = self._query_at(server.path)
+                if query is None:
+                    return None
                 try:
                     limit = int(query.get("limit", [SERVER_DEFAULT_LIMIT])[0])
                     skip = int(query.get("skip", ["0"])[0])

@@ -48,6 +48,12 @@ class ApiSourceConfig(BaseModel):
     secret_block: str | None = None  # or the Prefect Secret block holding it
     uses_settings_secret: bool = False  # the default source: USERS_API_SECRET (read when needed, never carried)
 
+    @field_validator("total_path", "total_pages_path", "fields", mode="before")
+    @classmethod
+    def _unset(cls, v: object) -> object:
+        """An empty setting means none."""
+        return None if v in ("", {}) else v
+
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, v: str) -> str:
@@ -149,27 +155,15 @@ def api_sources(
     default_base = base_url or settings.users_api_base
     try:
         if default_base:
+            # the flat settings are the model's fields, each named `users_api_<field>`
+            names = [f for f in ApiSourceConfig.model_fields if hasattr(settings, f"users_api_{f}")]
+            own = {f: getattr(settings, f"users_api_{f}") for f in names}
             found.append(
                 ApiSourceConfig(
-                    name=settings.users_api_name,
+                    **own,
                     base_url=default_base,
                     page_size=page_size or settings.users_page_size,
-                    records_path=settings.users_api_records_path,
-                    pagination=settings.users_api_pagination,
-                    offset_param=settings.users_api_offset_param,
-                    limit_param=settings.users_api_limit_param,
-                    total_path=settings.users_api_total_path or None,
-                    page_param=settings.users_api_page_param,
-                    first_page=settings.users_api_first_page,
-                    total_pages_path=settings.users_api_total_pages_path or None,
-                    cursor_param=settings.users_api_cursor_param,
-                    cursor_path=settings.users_api_cursor_path,
-                    fields=settings.users_api_fields or None,
-                    auth=settings.users_api_auth,
-                    key_name=settings.users_api_key_name,
-                    username=settings.users_api_username,
                     uses_settings_secret=True,
-                    secret_block=settings.users_api_secret_block,
                 )
             )
         for name, fields in settings.users_api_sources.items():

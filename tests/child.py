@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.tables import rows  # noqa: F401  (the child-run tests' reader, beside wait_for)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def child_process(script: str, *args: str, log: Path, env: dict | None = None) -> Iterator[subprocess.Popen]:
+    """A Python child process running `script` from the project root (this process's environment unless
+    `env`), its output in `log`; killed on leaving if still alive."""
+    with log.open("w") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-c", script, *args],
+            cwd=ROOT,
+            env=env or os.environ.copy(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(30)
 
 
 def wait_for(what: str, check, *, timeout: float, child: subprocess.Popen | None = None, log: Path | None = None):

@@ -69,21 +69,16 @@ def users() -> list[dict]:
 @pytest.fixture(scope="module")
 def baseline(users, tmp_path_factory, prefect_server) -> list[tuple]:
     """What the DummyJSON contract stores for these users."""
-    import os
-
     from models.settings import get_settings
 
     url = migrated(f"sqlite:///{tmp_path_factory.mktemp('baseline') / 'app.db'}")
-    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "DATA_DIR")}
-    os.environ.update(DATABASE_URL=url, DATA_DIR=str(tmp_path_factory.mktemp("baseline-data")))
-    get_settings.cache_clear()
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DATABASE_URL", url)
+        env.setenv("DATA_DIR", str(tmp_path_factory.mktemp("baseline-data")))
+        get_settings.cache_clear()
         with DummyJsonServer(users) as server:
             run(api_base=server.base_url)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        get_settings.cache_clear()
+    get_settings.cache_clear()
     return stored(url)
 
 

@@ -8,8 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -17,9 +15,10 @@ import polars as pl
 import pytest
 
 from flows.users_etl import users_etl
-from tests.child import rows, wait_for
+from tests.child import child_process, wait_for
 from tests.servers.dummyjson import distinct_users
 from tests.servers.rest_api import RestApiServer
+from tests.tables import rows
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -48,14 +47,13 @@ def test_a_killed_run_resumes_at_its_stored_cursor_or_page(style, env, settings_
     with RestApiServer(distinct_users(USERS), **served) as server:
         settings_env(users_api_base=server.base_url, users_page_size=PAGE, **STYLES[style])
         release = threading.Event()
-        server.fail_when = lambda params: (
-            release.wait(CHILD_TIMEOUT) and None if _stalls_at(server, style, params) else None
-        )
-        with log.open("w") as out:
-            child = subprocess.Popen(
-                [sys.executable, "-c", RUN], cwd=ROOT, env=os.environ.copy(), stdout=out, stderr=subprocess.STDOUT
-            )
-        try:
+
+        def stall(params: dict) -> None:  # the source hangs on that page until released
+            if _stalls_at(server, style, params):
+                release.wait(CHILD_TIMEOUT)
+
+        server.fail_when = stall
+        with child_process(RUN, log=log) as child:
             wait_for(
                 "the stalled page",
                 lambda: any(_stalls_at(server, style, p) for p in server.requests),
@@ -65,9 +63,6 @@ def test_a_killed_run_resumes_at_its_stored_cursor_or_page(style, env, settings_
             )
             os.kill(child.pid, signal.SIGKILL)
             assert child.wait(30) == -signal.SIGKILL
-        finally:
-            if child.poll() is None:
-                child.kill()
         server.fail_when = None
         release.set()
         number, state = rows(url, "SELECT cursor, state FROM etl_checkpoints WHERE source = 'users:dummyjson'")[0]

@@ -226,14 +226,20 @@ def test_uploads_a_failed_run_could_not_remove_go_with_the_next_run(env: str, ss
     assert tree(sshd.local_root) == {f"{DAY}/{n}": f.read_bytes() for n, f in zip(DAILY, again, strict=True)}
 
 
-@pytest.mark.sshd
-def test_publish_checks_every_staged_file_before_renaming_any(env: str, sshd: SshdServer, tmp_path: Path) -> None:
+def _waiting_delivery(env: str, tmp_path: Path) -> tuple[str, list[Path], list]:
+    """A run's row and its files uploaded to its incoming folder, waiting to be published."""
     run_id = str(uuid.uuid4())
     runs.start_run(engine_for(env), run_id=run_id, flow_name="users-etl")
     files = staged_run(tmp_path, "20240517_060000", users=500)
     staged = deliver(
         [str(f) for f in files], DAY, raw_files=[str(files[0])], run_id=run_id, publish=False, daily_names=True
     ).staged
+    return run_id, files, staged
+
+
+@pytest.mark.sshd
+def test_publish_checks_every_staged_file_before_renaming_any(env: str, sshd: SshdServer, tmp_path: Path) -> None:
+    run_id, files, staged = _waiting_delivery(env, tmp_path)
     part = sshd.local_root / INCOMING_DIR / run_id / "invalid_users.jsonl.part"
     part.write_bytes(b"changed by someone else\n")
 
@@ -246,12 +252,7 @@ def test_publish_checks_every_staged_file_before_renaming_any(env: str, sshd: Ss
 
 @pytest.mark.sshd
 def test_a_publish_failing_midway_records_exactly_what_landed(env: str, sshd: SshdServer, tmp_path: Path) -> None:
-    run_id = str(uuid.uuid4())
-    runs.start_run(engine_for(env), run_id=run_id, flow_name="users-etl")
-    files = staged_run(tmp_path, "20240517_060000", users=500)
-    staged = deliver(
-        [str(f) for f in files], DAY, raw_files=[str(files[0])], run_id=run_id, publish=False, daily_names=True
-    ).staged
+    run_id, files, staged = _waiting_delivery(env, tmp_path)
     owner = sshd.local_root.stat()
     for folder in (sshd.local_root / DAY, sshd.local_root / DAY / "invalid_users.jsonl"):  # a folder in the way
         folder.mkdir()

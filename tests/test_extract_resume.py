@@ -8,11 +8,9 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -22,8 +20,9 @@ from sqlalchemy import text
 from dev.sample_api import DummyJsonServer, Fault
 from flows.users_etl import users_etl
 from models.db import engine_for
-from tests.child import rows, wait_for
+from tests.child import child_process, wait_for
 from tests.servers.dummyjson import distinct_users
+from tests.tables import rows
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -65,26 +64,6 @@ def source() -> Iterator[DummyJsonServer]:
             server.release.set()
 
 
-@contextmanager
-def _run_in_child(server: DummyJsonServer, log: Path) -> Iterator[subprocess.Popen]:
-    """users-etl in a process of its own (this one's environment: database, data dir, Prefect API), killed on
-    leaving if still alive."""
-    with log.open("w") as out:
-        child = subprocess.Popen(
-            [sys.executable, "-c", RUN.format(page=PAGE, batch=BATCH), server.base_url],
-            cwd=ROOT,
-            env=os.environ.copy(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield child
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait(30)
-
-
 def _kill_when_stalled(server: DummyJsonServer, child: subprocess.Popen, log: Path) -> int:
     """SIGKILL the run while it waits for STALL_SKIP; the number of requests the source had by then."""
     wait_for(
@@ -119,7 +98,7 @@ def test_a_killed_run_fetches_again_only_the_pages_in_flight(env, source, tmp_pa
     """Killed on its 31st page of a 60-page batch, the run has its checkpoint on that page (or a page before,
     if the last position was still on its way to the database); the next run starts there, not at skip=0."""
     url, log = env, tmp_path / "killed-run.log"
-    with _run_in_child(source, log) as child:
+    with child_process(RUN.format(page=PAGE, batch=BATCH), source.base_url, log=log) as child:
         served = _kill_when_stalled(source, child, log)
     cursor, staged_bytes, staged_path = _checkpoint(url)
     assert STALL_SKIP - 2 * PAGE <= cursor <= STALL_SKIP
@@ -137,7 +116,7 @@ def test_pages_staged_past_the_stored_checkpoint_are_cut_off_and_fetched_again(e
     url, log = env, tmp_path / "killed-run.log"
     holder = engine_for(url).connect()
     try:
-        with _run_in_child(source, log) as child:
+        with child_process(RUN.format(page=PAGE, batch=BATCH), source.base_url, log=log) as child:
             wait_for(
                 "checkpoint at skip>=500",
                 lambda: _stored_cursor(url) >= 500,

@@ -10,10 +10,8 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,9 +22,10 @@ from flows.users_etl import users_etl
 from models.db import engine_for
 from models.settings import get_settings
 from tasks.retention import expired_run_dirs
-from tests.child import rows, wait_for
+from tests.child import child_process, wait_for
 from tests.conftest import skip_or_fail
 from tests.servers.dummyjson import distinct_users
+from tests.tables import rows
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -55,25 +54,6 @@ def slow_source() -> Iterator[DummyJsonServer]:
     with DummyJsonServer(distinct_users(2000)) as server:
         server.fail_when = lambda limit, skip: time.sleep(PAGE_SECONDS)
         yield server
-
-
-@contextmanager
-def _child(script: str, *args: str, log: Path, env: dict | None = None) -> Iterator[subprocess.Popen]:
-    """A Python child process running `script`, killed on leaving if still alive."""
-    with log.open("w") as out:
-        child = subprocess.Popen(
-            [sys.executable, "-c", script, *args],
-            cwd=ROOT,
-            env=env or os.environ.copy(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield child
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait(30)
 
 
 def _running_run(url: str, server: DummyJsonServer, child: subprocess.Popen, log: Path) -> str:
@@ -120,7 +100,7 @@ def test_a_killed_run_is_marked_crashed_at_the_next_start_and_its_folder_can_be_
     gone and marks it crashed, ended at its last heartbeat; once the next run has finished the extraction the
     killed one staged into, its folder is eligible for RUN_FILES_KEEP_DAYS."""
     url, log = env, tmp_path / "killed.log"
-    with _child(RUN, slow_source.base_url, log=log) as child:
+    with child_process(RUN, slow_source.base_url, log=log) as child:
         killed = _running_run(url, slow_source, child, log)
         os.kill(child.pid, signal.SIGKILL)
         assert child.wait(30) == -signal.SIGKILL
@@ -143,7 +123,7 @@ def test_sigterm_ends_the_run_within_seconds_with_its_run_marked(env, slow_sourc
     """SIGTERM while extract, transform and persist run: the process ends in seconds (it used to stay until a
     SIGKILL), its run marked crashed, saying it was stopped and in which stages."""
     url, log = env, tmp_path / "terminated.log"
-    with _child(RUN, slow_source.base_url, log=log) as child:
+    with child_process(RUN, slow_source.base_url, log=log) as child:
         run_id = _running_run(url, slow_source, child, log)
         sent = time.monotonic()
         child.send_signal(signal.SIGTERM)
@@ -189,7 +169,7 @@ def test_a_lost_prefect_api_ends_the_run_with_one_line(env, slow_source, tmp_pat
     home = tmp_path / "own-prefect"
     home.mkdir()
     child_env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    with _child(LOST_API_RUN, slow_source.base_url, str(home), log=log, env=child_env) as child:
+    with child_process(LOST_API_RUN, slow_source.base_url, str(home), log=log, env=child_env) as child:
         run_id = _running_run(url, slow_source, child, log)
         # every stage's flow run made (a stage that could not be made would fail the run its own way)
         wait_for(

@@ -18,9 +18,9 @@ from tasks.extract.users_api.checkpoint import CheckpointWriter, begin_extract
 from tasks.extract.users_api.constants import CHECKPOINT_KEY
 from tasks.extract.users_api.pages import Fetching, fetch_batch
 from tasks.extract.users_api.paging import Paging, Position
-from tests.child import rows
 from tests.conftest import migrated
 from tests.servers.dummyjson import DummyJsonServer, Fault, distinct_users
+from tests.tables import rows
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

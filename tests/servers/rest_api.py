@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from http.server import ThreadingHTTPServer
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode
 
 import orjson
 
@@ -202,10 +202,10 @@ class RestApiServer(LoopbackServer):
 
         class Handler(JsonHandler):
             def do_GET(self):  # noqa: N802
-                url = urlsplit(self.path)
-                if url.path.rstrip("/") != server.path:
-                    return self._send(404, b'{"message": "not found"}')
-                params = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+                query = self._query_at(server.path, keep_blank=True)
+                if query is None:
+                    return None
+                params = {k: v[0] for k, v in query.items()}
                 if not server._authorised(params, self.headers):
                     with server._lock:
                         server.unauthorized += 1

@@ -59,9 +59,7 @@ def mark_done(engine: Engine, staged: list[StagedInput], *, run_id: str) -> None
 def stage(item: CsvFile, raw_path: str) -> StagedInput:
     """One CSV file -> staged JSONL (or a failure naming file and line)."""
     as_of, label = item.modified_at.isoformat(), item.path.name
-    base = StagedInput(
-        source=SOURCE, as_of=as_of, plugin=__name__.rsplit(".", 1)[-1], label=label, checksum=item.checksum
-    )
+    base = StagedInput(source=SOURCE, as_of=as_of, label=label, checksum=item.checksum)
     try:
         df = read_users_csv(item.path)
     except CsvFormatError as exc:

@@ -41,12 +41,24 @@ _COUNT = msgspec.json.Decoder(int | None)
 _TOKEN = msgspec.json.Decoder(str | int | None)
 
 
-def _at(body: bytes | msgspec.Raw, path: str) -> msgspec.Raw | bytes | None:
-    """The raw JSON at a dotted path (None where a step is missing); the body itself for ""."""
-    node: bytes | msgspec.Raw | None = body
-    for key in path.split(".") if path else []:
-        node = _OBJECT.decode(node).get(key) if node is not None else None
-    return node
+class _Body:
+    """A page's body, its top-level object decoded once (values kept as raw JSON) for every path read from it."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self._top: dict[str, msgspec.Raw] | None = None
+
+    def at(self, path: str) -> msgspec.Raw | bytes | None:
+        """The raw JSON at a dotted path (None where a step is missing); the body itself for ""."""
+        if not path:
+            return self.body
+        if self._top is None:
+            self._top = _OBJECT.decode(self.body)
+        head, *rest = path.split(".")
+        node: msgspec.Raw | None = self._top.get(head)
+        for key in rest:
+            node = _OBJECT.decode(node).get(key) if node is not None else None
+        return node
 
 
 class Paging:
@@ -93,16 +105,16 @@ class Paging:
 
     def parse(self, body: bytes, headers: httpx.Headers, url: str) -> Page:
         """A page's body (records at `records_path`, the counts and cursor where configured) and Link header."""
-        c = self.config
+        c, page = self.config, _Body(body)
         try:
-            records = _at(body, c.records_path)
+            records = page.at(c.records_path)
             if records is None:
                 raise SourceError(f"GET {url} broke the contract: no records at {c.records_path!r}")
-            total = _count(body, c.total_path, url) if c.pagination in ("offset", "page") else None
-            pages = _count(body, c.total_pages_path, url) if c.pagination == "page" else None
+            total = _count(page, c.total_path, url) if c.pagination in ("offset", "page") else None
+            pages = _count(page, c.total_pages_path, url) if c.pagination == "page" else None
             token = None
             if c.pagination == "cursor":
-                raw = _at(body, c.cursor_path)
+                raw = page.at(c.cursor_path)
                 value = _TOKEN.decode(raw) if raw is not None else None
                 token = str(value) if value not in (None, "") else None
             elif c.pagination == "link":
@@ -116,11 +128,11 @@ class Paging:
             raise SourceError(f"GET {url} returned invalid JSON: {exc}") from exc
 
 
-def _count(body: bytes, path: str | None, url: str) -> int | None:
+def _count(page: _Body, path: str | None, url: str) -> int | None:
     """A count the source gives at `path` (required there when configured), or None without a path."""
     if not path:
         return None
-    raw = _at(body, path)
+    raw = page.at(path)
     if raw is None:
         raise SourceError(f"GET {url} broke the contract: no {path!r} in the body")
     return _COUNT.decode(raw)
