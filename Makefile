@@ -19,7 +19,7 @@ export SLUICE_WORK_POOL := $(WORK_POOL)
 # prefect.yaml's cron: the environment's EXTRACT_SCHEDULE_CRON, else `.env`'s, else the default in models/settings.py
 SCHEDULE_CRON = $(BIN)/python -c 'from models.settings import get_settings; print(get_settings().extract_schedule_cron)'
 
-.PHONY: install migrate run test server deploy worker trigger api bench bench-api lint format typecheck clean
+.PHONY: install migrate run test screenshots server deploy worker trigger api bench bench-api lint format typecheck clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ run: install
 
 test: install
 	PREFECT_HOME=$(CURDIR)/var/prefect-test $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the console's pictures in docs/screenshots, taken by its browser tests (needs Debian's chromium)
+screenshots: install
+	SLUICE_SCREENSHOTS=$(CURDIR)/docs/screenshots PREFECT_HOME=$(CURDIR)/var/prefect-test $(BIN)/python -m pytest tests/console -q
 
 server: install
 	$(BIN)/prefect server start --host $(PREFECT_HOST) --port $(PREFECT_PORT)

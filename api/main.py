@@ -17,8 +17,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.console import mount_console
 from api.errors import DATABASE_DOWN, database_unavailable, http_error
 from api.metrics import HttpMetrics
+from api.ratelimit import add_rate_limits
 from api.routes import data, dlq, health, metrics, runs, stats, users
 from models.migrate import SchemaOutOfDate
 from models.settings import get_settings
@@ -112,6 +114,8 @@ def create_app() -> FastAPI:
         title="Sluice API",
         version="1.0.0",
         description="Processed users, the dead-letter queue, pipeline runs and health of the users-etl pipeline.",
+        docs_url=None,  # the console serves /docs and /redoc with their assets from this process
+        redoc_url=None,
     )
     app.state.metrics = HttpMetrics()
     for module in (users, dlq, runs, stats, health, metrics, data):
@@ -120,6 +124,7 @@ def create_app() -> FastAPI:
     for exc_type in DATABASE_DOWN:
         app.add_exception_handler(exc_type, database_unavailable)
     app.add_exception_handler(SchemaOutOfDate, schema_out_of_date)
+    mount_console(app)
     if settings.cors_origins:  # no origins, no cross-origin answers: the middleware would only cost time
         app.add_middleware(
             CORSMiddleware,
@@ -128,6 +133,7 @@ def create_app() -> FastAPI:
             allow_headers=["Content-Type", "X-API-Key", "X-Request-ID"],
             expose_headers=["X-Request-ID"],
         )
+    add_rate_limits(app, settings)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     return app
 

@@ -27,7 +27,8 @@ from sqlmodel import Session, select
 
 from models.db import engine_for
 from models.migrate import upgrade
-from models.schema import EMAIL_PATTERN, MAX_AGE, MIN_AGE
+from models.rules import MAX_AGE, MIN_AGE
+from models.schema import EMAIL_PATTERN
 from models.settings import get_settings
 from models.users import DlqUser, ProcessedUser, RawUser
 from tasks.deliver import SftpTarget

@@ -168,6 +168,7 @@ def report(summary: dict, demo_root: Path | None) -> None:
     for item in summary["delivered"]:
         where = f" (on disk: {demo_root})" if demo_root else ""
         print(f"  delivered  sftp:{item['remote_path']} {item['bytes']} bytes{where}")
+    print("  look       `make api`, then open http://127.0.0.1:8000/ (the console) or /docs")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,25 @@ TEXT_CONTAINS_NUL = "text_contains_nul"
 NUMBER_NOT_FINITE = "number_not_finite"
 # a CSV drop's line that could not be read as a record (no rule judged it)
 CSV_MALFORMED = "csv_malformed"
+MIN_AGE, MAX_AGE = 18, 65
+
+# what each rule means, in the words a person reading the DLQ needs (models/schema.py's messages)
+MESSAGES: dict[str, str] = {
+    RECORD_UNPARSEABLE: "the staged line is not JSON (invalid or cut short)",
+    RECORD_NOT_OBJECT: "the record is JSON but not an object (a text, number, array or null)",
+    ID_NOT_INTEGER: "id is missing or not an integer",
+    ID_DUPLICATE: "id appears more than once in the batch",
+    FIRST_NAME_MISSING: "firstName is missing or empty",
+    EMAIL_INVALID: "email is missing or not a valid address",
+    AGE_NOT_INTEGER: "age is missing or not an integer",
+    AGE_OUT_OF_RANGE: f"age is outside {MIN_AGE}-{MAX_AGE}",
+    DEPARTMENT_MISSING: "company.department is missing or empty",
+    DEPARTMENT_UNKNOWN: "company.department is not in the departments table",
+    ID_OUT_OF_RANGE: "id is an integer outside the signed 64-bit range",
+    TEXT_CONTAINS_NUL: "a text value holds a NUL character (\\u0000), which PostgreSQL cannot store",
+    NUMBER_NOT_FINITE: "height, weight, latitude or longitude is NaN, infinite or beyond a double",
+    CSV_MALFORMED: "the CSV line could not be read as a record (wrong number of fields or bad quoting)",
+}
 
 
 def too_long(column: str) -> str:
@@ -41,6 +60,15 @@ def max_lengths(model: type[SQLModel] = UserBase) -> dict[str, int]:
         for meta in field.metadata
         if getattr(meta, "max_length", None) and name not in SET_BY_PIPELINE
     }
+
+
+def message(name: str) -> str:
+    """What the rule `name` checks; a length rule's limit read from the table model."""
+    if name in MESSAGES:
+        return MESSAGES[name]
+    column = name.removesuffix("_too_long")
+    limit = max_lengths().get(column)
+    return f"{column} is longer than {limit} characters" if limit and column != name else "an unknown rule"
 
 
 def storage_rule_names() -> list[str]:

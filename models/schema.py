@@ -12,12 +12,11 @@ import polars as pl
 from sqlmodel import SQLModel
 
 from models import rules as names
-from models.rules import SET_BY_PIPELINE, max_lengths
+from models.rules import MAX_AGE, MIN_AGE, SET_BY_PIPELINE, max_lengths, message
 from models.users import UserBase
 
 EMAIL_PATTERN = r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
 INTEGER_PATTERN = r"^\s*[+-]?\d+(?:\.0+)?\s*$"
-MIN_AGE, MAX_AGE = 18, 65
 
 # staging column: what a staged line held (a JSON object, other JSON, or no JSON at all); REWRITTEN: an object
 # Polars read only once its numbers beyond what a column holds were written as text (judged as any object)
@@ -66,13 +65,13 @@ def record_rules() -> list[Rule]:
     return [
         Rule(
             names.RECORD_UNPARSEABLE,
-            "the staged line is not JSON (invalid or cut short)",
+            message(names.RECORD_UNPARSEABLE),
             pl.col(RECORD) != UNPARSEABLE,
             alone=True,
         ),
         Rule(
             names.RECORD_NOT_OBJECT,
-            "the record is JSON but not an object (a text, number, array or null)",
+            message(names.RECORD_NOT_OBJECT),
             pl.col(RECORD) != NOT_OBJECT,
             alone=True,
         ),
@@ -85,7 +84,7 @@ def storage_rules() -> list[Rule]:
     lengths = [
         Rule(
             names.too_long(col),
-            f"{col} is longer than {n} characters",
+            message(names.too_long(col)),
             (pl.col(col).str.len_chars() <= n).fill_null(True),
         )
         for col, n in max_lengths().items()
@@ -93,18 +92,18 @@ def storage_rules() -> list[Rule]:
     return [
         Rule(
             names.ID_OUT_OF_RANGE,
-            "id is an integer outside the signed 64-bit range",
+            message(names.ID_OUT_OF_RANGE),
             ~_integer_text("id_text") | pl.col("id").is_not_null(),
         ),
         *lengths,
         Rule(
             names.TEXT_CONTAINS_NUL,
-            "a text value holds a NUL character (\\u0000), which PostgreSQL cannot store",
+            message(names.TEXT_CONTAINS_NUL),
             ~pl.concat_str(text_columns(), ignore_nulls=True).str.contains("\x00", literal=True).fill_null(False),
         ),
         Rule(
             names.NUMBER_NOT_FINITE,
-            "height, weight, latitude or longitude is NaN, infinite or beyond a double",
+            message(names.NUMBER_NOT_FINITE),
             pl.all_horizontal(pl.col(number_columns()).is_finite().fill_null(True)),
         ),
     ]
@@ -117,24 +116,24 @@ def user_rules() -> list[Rule]:
     reads."""
     return [
         *record_rules(),
-        Rule(names.ID_NOT_INTEGER, "id is missing or not an integer", _integer_text("id_text")),
-        Rule(names.ID_DUPLICATE, "id appears more than once in the batch", ~pl.col("id_duplicate")),
-        Rule(names.FIRST_NAME_MISSING, "firstName is missing or empty", present("first_name")),
+        Rule(names.ID_NOT_INTEGER, message(names.ID_NOT_INTEGER), _integer_text("id_text")),
+        Rule(names.ID_DUPLICATE, message(names.ID_DUPLICATE), ~pl.col("id_duplicate")),
+        Rule(names.FIRST_NAME_MISSING, message(names.FIRST_NAME_MISSING), present("first_name")),
         Rule(
             names.EMAIL_INVALID,
-            "email is missing or not a valid address",
+            message(names.EMAIL_INVALID),
             pl.col("email").str.strip_chars().str.contains(EMAIL_PATTERN).fill_null(False),
         ),
-        Rule(names.AGE_NOT_INTEGER, "age is missing or not an integer", _integer_text("age_text")),
+        Rule(names.AGE_NOT_INTEGER, message(names.AGE_NOT_INTEGER), _integer_text("age_text")),
         Rule(
             names.AGE_OUT_OF_RANGE,
-            f"age is outside {MIN_AGE}-{MAX_AGE}",
+            message(names.AGE_OUT_OF_RANGE),
             ~_integer_text("age_text") | pl.col("age").is_between(MIN_AGE, MAX_AGE).fill_null(False),
         ),
-        Rule(names.DEPARTMENT_MISSING, "company.department is missing or empty", present("department")),
+        Rule(names.DEPARTMENT_MISSING, message(names.DEPARTMENT_MISSING), present("department")),
         Rule(
             names.DEPARTMENT_UNKNOWN,
-            "company.department is not in the departments table",
+            message(names.DEPARTMENT_UNKNOWN),
             ~present("department") | pl.col("department_code").is_not_null(),
         ),
         *storage_rules(),

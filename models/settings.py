@@ -126,7 +126,17 @@ class Settings(BaseSettings):
     prefect_api_auth_string: SecretStr | None = None  # a self-hosted server's basic auth, `user:password`
     prefect_ui_url: str | None = None
 
+    # per-client request limits of the API (`limits` notation, e.g. "600/minute"; "" turns a group's off): reads
+    # (the JSON routes and the console's pages) and writes (starting runs and replays); /health and /metrics
+    # are never limited. Counted in this process, or in Redis (RATE_LIMIT_STORAGE_URL=redis://...) so that
+    # several API workers share them
+    rate_limit_read: str = "600/minute"
+    rate_limit_write: str = "30/minute"
+    rate_limit_storage_url: SecretStr | None = None
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # text for people at a terminal; json: one JSON object per line, for log collectors
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("users_api_base", "prefect_api_url")
     @classmethod

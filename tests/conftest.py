@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,36 @@ def compose() -> dict:
 @pytest.fixture(scope="module")
 def services(compose) -> dict[str, dict]:
     return compose["services"]
+
+
+def deployment_id(name: str):
+    """The id of the deployment `name` on the session's Prefect server, or None."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_deployment_by_name(name).id
+        except Exception:  # noqa: BLE001  (ObjectNotFound)
+            return None
+
+
+@pytest.fixture
+def deployment(prefect_server):
+    """A real `users-etl/daily` deployment on the session's Prefect server (no worker: its runs stay Scheduled)."""
+    from prefect import get_client
+
+    from api.routes.runs import DEPLOYMENT
+    from flows.users_etl import users_etl
+
+    def apply():
+        return users_etl.to_deployment(name="daily").apply()
+
+    existing = deployment_id(DEPLOYMENT)
+    # in a thread of its own: Prefect's sync-or-async methods return coroutines where an event loop runs (as
+    # Playwright's sync API keeps one on the test's thread)
+    with ThreadPoolExecutor(1) as pool:
+        made = existing or pool.submit(apply).result()
+    yield made
+    if existing is None:
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(made)

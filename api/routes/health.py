@@ -17,7 +17,7 @@ from models.runs import EtlRun, HealthPublic
 router = APIRouter(tags=["health"])
 
 
-def _verdict(run: EtlRun | None) -> HealthPublic:
+def _run_verdict(run: EtlRun | None) -> HealthPublic:
     if run is None:
         return HealthPublic(status="no runs yet", database="ok")
     brief = crud.run_brief(run=run)
@@ -35,15 +35,19 @@ def _verdict(run: EtlRun | None) -> HealthPublic:
     responses={503: {"model": HealthPublic, "description": "database unreachable, or the last run failed"}},
 )
 def health(request: Request) -> JSONResponse:
+    answer = verdict(request)
+    return JSONResponse(answer.model_dump(mode="json"), status_code=503 if answer.status == "unhealthy" else 200)
+
+
+def verdict(request: Request) -> HealthPublic:
+    """What /health says: the database reachable and at the code's schema, and the last run's outcome."""
     try:
         with overridable_session(request) as session:  # by hand: a database that cannot be reached is an answer
             crud.database_ping(session=session)
-            verdict = _verdict(crud.latest_run(session=session))
+            return _run_verdict(crud.latest_run(session=session))
     except SchemaOutOfDate as exc:
-        verdict = HealthPublic(status="unhealthy", database="schema out of date", reason=str(exc))
+        return HealthPublic(status="unhealthy", database="schema out of date", reason=str(exc))
     except (SQLAlchemyError, OSError) as exc:
-        verdict = HealthPublic(
+        return HealthPublic(
             status="unhealthy", database="unreachable", reason=f"database unreachable: {describe_database_error(exc)}"
         )
-    code = 503 if verdict.status == "unhealthy" else 200
-    return JSONResponse(verdict.model_dump(mode="json"), status_code=code)

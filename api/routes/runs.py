@@ -55,7 +55,8 @@ def read_run(session: SessionDep, run_id: Annotated[str, Path(max_length=64, pat
     return crud.run_public(run=run)
 
 
-def _ui_link(api_url: str, flow_run_id: str) -> str:
+def ui_link(api_url: str, flow_run_id: str) -> str:
+    """The flow run's page in the Prefect UI: PREFECT_UI_URL, else the API's address without `/api`."""
     base = get_settings().prefect_ui_url or api_url.rstrip("/").removesuffix("/api")
     return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}"
 
@@ -114,7 +115,11 @@ def _unavailable(message: str) -> HTTPException:
     },
 )
 async def start_run(body: Annotated[EtlRunCreate | None, Body()] = None) -> EtlRunStarted:
-    parameters = body.model_dump(exclude_none=True) if body else {}
+    return await start_deployment_run(body.model_dump(exclude_none=True) if body else {})
+
+
+async def start_deployment_run(parameters: dict) -> EtlRunStarted:
+    """A Scheduled flow run of the deployment; 503 naming the fix when Prefect cannot take it."""
     api_url = get_settings().prefect_api_url
     if not api_url:
         raise _unavailable("Prefect is not configured: set PREFECT_API_URL to the Prefect server's API")
@@ -135,5 +140,5 @@ async def start_run(body: Annotated[EtlRunCreate | None, Body()] = None) -> EtlR
         deployment=DEPLOYMENT,
         state=state.get("name"),
         parameters=parameters,
-        ui_url=_ui_link(api_url, str(flow_run["id"])),
+        ui_url=ui_link(api_url, str(flow_run["id"])),
     )

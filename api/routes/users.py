@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -13,6 +14,7 @@ import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlmodel import Session
 
 from api import crud, crud_users
 from api.deps import InlineSessionDep, page_meta, query_model, query_parameters
@@ -124,16 +126,15 @@ class UsersQuery(BaseModel):
         return self.filters() | ({"status": self.status} if self.status != CURRENT else {})
 
 
-@router.get(
-    "/users",
-    response_model=UsersPublic,
-    summary="Current users, filtered, searched, sorted, paginated",
-    openapi_extra={"parameters": query_parameters(UsersQuery)},
-    responses={422: {"model": ValidationErrorBody, "description": "a parameter is invalid (named in loc)"}},
-)
-async def list_users(
-    request: Request, session: InlineSessionDep, q: Annotated[UsersQuery, Depends(query_model(UsersQuery))]
-) -> Response:
+@dataclass(frozen=True)
+class FoundUsers:
+    total: int
+    page: crud_users.UsersPage
+    next_cursor: str | None
+
+
+def find_users(*, session: Session, q: UsersQuery) -> FoundUsers:
+    """The page of users `q` asks for (by offset, or after its cursor), their total, the next page's cursor."""
     filters, shown = q.filters(), q.shown_filters()
     after = decode_cursor(q.cursor, sort=q.sort, order=q.order, filters=shown) if q.cursor else None
     total = crud_users.count_users(session=session, filters=filters, status=q.status)
@@ -156,14 +157,28 @@ async def list_users(
     if page.has_more and page.last is not None:
         value, last_id = page.last
         next_cursor = encode_cursor(sort=q.sort, order=q.order, value=value, last_id=last_id, filters=shown)
+    return FoundUsers(total, page, next_cursor)
+
+
+@router.get(
+    "/users",
+    response_model=UsersPublic,
+    summary="Current users, filtered, searched, sorted, paginated",
+    openapi_extra={"parameters": query_parameters(UsersQuery)},
+    responses={422: {"model": ValidationErrorBody, "description": "a parameter is invalid (named in loc)"}},
+)
+async def list_users(
+    request: Request, session: InlineSessionDep, q: Annotated[UsersQuery, Depends(query_model(UsersQuery))]
+) -> Response:
+    found = find_users(session=session, q=q)
     payload = {
-        "data": orjson.Fragment(page.data),
-        "total": total,
-        "page": None if after is not None else q.page,
+        "data": orjson.Fragment(found.page.data),
+        "total": found.total,
+        "page": None if q.cursor else q.page,
         "page_size": q.page_size,
-        "has_more": page.has_more,
-        "next_cursor": next_cursor,
-        "meta": page_meta(request, shown),
+        "has_more": found.page.has_more,
+        "next_cursor": found.next_cursor,
+        "meta": page_meta(request, q.shown_filters()),
     }
     # users are written straight to JSON in UsersPublic's shape (the schema tests hold them to it): no per-row
     # models on the hot path

@@ -4,17 +4,15 @@ a TestClient on a fresh app reading that database through DATABASE_URL."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
 
-from models.settings import get_settings
 from tests.conftest import create_pg_database, drop_pg_database, migrated
-from tests.servers.dummyjson import DummyJsonServer, break_users, load_real_users
+from tests.filled import run_pipeline
+from tests.servers.dummyjson import break_users, load_real_users
 
 with warnings.catch_warnings():  # Starlette deprecates httpx in its TestClient (wants httpx2, not pinned here)
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
@@ -34,22 +32,6 @@ class FilledDatabase:
     extra: dict = field(default_factory=dict)
 
 
-def _run_pipeline(url: str, data_dir: str, users: list[dict]) -> dict:
-    from flows.users_etl import users_etl
-
-    with pytest.MonkeyPatch.context() as mp, DummyJsonServer(users) as server:
-        for name in list(os.environ):  # the configuration a developer's shell may carry
-            if name.startswith(("USERS_", "SFTP_", "DATABASE_", "DATA_DIR", "DEPARTMENTS_", "EXTRACT_", "FEED_")):
-                mp.delenv(name)
-        mp.setenv("DATABASE_URL", url)
-        mp.setenv("DATA_DIR", data_dir)
-        get_settings.cache_clear()
-        try:
-            return asyncio.run(users_etl(api_base=server.base_url, deliver_files=False))
-        finally:
-            get_settings.cache_clear()
-
-
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def filled_db(request, prefect_server, tmp_path_factory) -> Iterator[FilledDatabase]:
     """Built once per database kind per session (pytest groups the tests by it)."""
@@ -60,7 +42,7 @@ def filled_db(request, prefect_server, tmp_path_factory) -> Iterator[FilledDatab
         create_pg_database("sluice_api") if pg else f"sqlite:///{tmp_path_factory.mktemp('api-sqlite') / 'app.db'}"
     )
     users, broken = break_users(load_real_users())
-    summary = _run_pipeline(url, str(tmp_path_factory.mktemp(f"api-data-{request.param}")), users)
+    summary = run_pipeline(url, str(tmp_path_factory.mktemp(f"api-data-{request.param}")), users)
     yield FilledDatabase(
         kind=request.param, url=url, run_id=summary["run_id"], summary=summary, source_users=users, broken=broken
     )

@@ -158,6 +158,12 @@ def test_database_unreachable(settings_env):
             r = c.get(path)
             assert r.status_code == 503 and r.json()["detail"].startswith("database unavailable"), path
             assert r.headers["x-request-id"]
+        for path in ("/", "/console/users", "/console/dlq", "/console/runs/x", "/console/dlq/1"):  # the console
+            r = c.get(path)
+            assert r.status_code == 503 and "The database is unavailable" in r.text, path
+            assert r.headers["content-type"].startswith("text/html") and r.headers["retry-after"]
+        page = c.get("/console/health")  # health in words
+        assert page.status_code == 200 and "Sluice is unhealthy: database unreachable" in page.text
 
 
 def test_get_db_override_is_honoured(settings_env, filled_db):

@@ -11,6 +11,7 @@ from prefect.settings import get_current_settings
 
 from api.main import create_app
 from api.routes.runs import DEPLOYMENT
+from tests.conftest import deployment_id
 
 KEY = "correct horse battery staple"
 
@@ -92,32 +93,11 @@ def test_prefect_unreachable(keyed):
     assert r.status_code == 503 and "unreachable" in r.json()["detail"]
 
 
-def _deployment_id(name: str):
-    with get_client(sync_client=True) as client:
-        try:
-            return client.read_deployment_by_name(name).id
-        except Exception:  # noqa: BLE001  (ObjectNotFound)
-            return None
-
-
 def test_deployment_missing(keyed):
-    if _deployment_id(DEPLOYMENT) is not None:
+    if deployment_id(DEPLOYMENT) is not None:
         pytest.skip(f"another test left a {DEPLOYMENT} deployment on the session's Prefect server")
     r = post()
     assert r.status_code == 503 and "not found" in r.json()["detail"] and DEPLOYMENT in r.json()["detail"]
-
-
-@pytest.fixture
-def deployment(prefect_server):
-    """A real `users-etl/daily` deployment on the session's Prefect server (no worker: its runs stay Scheduled)."""
-    from flows.users_etl import users_etl
-
-    existing = _deployment_id(DEPLOYMENT)
-    deployment_id = existing or users_etl.to_deployment(name="daily").apply()
-    yield deployment_id
-    if existing is None:
-        with get_client(sync_client=True) as client:
-            client.delete_deployment(deployment_id)
 
 
 def test_starts_a_flow_run_of_the_deployment(keyed, deployment):

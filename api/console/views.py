@@ -1,0 +1,111 @@
+"""What the pages show, computed from the API's own queries: a run's stage bars and flags, the DLQ's open
+reasons with their counts, a rule's meaning."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlmodel import Session, col
+
+from api import crud
+from api.routes.runs import ui_link
+from models.rules import message
+from models.runs import EtlRun, EtlRunPublic
+from models.settings import get_settings
+from models.users import DlqUser
+
+STAGES = ("extract", "transform", "persist", "deliver")
+SEPARATOR = "; "
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One stage's share of a bar drawn on a 0-100 axis."""
+
+    name: str
+    seconds: float
+    x: float
+    width: float
+
+
+@dataclass(frozen=True)
+class RunView:
+    run: EtlRunPublic
+    bars: list[Bar]  # the stages side by side, each its share of the stages' total
+    timeline: list[Bar]  # each stage from 0, against the run's duration (stages overlap)
+    anomalies: list[str]
+    drift: list[str]
+    prefect_url: str | None
+    reasons: list[tuple[str, int, float]]  # reason, records, bar width on a 0-100 axis
+
+
+def _split(text: str | None) -> list[str]:
+    return [part for part in (text or "").split(SEPARATOR) if part]
+
+
+def stage_bars(stage_seconds: dict[str, float]) -> list[Bar]:
+    known = [(name, stage_seconds[name]) for name in STAGES if stage_seconds.get(name)]
+    total, x, bars = sum(s for _, s in known), 0.0, []
+    for name, s in known:
+        width = 100 * s / total
+        bars.append(Bar(name, s, round(x, 3), round(width, 3)))
+        x += width
+    return bars
+
+
+def timeline(stage_seconds: dict[str, float], duration: float | None) -> list[Bar]:
+    known = [(name, stage_seconds.get(name, 0.0)) for name in STAGES if name in stage_seconds]
+    longest = max([duration or 0.0, *(s for _, s in known)]) or 1.0
+    return [Bar(name, s, 0.0, round(100 * s / longest, 3)) for name, s in known]
+
+
+def scaled(counts: list[tuple[str, int]]) -> list[tuple[str, int, float]]:
+    top = max((n for _, n in counts), default=0) or 1
+    return [(name, n, round(100 * n / top, 3)) for name, n in counts]
+
+
+def prefect_url(run_id: str) -> str | None:
+    settings = get_settings()
+    base = settings.prefect_api_url or settings.prefect_ui_url
+    return ui_link(base, run_id) if base else None
+
+
+def run_view(run: EtlRun) -> RunView:
+    public = crud.run_public(run=run)
+    reasons = sorted(public.dlq_reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+    return RunView(
+        run=public,
+        bars=stage_bars(public.stage_seconds),
+        timeline=timeline(public.stage_seconds, public.duration_seconds),
+        anomalies=_split(public.anomalies),
+        drift=_split(public.schema_drift),
+        prefect_url=prefect_url(public.id),
+        reasons=scaled(reasons),
+    )
+
+
+def open_reasons(*, session: Session) -> list[tuple[str, int]]:
+    """Open DLQ entries per rule, most first: an entry failing two rules counts under both. Grouped by the
+    joined reasons in the database (few distinct combinations), split here."""
+    stmt = (
+        select(col(DlqUser.error_reason), func.count())
+        .where(*crud.dlq_filters(status="open"))
+        .group_by(col(DlqUser.error_reason))
+    )
+    counts: Counter[str] = Counter()
+    for joined, n in session.connection().execute(stmt).all():
+        for reason in _split(joined):
+            counts[reason] += n
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+@dataclass(frozen=True)
+class Reason:
+    name: str
+    meaning: str
+
+
+def reasons_of(entry_reasons: list[str]) -> list[Reason]:
+    return [Reason(name, message(name)) for name in entry_reasons]
