@@ -19,7 +19,7 @@ export SLUICE_WORK_POOL := $(WORK_POOL)
 # prefect.yaml's cron: the environment's EXTRACT_SCHEDULE_CRON, else `.env`'s, else the default in models/settings.py
 SCHEDULE_CRON = $(BIN)/python -c 'from models.settings import get_settings; print(get_settings().extract_schedule_cron)'
 
-.PHONY: install migrate run test screenshots server deploy worker trigger api bench bench-api lint format typecheck clean
+.PHONY: install migrate run replay test screenshots server deploy worker trigger api bench bench-api lint format typecheck clean
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ migrate: install
 
 run: install
 	$(BIN)/python -m dev.run
+
+# the DLQ's open records judged again by today's rules and DEPARTMENTS_CSV, once (dev/replay.py);
+# REASON=<rule> and RUN_ID=<run id> narrow it to the records that failed that rule or that run rejected
+replay: install
+	$(BIN)/python -m dev.replay $(if $(REASON),--reason '$(REASON)') $(if $(RUN_ID),--run-id '$(RUN_ID)')
 
 test: install
 	PREFECT_HOME=$(CURDIR)/var/prefect-test $(BIN)/python -m pytest $(PYTEST_ARGS)

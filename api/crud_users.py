@@ -2,8 +2,9 @@
 
 Rows never become ORM objects (on SQLite the database writes each row's JSON itself; the statements are in
 api/users_statements.py), and the total is cached per filter set and data version (max(updated_at), which every
-insert and update of the pipeline moves, and the number of users per status other than current). Only users of
-the status asked for are served: `current` unless the caller names another."""
+insert and update of the pipeline moves, and the number of users per status other than current); so are a
+search's matches, when they are few enough to keep (api/users_matches.py): a page of them is read by id. Only
+users of the status asked for are served: `current` unless the caller names another."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from sqlalchemy import Connection, Engine, Row, func, select
 from sqlmodel import Session
 
 from api.crud import as_utc
+from api.users_matches import Matches, kept_matches, rows_by_id
 from api.users_statements import (
     IS_NOT_CURRENT,
     NOT_CURRENT,
     NOT_CURRENT_COUNTS,
+    SEARCH_MIN_CHARS,
     USER_BY_ID,
     USER_KEYS,
     USERS,
@@ -55,10 +58,22 @@ def fetch_users(
     offset: int = 0,
     after: tuple[Any, int] | None = None,
 ) -> Sequence[Row]:
-    """Rows as `row_columns` says (no ORM objects): by OFFSET, or the keyset parts after `after`."""
+    """Rows as `row_columns` says (no ORM objects): by OFFSET, or the keyset parts after `after`. Nothing is
+    read when the cached total already says the page is empty (a search that matches nothing, above all); a
+    search's page is read by id from its kept matches (api/users_matches.py) when they are few enough."""
     conn, dialect, keys = session.connection(), session.get_bind().dialect.name, tuple(sorted(filters))
+    known = cached_total(conn=conn, filters=filters, status=status)
+    if known is not None and (known == 0 or (after is None and offset >= known)):
+        return []
+    matches = search_matches(conn=conn, filters=filters, status=status, sort=sort)
+    if matches is not None:
+        ids = matches.page(order=order, limit=limit, offset=offset, after_id=None if after is None else after[1])
+        if ids is not None:
+            at = 2 if dialect == "sqlite" else USER_KEYS.index("id")
+            return rows_by_id(conn=conn, ids=ids, filters=filters, status=status, sort=sort, id_at=at)
+    plan = search_plan(dialect=dialect, filters=filters, status=status, sort=sort)
     params = filter_params(filters=filters, status=status)
-    shape = {"keys": keys, "status": status, "sort": sort, "order": order, "dialect": dialect}
+    shape = {"keys": keys, "status": status, "sort": sort, "order": order, "dialect": dialect, "plan": plan}
     if after is None:
         stmt = page_statement(**shape, part=None)
         return conn.execute(stmt, {**params, "limit": limit, "offset": offset}).all()
@@ -69,6 +84,31 @@ def fetch_users(
         if len(rows) >= limit:
             break
     return rows
+
+
+def search_matches(*, conn: Connection, filters: dict[str, Any], status: str, sort: str) -> Matches | None:
+    """A search's matches in `sort`'s order, kept for the data version (None: no search, or too many)."""
+    if "search" not in filters:
+        return None
+    key = (*_totals_key(conn=conn, filters=filters, status=status), sort)
+    plan = "fts" if fts_searchable(dialect=conn.dialect.name, filters=filters, status=status) else "row"
+    return kept_matches(conn=conn, key=key, filters=filters, status=status, sort=sort, plan=plan)
+
+
+def fts_searchable(*, dialect: str, filters: dict[str, Any], status: str) -> bool:
+    """Whether SQLite's FTS5 table can serve the search: current users (the other statuses are few, read off
+    the status index) and a search of at least a trigram."""
+    search = filters.get("search")
+    return dialect == "sqlite" and status == CURRENT and search is not None and len(search) >= SEARCH_MIN_CHARS
+
+
+def search_plan(*, dialect: str, filters: dict[str, Any], status: str, sort: str) -> str:
+    """ "fts" or "row" for a page of a search read from the table (its matches too many to keep: common) on
+    SQLite; PostgreSQL's planner chooses for itself, by its statistics. Sorted by id, FTS5 hands its matches
+    over in that order and the page reads them until it is full, never more rows than walking the table
+    would; sorted otherwise, walking the sort column's index and testing each row finds a page of a common
+    text soon, where every match would be read and sorted."""
+    return "fts" if sort == "id" and fts_searchable(dialect=dialect, filters=filters, status=status) else "row"
 
 
 def data_version(*, conn: Connection) -> Any:
@@ -83,15 +123,30 @@ def data_version(*, conn: Connection) -> Any:
     return version
 
 
+def _totals_key(*, conn: Connection, filters: dict[str, Any], status: str) -> tuple:
+    return (conn.engine, status, tuple(sorted(filters.items())), data_version(conn=conn))
+
+
+def cached_total(*, conn: Connection, filters: dict[str, Any], status: str) -> int | None:
+    """The total `count_users` cached for the current data version, else None (nothing is counted)."""
+    hit = _totals.get(_totals_key(conn=conn, filters=filters, status=status))
+    return hit[1] if hit is not None and time.monotonic() - hit[0] < TOTALS_TTL_SECONDS else None
+
+
 def count_users(*, session: Session, filters: dict[str, Any], status: str = CURRENT) -> int:
     """count(*) under the filters and status, cached per filter set for the current data version."""
     conn = session.connection()
-    cache_key = (conn.engine, status, tuple(sorted(filters.items())), data_version(conn=conn))
+    cache_key = _totals_key(conn=conn, filters=filters, status=status)
     now, hit = time.monotonic(), _totals.get(cache_key)
     if hit is not None and now - hit[0] < TOTALS_TTL_SECONDS:
         return hit[1]
-    stmt = count_statement(keys=tuple(sorted(filters)), status=status, dialect=conn.dialect.name)
-    total = conn.execute(stmt, filter_params(filters=filters, status=status)).scalar_one()
+    matches = search_matches(conn=conn, filters=filters, status=status, sort="id")
+    if matches is not None:
+        total = len(matches)
+    else:
+        plan = "fts" if fts_searchable(dialect=conn.dialect.name, filters=filters, status=status) else "row"
+        stmt = count_statement(keys=tuple(sorted(filters)), status=status, dialect=conn.dialect.name, plan=plan)
+        total = conn.execute(stmt, filter_params(filters=filters, status=status)).scalar_one()
     with _totals_lock:
         if len(_totals) >= TOTALS_MAX:
             _totals.clear()

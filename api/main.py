@@ -22,10 +22,12 @@ from api.errors import DATABASE_DOWN, database_unavailable, http_error
 from api.metrics import HttpMetrics
 from api.ratelimit import add_rate_limits
 from api.routes import data, dlq, health, metrics, runs, stats, users
+from models.logs import ACCESS_LOGGER, REQUEST_ID
 from models.migrate import SchemaOutOfDate
 from models.settings import get_settings
 
 log = logging.getLogger("api")
+access = logging.getLogger(ACCESS_LOGGER)
 
 REQUEST_ID_HEADER = b"x-request-id"
 VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
@@ -40,11 +42,12 @@ def new_request_id() -> str:
 
 class RequestContextMiddleware:
     """Outermost: gives every request an id (the caller's X-Request-ID when it is sane, else a new uuid),
-    echoes it on every response, times the request into the metrics by route template, and turns an
-    unhandled exception into a JSON 500 that still carries the id."""
+    echoes it on every response and puts it on the request's log lines, times the request into the metrics by
+    route template, and turns an unhandled exception into a JSON 500 that still carries the id. With
+    `access_log` (LOG_FORMAT=json, where uvicorn's own is off) it writes one access line per request."""
 
-    def __init__(self, app: ASGIApp, *, metrics: HttpMetrics) -> None:
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: ASGIApp, *, metrics: HttpMetrics, access_log: bool = False) -> None:
+        self.app, self.metrics, self.access_log = app, metrics, access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,6 +56,7 @@ class RequestContextMiddleware:
         given = next((v for k, v in scope["headers"] if k == REQUEST_ID_HEADER), None)
         rid = given.decode("ascii") if given and VALID_REQUEST_ID.match(given) else new_request_id()
         scope.setdefault("state", {}).update(request_id=rid, started_at=started)
+        context = REQUEST_ID.set(rid)
         status = 500
         response_started = False
 
@@ -81,8 +85,18 @@ class RequestContextMiddleware:
                 )
                 await send({"type": "http.response.body", "body": body})
         finally:
+            elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
-            self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)
+            self.metrics.observe(scope["method"], route, status, elapsed)
+            if self.access_log and access.isEnabledFor(logging.INFO):
+                self.log_access(scope, rid, status, elapsed)
+            REQUEST_ID.reset(context)
+
+    @staticmethod
+    def log_access(scope: Scope, rid: str, status: int, elapsed: float) -> None:
+        method, path, ms = scope["method"], scope["path"], round(elapsed * 1000, 3)
+        fields = {"request_id": rid, "method": method, "path": path, "status": status, "duration_ms": ms}
+        access.info("%s %s %d %.1f ms", method, path, status, ms, extra=fields)
 
 
 async def schema_out_of_date(_request: Request, exc: Exception) -> JSONResponse:
@@ -131,10 +145,10 @@ def create_app() -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "X-API-Key", "X-Request-ID"],
-            expose_headers=["X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After", "RateLimit", "RateLimit-Policy"],
         )
     add_rate_limits(app, settings)
-    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, access_log=settings.log_format == "json")
     return app
 
 

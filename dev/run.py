@@ -1,6 +1,8 @@
 """`make run`: every configured flow once, offline in one command, then where the results are.
 
-This is the flow process's entry point: it tunes the process first (flows/process.py). The database is
+This is the flow process's entry point: it tunes the process first (flows/process.py) and names Prefect's
+logging configuration for it and its Prefect server (flows/logging.yml: LOG_FORMAT=json writes JSON lines on
+stderr; the run's summary stays on stdout). The database is
 migrated (as `make migrate` does). What is not configured is started here and handed to the flows as a user
 would configure it: with USERS_API_BASE unset, the generated 300-user sample on a loopback port
 (dev/sample_api.py); with SFTP_HOST unset, a loopback SFTP server of the project's own (key in var/sftp,
@@ -19,32 +21,25 @@ from contextlib import ExitStack
 from pathlib import Path
 
 VAR_DIR = Path("var")
+# Prefect's logging configuration for flow processes (models/logs.py), the one a deployed run gets from
+# prefect.yaml; named here without importing `models` (this module loads nothing heavy before the server starts)
+LOGGING_FILE = Path(__file__).resolve().parents[1] / "flows" / "logging.yml"
 
 
 def main() -> int:
     from flows.process import tune
 
     tune()  # before anything loads Polars
+    os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(LOGGING_FILE))  # before anything loads Prefect
     from dev.prefect_server import local_prefect_api
 
     with ExitStack() as stack:
         # first, before the settings' imports: a server of its own takes the longest to be ready (it is
         # stopped at once on a bad setting)
         api = stack.enter_context(local_prefect_api(VAR_DIR))
-        from models.settings import ConfigError, get_settings
-
-        try:
-            settings = get_settings()
-        except ConfigError as exc:
-            print(f"sluice: {exc}", file=sys.stderr)
+        settings = prepared_settings(api)
+        if settings is None:
             return 2
-        if not settings.database_block and not migrate_database(settings.database_url_value):
-            return 2
-        if api.process is not None:
-            print(
-                f"sluice: no Prefect API configured; started a local Prefect server at {api.url} for this run",
-                file=sys.stderr,
-            )
         from flows.feeds_etl import feeds_etl  # imported while that server starts
         from flows.users_etl import users_etl
 
@@ -71,6 +66,23 @@ def main() -> int:
             f"{f['unchanged']} unchanged, {f['invalid']} to the DLQ"
         )
     return 0
+
+
+def prepared_settings(api):
+    """The settings, with the database migrated; None (after saying why) when either fails. Notes a local
+    Prefect server started for the run."""
+    from models.settings import ConfigError, get_settings
+
+    try:
+        settings = get_settings()
+    except ConfigError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return None
+    if not settings.database_block and not migrate_database(settings.database_url_value):
+        return None
+    if api.process is not None:
+        print(f"sluice: no Prefect API configured; started a local Prefect server at {api.url}", file=sys.stderr)
+    return settings
 
 
 def serve_what_is_not_configured(stack: ExitStack, settings) -> Path | None:
@@ -110,14 +122,14 @@ def _restore_environment(before: dict[str, str | None]) -> None:
     get_settings.cache_clear()
 
 
-def run_flow(parent, api_url: str | None):
-    """The parent flow's final state; or, having said why in one line, the exit code of a run stopped by a
-    signal (its record marked by the flow) or whose Prefect API does not answer."""
+def run_flow(parent, api_url: str | None, **parameters):
+    """The parent flow's final state (run with `parameters`); or, having said why in one line, the exit code
+    of a run stopped by a signal (its record marked by the flow) or whose Prefect API does not answer."""
     import httpx
     from prefect.exceptions import TerminationSignal
 
     try:
-        return asyncio.run(parent(return_state=True))
+        return asyncio.run(parent(**parameters, return_state=True))
     except (KeyboardInterrupt, TerminationSignal) as exc:
         how, code = ("Ctrl-C", 130) if isinstance(exc, KeyboardInterrupt) else ("SIGTERM", 143)
         print(f"sluice: {parent.name} stopped ({how}); its run is marked crashed in etl_runs", file=sys.stderr)

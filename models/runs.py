@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, DateTime, Text
+from sqlalchemy import BigInteger, Column, DateTime, Index, Text
 from sqlmodel import Field, SQLModel
 
 TZ = DateTime(timezone=True)
@@ -39,6 +39,7 @@ class EtlRunBase(SQLModel):
 
 class EtlRun(EtlRunBase, table=True):
     __tablename__ = "etl_runs"
+    __table_args__ = (Index("ix_etl_runs_started_at_id", "started_at", "id"),)  # newest first, off the index
     id: str = Field(primary_key=True, max_length=64)  # the Prefect flow run id
     stage_seconds: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
     delivered: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))

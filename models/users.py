@@ -17,6 +17,12 @@ ID = BigInteger().with_variant(Integer(), "sqlite")
 CURRENT: Final = "current"
 INVALID: Final = "invalid"
 DELETED: Final = "deleted"
+# the index that serves a users search of these columns (migration 0004): an FTS5 table of this name on
+# SQLite, the GIN index ix_<name> on PostgreSQL; no model declares either (each is one dialect's). On SQLite a
+# row of <name>_deferred, never committed, stands the insert trigger aside while persist indexes in bulk.
+SEARCHED: Final = ("first_name", "last_name", "email", "username")
+SEARCH_INDEX: Final = "processed_users_search"
+SEARCH_DEFERRED: Final = f"{SEARCH_INDEX}_deferred"
 # dlq_users.resolution: why an entry closed
 RESOLVED_VALID, RESOLVED_SUPERSEDED, RESOLVED_GONE = "valid", "superseded", "gone"
 
@@ -104,6 +110,8 @@ class DlqUser(DlqBase, table=True):
     until the record's user arrives valid, is seen with other content, or is gone from its source."""
 
     __tablename__ = "dlq_users"
+    # the open entries' reasons read off the index alone (the console's counts per rule)
+    __table_args__ = (Index("ix_dlq_users_resolved_at_reason", "resolved_at", "error_reason"),)
     id: int | None = Field(default=None, primary_key=True)
     record_hash: str = Field(max_length=64, unique=True)
     inserted_at: datetime = Field(sa_type=TZ)
@@ -114,7 +122,7 @@ class DlqUser(DlqBase, table=True):
     last_run_id: str | None = Field(default=None, max_length=64, index=True)  # the last run that rejected it
     resolved_at: datetime | None = Field(default=None, sa_type=TZ, index=True)  # null while open
     resolved_run_id: str | None = Field(default=None, max_length=64)
-    resolution: str | None = Field(default=None, max_length=16)  # valid | superseded | gone
+    resolution: str | None = Field(default=None, max_length=16)  # valid | superseded | gone | replayed
 
 
 class DlqPublic(SQLModel):
@@ -131,7 +139,7 @@ class DlqPublic(SQLModel):
     status: str = Field(description='"open" or "resolved"')
     resolved_at: datetime | None = None
     resolved_run_id: str | None = None
-    resolution: str | None = Field(default=None, description="valid | superseded | gone, once resolved")
+    resolution: str | None = Field(default=None, description="valid | superseded | gone | replayed, once resolved")
 
 
 # Flattened processed columns, in file/table order (the contract between transform and persist).

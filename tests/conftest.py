@@ -149,7 +149,9 @@ def database_url(request, tmp_path) -> str:
 def settings_env(monkeypatch, tmp_path):
     """Set configuration through the environment, as a user would; the settings cache follows."""
     for name in list(os.environ):
-        if name.startswith(("USERS_", "SFTP_", "DATABASE_", "DATA_DIR", "DEPARTMENTS_", "EXTRACT_", "API_", "FEED_")):
+        if name.startswith(
+            ("USERS_", "SFTP_", "DATABASE_", "DATA_DIR", "DEPARTMENTS_", "EXTRACT_", "API_", "FEED_", "RATE_LIMIT_")
+        ):
             monkeypatch.delenv(name)
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("EXTRACT_RETRY_BASE_SECONDS", "0")

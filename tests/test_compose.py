@@ -7,10 +7,11 @@ from __future__ import annotations
 import re
 from pathlib import Path, PurePosixPath
 
-from tests.compose_helpers import ROOT, env_of, secret_names, secret_targets
+from models.settings import Settings
+from tests.compose_helpers import ROOT, env_of, interpolate, secret_names, secret_targets
 
 DOCKERFILE = ROOT / "Dockerfile"
-REQUIRED_SERVICES = {"postgres", "prefect-server", "worker", "api", "sftp"}
+REQUIRED_SERVICES = {"postgres", "prefect-server", "worker", "api", "sftp", "redis"}
 APP_SERVICES = {"prefect-server", "deploy", "migrate", "worker", "api"}  # built from our Dockerfile
 ONE_SHOT = {"deploy", "migrate"}
 
@@ -144,6 +145,20 @@ def test_worker_runs_the_deployment_and_delivers_over_sftp(services):
     assert sftp_targets["sftp_client_key_pub"].startswith(f"/home/{user}/.ssh/keys/")
     assert sftp_targets["sftp_host_key"] == "/etc/ssh/ssh_host_ed25519_key"
     assert "sftp_client_key" not in sftp_targets, "the private key belongs to the worker only"
+
+
+def test_the_api_counts_its_rate_limits_in_the_stacks_redis(services):
+    """Every API container shares the counts; the limits default to the settings' own and an empty value (as
+    RATE_LIMIT_READ= on the command line) turns a group's limit off."""
+    env = env_of(services["api"])
+    assert env["RATE_LIMIT_STORAGE_URL"] == "redis://redis:6379/0"
+    assert depends(services["api"])["redis"] == "service_healthy"
+    redis = services["redis"]
+    assert redis["image"].split(":")[0] == "redis" and "ports" not in redis and not redis.get("volumes")
+    assert healthcheck_argv(redis)[1:] == ["redis-cli", "ping"]
+    for name in ("RATE_LIMIT_READ", "RATE_LIMIT_WRITE"):
+        assert interpolate(env[name]) == Settings.model_fields[name.lower()].default
+        assert interpolate(env[name], {name: ""}) == ""
 
 
 def test_app_containers_run_as_non_root(services):

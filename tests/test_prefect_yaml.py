@@ -1,6 +1,6 @@
-"""Fast checks of prefect.yaml, without a Prefect server (deployments `daily` of users-etl and `every-6h` of
-feeds-etl, cron and work pool from shared definitions, no absolute paths or secrets), and of the Makefile's
-deployment targets."""
+"""Fast checks of prefect.yaml, without a Prefect server (deployments `daily` of users-etl, `every-6h` of
+feeds-etl and `on-demand` of dlq-replay, cron and work pool from shared definitions, no absolute paths or
+secrets), and of the Makefile's deployment and replay targets."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_prefect_yaml_declares_the_daily_users_etl_deployment(prefect_config):
     from flows.users_etl import users_etl
 
     deployments = {d["name"]: d for d in prefect_config["deployments"]}
-    assert sorted(deployments) == ["daily", "every-6h"]
+    assert sorted(deployments) == ["daily", "every-6h", "on-demand"]
     daily, feeds = deployments["daily"], deployments["every-6h"]
     assert feeds["entrypoint"] == "flows/feeds_etl.py:feeds_etl" and feeds_etl.name == "feeds-etl"
     assert set(feeds["parameters"]) <= set(feeds_etl.parameters.properties)
@@ -38,6 +38,20 @@ def test_prefect_yaml_declares_the_daily_users_etl_deployment(prefect_config):
     assert (ROOT / module).is_file() and function == "users_etl" and users_etl.name == "users-etl"
     assert set(daily["parameters"]) <= set(users_etl.parameters.properties)
     assert daily["parameters"]["deliver_files"] is True
+
+
+def test_prefect_yaml_declares_the_dlq_replay_deployment_the_api_starts(prefect_config):
+    from api.routes.dlq import REPLAY_DEPLOYMENT
+    from flows.dlq_replay import dlq_replay
+
+    deployments = {d["name"]: d for d in prefect_config["deployments"]}
+    flow_name, name = REPLAY_DEPLOYMENT.split("/")
+    replay, daily = deployments[name], deployments["daily"]
+    assert replay["entrypoint"] == "flows/dlq_replay.py:dlq_replay" and dlq_replay.name == flow_name
+    assert set(replay["parameters"]) == {"reason", "run_id", "database_block"} <= set(dlq_replay.parameters.properties)
+    assert all(value is None for value in replay["parameters"].values()), "every open record unless asked"
+    assert "schedules" not in replay, "a replay follows a fix, it is not scheduled"
+    assert replay["work_pool"] is daily["work_pool"] and replay["concurrency_limit"] == daily["concurrency_limit"]
 
 
 def test_prefect_yaml_schedule_and_work_pool_come_from_shared_definitions(prefect_config):
@@ -168,3 +182,23 @@ def test_make_server_worker_trigger(make_target):
     trigger = make_target("trigger", PREFECT_API_URL="http://elsewhere:4200/api")
     assert trigger[0] == "ARGS deployment run users-etl/daily --watch"
     assert trigger[1].startswith("ENV PREFECT_API_URL=http://elsewhere:4200/api ")
+
+
+def test_make_replay_runs_the_flow_once_with_the_filters_given():
+    if shutil.which("make") is None:
+        skip_or_fail("GNU make is not installed")
+
+    def dry_run(*args: str) -> str:
+        done = subprocess.run(
+            ["make", "--no-print-directory", "-n", "-C", str(ROOT), "-o", ".venv/.installed-stamp", "replay", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert dry_run().endswith("/python -m dev.replay")
+    assert dry_run("REASON=department_unknown", "RUN_ID=abc-1").endswith(
+        "/python -m dev.replay --reason 'department_unknown' --run-id 'abc-1'"
+    )

@@ -15,8 +15,9 @@ from pydantic import BaseModel, Field, ValidationError
 from api import crud, crud_users
 from api.console import views
 from api.console.render import error_page, page
-from api.deps import SessionDep
+from api.deps import InlineSessionDep
 from api.routes.users import INT64, UsersQuery, find_users
+from models.dlq import dlq_filters
 from models.rules import dlq_reasons
 from models.users import CURRENT, DlqUser
 
@@ -42,7 +43,7 @@ def _int64(text: str) -> int | None:
 
 
 @router.get("/console/users", response_class=HTMLResponse)
-async def users_page(request: Request, session: SessionDep) -> HTMLResponse:
+async def users_page(request: Request, session: InlineSessionDep) -> HTMLResponse:
     given = _given(request)
     context: dict[str, Any] = {"title": "Users", "nav": "users", "form": given}
     try:
@@ -63,13 +64,13 @@ async def users_page(request: Request, session: SessionDep) -> HTMLResponse:
 
 
 @router.get("/console/users/{user_id}", response_class=HTMLResponse)
-async def user_page(request: Request, session: SessionDep, user_id: str) -> HTMLResponse:
+async def user_page(request: Request, session: InlineSessionDep, user_id: str) -> HTMLResponse:
     number = _int64(user_id)
     stored = crud_users.stored_user(session=session, user_id=number) if number is not None else None
     if stored is None:
         return error_page(request, status=404, title="No such user", message=f"There is no stored user {user_id}.")
     user = orjson.loads(stored.body)
-    dlq = crud.count_rows(session=session, model=DlqUser, where=crud.dlq_filters(status="all", user_id=number))
+    dlq = crud.count_rows(session=session, model=DlqUser, where=dlq_filters(status="all", user_id=number))
     context = {"title": f"User {number}", "nav": "users", "user": user, "status": stored.status, "dlq": dlq}
     context["current"] = stored.status == CURRENT
     return page(request, "user.html", context)
@@ -90,7 +91,7 @@ class DlqQuery(BaseModel):
 
 
 @router.get("/console/dlq", response_class=HTMLResponse)
-def dlq_page(request: Request, session: SessionDep) -> HTMLResponse:
+async def dlq_page(request: Request, session: InlineSessionDep) -> HTMLResponse:
     given = _given(request)
     context: dict[str, Any] = {"title": "Dead-letter queue", "nav": "dlq", "form": given, "reasons": dlq_reasons()}
     context["open_reasons"] = views.scaled(views.open_reasons(session=session))
@@ -100,13 +101,13 @@ def dlq_page(request: Request, session: SessionDep) -> HTMLResponse:
     except (ValidationError, RequestValidationError) as exc:
         context["problems"] = _problems(exc)
         return page(request, "dlq.html", context, region="dlq_table", status=422)
-    where = crud.dlq_filters(status=q.status, run_id=q.run_id, user_id=q.user_id, reason=q.reason)
+    where = dlq_filters(status=q.status, run_id=q.run_id, user_id=q.user_id, reason=q.reason)
     rows = crud.fetch_dlq(session=session, where=where, limit=DLQ_PER_PAGE + 1, offset=(q.page - 1) * DLQ_PER_PAGE)
     kept = {k: v for k, v in given.items() if k != "page"}
     context.update(
         q=q,
         entries=[crud.dlq_public(row=r) for r in rows[:DLQ_PER_PAGE]],
-        total=crud.count_rows(session=session, model=DlqUser, where=where),
+        total=views.dlq_total(session=session, key=(q.status, q.run_id, q.user_id, q.reason), where=where),
         next_url=f"?{urlencode({**kept, 'page': q.page + 1})}" if len(rows) > DLQ_PER_PAGE else None,
         prev_url=f"?{urlencode({**kept, 'page': q.page - 1})}" if q.page > 1 else None,
     )
@@ -114,7 +115,7 @@ def dlq_page(request: Request, session: SessionDep) -> HTMLResponse:
 
 
 @router.get("/console/dlq/{entry_id}", response_class=HTMLResponse)
-def dlq_record_page(request: Request, session: SessionDep, entry_id: str) -> HTMLResponse:
+async def dlq_record_page(request: Request, session: InlineSessionDep, entry_id: str) -> HTMLResponse:
     number = _int64(entry_id)
     row = session.get(DlqUser, number) if number is not None else None
     if row is None:

@@ -11,38 +11,37 @@ from sqlmodel import col
 from api import crud
 from api.console import views
 from api.console.render import error_page, page
-from api.deps import SessionDep, overridable_session, require_api_key
+from api.deps import InlineSessionDep, overridable_session, require_api_key
 from api.routes.health import verdict
 from api.routes.runs import DEPLOYMENT, start_deployment_run
+from models.dlq import dlq_filters
 from models.runs import EtlRun
-from models.users import DlqUser
 
 router = APIRouter(include_in_schema=False)
 RUNS_PER_PAGE = 20
 
 
 @router.get("/", response_class=HTMLResponse)
-def runs_page(
+async def runs_page(
     request: Request,
-    session: SessionDep,
+    session: InlineSessionDep,
     page_: Annotated[int, Query(alias="page", ge=1, le=100_000)] = 1,
 ) -> HTMLResponse:
-    offset = (page_ - 1) * RUNS_PER_PAGE
-    runs = crud.fetch_runs(session=session, where=[], limit=RUNS_PER_PAGE + 1, offset=offset)
+    listed = views.recent_runs(session=session, page=page_, per_page=RUNS_PER_PAGE)
     context = {
         "title": "Runs",
         "nav": "runs",
-        "runs": [views.run_view(r) for r in runs[:RUNS_PER_PAGE]],
+        "runs": listed.views,
         "page": page_,
-        "has_more": len(runs) > RUNS_PER_PAGE,
-        "total": crud.count_rows(session=session, model=EtlRun),
+        "has_more": listed.has_more,
+        "total": listed.total,
         "deployment": DEPLOYMENT,
     }
     return page(request, "runs.html", context, region="runs_table")
 
 
 @router.get("/console/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, session: SessionDep, run_id: str) -> HTMLResponse:
+async def run_page(request: Request, session: InlineSessionDep, run_id: str) -> HTMLResponse:
     run = session.get(EtlRun, run_id) if len(run_id) <= 64 else None
     if run is None:
         return error_page(request, status=404, title="No such run", message=f"There is no run {run_id}.")
@@ -59,7 +58,7 @@ async def start_run(
     field and forgets it), never in a cookie or the page."""
     try:
         require_api_key(x_api_key)
-        started = await start_deployment_run({})
+        started = await start_deployment_run(DEPLOYMENT, {})
     except HTTPException as exc:
         context = {"error": exc.detail, "status": exc.status_code}
         return page(request, "_start_result.html", context, status=exc.status_code)
@@ -67,12 +66,12 @@ async def start_run(
 
 
 @router.get("/console/health", response_class=HTMLResponse)
-def health_page(request: Request) -> HTMLResponse:
+async def health_page(request: Request) -> HTMLResponse:
     """No session dependency: a database that cannot be reached is this page's answer, not its error."""
     answer = verdict(request)
     context = {"title": "Health", "nav": "health", "health": answer}
     if answer.database == "ok":
         with overridable_session(request) as session:
-            context["open_dlq"] = crud.count_rows(session=session, model=DlqUser, where=crud.dlq_filters())
+            context["open_dlq"] = views.dlq_total(session=session, key="open", where=dlq_filters())
             context["last_success"] = crud.latest_run(session=session, statuses=("completed",))
     return page(request, "health.html", context)  # the page works; /health carries the status code

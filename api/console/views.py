@@ -3,20 +3,35 @@ reasons with their counts, a rule's meaning."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from api import crud
 from api.routes.runs import ui_link
+from models.dlq import dlq_filters
 from models.rules import message
 from models.runs import EtlRun, EtlRunPublic
 from models.settings import get_settings
 from models.users import DlqUser
 
 STAGES = ("extract", "transform", "persist", "deliver")
+# the DLQ's aggregates (per-rule counts, filtered totals) scan the open entries: they are kept per data version
+# (the newest entry, the newest resolution) for a few seconds, so a reopened or re-reasoned entry shows late
+DLQ_CACHE_SECONDS = 5.0
+DLQ_CACHE_MAX = 256
+# a page of runs is read again at most once a second: the list refreshes itself every few seconds, and a
+# console left open by many people (or a script polling it) costs one query a second, not one per request
+RUNS_CACHE_SECONDS = 1.0
+T = TypeVar("T")
+_dlq_cache: dict[Hashable, tuple[float, object]] = {}
+_dlq_lock = threading.Lock()
 SEPARATOR = "; "
 
 
@@ -86,12 +101,70 @@ def run_view(run: EtlRun) -> RunView:
     )
 
 
+def dlq_cached(*, session: Session, key: Hashable, compute: Callable[[], T]) -> T:
+    """`compute()`, reused while the DLQ's version is unchanged and for at most DLQ_CACHE_SECONDS."""
+    conn = session.connection()
+    # two scalar subqueries: each max() is then one index lookup (one statement of two aggregates scans)
+    newest = select(func.max(col(DlqUser.id))).scalar_subquery()
+    resolved = select(func.max(col(DlqUser.resolved_at))).scalar_subquery()
+    version = tuple(conn.execute(select(newest, resolved)).one())
+    full_key, now = (conn.engine.url, key, version), time.monotonic()
+    hit = _dlq_cache.get(full_key)
+    if hit is not None and now - hit[0] < DLQ_CACHE_SECONDS:
+        return hit[1]  # type: ignore[return-value]
+    value = compute()
+    with _dlq_lock:
+        if len(_dlq_cache) >= DLQ_CACHE_MAX:
+            _dlq_cache.clear()
+        _dlq_cache[full_key] = (now, value)
+    return value
+
+
+def dlq_total(*, session: Session, key: Hashable, where: list) -> int:
+    return dlq_cached(
+        session=session,
+        key=("total", key),
+        compute=lambda: crud.count_rows(session=session, model=DlqUser, where=where),
+    )
+
+
+@dataclass(frozen=True)
+class RecentRuns:
+    views: list[RunView]
+    has_more: bool
+    total: int
+
+
+_runs_cache: dict[Hashable, tuple[float, RecentRuns]] = {}
+
+
+def recent_runs(*, session: Session, page: int, per_page: int) -> RecentRuns:
+    """The runs of a page of the list, newest first, as they were at most RUNS_CACHE_SECONDS ago."""
+    key, now = (session.connection().engine.url, page, per_page), time.monotonic()
+    hit = _runs_cache.get(key)
+    if hit is not None and now - hit[0] < RUNS_CACHE_SECONDS:
+        return hit[1]
+    runs = crud.fetch_runs(session=session, where=[], limit=per_page + 1, offset=(page - 1) * per_page)
+    listed = RecentRuns(
+        [run_view(r) for r in runs[:per_page]], len(runs) > per_page, crud.count_rows(session=session, model=EtlRun)
+    )
+    with _dlq_lock:
+        if len(_runs_cache) >= DLQ_CACHE_MAX:
+            _runs_cache.clear()
+        _runs_cache[key] = (now, listed)
+    return listed
+
+
 def open_reasons(*, session: Session) -> list[tuple[str, int]]:
+    return dlq_cached(session=session, key="open reasons", compute=lambda: _open_reasons(session=session))
+
+
+def _open_reasons(*, session: Session) -> list[tuple[str, int]]:
     """Open DLQ entries per rule, most first: an entry failing two rules counts under both. Grouped by the
     joined reasons in the database (few distinct combinations), split here."""
     stmt = (
         select(col(DlqUser.error_reason), func.count())
-        .where(*crud.dlq_filters(status="open"))
+        .where(*dlq_filters(status="open"))
         .group_by(col(DlqUser.error_reason))
     )
     counts: Counter[str] = Counter()

@@ -76,10 +76,10 @@ class DeploymentMissing(Exception):
     pass
 
 
-async def _create_flow_run(api_url: str, parameters: dict) -> dict:
-    """A flow run of the deployment (Scheduled: a worker picks it up), created through Prefect's REST API,
-    so that the API process never loads Prefect."""
-    flow, name = DEPLOYMENT.split("/")
+async def _create_flow_run(api_url: str, deployment: str, parameters: dict) -> dict:
+    """A flow run of the deployment `flow/name` (Scheduled: a worker picks it up), created through Prefect's
+    REST API, so that the API process never loads Prefect."""
+    flow, name = deployment.split("/")
     with anyio.fail_after(PREFECT_TIMEOUT_SECONDS):
         async with httpx.AsyncClient(base_url=api_url, headers=_prefect_headers()) as client:
             found = await client.get(f"/deployments/name/{flow}/{name}")
@@ -91,6 +91,17 @@ async def _create_flow_run(api_url: str, parameters: dict) -> dict:
             )
             created.raise_for_status()
             return created.json()
+
+
+# what a route that starts runs answers without a good key (api.deps.ApiKeyDep)
+KEY_RESPONSES: dict[int | str, dict] = {
+    401: {"model": ErrorBody, "description": "no X-API-Key header"},
+    403: {
+        "model": ErrorBody,
+        "description": "a wrong X-API-Key; or no API_KEY is set on the server, "
+        "which turns starting runs through the API off",
+    },
+}
 
 
 def _unavailable(message: str) -> HTTPException:
@@ -105,28 +116,23 @@ def _unavailable(message: str) -> HTTPException:
     summary=f"Start a run of {DEPLOYMENT} (needs X-API-Key)",
     responses={
         400: {"description": "the body could not be read as JSON"},
-        401: {"model": ErrorBody, "description": "no X-API-Key header"},
-        403: {
-            "model": ErrorBody,
-            "description": "a wrong X-API-Key; or no API_KEY is set on the server, "
-            "which turns starting runs through the API off",
-        },
+        **KEY_RESPONSES,
         503: {"model": ErrorBody, "description": "Prefect unreachable, or the deployment missing"},
     },
 )
 async def start_run(body: Annotated[EtlRunCreate | None, Body()] = None) -> EtlRunStarted:
-    return await start_deployment_run(body.model_dump(exclude_none=True) if body else {})
+    return await start_deployment_run(DEPLOYMENT, body.model_dump(exclude_none=True) if body else {})
 
 
-async def start_deployment_run(parameters: dict) -> EtlRunStarted:
-    """A Scheduled flow run of the deployment; 503 naming the fix when Prefect cannot take it."""
+async def start_deployment_run(deployment: str, parameters: dict) -> EtlRunStarted:
+    """A Scheduled flow run of the deployment `flow/name`; 503 naming the fix when Prefect cannot take it."""
     api_url = get_settings().prefect_api_url
     if not api_url:
         raise _unavailable("Prefect is not configured: set PREFECT_API_URL to the Prefect server's API")
     try:
-        flow_run = await _create_flow_run(api_url, parameters)
+        flow_run = await _create_flow_run(api_url, deployment, parameters)
     except DeploymentMissing:
-        raise _unavailable(f"deployment {DEPLOYMENT} not found on the Prefect server: run `make deploy`") from None
+        raise _unavailable(f"deployment {deployment} not found on the Prefect server: run `make deploy`") from None
     except httpx.HTTPStatusError as exc:
         log.warning("Prefect refused the run: %s", exc)
         raise _unavailable(f"the Prefect server refused the run ({exc.response.status_code})") from None
@@ -137,7 +143,7 @@ async def start_deployment_run(parameters: dict) -> EtlRunStarted:
     return EtlRunStarted(
         flow_run_id=str(flow_run["id"]),
         flow_run_name=flow_run.get("name"),
-        deployment=DEPLOYMENT,
+        deployment=deployment,
         state=state.get("name"),
         parameters=parameters,
         ui_url=ui_link(api_url, str(flow_run["id"])),

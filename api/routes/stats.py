@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from api import crud, crud_users
 from api.deps import SessionDep
+from models.dlq import dlq_filters
 from models.runs import StatsPublic
 from models.users import DELETED, INVALID, DlqUser, RawUser
 
@@ -16,7 +17,7 @@ router = APIRouter(tags=["stats"], responses={503: {"description": "the database
 def stats(session: SessionDep) -> StatsPublic:
     """Each source user counted once: current users in processed_users, open DLQ entries in dlq_users."""
     processed = crud_users.count_users(session=session, filters={})
-    dlq = crud.count_rows(session=session, model=DlqUser, where=crud.dlq_filters(status="open"))
+    dlq = crud.count_rows(session=session, model=DlqUser, where=dlq_filters(status="open"))
     not_current = crud_users.users_not_current(session=session)
     by_status = crud.runs_by_status(session=session)
     last_finished = crud.latest_run(session=session, finished=True)
@@ -36,5 +37,5 @@ def stats(session: SessionDep) -> StatsPublic:
         checkpoints=crud.checkpoints(session=session),
         invalid_users=not_current[INVALID],
         deleted_users=not_current[DELETED],
-        dlq_users_resolved=crud.count_rows(session=session, model=DlqUser, where=crud.dlq_filters(status="resolved")),
+        dlq_users_resolved=crud.count_rows(session=session, model=DlqUser, where=dlq_filters(status="resolved")),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import polars as pl
@@ -16,10 +17,19 @@ import polars_hash  # noqa: F401
 from sqlalchemy import Connection, Engine
 
 from models.db import table_of, write_transaction
-from models.users import CURRENT, PROCESSED_COLUMNS, ProcessedUser, RawUser
+from models.users import (
+    CURRENT,
+    PROCESSED_COLUMNS,
+    SEARCH_DEFERRED,
+    SEARCH_INDEX,
+    SEARCHED,
+    ProcessedUser,
+    RawUser,
+)
 from tasks.bulk import (
     bulk_insert,
     insert_versions,
+    key_filter,
     lookup_frame,
     stored_hashes,
     time_literal,
@@ -99,13 +109,13 @@ def upsert_processed(conn: Connection, processed: pl.DataFrame, *, run_id: str, 
     now_lit, run = time_literal(conn, now), pl.lit(run_id)
     values = [*PROCESSED_COLUMNS, "record_hash", time_text(conn, "_as_of").alias("source_updated_at")]
     kind = pl.col("_kind")
-    bulk_insert(
-        conn,
-        table,
-        joined.filter(kind == "inserted").select(
-            *values, first_seen_at=now_lit, updated_at=now_lit, run_id=run, status=pl.lit(CURRENT)
-        ),
-    )
+    inserted = joined.filter(kind == "inserted")
+    with indexed_in_bulk(conn, inserted.get_column("id")):
+        bulk_insert(
+            conn,
+            table,
+            inserted.select(*values, first_seen_at=now_lit, updated_at=now_lit, run_id=run, status=pl.lit(CURRENT)),
+        )
     for update in ("updated", "restored"):
         rows = joined.filter(kind == update)
         if rows.height:
@@ -119,6 +129,29 @@ def upsert_processed(conn: Connection, processed: pl.DataFrame, *, run_id: str, 
     made_current = joined.filter(kind.is_in(["inserted", "restored"])).get_column("id")
     counts["dlq_resolved"] += resolve_valid(conn, made_current, run_id=run_id, now=now)
     return counts
+
+
+@contextmanager
+def indexed_in_bulk(conn: Connection, ids: pl.Series) -> Iterator[None]:
+    """Users inserted inside the block (`ids`) go into SQLite's search index (migration 0004) in one statement
+    at its end, their insert trigger stood aside meanwhile (by a row no other connection sees: SQLite has one
+    writer, and the row goes before the transaction ends); a trigger per row cost persist half its time
+    again. PostgreSQL's index keeps itself."""
+    if conn.dialect.name != "sqlite" or ids.is_empty():
+        yield
+        return
+    conn.exec_driver_sql(f"INSERT INTO {SEARCH_DEFERRED} DEFAULT VALUES")
+    try:
+        yield
+        where, params = key_filter(conn, "id", ids)
+        lowered = ", ".join(f"lower({column})" for column in SEARCHED)
+        conn.exec_driver_sql(
+            f"INSERT INTO {SEARCH_INDEX} (rowid, {', '.join(SEARCHED)}) SELECT id, {lowered} "
+            f"FROM {ProcessedUser.__tablename__} WHERE {where}",
+            params,
+        )
+    finally:
+        conn.exec_driver_sql(f"DELETE FROM {SEARCH_DEFERRED}")
 
 
 def _pieces(
@@ -156,6 +189,10 @@ def persist_spans(
     counts = Counter(dict.fromkeys(BATCH_COUNTS, 0))
     keys = batch_keys(batch, piece_bytes)
     with write_transaction(engine) as conn:
+        if conn.dialect.name == "sqlite":
+            # the users search index's triggers write to an FTS5 table, so each INSERT and UPDATE of
+            # processed_users keeps a statement journal: in memory, not a temporary file as big as the writes
+            conn.exec_driver_sql("PRAGMA temp_store = MEMORY")
         stored = stored_hashes(conn, table_of(RawUser), "record_hash", keys.get_column("record_hash"))
         # each loop lets go of its piece before the next is read (a loop's name keeps it until then)
         for piece in _pieces(batch.files.processed, batch.processed, piece_bytes, read_processed_span):
