@@ -102,11 +102,11 @@ async def dlq_page(request: Request, session: InlineSessionDep) -> HTMLResponse:
         context["problems"] = _problems(exc)
         return page(request, "dlq.html", context, region="dlq_table", status=422)
     where = dlq_filters(status=q.status, run_id=q.run_id, user_id=q.user_id, reason=q.reason)
-    rows = crud.fetch_dlq(session=session, where=where, limit=DLQ_PER_PAGE + 1, offset=(q.page - 1) * DLQ_PER_PAGE)
+    rows = views.dlq_lines(session=session, where=where, limit=DLQ_PER_PAGE + 1, offset=(q.page - 1) * DLQ_PER_PAGE)
     kept = {k: v for k, v in given.items() if k != "page"}
     context.update(
         q=q,
-        entries=[crud.dlq_public(row=r) for r in rows[:DLQ_PER_PAGE]],
+        entries=rows[:DLQ_PER_PAGE],
         total=views.dlq_total(session=session, key=(q.status, q.run_id, q.user_id, q.reason), where=where),
         next_url=f"?{urlencode({**kept, 'page': q.page + 1})}" if len(rows) > DLQ_PER_PAGE else None,
         prev_url=f"?{urlencode({**kept, 'page': q.page - 1})}" if q.page > 1 else None,

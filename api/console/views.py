@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy import func, select
@@ -172,6 +173,44 @@ def _open_reasons(*, session: Session) -> list[tuple[str, int]]:
         for reason in _split(joined):
             counts[reason] += n
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+@dataclass(frozen=True)
+class DlqLine:
+    """An entry as the DLQ list shows it: no record (a list page need not read or parse the records)."""
+
+    id: int | None  # never null for a stored entry (the model's key is optional before an insert)
+    user_id: int | None
+    reasons: list[str]
+    source: str
+    last_seen_at: datetime
+    status: str
+    resolution: str | None
+
+
+def dlq_lines(*, session: Session, where: list, limit: int, offset: int) -> list[DlqLine]:
+    """Newest first, as GET /dlq lists them."""
+    c = DlqUser
+    stmt = (
+        select(
+            col(c.id),
+            col(c.user_id),
+            col(c.error_reason),
+            col(c.source),
+            col(c.last_seen_at),
+            col(c.resolved_at),
+            col(c.resolution),
+        )
+        .where(*where)
+        .order_by(col(c.id).desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    lines = []
+    for entry_id, user_id, reasons, source, last_seen_at, resolved_at, resolution in session.connection().execute(stmt):
+        status = "open" if resolved_at is None else "resolved"
+        lines.append(DlqLine(entry_id, user_id, _split(reasons), source, crud.as_utc(last_seen_at), status, resolution))
+    return lines
 
 
 @dataclass(frozen=True)
