@@ -32,6 +32,7 @@ from pathlib import Path
 import httpx
 
 from bench.api_data import DLQ_SHARE, RUNS
+from bench.api_limiter import LimiterCost, limiter_cost
 from bench.api_load import bench_database
 from bench.api_pages import TARGET_P99_MS, console_scenarios, page_check
 
@@ -67,9 +68,11 @@ def pinned(cmd: list[str], core: int) -> list[str]:
     return cmd
 
 
-def start_api(url: str, port: int) -> subprocess.Popen:
+def start_api(url: str, port: int, *, read_limit: str = UNREACHED_LIMIT) -> subprocess.Popen:
+    """The API over `url` (its rate limiter counting every read, at a limit the load never reaches, unless
+    `read_limit` says otherwise: "" turns it off)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "API_", "RATE_LIMIT_"))}
-    env.update(DATABASE_URL=url, PYTHONPATH=str(ROOT), LOG_LEVEL="WARNING", RATE_LIMIT_READ=UNREACHED_LIMIT)
+    env.update(DATABASE_URL=url, PYTHONPATH=str(ROOT), LOG_LEVEL="WARNING", RATE_LIMIT_READ=read_limit)
     cmd = [
         sys.executable,
         "-m",
@@ -211,7 +214,8 @@ def main() -> int:
         if database.fill_seconds == database.fill_seconds:  # (not nan: filled now)
             print(f"  {database.fill_seconds:.1f} s ({USERS / database.fill_seconds:,.0f} rows/s)", flush=True)
         results = measure(database.url)
-    return report(results, database.kind, database.fill_seconds)
+        cost = limiter_cost(database.url, start=start_api, port=free_port, load=load, seconds=SECONDS)
+    return report(results, database.kind, database.fill_seconds, cost)
 
 
 def search_check(name: str, r: dict) -> tuple[str, bool]:
@@ -249,7 +253,7 @@ def measure(url: str) -> list[tuple[str, dict]]:
     return results
 
 
-def report(results: list[tuple[str, dict]], kind: str, fill_seconds: float) -> int:
+def report(results: list[tuple[str, dict]], kind: str, fill_seconds: float, cost: LimiterCost) -> int:
     """The table and the targets, printed and written to var/bench/api.md (api-postgresql.md); 1 if one is
     missed."""
     tool = "wrk" if shutil.which("wrk") else "python httpx client"
@@ -264,6 +268,7 @@ def report(results: list[tuple[str, dict]], kind: str, fill_seconds: float) -> i
         ),
         *(search_check(name, r) for name, r in results if "search" in name),
         *(page_check(name, r) for name, r in results if name.startswith("console: ")),
+        cost.check(),
     ]
     lines = [
         f"API and console over {USERS:,} users, {RUNS} runs and {round(USERS * DLQ_SHARE):,} DLQ entries "
@@ -280,6 +285,8 @@ def report(results: list[tuple[str, dict]], kind: str, fill_seconds: float) -> i
         ),
         "",
         "stall: how long /health took to answer once the scenario's load ended (a wedged worker shows here).",
+        "",
+        cost.line(),
         "",
         *(f"- {'met' if ok else 'NOT met'}: {text}" for text, ok in checks),
     ]

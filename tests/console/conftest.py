@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import migrated, skip_or_fail
 from tests.filled import PIPELINE_PREFIXES, run_pipeline
@@ -39,12 +40,28 @@ class ConsoleData:
     broken: dict[int, set[str]]  # position -> the rules that record fails
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    """pytest-playwright's launch arguments, pointed at Debian's Chromium."""
+@pytest.fixture(scope="package")
+def browser() -> Iterator[Browser]:
+    """Chromium for this package's tests only: Playwright's sync API runs an event loop on the test thread
+    while it lives, where asyncio.run (and Prefect's sync calls) cannot run, so it ends with the package."""
     if not CHROMIUM.exists():
         skip_or_fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    return {**browser_type_launch_args, "executable_path": str(CHROMIUM), "args": ["--no-sandbox"]}
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh browser context (no cookies, no storage) per test, at 1280 px."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 def hostile_users() -> tuple[list[dict], dict[int, set[str]]]:
