@@ -133,7 +133,9 @@ def test_sqlite_bulk_load_checkpoints_beside_the_writer_and_keeps_the_wal_small(
             raw_inserted += out["raw_inserted"]
             assert count(url, "processed_users") == (n + 1) * (208 - invalid)
             sizes.append(wal.stat().st_size)
-    assert sizes[0] > 0 and sizes[-1] < 1.5 * sizes[0], sizes  # four batches' frames would be 4x one
+    # four batches' frames would be 4x one; a batch that starts while the thread beside it is still copying
+    # (a busy machine) appends to the WAL once more before it is reused, so up to about 2x is reuse too
+    assert sizes[0] > 0 and sizes[-1] < 3 * sizes[0], sizes
     assert wal.stat().st_size == 0
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
