@@ -26,13 +26,13 @@ STAGES = ("extract", "transform", "persist", "deliver")
 # the DLQ's aggregates (per-rule counts, filtered totals) scan the open entries: they are kept per data version
 # (the newest entry, the newest resolution) for a few seconds, so a reopened or re-reasoned entry shows late
 DLQ_CACHE_SECONDS = 5.0
-DLQ_CACHE_MAX = 256
+CACHE_MAX = 256
 # a page of runs is read again at most once a second: the list refreshes itself every few seconds, and a
 # console left open by many people (or a script polling it) costs one query a second, not one per request
 RUNS_CACHE_SECONDS = 1.0
 T = TypeVar("T")
 _dlq_cache: dict[Hashable, tuple[float, object]] = {}
-_dlq_lock = threading.Lock()
+_cache_lock = threading.Lock()
 SEPARATOR = "; "
 
 
@@ -102,6 +102,19 @@ def run_view(run: EtlRun) -> RunView:
     )
 
 
+def remembered(cache: dict, key: Hashable, seconds: float, compute: Callable[[], T]) -> T:
+    """`compute()`, reused for `seconds` under `key` (the cache emptied when it holds CACHE_MAX entries)."""
+    now, hit = time.monotonic(), cache.get(key)
+    if hit is not None and now - hit[0] < seconds:
+        return hit[1]
+    value = compute()
+    with _cache_lock:
+        if len(cache) >= CACHE_MAX:
+            cache.clear()
+        cache[key] = (now, value)
+    return value
+
+
 def dlq_cached(*, session: Session, key: Hashable, compute: Callable[[], T]) -> T:
     """`compute()`, reused while the DLQ's version is unchanged and for at most DLQ_CACHE_SECONDS."""
     conn = session.connection()
@@ -109,16 +122,7 @@ def dlq_cached(*, session: Session, key: Hashable, compute: Callable[[], T]) -> 
     newest = select(func.max(col(DlqUser.id))).scalar_subquery()
     resolved = select(func.max(col(DlqUser.resolved_at))).scalar_subquery()
     version = tuple(conn.execute(select(newest, resolved)).one())
-    full_key, now = (conn.engine.url, key, version), time.monotonic()
-    hit = _dlq_cache.get(full_key)
-    if hit is not None and now - hit[0] < DLQ_CACHE_SECONDS:
-        return hit[1]  # type: ignore[return-value]
-    value = compute()
-    with _dlq_lock:
-        if len(_dlq_cache) >= DLQ_CACHE_MAX:
-            _dlq_cache.clear()
-        _dlq_cache[full_key] = (now, value)
-    return value
+    return remembered(_dlq_cache, (conn.engine.url, key, version), DLQ_CACHE_SECONDS, compute)
 
 
 def dlq_total(*, session: Session, key: Hashable, where: list) -> int:
@@ -141,19 +145,14 @@ _runs_cache: dict[Hashable, tuple[float, RecentRuns]] = {}
 
 def recent_runs(*, session: Session, page: int, per_page: int) -> RecentRuns:
     """The runs of a page of the list, newest first, as they were at most RUNS_CACHE_SECONDS ago."""
-    key, now = (session.connection().engine.url, page, per_page), time.monotonic()
-    hit = _runs_cache.get(key)
-    if hit is not None and now - hit[0] < RUNS_CACHE_SECONDS:
-        return hit[1]
-    runs = crud.fetch_runs(session=session, where=[], limit=per_page + 1, offset=(page - 1) * per_page)
-    listed = RecentRuns(
-        [run_view(r) for r in runs[:per_page]], len(runs) > per_page, crud.count_rows(session=session, model=EtlRun)
-    )
-    with _dlq_lock:
-        if len(_runs_cache) >= DLQ_CACHE_MAX:
-            _runs_cache.clear()
-        _runs_cache[key] = (now, listed)
-    return listed
+
+    def read() -> RecentRuns:
+        runs = crud.fetch_runs(session=session, where=[], limit=per_page + 1, offset=(page - 1) * per_page)
+        total = crud.count_rows(session=session, model=EtlRun)
+        return RecentRuns([run_view(r) for r in runs[:per_page]], len(runs) > per_page, total)
+
+    key = (session.connection().engine.url, page, per_page)
+    return remembered(_runs_cache, key, RUNS_CACHE_SECONDS, read)
 
 
 def open_reasons(*, session: Session) -> list[tuple[str, int]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import anyio
 import httpx
 import pytest
 from prefect import get_client
@@ -14,21 +13,14 @@ from prefect.settings import get_current_settings
 
 from api.main import create_app
 from api.routes.dlq import REPLAY_DEPLOYMENT
+from tests.api.test_start_run import post_to
 from tests.conftest import deployment_id
 
 KEY = "correct horse battery staple"
 
 
 def post(body=None, *, key: str | None = KEY) -> httpx.Response:
-    """Over ASGI, to a fresh app."""
-    app = create_app()
-
-    async def go():
-        headers = {"X-API-Key": key} if key is not None else {}
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test") as c:
-            return await c.post("/dlq/replay", json=body, headers=headers)
-
-    return anyio.run(go)
+    return post_to("/dlq/replay", body, key=key)
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from tests.conftest import deployment_id
 KEY = "correct horse battery staple"
 
 
-def post(body=None, *, key: str | bytes | None = KEY, content: bytes | None = None) -> httpx.Response:
-    """Over ASGI, to a fresh app."""
+def post_to(path: str, body=None, *, key: str | bytes | None = KEY, content: bytes | None = None) -> httpx.Response:
+    """POST `path` over ASGI to a fresh app, with `key` in X-API-Key (none when None); `content` as raw JSON."""
     app = create_app()
 
     async def go():
@@ -25,10 +25,14 @@ def post(body=None, *, key: str | bytes | None = KEY, content: bytes | None = No
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test") as c:
             if content is not None:
                 headers["Content-Type"] = "application/json"
-                return await c.post("/etl_runs", content=content, headers=headers)
-            return await c.post("/etl_runs", json=body, headers=headers)
+                return await c.post(path, content=content, headers=headers)
+            return await c.post(path, json=body, headers=headers)
 
     return anyio.run(go)
+
+
+def post(body=None, *, key: str | bytes | None = KEY, content: bytes | None = None) -> httpx.Response:
+    return post_to("/etl_runs", body, key=key, content=content)
 
 
 @pytest.fixture
