@@ -19,10 +19,12 @@ PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 class RssTrace:
     """The process's resident memory sampled every 0.2 s, so the table can show whether it levels off
-    (streaming) or keeps climbing with the records (holding them)."""
+    (streaming) or keeps climbing with the records (holding them); its CPU seconds beside each sample, so the
+    stages' overlap can be told from the CPU they used between the first batch and the last."""
 
     def __init__(self) -> None:
         self.samples: list[tuple[float, float]] = []
+        self.cpu: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-trace", daemon=True)
         self._thread.start()
@@ -31,6 +33,13 @@ class RssTrace:
         while not self._stop.wait(0.2):
             with open("/proc/self/statm") as f:
                 self.samples.append((time.time(), int(f.read().split()[1]) * PAGE_KIB / 1024))
+            times = os.times()
+            self.cpu.append((time.time(), times.user + times.system))
+
+    def cpu_between(self, start: float, end: float) -> float:
+        """CPU seconds the process used between two instants (read off the nearest samples)."""
+        inside = [c for t, c in self.cpu if start <= t <= end]
+        return inside[-1] - inside[0] if len(inside) > 1 else 0.0
 
     def quarters(self) -> list[float]:
         """Peak RSS (MB) in each quarter of the run's sampled time."""
@@ -69,11 +78,13 @@ def main() -> None:
 
         from flows.users_etl import users_etl
 
+        imported = time.time() - t0  # the process's start: Python, Prefect and the flow's modules imported
         api.wait_ready()
         summary = asyncio.run(
             users_etl(
                 api_base=sys.argv[1],
                 page_size=int(os.environ.get("BENCH_PAGE_SIZE", "1000")),
+                batch_records=int(os.environ.get("BENCH_BATCH_RECORDS", "0")) or None,
                 deliver_files=os.environ.get("BENCH_DELIVER", "1") == "1",
                 extract_first=os.environ.get("BENCH_EXTRACT_FIRST", "0") == "1",
             )
@@ -85,6 +96,8 @@ def main() -> None:
             )
             task_runs = resp.json()
     quarters = trace.quarters()
+    first = min(start for start, _ in summary["work_spans"])
+    last = max(end for _, end in summary["work_spans"])
     if os.environ.get("BENCH_RSS_TRACE"):  # the samples themselves, (seconds since the clock started, MB)
         with open(os.environ["BENCH_RSS_TRACE"], "w") as f:
             json.dump([(round(t - t0, 2), round(mb, 1)) for t, mb in trace.samples], f)
@@ -100,6 +113,11 @@ def main() -> None:
                 "rss_quarters_mb": quarters,
                 "cpu_seconds": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
                 "task_runs": task_runs,
+                "imported_seconds": imported,
+                # the stages' overlap: from the first task's work to the last's
+                "first_work_seconds": first - t0,
+                "last_work_seconds": last - t0,
+                "overlap_cpu_seconds": trace.cpu_between(first, last),
                 "delivered": summary["delivered"],
                 "files": summary["files"],
             }

@@ -21,6 +21,7 @@ RESTAMPED_ON_FAILURE = ("run_id", "last_seen_at", "error_reason")  # what a fail
 
 
 SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy's DateTime stores a UTC time on SQLite (naive text)
+SQLITE_READ_TIME = "%Y-%m-%d %H:%M:%S%.f"  # the same, as Polars reads it
 
 
 def time_literal(conn: Connection, when: datetime) -> pl.Expr:
@@ -167,17 +168,40 @@ def lookup_frame(
 ) -> pl.DataFrame:
     """`lookup`'s rows as a frame: the key (named `key`), `schema`'s columns, and with `time_column` a last column of
     that name read as a UTC timestamp."""
-    rows = lookup(conn, table, key, columns, keys)
     schema = {key: pl.Int64() if keys.dtype.is_integer() else pl.String(), **schema}
-    if time_column:
-        return frame_with_time(conn, rows, schema, time_column)
-    return pl.DataFrame(rows, schema=schema, orient="row", strict=False)
+    if conn.dialect.name != "sqlite" or any(dtype.is_float() for dtype in schema.values()):
+        rows = lookup(conn, table, key, columns, keys)
+        if time_column:
+            return frame_with_time(conn, rows, schema, time_column)
+        return pl.DataFrame(rows, schema=schema, orient="row", strict=False)
+    keys = keys.drop_nulls().unique()
+    where, params = key_filter(conn, key, keys) if not keys.is_empty() else ("0", ())
+    name = table if isinstance(table, str) else table.name
+    if not time_column:
+        return _json_rows(conn, name, [key, *columns], where, params, schema)
+    df = _json_rows(conn, name, [key, *columns], where, params, {**schema, time_column: pl.String()})
+    return df.with_columns(pl.col(time_column).str.to_datetime(SQLITE_READ_TIME, time_zone="UTC", strict=False))
+
+
+def _json_rows(
+    conn: Connection, table_name: str, exprs: list[str], where: str, params: tuple, schema: dict
+) -> pl.DataFrame:
+    """SQLite: `exprs` of the rows matching `where`, as one JSON document SQLite writes and Polars reads (a Python
+    tuple per row held the GIL while the other stages wait for it). `schema`: a dtype per expression, no floats
+    (SQLite writes a REAL in JSON with 15 digits)."""
+    fields = ", ".join(f"'{i}', {expr}" for i, expr in enumerate(exprs))
+    text = conn.exec_driver_sql(
+        f"SELECT json_group_array(json_object({fields})) FROM {table_name} WHERE {where}", params
+    ).scalar_one()  # (an aggregate: one row, '[]' when nothing matches)
+    read = {str(i): pl.Int64() if dtype == pl.Boolean else dtype for i, dtype in enumerate(schema.values())}
+    df = pl.read_json(io.BytesIO(text.encode()), schema=read)
+    df.columns = list(schema)
+    return df.cast(schema)
 
 
 def stored_hashes(conn: Connection, table: Table, key: str, keys: pl.Series) -> pl.DataFrame:
     """(`_key`, `_stored` record_hash) for the keys already stored."""
-    rows = lookup(conn, table, key, ["record_hash"], keys)
-    return pl.DataFrame(rows, schema={"_key": pl.String, "_stored": pl.String}, orient="row")
+    return lookup_frame(conn, table, key, ["record_hash"], keys, {"_stored": pl.String()}).rename({key: "_key"})
 
 
 def _with_times(
@@ -233,7 +257,7 @@ def frame_with_time(conn: Connection, rows: list[tuple], schema: dict, time_colu
     raw_type = pl.String if conn.dialect.name == "sqlite" else pl.Datetime("us", "UTC")
     df = pl.DataFrame(rows, schema={**schema, time_column: raw_type}, orient="row")
     if conn.dialect.name == "sqlite":
-        df = df.with_columns(pl.col(time_column).str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_zone="UTC", strict=False))
+        df = df.with_columns(pl.col(time_column).str.to_datetime(SQLITE_READ_TIME, time_zone="UTC", strict=False))
     return df
 
 

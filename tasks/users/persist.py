@@ -49,6 +49,7 @@ from tasks.users.validate import raw_keys
 # persist works through a batch's staged files in pieces of about this many bytes (about 3,000 raw DummyJSON
 # users): fewer, larger pieces than transform's, since each costs persist lookups and statements of its own
 PERSIST_PIECE_BYTES = 4 << 20
+PERSIST_CACHE_KIB = 16 * 1024  # SQLite's page cache while a batch is written (the connection's default: 2 MB)
 # what a batch counts: users inserted / updated / unchanged / current again / no longer valid, raw versions and
 # DLQ entries added, DLQ entries opened (new or again) and closed
 BATCH_COUNTS = (
@@ -132,6 +133,25 @@ def upsert_processed(conn: Connection, processed: pl.DataFrame, *, run_id: str, 
 
 
 @contextmanager
+def _bulk_pragmas(conn: Connection) -> Iterator[None]:
+    """SQLite, for a batch's transaction: statement journals in memory (the users search index's triggers write
+    to an FTS5 table, so each INSERT and UPDATE of processed_users keeps one; not a temporary file as big as the
+    writes), and a page cache of PERSIST_CACHE_KIB, so that the pages of the indexes a batch writes all over stay
+    in memory until its commit; the connection's own cache size again at the end (dirty pages stay until the
+    commit writes them)."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    conn.exec_driver_sql("PRAGMA temp_store = MEMORY")
+    before = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+    conn.exec_driver_sql(f"PRAGMA cache_size = -{PERSIST_CACHE_KIB}")
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql(f"PRAGMA cache_size = {before}")
+
+
+@contextmanager
 def indexed_in_bulk(conn: Connection, ids: pl.Series) -> Iterator[None]:
     """Users inserted inside the block (`ids`) go into SQLite's search index (migration 0004) in one statement
     at its end, their insert trigger stood aside meanwhile (by a row no other connection sees: SQLite has one
@@ -188,11 +208,7 @@ def persist_spans(
     as_of, source = datetime.fromisoformat(batch.as_of), batch.source
     counts = Counter(dict.fromkeys(BATCH_COUNTS, 0))
     keys = batch_keys(batch, piece_bytes)
-    with write_transaction(engine) as conn:
-        if conn.dialect.name == "sqlite":
-            # the users search index's triggers write to an FTS5 table, so each INSERT and UPDATE of
-            # processed_users keeps a statement journal: in memory, not a temporary file as big as the writes
-            conn.exec_driver_sql("PRAGMA temp_store = MEMORY")
+    with write_transaction(engine) as conn, _bulk_pragmas(conn):
         stored = stored_hashes(conn, table_of(RawUser), "record_hash", keys.get_column("record_hash"))
         # each loop lets go of its piece before the next is read (a loop's name keeps it until then)
         for piece in _pieces(batch.files.processed, batch.processed, piece_bytes, read_processed_span):
@@ -209,7 +225,9 @@ def persist_spans(
             ).alias("new")
         )
         line = 0
-        for lines in _pieces(batch.raw_path, batch.raw, piece_bytes, _raw_lines):
+        # a re-run of unchanged data has every version stored: its raw lines are not even read
+        raw = batch.raw if new.get_column("new").any() else None
+        for lines in _pieces(batch.raw_path, raw, piece_bytes, _raw_lines):
             if line + lines.height > keys.height:
                 raise ValueError(f"{batch.raw_path}: more staged lines than keys ({keys.height}) in the batch's span")
             rows = pl.concat([keys.slice(line, lines.height), lines, new.slice(line, lines.height)], how="horizontal")
