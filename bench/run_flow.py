@@ -23,8 +23,7 @@ class RssTrace:
     stages' overlap can be told from the CPU they used between the first batch and the last."""
 
     def __init__(self) -> None:
-        self.samples: list[tuple[float, float]] = []
-        self.cpu: list[tuple[float, float]] = []
+        self.samples: list[tuple[float, float, float]] = []  # (time, RSS in MB, CPU seconds so far)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-trace", daemon=True)
         self._thread.start()
@@ -32,13 +31,13 @@ class RssTrace:
     def _run(self) -> None:
         while not self._stop.wait(0.2):
             with open("/proc/self/statm") as f:
-                self.samples.append((time.time(), int(f.read().split()[1]) * PAGE_KIB / 1024))
+                rss = int(f.read().split()[1]) * PAGE_KIB / 1024
             times = os.times()
-            self.cpu.append((time.time(), times.user + times.system))
+            self.samples.append((time.time(), rss, times.user + times.system))
 
     def cpu_between(self, start: float, end: float) -> float:
         """CPU seconds the process used between two instants (read off the nearest samples)."""
-        inside = [c for t, c in self.cpu if start <= t <= end]
+        inside = [cpu for t, _, cpu in self.samples if start <= t <= end]
         return inside[-1] - inside[0] if len(inside) > 1 else 0.0
 
     def quarters(self) -> list[float]:
@@ -47,7 +46,7 @@ class RssTrace:
         self._thread.join()
         t0, t1 = self.samples[0][0], self.samples[-1][0]
         peaks = [0.0] * 4
-        for t, mb in self.samples:
+        for t, mb, _ in self.samples:
             q = min(3, int(4 * (t - t0) / ((t1 - t0) or 1)))
             peaks[q] = max(peaks[q], mb)
         return peaks
@@ -100,7 +99,7 @@ def main() -> None:
     last = max(end for _, end in summary["work_spans"])
     if os.environ.get("BENCH_RSS_TRACE"):  # the samples themselves, (seconds since the clock started, MB)
         with open(os.environ["BENCH_RSS_TRACE"], "w") as f:
-            json.dump([(round(t - t0, 2), round(mb, 1)) for t, mb in trace.samples], f)
+            json.dump([(round(t - t0, 2), round(mb, 1)) for t, mb, _ in trace.samples], f)
     print(
         json.dumps(
             {

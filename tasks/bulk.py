@@ -129,11 +129,11 @@ def csv_slices(df: pl.DataFrame, slice_bytes: int = COPY_WRITE_BYTES) -> Iterato
         yield buf.getbuffer()  # (no copy of the slice's CSV)
 
 
-def key_filter(conn: Connection, key: str, keys: pl.Series) -> tuple[str, tuple]:
-    """A WHERE clause "`key` is among `keys`" and its one parameter, which Polars writes whatever the keys hold:
-    an array literal on PostgreSQL, a JSON document on SQLite (read by `json_each`; SQLite answers from the
-    key's index). No Python object per key: a batch's 25,000 hashes had been a list of 25,000 strings, made
-    and dropped at every lookup beside the other stages' work (docs/benchmarks.md). `keys`: no nulls."""
+def key_set(conn: Connection, keys: pl.Series) -> tuple[str, tuple]:
+    """A SELECT of `keys`, one row each, and its one parameter, which Polars writes whatever the keys hold: an
+    array literal on PostgreSQL, a JSON document on SQLite (read by `json_each`). No Python object per key: a
+    batch's 25,000 hashes had been a list of 25,000 strings, made and dropped at every lookup beside the other
+    stages' work (docs/benchmarks.md). `keys`: no nulls."""
     if conn.dialect.name == "postgresql":
         quoted = pl.concat_str(
             pl.lit('"'),
@@ -141,9 +141,36 @@ def key_filter(conn: Connection, key: str, keys: pl.Series) -> tuple[str, tuple]
             pl.lit('"'),
         )
         literal = keys.cast(pl.String).to_frame("k").select(quoted.str.join(",")).item()
-        array_type = "bigint" if keys.dtype.is_integer() else "text"
-        return f"{key} = ANY(%s::{array_type}[])", ("{" + literal + "}",)
-    return f"{key} IN (SELECT value FROM json_each(?, '$.k'))", (keys.implode().to_frame("k").write_ndjson(),)
+        return f"SELECT unnest(%s::{_array_type(keys)}[])", ("{" + literal + "}",)
+    return "SELECT value FROM json_each(?, '$.k')", (keys.implode().to_frame("k").write_ndjson(),)
+
+
+def _array_type(keys: pl.Series) -> str:
+    return "bigint" if keys.dtype.is_integer() else "text"
+
+
+def key_filter(conn: Connection, key: str, keys: pl.Series) -> tuple[str, tuple]:
+    """A WHERE clause "`key` is among `keys`" and its one parameter (`key_set`); SQLite answers from the key's
+    index, PostgreSQL from `= ANY` of the array."""
+    select, params = key_set(conn, keys)
+    if conn.dialect.name == "postgresql":
+        return f"{key} = ANY(%s::{_array_type(keys)}[])", params
+    return f"{key} IN ({select})", params
+
+
+def staged_keys(conn: Connection, name: str, keys: pl.Series, chunk: int) -> str:
+    """Integer `keys` (unique, no nulls) in a temporary table `name` keyed by them, `chunk` at a time, for
+    statements that test membership of more keys than one parameter should carry (a million ids, and the
+    database's working copy of them, had been a 1M run's peak memory). Returns the table's name."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} (id bigint PRIMARY KEY) ON COMMIT DROP")
+    else:
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} (id INTEGER PRIMARY KEY)")
+    conn.exec_driver_sql(f"DELETE FROM {name}")
+    for start in range(0, keys.len(), chunk):
+        select, params = key_set(conn, keys.slice(start, chunk))
+        conn.exec_driver_sql(f"INSERT INTO {name} (id) {select}", params)
+    return name
 
 
 def lookup(conn: Connection, table: Table | str, key: str, columns: list[str], keys: pl.Series) -> list[tuple]:

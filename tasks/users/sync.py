@@ -27,6 +27,7 @@ from tasks.bulk import (
     key_filter,
     lookup_frame,
     placeholder,
+    staged_keys,
     time_literal,
     time_param,
     update_rows,
@@ -146,7 +147,7 @@ def mark_absent(
         seen_ids = seen_ids.drop_nulls().unique()
         gone_where, gone_params = of_source, (source, DELETED)
         if not seen_ids.is_empty():
-            seen = _staged_ids(conn, seen_ids)
+            seen = staged_keys(conn, SEEN, seen_ids, SEEN_CHUNK)
             gone_where += f" AND NOT EXISTS (SELECT 1 FROM {seen} AS s WHERE s.id = {USERS}.id)"
         gone = conn.exec_driver_sql(f"SELECT count(*) FROM {USERS} WHERE {gone_where}", gone_params).scalar()
         if known and gone > max_share * known:
@@ -173,25 +174,6 @@ def mark_absent(
             resolution=RESOLVED_GONE,
         )
     return Absence(deleted=deleted, dlq_resolved=closed)
-
-
-def _staged_ids(conn: Connection, ids: pl.Series) -> str:
-    """`ids` (unique) in a temporary table keyed by them, a chunk at a time; returns its name. One parameter of a
-    million ids, and the database's working copy of it, had been a 1M run's peak memory."""
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {SEEN} (id bigint PRIMARY KEY) ON COMMIT DROP")
-    else:
-        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {SEEN} (id INTEGER PRIMARY KEY)")
-    conn.exec_driver_sql(f"DELETE FROM {SEEN}")
-    for start in range(0, ids.len(), SEEN_CHUNK):
-        chunk = ids.slice(start, SEEN_CHUNK)
-        if conn.dialect.name == "postgresql":
-            literal = "{" + chunk.cast(pl.String).str.join(",").item() + "}"
-            conn.exec_driver_sql(f"INSERT INTO {SEEN} SELECT unnest(%s::bigint[])", (literal,))
-        else:
-            document = chunk.implode().to_frame("k").write_ndjson()
-            conn.exec_driver_sql(f"INSERT INTO {SEEN} SELECT value FROM json_each(?, '$.k')", (document,))
-    return SEEN
 
 
 def staged_ids(key_spans: list[tuple[str, list[int]]]) -> pl.Series:
