@@ -94,7 +94,9 @@ def dlq_public(*, row: DlqUser) -> DlqPublic:
 
 def run_public(*, run: EtlRun) -> EtlRunPublic:
     """The row with its JSON text columns parsed (anything unparseable reads as empty)."""
-    data = run.model_dump(exclude={"stage_seconds", "delivered", "files", "dlq_reasons", "sources", "observed_schema"})
+    data = run.model_dump(
+        exclude={"stage_seconds", "delivered", "files", "dlq_reasons", "sources", "observed_schema", "shards"}
+    )
     data.update(started_at=as_utc(run.started_at), finished_at=as_utc(run.finished_at))
     stages = loads(run.stage_seconds, default={})
     files = loads(run.files, default={})
@@ -114,6 +116,7 @@ def run_public(*, run: EtlRun) -> EtlRunPublic:
             for k, v in loads(run.observed_schema, default={}).items()
             if isinstance(v, dict)
         },
+        shards=[s for s in loads(run.shards, default=[]) if isinstance(s, dict)],
     )
 
 

@@ -9,6 +9,8 @@ once persist succeeded (flows/deliver.py). This module only coordinates: the sta
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import get_run_logger
@@ -17,6 +19,7 @@ from flows.deliver import deliver, discard_delivery, publish_delivery
 from flows.runtime import RunStart, begin_run, parent_flow, record_failure
 from flows.users_extract import extract
 from flows.users_persist import persist
+from flows.users_shards import Sharded, run_sharded
 from flows.users_transform import transform
 from models.settings import ConfigError, get_settings
 from models.sources import api_sources
@@ -40,11 +43,14 @@ def users_etl(
     database_block: str | None = None,
     csv_dir: str | None = None,
     extract_first: bool | None = None,
+    shards: int | None = None,
 ) -> dict:
     """Parameters override the environment (USERS_API_BASE, USERS_PAGE_SIZE, USERS_BATCH_RECORDS, DATABASE_BLOCK,
-    USERS_CSV_DIR, USERS_EXTRACT_FIRST). `extract_first`: transform and persist start once extract has staged
-    everything (for a source that answers faster than the later stages work); if extract then fails, what it
-    staged waits, checkpointed, for the next run."""
+    USERS_CSV_DIR, USERS_EXTRACT_FIRST, USERS_SHARDS). `extract_first`: transform and persist start once extract
+    has staged everything (for a source that answers faster than the later stages work); if extract then
+    fails, what it staged waits, checkpointed, for the next run. `shards` > 1: the page walk is cut into that
+    many ranges, each extracted, transformed and persisted by a `users-shard` flow run on any worker of the
+    pool (flows/users_shards.py); this run then checks the whole, delivers and records it."""
     settings = get_settings()
     batch_records = batch_records or settings.users_batch_records
     configured = api_sources(settings, base_url=api_base, page_size=page_size)
@@ -52,6 +58,10 @@ def users_etl(
         raise ConfigError("USERS_API_BASE is not set: point it at the users API to read (or pass api_base)")
     sources = [ApiSource.from_settings(settings, c, batch_records=batch_records) for c in configured]
     run = begin_run(FLOW_NAME, database_block)
+    if (shards or settings.users_shards) > 1:
+        options = {"api_base": api_base, "page_size": page_size, "batch_records": batch_records}
+        options |= {"database_block": database_block, "csv_dir": csv_dir}
+        return sharded_run(run, sources, shards or settings.users_shards, options, deliver_files=deliver_files)
     stages, run_dir = run.stages, run.run_dir
     extracted = handoff.open_manifest(Path(run_dir) / "stages" / "extracted.jsonl")
     transformed = handoff.open_manifest(Path(run_dir) / "stages" / "transformed.jsonl")
@@ -90,18 +100,7 @@ def users_etl(
         tr: TransformResult = stages.result("transform")
         files = run_files(ex, tr)
         if deliver_files:  # first: on SQLite the run's row waits for persist's transaction of the moment
-            raw = [path for kind, path in files.items() if kind not in tr.files]
-            stages.start(
-                "deliver",
-                deliver,
-                list(files.values()),
-                run.started.date().isoformat(),
-                raw_files=raw,
-                run_id=run.run_id,
-                database_block=database_block,
-                publish=False,
-                daily_names=True,
-            )
+            stages.start("deliver", delivery(run, files, tr, database_block))
             uploading = True
         runs.record_transform(run.engine, run_id=run.run_id, result=tr, files=files)
         ps: PersistResult = stages.result("persist")
@@ -119,6 +118,51 @@ def users_etl(
     finally:
         stages.close()
     return finish(run, ex, tr, ps, files, published.delivered if published else [])
+
+
+def sharded_run(run: RunStart, sources: list[ApiSource], shards: int, options: dict, *, deliver_files: bool) -> dict:
+    """The run's shards on the work pool, joined; then the whole run's checks, delivery and record."""
+    stages, uploading = run.stages, False
+    try:
+        joined: Sharded = stages.run("shards", run_sharded, run, sources, shards=shards, parameters=options)
+        ex, tr, ps, files = joined.ex, joined.tr, joined.ps, joined.files
+        runs.update_run(
+            run.engine, run_id=run.run_id, extracted=ex.records, shards=[s.summary() for s in joined.shards]
+        )
+        runs.record_transform(run.engine, run_id=run.run_id, result=tr, files=files)
+        runs.update_run(run.engine, run_id=run.run_id, stage_seconds=stages.seconds, sources=ps.sources, **ps.counts)
+        record_schemas(run.engine, run_id=run.run_id, result=tr, policy=get_settings().drift_policy)
+        published = None
+        if deliver_files:
+            uploading = True
+            staged = stages.run("deliver", delivery(run, files, tr, options["database_block"])).staged
+            published = (
+                stages.run("publish", publish_delivery, staged, run.run_id, options["database_block"])
+                if staged
+                else None
+            )
+    except BaseException:
+        runs.update_run(run.engine, run_id=run.run_id, failed_stage=stages.stage, stage_seconds=stages.seconds)
+        if uploading:
+            discard_delivery(run.run_id)
+        raise
+    return finish(run, ex, tr, ps, files, published.delivered if published else [])
+
+
+def delivery(run: RunStart, files: dict[str, str], tr: TransformResult, database_block: str | None) -> Callable:
+    """The `deliver` stage with its arguments: the run's files (the raw ones as DELIVER_RAW says) under the day's
+    names, uploaded now, published once the run's data is stored."""
+    raw = [path for kind, path in files.items() if kind not in tr.files]
+    return functools.partial(
+        deliver,
+        list(files.values()),
+        run.started.date().isoformat(),
+        raw_files=raw,
+        run_id=run.run_id,
+        database_block=database_block,
+        publish=False,
+        daily_names=True,
+    )
 
 
 def run_files(ex: ExtractResult, tr: TransformResult) -> dict[str, str]:

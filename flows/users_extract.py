@@ -24,9 +24,11 @@ def extract(
     database_block: str | None = None,
     csv_dir: str | None = None,
     manifest: str | None = None,
+    plugins: bool = True,
 ) -> ExtractResult:
     """Sources -> staged raw JSONL files. Each API is paged and checkpointed after every page (an interrupted
-    run resumes there); CSV files in `csv_dir` are staged when new or changed."""
+    run resumes there); CSV files in `csv_dir` are staged when new or changed (unless `plugins` is false: the
+    shards of a sharded run but its last)."""
     settings, logger = get_settings(), get_run_logger()
     if manifest:
         handoff.mark_started(manifest)
@@ -39,9 +41,10 @@ def extract(
         result.apis.append(walk)
     if csv_dir:
         settings = settings.model_copy(update={"users_csv_dir": Path(csv_dir)})
-    result.others = stage_plugins(
-        engine, settings, run_dir=run_dir, file_time=file_time, manifest=manifest, logger=logger
-    )
+    if plugins:
+        result.others = stage_plugins(
+            engine, settings, run_dir=run_dir, file_time=file_time, manifest=manifest, logger=logger
+        )
     logger.info("extract: %d staged input(s) besides the APIs", len(result.others))
     if manifest:  # persist marks users absent from an API deleted only after its complete walk
         handoff.close(manifest, records=result.records, complete_sources=result.complete_sources)

@@ -49,6 +49,8 @@ class EtlRun(EtlRunBase, table=True):
     observed_schema: str = Field(
         default="{}", sa_column=Column(Text, nullable=False, default="{}")
     )  # source -> field -> type
+    # a sharded run's shards, one object each (flows/users_shards.py); [] for a run of one shard
+    shards: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]", server_default="[]"))
     # where a running run runs and when it was last known alive (tasks/runs.py: its process's heartbeat)
     heartbeat_at: datetime | None = Field(default=None, sa_type=TZ)
     pid: int | None = None
@@ -63,6 +65,7 @@ class EtlRunPublic(EtlRunBase):
     dlq_reasons: dict[str, int]
     sources: dict[str, dict[str, int]] = {}  # per source: inserted, updated, unchanged, failed
     observed_schema: dict[str, dict[str, str]] = {}  # per source: the fields and types this run saw
+    shards: list[dict] = []  # a sharded run's shards: range, counts, flow runs, seconds
 
 
 class EtlCheckpoint(SQLModel, table=True):

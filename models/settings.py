@@ -89,6 +89,22 @@ class Settings(BaseSettings):
     # many days (tasks/retention.py); 0 keeps them all
     run_files_keep_days: int = Field(0, ge=0)
     departments_csv: Path = BUNDLED_DEPARTMENTS
+    # where a sharded run's shards leave their files for the run (tasks/staging/store.py): a folder (default
+    # DATA_DIR/shared), or s3://bucket/prefix for workers on several hosts; the S3 credentials come from the
+    # environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or STAGING_SECRET_BLOCK, a Prefect Secret block
+    # holding {"key": ..., "secret": ...}; STAGING_ENDPOINT_URL names an S3-compatible store (MinIO...)
+    staging_url: str | None = None
+    staging_endpoint_url: str | None = None
+    staging_secret_block: str | None = None
+
+    # one run across several workers (docs/deployment.md, "Sharded runs"): the API's page walk cut into this
+    # many ranges, each a flow run of USERS_SHARD_DEPLOYMENT taken by any worker of its pool; a failed shard is
+    # submitted again alone, up to USERS_SHARD_RETRIES times
+    users_shards: int = Field(1, ge=1, le=256)
+    users_shard_deployment: str = "users-shard/shard"
+    users_shard_retries: int = Field(2, ge=0, le=10)
+    # a running shard whose pulse (rewritten every 5 s) is older than this is lost (its worker or host died)
+    users_shard_lost_seconds: float = Field(60.0, ge=10)
 
     # orchestration
     extract_schedule_cron: str = "0 3 * * *"

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from models.secrets import secret_block_text
+
 if TYPE_CHECKING:
     from models.settings import Settings
 
@@ -98,31 +100,13 @@ class ApiSourceConfig(BaseModel):
         if not value and self.secret_env:
             value = os.environ.get(self.secret_env)  # the one place a source's named variable is read
         if not value and self.secret_block:
-            value = _secret_block(self.secret_block, self.secret_setting)
+            value = secret_block_text(self.secret_block, self.secret_setting)
         if not value:
             raise ConfigError(f"users API {self.name!r} needs a credential ({self.auth}): set {self.secret_setting}")
         if self.auth == "basic" and not self.username:
             name = "USERS_API_USERNAME" if self.uses_settings_secret else f"USERS_API_SOURCES[{self.name}].username"
             raise ConfigError(f"users API {self.name!r} uses basic auth: set {name}")
         return value
-
-
-def _secret_block(name: str, setting: str) -> str:
-    from prefect.blocks.system import Secret
-
-    from models.settings import ConfigError
-
-    try:
-        block = Secret.load(name, _sync=True)  # type: ignore[call-arg]  # (Prefect's sync dispatch keyword)
-    except Exception as exc:  # the message names the block, never its value
-        raise ConfigError(
-            f"{setting}: could not load the Prefect Secret block {name!r} ({type(exc).__name__})"
-        ) from None
-    assert isinstance(block, Secret)
-    value = block.value.get_secret_value()
-    if not isinstance(value, str):
-        raise ConfigError(f"{setting}: Secret block {name!r} must hold a string")
-    return value
 
 
 def parse_sources(text: str | None) -> dict[str, dict]:

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from models.settings import get_settings
 from tests.compose_helpers import COMPOSE
 
-pytest_plugins = ["tests.servers.dummyjson", "tests.servers.sshd", "tests.child"]
+pytest_plugins = ["tests.servers.dummyjson", "tests.servers.sshd", "tests.servers.s3", "tests.child"]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_ADMIN_URL = os.environ.get("SLUICE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -146,3 +146,23 @@ def test_the_host_checks_are_stated_beside_the_targets_when_measured():
     assert verdicts["persist on SQLite writes its WAL frames and nothing besides (<= 1.02x)"] is False
     assert verdicts["fetched pages freed without the garbage collector (< 1,000,000 bytes held)"] is False
     assert not any("persist on SQLite" in what for what, _ in check_targets(100_000, results, {}, None, None))
+
+
+def test_the_sharded_column_shows_each_shard_and_its_orchestration_overhead():
+    from bench.sharded import render_sharded
+
+    shard = {"records": 50_000, "stage_seconds": {"extract": 3.0, "transform": 5.0, "persist": 10.0}}
+    sharded = {
+        "wall_seconds": 25.0,
+        "stage_seconds": {"shards": 18.0, "deliver": 3.0},
+        "shards": [
+            {**shard, "shard": 1, "flow_run_seconds": 16.8, "overhead_seconds": 4.4},
+            {**shard, "shard": 2, "flow_run_seconds": 16.5, "overhead_seconds": 4.7},
+        ],
+    }
+    unsharded = {"wall_seconds": 15.0, "stage_seconds": {"deliver": 4.8}}
+    table = "\n".join(render_sharded(100_000, unsharded, sharded))
+    assert "| end to end (s) | 15.0 | 25.0 |" in table
+    assert "| records/s end to end | 6,667 | 4,000 |" in table
+    assert "| shard 2: records, extract / transform / persist (s) | | 50,000, 3.0 / 5.0 / 10.0 |" in table
+    assert "| shard 1: orchestration overhead (s): its flow run beyond its work | | 4.4 of 16.8 |" in table

@@ -1,19 +1,20 @@
 """Fast checks of docker-compose.yml and the Dockerfile, without Docker: services, healthchecks, start order,
-volumes, the databases the URLs name, non-root app containers, every local file they name. Secrets:
-test_compose_secrets.py; prefect.yaml: test_prefect_yaml.py."""
+volumes, the databases the URLs name, the S3 store and the two workers of a sharded run, non-root app containers,
+every local file they name. Secrets: test_compose_secrets.py; prefect.yaml: test_prefect_yaml.py."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from models.settings import Settings
 from tests.compose_helpers import ROOT, env_of, interpolate, secret_names, secret_targets
 
 DOCKERFILE = ROOT / "Dockerfile"
-REQUIRED_SERVICES = {"postgres", "prefect-server", "worker", "api", "sftp", "redis"}
+REQUIRED_SERVICES = {"postgres", "prefect-server", "worker", "api", "sftp", "redis", "minio", "minio-init"}
 APP_SERVICES = {"prefect-server", "deploy", "migrate", "worker", "api"}  # built from our Dockerfile
-ONE_SHOT = {"deploy", "migrate"}
+ONE_SHOT = {"deploy", "migrate", "minio-init"}
 
 
 def depends(service: dict) -> dict[str, str]:
@@ -43,6 +44,10 @@ def test_the_stack_has_every_service(services):
     assert env_of(services["api"])["API_HOST"] == "0.0.0.0" and env_of(services["api"])["API_PORT"] == "8000"
     assert services["sftp"]["image"].split(":")[0] == "atmoz/sftp"
     assert services["postgres"]["image"].split(":")[0] == "postgres"
+    # MinIO's images are pinned to a release: `latest` would change the store under a running stack
+    for name, image in (("minio", "minio/minio"), ("minio-init", "minio/mc")):
+        repo, _, tag = services[name]["image"].partition(":")
+        assert repo == image and re.fullmatch(r"RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", tag), (name, tag)
 
 
 def test_every_long_running_service_has_a_healthcheck(services):
@@ -74,6 +79,9 @@ def test_start_order_waits_for_health(services):
     # Sluice's database is migrated before anything reads or writes it
     assert worker["migrate"] == depends(services["api"])["migrate"] == "service_completed_successfully"
     assert depends(services["migrate"]) == {"postgres": "service_healthy"}
+    # a shard's first write finds the bucket and the workers' key in place
+    assert worker["minio"] == "service_healthy" and worker["minio-init"] == "service_completed_successfully"
+    assert depends(services["minio-init"]) == {"minio": "service_healthy"}
 
 
 def test_migrate_brings_the_workers_database_to_the_schema(services):
@@ -103,7 +111,7 @@ def test_named_volumes_are_declared_and_bind_mounts_exist(compose, services):
                 assert source in declared, f"{name} uses volume {source!r}, not declared under volumes:"
                 used.add(source)
     assert used == declared, f"declared but unused volumes: {declared - used}"
-    assert {"postgres", "worker", "sftp"} <= {n for n, s in services.items() if s.get("volumes")}
+    assert {"postgres", "worker", "sftp", "minio"} <= {n for n, s in services.items() if s.get("volumes")}
 
 
 def test_postgres_creates_both_databases_the_urls_use(services):
@@ -159,6 +167,69 @@ def test_the_api_counts_its_rate_limits_in_the_stacks_redis(services):
     for name in ("RATE_LIMIT_READ", "RATE_LIMIT_WRITE"):
         assert interpolate(env[name]) == Settings.model_fields[name.lower()].default
         assert interpolate(env[name], {name: ""}) == ""
+
+
+def test_minio_is_the_s3_store_with_its_root_credentials_from_secrets(services):
+    """Started as the brief says, its data on a named volume, healthy once it answers, reachable from the host on
+    loopback only, and its root user and password read by MinIO itself from mounted secret files."""
+    minio = services["minio"]
+    assert minio["command"] == ["server", "/data", "--console-address", ":9001"]
+    assert [v.split(":") for v in minio["volumes"]] == [["minio-data", "/data"]]
+    assert healthcheck_argv(minio)[1:] == ["mc", "ready", "local"]
+    for port in minio.get("ports", []):
+        assert interpolate(port).startswith("127.0.0.1:"), f"minio publishes {port} beyond loopback"
+    env, targets = env_of(minio), secret_targets(minio)
+    assert env["MINIO_ROOT_USER_FILE"] == targets["minio_root_user"]
+    assert env["MINIO_ROOT_PASSWORD_FILE"] == targets["minio_root_password"]
+    assert not {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"} & set(env)
+
+
+def test_minio_init_makes_the_bucket_the_workers_stage_in(services):
+    """The one-shot logs in as root, makes the bucket named in the workers' STAGING_URL (both follow
+    SLUICE_STAGING_BUCKET) and gives the workers' key, the one they mount, that bucket alone."""
+    init, worker = services["minio-init"], services["worker"]
+    init_env, worker_env = env_of(init), env_of(worker)
+    script_path = init["entrypoint"][-1]
+    mounts = {target: source for source, target, *_ in (v.split(":") for v in init["volumes"])}
+    script = (ROOT / mounts[script_path]).read_text()
+    assert init["entrypoint"][0] == "sh" and script.startswith("#!/bin/sh\n")
+    assert 'mc alias set store "$MINIO_URL"' in script and 'mc mb --ignore-existing "store/$STAGING_BUCKET"' in script
+    assert 'mc admin policy attach store sluice-staging --user "$key_id"' in script
+    assert init_env["MINIO_URL"] == worker_env["STAGING_ENDPOINT_URL"]
+    for env in ({}, {"SLUICE_STAGING_BUCKET": "acme-shards"}):
+        bucket = interpolate(init_env["STAGING_BUCKET"], env)
+        assert interpolate(worker_env["STAGING_URL"], env) == f"s3://{bucket}/runs"
+    assert interpolate(init_env["STAGING_BUCKET"]) == "sluice-staging"
+    init_targets, worker_targets = secret_targets(init), secret_targets(worker)
+    assert init_env["MINIO_ROOT_USER_FILE"] == init_targets["minio_root_user"]
+    assert init_env["MINIO_ROOT_PASSWORD_FILE"] == init_targets["minio_root_password"]
+    assert init_env["STAGING_ACCESS_KEY_ID_FILE"] == init_targets["staging_access_key_id"]
+    assert init_env["STAGING_SECRET_ACCESS_KEY_FILE"] == init_targets["staging_secret_access_key"]
+    assert worker_env["AWS_ACCESS_KEY_ID_FILE"] == worker_targets["staging_access_key_id"]
+    assert worker_env["AWS_SECRET_ACCESS_KEY_FILE"] == worker_targets["staging_secret_access_key"]
+    assert not {"minio_root_user", "minio_root_password"} & set(worker_targets), "the root login is MinIO's only"
+
+
+def test_two_workers_share_a_sharded_run_through_the_store(services):
+    """`docker compose up` starts two workers on one pool, `--scale worker=N` makes it N (one service, so no
+    fixed name or host port), and each is configured for a sharded run staged in MinIO."""
+    worker, env = services["worker"], env_of(services["worker"])
+    assert worker["deploy"]["replicas"] == 2 and "scale" not in worker
+    assert "container_name" not in worker and "ports" not in worker
+    runs_workers = [n for n, s in services.items() if s.get("command", [])[:3] == ["prefect", "worker", "start"]]
+    assert runs_workers == ["worker"], "one worker service, or --scale worker=N no longer counts them all"
+    assert interpolate(env["USERS_SHARDS"]) == "2" and interpolate(env["USERS_SHARDS"], {"USERS_SHARDS": "4"}) == "4"
+    staging = urlsplit(interpolate(env["STAGING_URL"]))
+    assert (staging.scheme, staging.netloc, staging.path) == ("s3", "sluice-staging", "/runs")
+    endpoint = urlsplit(env["STAGING_ENDPOINT_URL"])
+    minio = services["minio"]
+    api_port = int(next(p for p in minio["ports"] if p.endswith(":9000")).rsplit(":", 1)[1])
+    assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", "minio", api_port)
+    assert "--address" not in minio["command"], "MinIO's S3 API stays on its default :9000"
+    # the names are the settings' own (models/settings.py), so the worker's runs read them
+    for name in ("USERS_SHARDS", "STAGING_URL", "STAGING_ENDPOINT_URL"):
+        assert name.lower() in Settings.model_fields, name
+    assert worker["volumes"] == ["sluice-data:/app/var/data"]
 
 
 def test_app_containers_run_as_non_root(services):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from models.settings import get_settings
 from tests.compose_helpers import (
     INTERPOLATION,
     ROOT,
@@ -23,6 +24,10 @@ from tests.compose_helpers import (
     walk_strings,
 )
 from tests.conftest import skip_or_fail
+
+STORE_SECRETS = ("minio_root_user", "minio_root_password", "staging_access_key_id", "staging_secret_access_key")
+# S3 credentials are secret in both halves: neither the key id nor the root user is set directly
+STORE_CREDENTIALS = re.compile(r"ACCESS_KEY|ROOT_USER|ROOT_PASSWORD", re.I)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +76,14 @@ def test_generated_secrets_fit_the_containers(generated_secrets):
     ):
         value = files[name].read_text()
         assert len(value) >= 32 and "\n" not in value, name
+    # MinIO's: key ids of 20 letters and digits, secrets of 40 characters (what every mc accepts), all different
+    minio = {name: files[name].read_text() for name in STORE_SECRETS}
+    for name in ("minio_root_user", "staging_access_key_id"):
+        assert re.fullmatch(r"[A-Za-z0-9]{20}", minio[name]), name
+    for name in ("minio_root_password", "staging_secret_access_key"):
+        assert re.fullmatch(r"[A-Za-z0-9_-]{40}", minio[name]), name
+    assert len(set(minio.values())) == len(minio)
+    assert all(files[name].stat().st_mode & 0o777 == 0o644 for name in STORE_SECRETS), "containers read them"
     host_pub = files["sftp_host_key.pub"].read_text().split()
     assert files["sftp_known_hosts"].read_text().split() == ["sftp", host_pub[0], host_pub[1]]
     # the worker's own loader: encrypted, opened by the generated passphrase, matching the .pub the server gets
@@ -110,6 +123,33 @@ def test_services_get_secrets_from_files_not_literals(compose, services):
                 placeholder = re.fullmatch(r"\$\$\{([A-Za-z_][A-Za-z0-9_]*)\}", creds)
                 assert placeholder, f"{name}: {key} has a literal password"
                 assert f"{placeholder.group(1)}_FILE" in env_of(service), f"{name}: nothing fills {creds} in {key}"
+
+
+def test_store_credentials_are_files_and_the_workers_key_is_not_root(
+    compose, services, generated_secrets, settings_env
+):
+    """Every S3 credential is a mounted file; inside a worker, docker/entrypoint.py turns them into the
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY its runs' S3 client reads, holding the workers' own key (the one
+    minio-init gives the bucket), never MinIO's root login; the settings then name the S3 staging store."""
+    for name, service in services.items():
+        for key in env_of(service):
+            assert not STORE_CREDENTIALS.search(key) or key.endswith("_FILE"), f"{name}: {key} is set directly"
+    worker = services["worker"]
+    files = {name: Path(interpolate(spec["file"])).name for name, spec in compose["secrets"].items()}
+    mounted = {target: generated_secrets / files[name] for name, target in secret_targets(worker).items()}
+    env = {key: interpolate(value) for key, value in env_of(worker).items()}
+    env = {key: str(mounted.get(value, value)) if key.endswith("_FILE") else value for key, value in env.items()}
+    ep = _entrypoint_module()
+    ep.expand_url_placeholders(env, ep.load_secret_files(env))
+    read = {name: (generated_secrets / name).read_text() for name in STORE_SECRETS}
+    assert env["AWS_ACCESS_KEY_ID"] == read["staging_access_key_id"]
+    assert env["AWS_SECRET_ACCESS_KEY"] == read["staging_secret_access_key"]
+    assert not {read["minio_root_user"], read["minio_root_password"]} & set(env.values())
+    assert not [key for key in env if key.endswith("_FILE")]
+    settings_env(**{key: env[key] for key in ("STAGING_URL", "STAGING_ENDPOINT_URL", "USERS_SHARDS")})
+    settings = get_settings()
+    assert settings.staging_url == "s3://sluice-staging/runs" and settings.staging_endpoint_url == "http://minio:9000"
+    assert settings.users_shards == 2
 
 
 def _entrypoint_module():

@@ -28,7 +28,7 @@ def test_prefect_yaml_declares_the_daily_users_etl_deployment(prefect_config):
     from flows.users_etl import users_etl
 
     deployments = {d["name"]: d for d in prefect_config["deployments"]}
-    assert sorted(deployments) == ["daily", "every-6h", "on-demand"]
+    assert sorted(deployments) == ["daily", "every-6h", "on-demand", "shard"]
     daily, feeds = deployments["daily"], deployments["every-6h"]
     assert feeds["entrypoint"] == "flows/feeds_etl.py:feeds_etl" and feeds_etl.name == "feeds-etl"
     assert set(feeds["parameters"]) <= set(feeds_etl.parameters.properties)
@@ -52,6 +52,28 @@ def test_prefect_yaml_declares_the_dlq_replay_deployment_the_api_starts(prefect_
     assert all(value is None for value in replay["parameters"].values()), "every open record unless asked"
     assert "schedules" not in replay, "a replay follows a fix, it is not scheduled"
     assert replay["work_pool"] is daily["work_pool"] and replay["concurrency_limit"] == daily["concurrency_limit"]
+
+
+def test_prefect_yaml_declares_the_shard_deployment_users_etl_submits(prefect_config):
+    """A sharded run submits its shards to `users-shard/shard` on the same pool: no schedule, and no limit of
+    its own (one shard at a time would make a sharded run a slow unsharded one)."""
+    from flows.users_shard import users_shard
+    from models.settings import Settings
+
+    deployments = {d["name"]: d for d in prefect_config["deployments"]}
+    shard, daily = deployments["shard"], deployments["daily"]
+    flow_name, name = Settings.model_fields["users_shard_deployment"].default.split("/")
+    assert name == "shard" and users_shard.name == flow_name
+    assert shard["entrypoint"] == "flows/users_shard.py:users_shard"
+    assert shard["work_pool"] is daily["work_pool"]
+    assert "schedules" not in shard and "concurrency_limit" not in shard
+    assert "shards" in daily["parameters"] and "shards" in users_etl_parameters()
+
+
+def users_etl_parameters() -> set[str]:
+    from flows.users_etl import users_etl
+
+    return set(users_etl.parameters.properties)
 
 
 def test_prefect_yaml_schedule_and_work_pool_come_from_shared_definitions(prefect_config):

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
+from models.secrets import secret_block_text
+
 if TYPE_CHECKING:
     from models.settings import Settings
 
@@ -75,27 +77,13 @@ class SftpTarget:
 def resolve_key_passphrase(settings: Settings) -> SecretStr | None:
     """``SFTP_KEY_PASSPHRASE`` if set, else the value of the Prefect Secret block named by
     ``SFTP_KEY_PASSPHRASE_BLOCK`` (needs the Prefect API), else None."""
-    from models.settings import ConfigError
 
     if settings.sftp_key_passphrase is not None and settings.sftp_key_passphrase.get_secret_value():
         return settings.sftp_key_passphrase
     name = (settings.sftp_key_passphrase_block or "").strip()
     if not name:
         return None
-    from prefect.blocks.system import Secret
-
-    try:
-        block = Secret.load(name, _sync=True)  # type: ignore[call-arg]  # (Prefect's sync dispatch keyword)
-    except Exception as exc:  # the message names the block, never its value
-        raise ConfigError(
-            f"SFTP_KEY_PASSPHRASE_BLOCK: could not load the Prefect Secret block {name!r} ({type(exc).__name__})"
-        ) from None
-    assert isinstance(block, Secret)  # (loaded synchronously)
-    # not Secret.get(): it JSON-decodes, turning a passphrase like "1234" into an int
-    value = block.value.get_secret_value()
-    if not isinstance(value, str):
-        raise ConfigError(f"SFTP_KEY_PASSPHRASE_BLOCK: Secret block {name!r} must hold a string")
-    return SecretStr(value)
+    return SecretStr(secret_block_text(name, "SFTP_KEY_PASSPHRASE_BLOCK"))
 
 
 def remote_dir_for(remote_base: str, run_date: date) -> str:

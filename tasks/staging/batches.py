@@ -63,6 +63,8 @@ class ApiWalk:
     staged: StagedInput
     resumed: bool = False
     findings: list[str] = field(default_factory=list)
+    partial: bool = False  # a shard's range of the walk: never a complete picture on its own
+    totals: list[int] = field(default_factory=list)  # the totals the source reported, in order
 
 
 @dataclass
@@ -85,7 +87,7 @@ class ExtractResult:
     @property
     def complete_sources(self) -> list[str]:
         """The API sources whose page walk was complete (only these may have users marked deleted)."""
-        return [a.staged.source for a in self.apis if not a.findings]
+        return [a.staged.source for a in self.apis if not a.findings and not a.partial]
 
 
 @dataclass
@@ -104,3 +106,4 @@ class PersistResult:
     counts: dict[str, int]  # RUN_COUNTS
     sources: dict[str, dict[str, int]]  # per source: what it added
     deletions_withheld: str | None = None
+    key_spans: dict[str, list[tuple[str, Span]]] = field(default_factory=dict)  # per source: its raw keys' spans

@@ -78,6 +78,14 @@ def forget(run_dir: str | Path) -> None:
             del _failed[manifest]
 
 
+def reopen(run_dir: str | Path) -> None:
+    """The stages start again in `run_dir` (a shard run again on the same host): an earlier attempt's failure
+    flags go, on disk and in memory."""
+    forget(run_dir)
+    for flag in (Path(run_dir) / "stages").glob("failed.*"):
+        flag.unlink(missing_ok=True)
+
+
 def post(manifest: str | Path, entry: object) -> None:
     """Append one entry, a dataclass of tasks/staging/batches.py (or a dict), as a single write of one line,
     so a follower never sees half of it."""

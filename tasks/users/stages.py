@@ -139,4 +139,5 @@ class PersistTally:
             counts={k: self.totals.get(k, 0) for k in RUN_COUNTS},
             sources={s: dict(c) for s, c in self.per_source.items()},
             deletions_withheld="; ".join(self.withheld) or None,
+            key_spans=self.api_keys,
         )

@@ -111,3 +111,34 @@ def test_start_button_needs_the_key_in_a_header(client, api_env):
     assert client.post("/console/runs", data={"api_key": "the key"}).status_code == 401  # a form field is not enough
     client.cookies.set("X-API-Key", "the key")
     assert client.post("/console/runs").status_code == 401  # nor a cookie
+
+
+def test_a_sharded_runs_page_and_record_show_each_shard(client, filled_db):
+    """What the run recorded of each shard (flows/users_shards.py): the JSON API returns it, the page tables it."""
+    import orjson
+    from sqlalchemy import text
+
+    from models.db import engine_for
+
+    shards = [
+        {"shard": 1, "start": 0, "stop": 100, "flow_run_id": "a", "attempts": 1, "records": 100, "valid": 95,
+         "invalid": 5, "persisted": {"inserted": 95}, "stage_seconds": {"extract": 0.5}, "seconds": 3.25},
+        {"shard": 2, "start": 100, "stop": None, "flow_run_id": "b", "attempts": 2, "records": 1108, "valid": 1100,
+         "invalid": 8, "persisted": {"inserted": 1100}, "stage_seconds": {"extract": 0.5}, "seconds": 4.5},
+    ]  # fmt: skip
+    engine = engine_for(filled_db.url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE etl_runs SET shards = :s WHERE id = :id"),
+            {"s": orjson.dumps(shards).decode(), "id": filled_db.run_id},
+        )
+    try:
+        assert client.get(f"/etl_runs/{filled_db.run_id}").json()["shards"] == shards
+        page = unescape(client.get(f"/console/runs/{filled_db.run_id}").text)
+        assert "Per shard" in page
+        cells = re.findall(r'<th scope="row">(\d)</th><td>([^<]+)</td>((?:<td class="num">[^<]+</td>)+)', page)
+        assert [(n, span) for n, span, _ in cells] == [("1", "0 to 100"), ("2", "100 to the end")]
+        assert re.findall(r">([^<]+)<", cells[1][2]) == ["1,108", "1,100", "8", "1,100", "2", "4.5"]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE etl_runs SET shards = '[]' WHERE id = :id"), {"id": filled_db.run_id})

@@ -13,7 +13,7 @@ from tasks.extract.errors import source_logger as _logger
 from tasks.extract.users_api.checkpoint import CheckpointWriter
 from tasks.extract.users_api.client import fetch_page_retried, tls_context
 from tasks.extract.users_api.lines import write_lines
-from tasks.extract.users_api.paging import Paging, Position
+from tasks.extract.users_api.paging import Paging, Position, WalkRange
 from tasks.staging import handoff
 from tasks.staging.runner import timed_work
 
@@ -46,15 +46,17 @@ class Fetching:
     retry_base_seconds: float = 2.0
 
 
-def walk_findings(totals: list[int], records: int) -> list[str]:
-    """What is wrong with a page walk that staged `records` while the source reported `totals` (in order,
-    repeats dropped): a total that changed on the way, or a walk that ended short of one (an early empty page).
-    Either way the extraction is not a complete picture of the source."""
+def walk_findings(totals: list[int], records: int, part: WalkRange | None = None) -> list[str]:
+    """What is wrong with a page walk (or its range `part`) that staged `records` while the source reported
+    `totals` (in order, repeats dropped): a total that changed on the way, or a walk that ended short of one
+    (an early empty page). Either way the extraction is not a complete picture of the source."""
     found = []
     if len(totals) > 1:
         found.append(f"the source's total changed from {' to '.join(map(str, totals))} during the walk")
-    if totals and records < max(totals):
-        found.append(f"the walk ended at {records} records, short of the total {max(totals)}")
+    expected = (part or WalkRange(0)).expected(max(totals)) if totals else 0
+    if totals and records < expected:
+        short = f"short of the total {max(totals)}" if part is None else f"short of the {expected} its range holds"
+        found.append(f"the walk ended at {records} records, {short}")
     return found
 
 

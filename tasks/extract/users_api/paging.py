@@ -61,13 +61,30 @@ class _Body:
         return node
 
 
-class Paging:
-    """A source's pagination (ApiSourceConfig's style and parameter names)."""
+@dataclass(frozen=True)
+class WalkRange:
+    """A shard's part of an offset walk: the records from `start` up to `stop` (None: to the source's end)."""
 
-    def __init__(self, config: ApiSourceConfig) -> None:
-        self.config = config
+    start: int
+    stop: int | None = None
+
+    def expected(self, total: int) -> int:
+        """How many records of a source of `total` the range holds."""
+        return max(0, min(total, self.stop if self.stop is not None else total) - self.start)
+
+
+class Paging:
+    """A source's pagination (ApiSourceConfig's style and parameter names); with `part`, an offset walk's range
+    of it (a shard's)."""
+
+    def __init__(self, config: ApiSourceConfig, part: WalkRange | None = None) -> None:
+        if part is not None and config.pagination != "offset":
+            raise ValueError(f"only an offset walk can be cut into ranges, not a {config.pagination} walk")
+        self.config, self.part = config, part
 
     def first(self) -> Position:
+        if self.part is not None:
+            return Position(self.part.start)
         return Position(self.config.first_page if self.config.pagination == "page" else 0)
 
     def request(self, position: Position) -> tuple[str, dict[str, Any]]:
@@ -91,6 +108,7 @@ class Paging:
         if c.pagination == "offset":
             reached = position.number + got
             done = reached >= page.total if page.total is not None else short
+            done = done or (self.part is not None and self.part.stop is not None and reached >= self.part.stop)
             return None if done else Position(reached)
         if c.pagination == "page":
             last = page.total_pages is not None and position.number >= c.first_page + page.total_pages - 1

@@ -15,7 +15,7 @@ from models.sources import DEFAULT_NAME, ApiSourceConfig
 from tasks.extract.users_api.auth import client_auth
 from tasks.extract.users_api.checkpoint import CheckpointWriter, begin_extract, finish_extract
 from tasks.extract.users_api.pages import Fetching, fetch_batch, walk_findings
-from tasks.extract.users_api.paging import Paging
+from tasks.extract.users_api.paging import Paging, WalkRange
 from tasks.staging import handoff
 from tasks.staging.batches import ApiWalk, Span, StagedInput
 
@@ -30,6 +30,8 @@ class ApiSource:
     max_retry_after: float = 120.0
     retries: int = 4
     retry_base_seconds: float = 2.0
+    part: WalkRange | None = None  # a shard's range of the walk (None: the whole walk)
+    part_label: str | None = None  # the shard's name, e.g. "shard-2-of-4": its checkpoint's
 
     @classmethod
     def from_settings(cls, settings: Settings, config: ApiSourceConfig, *, batch_records: int) -> ApiSource:
@@ -46,9 +48,35 @@ class ApiSource:
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def checkpoint_key(self) -> str:
+        """A shard keeps a checkpoint of its own: a killed shard resumes its range, the others are untouched."""
+        return f"{self.config.checkpoint_key}#{self.part_label}" if self.part_label else self.config.checkpoint_key
+
+    @property
+    def fingerprint(self) -> str:
+        """What a checkpoint must match to be resumed; a range of the walk only the same range."""
+        part = self.part
+        return self.config.fingerprint + (f"|{part.start}-{part.stop if part.stop is not None else ''}" if part else "")
+
     def staged_name(self, file_time: str) -> str:
         """The raw file of a run: `records_<time>.jsonl` for the default source, `records_<name>_<time>` else."""
         return f"records_{file_time}.jsonl" if self.name == DEFAULT_NAME else f"records_{self.name}_{file_time}.jsonl"
+
+
+def fetching_for(source: ApiSource) -> Fetching:
+    """How the source's pages (its range's, for a shard) are fetched; a missing credential fails here, before
+    any request."""
+    config = source.config
+    return Fetching(
+        paging=Paging(config, source.part),
+        auth=client_auth(config, config.secret_value(get_settings())),
+        secret_setting=config.secret_setting,
+        timeout=source.timeout,
+        max_retry_after=source.max_retry_after,
+        retries=source.retries,
+        retry_base_seconds=source.retry_base_seconds,
+    )
 
 
 def extract_api(
@@ -63,24 +91,15 @@ def extract_api(
 ) -> ApiWalk:
     """The source's pages into `raw_users/<staged name>` (or the interrupted run's file, resumed at its
     checkpoint); what that run staged goes through the stages again. Raises once its checkpoint is stored."""
-    config, paging = source.config, Paging(source.config)
-    fetching = Fetching(
-        paging=paging,
-        auth=client_auth(
-            config, config.secret_value(get_settings())
-        ),  # a missing credential fails here, before any request
-        secret_setting=config.secret_setting,
-        timeout=source.timeout,
-        max_retry_after=source.max_retry_after,
-        retries=source.retries,
-        retry_base_seconds=source.retry_base_seconds,
-    )
+    config = source.config
+    fetching = fetching_for(source)
+    paging = fetching.paging
     as_of = datetime.now(UTC).isoformat()
-    key = config.checkpoint_key
+    key = source.checkpoint_key
     plan = begin_extract(
         engine,
         run_id=run_id,
-        fingerprint=config.fingerprint,
+        fingerprint=source.fingerprint,
         new_path=Path(run_dir) / "raw_users" / source.staged_name(file_time),
         key=key,
         first=paging.first(),
@@ -129,7 +148,13 @@ def extract_api(
         raise
     finish_extract(engine, key=key)
     logger.info("extract: %d records of %s staged in %s", records, source.name, plan.staged_path)
-    findings = walk_findings(checkpoints.totals, records)
+    findings = walk_findings(checkpoints.totals, records, source.part)
     if findings:  # the walk is no complete picture of the source: persist marks no absent user deleted
         logger.warning("extract %s: %s; users absent from it are not marked deleted", source.name, "; ".join(findings))
-    return ApiWalk(staged=staged(Span(0, offset), records), resumed=plan.resumed, findings=findings)
+    return ApiWalk(
+        staged=staged(Span(0, offset), records),
+        resumed=plan.resumed,
+        findings=findings,
+        partial=source.part is not None,
+        totals=checkpoints.totals,
+    )
