@@ -109,6 +109,7 @@ class EtlRunCreate(SQLModel):
     page_size: int | None = Field(default=None, ge=1, le=10_000)
     batch_records: int | None = Field(default=None, ge=1, le=1_000_000)
     deliver_files: bool | None = None
+    shards: int | None = Field(default=None, ge=1, le=256)  # one run across this many workers' flow runs
 
 
 class EtlRunStarted(SQLModel):

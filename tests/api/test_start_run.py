@@ -77,6 +77,7 @@ def test_missing_and_wrong_keys(keyed):
         ({"api_base": "ftp://example.test/users"}, "api_base"),
         ({"api_base": "http://"}, "api_base"),
         ({"deliver_files": "perhaps"}, "deliver_files"),
+        ({"shards": 0}, "shards"),
         ({"database_block": "prod"}, "database_block"),
         ([1, 2], "body"),
     ],
@@ -105,14 +106,15 @@ def test_deployment_missing(keyed):
 
 
 def test_starts_a_flow_run_of_the_deployment(keyed, deployment):
-    r = post({"page_size": 7, "deliver_files": False})
+    r = post({"page_size": 7, "deliver_files": False, "shards": 2})
     assert r.status_code == 202, r.text
     body = r.json()
-    assert body["deployment"] == DEPLOYMENT and body["parameters"] == {"page_size": 7, "deliver_files": False}
+    expected = {"page_size": 7, "deliver_files": False, "shards": 2}
+    assert body["deployment"] == DEPLOYMENT and body["parameters"] == expected
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(body["flow_run_id"])
     assert flow_run.deployment_id == deployment
-    assert flow_run.parameters == {"page_size": 7, "deliver_files": False}
+    assert flow_run.parameters == expected
     assert flow_run.state.is_scheduled() and body["state"] == flow_run.state.name
     ui = get_current_settings().api.url.removesuffix("/api")
     assert body["ui_url"] == f"{ui}/runs/flow-run/{body['flow_run_id']}"
