@@ -157,12 +157,15 @@ class _ShardWatch:
                     if state.is_completed() and self.store.exists(f"{self.prefix}/{RESULT}"):
                         return ""
                     return f"its flow run {flow_run_id} ended {state.name}: {state.message or 'no message'}"
-                if state is not None and state.is_running():
-                    age = pulse_age(self.store, self.prefix, str(flow_run_id))
-                    since = time.time() - flow_run.start_time.timestamp() if flow_run.start_time else 0.0
+                # a worker that dies after taking the run (Pending) or while it runs reports nothing: a run
+                # pending, or running without a pulse, for USERS_SHARD_LOST_SECONDS is lost
+                if state is not None and (state.is_running() or state.is_pending()):
+                    age = pulse_age(self.store, self.prefix, str(flow_run_id)) if state.is_running() else None
+                    since = time.time() - state.timestamp.timestamp()
                     lost = get_settings().users_shard_lost_seconds
                     if (age if age is not None else since) > lost:
-                        why = f"its flow run {flow_run_id} sent no pulse for {lost:.0f} s (its worker died?)"
+                        what = "sent no pulse" if state.is_running() else "stayed pending"
+                        why = f"its flow run {flow_run_id} {what} for {lost:.0f} s (its worker died?)"
                         client.set_flow_run_state(flow_run_id, Crashed(message=why), force=True)
                         return why
                 time.sleep(POLL_SECONDS)

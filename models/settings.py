@@ -103,7 +103,8 @@ class Settings(BaseSettings):
     users_shards: int = Field(1, ge=1, le=256)
     users_shard_deployment: str = "users-shard/shard"
     users_shard_retries: int = Field(2, ge=0, le=10)
-    # a running shard whose pulse (rewritten every 5 s) is older than this is lost (its worker or host died)
+    # a shard pending this long, or running with a pulse (rewritten every 5 s) older than this, is lost (its
+    # worker or host died after taking it)
     users_shard_lost_seconds: float = Field(60.0, ge=10)
 
     # orchestration
