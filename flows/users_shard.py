@@ -98,6 +98,7 @@ def users_shard(
             stage_seconds=stages.seconds,
             seconds=round(time.perf_counter() - t0, 3),
             api_source=source.name,
+            raw_bytes=ex.apis[0].staged.span.length,
             as_of=ex.apis[0].staged.as_of,
             others=[
                 {"kind": f"{s.source}:{s.label or n}", "source": s.source, "label": s.label, "records": s.records}
@@ -170,12 +171,14 @@ def _stages(
 
 def _upload(store: StagingStore, prefix: str, run_dir: str, ex: ExtractResult, tr: TransformResult) -> dict[str, str]:
     """The shard's files into the store: kind -> their path under the shard's folder, which is also their key
-    under `prefix` (raw, processed, dlq, then each other input's raw file)."""
+    under `prefix` (raw, processed, dlq, then each other input's raw file). The API's raw lines are there
+    already, mirrored batch by batch (tasks/shard_resume.py)."""
     local = {"raw": str(ex.apis[0].staged.raw_path), **tr.files}
     local |= {f"{s.source}:{s.label or n}": s.raw_path for n, s in enumerate(ex.others) if s.raw_path}
     files = {kind: _relative(path, run_dir) for kind, path in local.items()}
     for kind, path in local.items():
-        store.put_file(path, f"{prefix}/{files[kind]}")
+        if kind != "raw":
+            store.put_file(path, f"{prefix}/{files[kind]}")
     return files
 
 

@@ -27,6 +27,7 @@ from tasks.extract.users_api import ApiSource
 from tasks.extract.users_api.pages import walk_findings
 from tasks.extract.users_api.paging import WalkRange
 from tasks.extract.users_api.shards import source_total, split_walk
+from tasks.shard_resume import mirrored
 from tasks.shards import RESULT, ShardResult, pulse_age, run_prefix, shard_prefix
 from tasks.staging import handoff
 from tasks.staging.batches import ApiWalk, ExtractResult, PersistResult, Span, StagedInput, TransformResult
@@ -178,6 +179,7 @@ def _join(run: RunStart, store: StagingStore, source: ApiSource, results: list[S
     settings, run_dir = get_settings(), Path(run.run_dir)
     files: dict[str, str] = {}
     for result in results:
+        prefix = shard_prefix(run.run_id, result.index)
         for kind, rel in result.files.items():
             target = run_dir / rel
             if kind not in files:
@@ -185,7 +187,9 @@ def _join(run: RunStart, store: StagingStore, source: ApiSource, results: list[S
                 target.write_bytes(b"")
                 files[kind] = str(target)
             with open(files[kind], "ab") as fh:
-                store.copy_range_to(f"{shard_prefix(run.run_id, result.index)}/{rel}", fh)
+                keys = _mirrored_raw(store, prefix, result) if kind == "raw" else [f"{prefix}/{rel}"]
+                for key in keys:
+                    store.copy_range_to(key, fh)
     records, totals = sum(r.records for r in results), _totals(results)
     api_records = records - sum(o["records"] for r in results for o in r.others)
     # what one walk would have found (shards that saw different totals: the source changed on the way), then
@@ -224,6 +228,17 @@ def _join(run: RunStart, store: StagingStore, source: ApiSource, results: list[S
     )
     ps = _persisted(run, store, source, results, complete=settings.users_detect_deleted and not findings)
     return Sharded(ex=ex, tr=tr, ps=ps, files=files, shards=results)
+
+
+def _mirrored_raw(store: StagingStore, prefix: str, result: ShardResult) -> list[str]:
+    """The keys of the parts the shard mirrored its raw lines in, in order; all of them, or an error."""
+    parts = mirrored(store, prefix)
+    if sum(p.length for p in parts) != result.raw_bytes:
+        raise ShardFailedError(
+            f"shard {result.index + 1} of {result.count}: its mirrored raw lines hold "
+            f"{sum(p.length for p in parts)} bytes, not the {result.raw_bytes} it staged"
+        )
+    return [p.key for p in parts]
 
 
 def _totals(results: list[ShardResult]) -> list[int]:

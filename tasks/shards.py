@@ -50,6 +50,7 @@ class ShardResult:
     stage_seconds: dict[str, float]
     seconds: float
     attempts: int = 1
+    raw_bytes: int = 0  # the API's raw lines the shard staged (mirrored to the store in parts)
     api_source: str = ""
     as_of: str = ""
     others: list[dict] = field(default_factory=list)  # the plug-ins' inputs staged (StagedInput fields)
