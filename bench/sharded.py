@@ -72,15 +72,15 @@ def _timed_run(api: str, db_url: str, prefect_url: str) -> dict:
         wall = time.time() - t0
         if state is None or not state.is_completed():
             raise RuntimeError(f"the sharded run ended {state.name if state else 'nowhere'}: {state and state.message}")
+        with create_engine(db_url).connect() as conn:
+            stage_seconds, extracted, shards_json = conn.execute(
+                text("SELECT stage_seconds, extracted, shards FROM etl_runs WHERE id = :id"), {"id": str(run.id)}
+            ).one()
+        shards = json.loads(shards_json)
         shard_runs = {}
-        for shard in _shards(db_url, str(run.id)):
+        for shard in shards:
             flow_run = client.read_flow_run(shard["flow_run_id"])
             shard_runs[shard["shard"]] = (flow_run.end_time - flow_run.created).total_seconds()
-    with create_engine(db_url).connect() as conn:
-        stage_seconds, extracted = conn.execute(
-            text("SELECT stage_seconds, extracted FROM etl_runs WHERE id = :id"), {"id": str(run.id)}
-        ).one()
-    shards = _shards(db_url, str(run.id))
     return {
         "wall_seconds": wall,
         "extracted": extracted,
@@ -90,11 +90,6 @@ def _timed_run(api: str, db_url: str, prefect_url: str) -> dict:
             for s in shards
         ],
     }
-
-
-def _shards(db_url: str, run_id: str) -> list[dict]:
-    with create_engine(db_url).connect() as conn:
-        return json.loads(conn.execute(text("SELECT shards FROM etl_runs WHERE id = :id"), {"id": run_id}).scalar_one())
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -22,7 +22,7 @@ from prefect.states import Cancelling, Crashed
 
 from flows.runtime import RunStart
 from models.settings import ConfigError, get_settings
-from tasks.drift import describe, merge_types, schema_changes
+from tasks.drift import check_sources
 from tasks.extract.users_api import ApiSource
 from tasks.extract.users_api.pages import walk_findings
 from tasks.extract.users_api.paging import WalkRange
@@ -210,24 +210,31 @@ def _join(run: RunStart, store: StagingStore, source: ApiSource, results: list[S
         for o in r.others
     ]
     ex = ExtractResult(apis=[ApiWalk(staged=raw, findings=findings, totals=totals)], others=others)
-    observed = {
-        name: merge_types([r.observed_schema[name] for r in results if name in r.observed_schema])
-        for name in dict.fromkeys(n for r in results for n in r.observed_schema)
-    }
-    changes = {name: schema_changes(run.engine, source=name, types=types) for name, types in observed.items()}
+    # the schema every shard saw, judged as one run's (a field typed apart in two ranges is `mixed`)
+    drift = check_sources(
+        run.engine,
+        {name: [r.observed_schema[name] for r in results if name in r.observed_schema] for name in _names(results)},
+        policy=settings.drift_policy,
+        run_id=run.run_id,
+        api_source=source.name,
+        logger=get_run_logger(),
+    )
     tr = TransformResult(
         files={"processed": files["processed"], "dlq": files["dlq"]},
         valid=sum(r.valid for r in results),
         invalid=sum(r.invalid for r in results),
         reasons=dict(sum((Counter(r.reasons) for r in results), Counter())),
-        drift=[
-            describe(c) if name == source.name else f"{name}: {describe(c)}" for name, cs in changes.items() for c in cs
-        ],
-        observed_schema=observed,
-        schema_changes=changes,
+        drift=drift.described,
+        observed_schema=drift.observed,
+        schema_changes=drift.changes,
     )
     ps = _persisted(run, store, source, results, complete=settings.users_detect_deleted and not findings)
     return Sharded(ex=ex, tr=tr, ps=ps, files=files, shards=results)
+
+
+def _names(results: list[ShardResult]) -> list[str]:
+    """The sources the shards saw, in the order they first saw them."""
+    return list(dict.fromkeys(name for r in results for name in r.observed_schema))
 
 
 def _mirrored_raw(store: StagingStore, prefix: str, result: ShardResult) -> list[str]:
