@@ -1,10 +1,11 @@
 """`make bench`: the whole users-etl flow on N generated users (BENCH_USERS, default 100,000), served by a
 loopback DummyJSON server in its own process (page size 1000), into SQLite and PostgreSQL, delivering to a
 loopback OpenSSH sshd; then the naive per-record path on the same data, and OpenSSH's own `sftp` client on
-the same files; then the same users through the deployment in two shards on two workers (bench/sharded.py).
-The SQLite and PostgreSQL columns run a second time on the same unchanged source (the nightly
-case). Above 100k users each column also runs on 100k users just before its larger run, and the larger run's
-peak RSS and records/s are held to those. Prints a markdown table (also written to var/bench/latest.md)."""
+the same files; then the same users through the deployment in two shards on two workers (bench/sharded.py),
+staging in a folder, then in S3 (bench/s3.py). The SQLite and PostgreSQL columns run a second time on the
+same unchanged source (the nightly case). Above 100k users each column also runs on 100k users just before its
+larger run, and the larger run's peak RSS and records/s are held to those. Prints a markdown table (also written
+to var/bench/latest.md)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ OUT = ROOT / "var" / "bench"
 PG_ADMIN = os.environ.get("BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 NAIVE_MAX = int(os.environ.get("BENCH_NAIVE_USERS", "20000"))
 RERUN = os.environ.get("BENCH_RERUN", "1") == "1"
-SHARDED = os.environ.get("BENCH_SHARDED", "1") == "1"  # the sharded column (bench/sharded.py)
+SHARDED = os.environ.get("BENCH_SHARDED", "1") == "1"  # the sharded columns (bench/sharded.py)
+SHARDED_S3 = os.environ.get("BENCH_SHARDED_S3", "1") == "1"  # and of those the one staging in S3 (bench/s3.py)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -245,11 +247,13 @@ def main() -> None:
                 if into is results and name in DEPLOYED and RERUN:
                     print(f"users-etl again on the same {size:,} users into {name} ...", file=sys.stderr)
                     reruns[name] = run_flow(source, db_url, sftp_env, _fresh(OUT / f"{folder}-again"), prefect)
-        sharded = None
-        if SHARDED and "postgresql" in results:
-            print(f"users-etl deployed, {n:,} users in 2 shards on two workers, into postgresql ...", file=sys.stderr)
+        sharded: dict[str, dict] = {}  # staging in a folder, then in S3; each into a new database
+        stagings = ["folder", *(["s3"] if SHARDED_S3 else [])] if SHARDED and "postgresql" in results else []
+        for staging in stagings:
+            print(f"users-etl deployed, {n:,} users in 2 shards, staging in {staging} ...", file=sys.stderr)
             db_url = stack.enter_context(_database("postgresql"))
-            sharded = run_sharded(api, db_url, sftp_env, _fresh(OUT / "data-sharded"), prefect_url, _env())
+            data_dir = _fresh(OUT / ("data-sharded" if staging == "folder" else "data-sharded-s3"))
+            sharded[staging] = run_sharded(api, db_url, sftp_env, data_dir, prefect_url, _env(), s3=staging == "s3")
         naive_n = min(n, NAIVE_MAX)
         print(f"naive path on {naive_n:,} users ...", file=sys.stderr)
         naive = run_naive(api, naive_n, sftp_env)
@@ -260,8 +264,8 @@ def main() -> None:
     print("host checks ...", file=sys.stderr)
     host = run_host_checks(_fresh(OUT / "host"))
     report = render(n, results, naive, inserts_only, openssh, alone, reference, host, reruns)
-    if sharded is not None:
-        report += "\n".join(render_sharded(n, results["postgresql"], sharded)) + "\n"
+    if sharded:
+        report += "\n".join(render_sharded(n, results["postgresql"], sharded["folder"], sharded.get("s3"))) + "\n"
     print(report)
     (OUT / "latest.md").write_text(report)
 

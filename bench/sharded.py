@@ -1,32 +1,42 @@
 """`make bench`'s sharded column: the same users through `users-etl` deployed (prefect.yaml, `make deploy`) on
 the bench's Prefect server, triggered with shards=2 and run by two process workers into PostgreSQL, staging in
-a folder both see. On two cores the point is what sharding costs, not speed: the clock runs from the trigger
-to the parent's completion, and each shard's orchestration overhead is its flow run's time (from its
-creation to its end) beyond the shard's own work."""
+a folder both see, and again staging in S3 (moto's server on loopback, bench/s3.py). On two cores the point is
+what sharding and object storage cost, not speed: the clock runs from the trigger to the parent's completion,
+and each shard's orchestration overhead is its flow run's time (from its creation to its end) beyond the
+shard's own work."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import textwrap
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
+from bench.s3 import moto_staging
+
 ROOT = Path(__file__).resolve().parent.parent
 POOL = "sluice-bench"
 SHARDS = 2
 TIMEOUT = 3600
+STAGING_VARS = ("STAGING_", "AWS_")
 
 
-def run_sharded(api: str, db_url: str, sftp_env: dict[str, str], data_dir: Path, prefect_url: str, env: dict) -> dict:
-    """One sharded run over `api` into `db_url`; its wall time, stage seconds and per-shard figures."""
+def run_sharded(
+    api: str, db_url: str, sftp_env: dict[str, str], data_dir: Path, prefect_url: str, env: dict, *, s3: bool = False
+) -> dict:
+    """One sharded run over `api` into `db_url`, staging in `data_dir`, or with `s3` in a bucket of a moto server
+    started for it; its wall time, stage seconds and per-shard figures."""
     from models.migrate import upgrade
 
     upgrade(db_url)
-    env = {**env, "PREFECT_API_URL": prefect_url, "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    # the staging store is the variant's alone: none inherited from the bench's environment
+    env = {k: v for k, v in env.items() if not k.startswith(STAGING_VARS)}
+    env.update(PREFECT_API_URL=prefect_url, PREFECT_WORKER_QUERY_SECONDS="1")
     log = data_dir / "deploy.log"
     data_dir.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
@@ -38,8 +48,11 @@ def run_sharded(api: str, db_url: str, sftp_env: dict[str, str], data_dir: Path,
             check=True,
         )
     flow_env = {**env, **sftp_env, "DATABASE_URL": db_url, "DATA_DIR": str(data_dir), "USERS_PAGE_SIZE": "1000"}
+    flow_env["STAGING_URL"] = str(data_dir)  # as unset does, and not whatever `.env` says
     prefect = str(Path(sys.executable).parent / "prefect")
     with ExitStack() as stack:
+        if s3:  # up and its bucket made before the workers start and the clock runs
+            flow_env.update(stack.enter_context(moto_staging(data_dir / "moto.log")))
         for n in (1, 2):
             out = stack.enter_context((data_dir / f"worker-{n}.log").open("wb"))
             worker = subprocess.Popen(
@@ -98,30 +111,57 @@ def _stop(proc: subprocess.Popen) -> None:
     stop(proc)
 
 
-def render_sharded(n: int, unsharded: dict, sharded: dict) -> list[str]:
-    """The sharded column beside the unsharded PostgreSQL one."""
-    stages, shards = sharded["stage_seconds"], sharded["shards"]
+def render_sharded(n: int, unsharded: dict, sharded: dict, s3: dict | None = None) -> list[str]:
+    """The sharded column beside the unsharded PostgreSQL one, and the same run staging in S3 beside it."""
+    columns = [sharded] if s3 is None else [sharded, s3]
+
+    def row(label: str, first: str, cell) -> str:
+        return _md_row([label, first, *(cell(c) for c in columns)])
+
+    def shard_row(label: str, index: int, cell) -> str:
+        by_shard = [{s["shard"]: s for s in c["shards"]}.get(index) for c in columns]
+        return _md_row([f"shard {index}: {label}", "", *(cell(s) if s else "" for s in by_shard)])
+
+    def work(s: dict) -> str:
+        stage = s["stage_seconds"]
+        return (
+            f"{s['records']:,}, {stage.get('extract', 0):.1f} / {stage.get('transform', 0):.1f} / "
+            f"{stage.get('persist', 0):.1f}"
+        )
+
+    heads = [f"PostgreSQL, {SHARDS} shards"] + ([f"PostgreSQL, {SHARDS} shards, S3 staging"] if s3 else [])
+    where = "staging in a shared folder" + (", and in S3 in the last column (moto's server on loopback)" if s3 else "")
+    prose = (
+        f"Sharded: `users-etl` deployed, {SHARDS} shards on two process workers (PostgreSQL), {where}; the clock "
+        "runs from the trigger to the parent's completion (the unsharded column from the flow process's start)."
+    )
     lines = [
         "",
-        f"Sharded: `users-etl` deployed, {SHARDS} shards on two process workers (PostgreSQL, staging in a shared",
-        "folder); the clock runs from the trigger to the parent's completion (the unsharded column from the flow",
-        "process's start).",
+        *textwrap.wrap(prose, 110),
         "",
-        f"| | PostgreSQL | PostgreSQL, {SHARDS} shards |",
-        "|---|---:|---:|",
-        f"| end to end (s) | {unsharded['wall_seconds']:.1f} | {sharded['wall_seconds']:.1f} |",
-        f"| records/s end to end | {n / unsharded['wall_seconds']:,.0f} | {n / sharded['wall_seconds']:,.0f} |",
-        f"| the shards, submitted to joined (s) | | {stages.get('shards', 0):.1f} |",
-        f"| deliver (s) | {unsharded['stage_seconds'].get('deliver', 0):.1f} | {stages.get('deliver', 0):.1f} |",
+        "| | PostgreSQL | " + " | ".join(heads) + " |",
+        "|---|---:|" + "---:|" * len(columns),
+        row("end to end (s)", f"{unsharded['wall_seconds']:.1f}", lambda c: f"{c['wall_seconds']:.1f}"),
+        row("records/s end to end", f"{n / unsharded['wall_seconds']:,.0f}", lambda c: f"{n / c['wall_seconds']:,.0f}"),
+        row("the shards, submitted to joined (s)", "", lambda c: f"{c['stage_seconds'].get('shards', 0):.1f}"),
+        row(
+            "deliver (s)",
+            f"{unsharded['stage_seconds'].get('deliver', 0):.1f}",
+            lambda c: f"{c['stage_seconds'].get('deliver', 0):.1f}",
+        ),
     ]
-    for s in shards:
-        stage = s["stage_seconds"]
+    indexes = sorted({s["shard"] for c in columns for s in c["shards"]})
+    for index in indexes:
+        lines.append(shard_row("records, extract / transform / persist (s)", index, work))
         lines.append(
-            f"| shard {s['shard']}: records, extract / transform / persist (s) | | {s['records']:,}, "
-            f"{stage.get('extract', 0):.1f} / {stage.get('transform', 0):.1f} / {stage.get('persist', 0):.1f} |"
-        )
-        lines.append(
-            f"| shard {s['shard']}: orchestration overhead (s): its flow run beyond its work | | "
-            f"{s['overhead_seconds']:.1f} of {s['flow_run_seconds']:.1f} |"
+            shard_row(
+                "orchestration overhead (s): its flow run beyond its work",
+                index,
+                lambda s: f"{s['overhead_seconds']:.1f} of {s['flow_run_seconds']:.1f}",
+            )
         )
     return lines
+
+
+def _md_row(cells: list[str]) -> str:
+    return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"

@@ -31,6 +31,7 @@ from tasks.deliver import (
     stage_task,
 )
 from tasks.deliver_files import files_to_deliver
+from tasks.staging.files import name as file_name
 
 DISCARD_TIMEOUT_SECONDS = 10.0  # a failing run does not wait long on a server that may be why it failed
 
@@ -92,7 +93,8 @@ def deliver(
     publish: bool = True,
     daily_names: bool = False,
 ) -> DeliveryResult:
-    """The run's JSONL files -> SFTP_REMOTE_BASE/<run date>/ (skipped, and said so, when SFTP_HOST is unset).
+    """The run's JSONL files (local paths or `s3://` locations in the staging store) -> SFTP_REMOTE_BASE/<run
+    date>/ (skipped, and said so, when SFTP_HOST is unset).
     `raw_files`, those of `files` that are raw-layer files, go as DELIVER_RAW says: masked copies by default,
     as staged (`full`) or not at all (`none`). `daily_names`: one remote name per day and kind (the staged
     name without its file_time), replaced by a rerun; else the staged names. `publish=False` stops after the
@@ -108,7 +110,7 @@ def deliver(
     paths = files_to_deliver(files, raw_files or [], settings.deliver_raw)
     if raw_files:
         logger.info("deliver: %d raw file(s), DELIVER_RAW=%s", len(raw_files), settings.deliver_raw)
-    names = [daily_name(p.name) if daily_names else p.name for p in paths]
+    names = [daily_name(file_name(p)) if daily_names else file_name(p) for p in paths]
     # the uploads wait in a folder named after a run that stays live until they are published
     folder = run_id or (current_run.id if publish else current_run.parent_flow_run_id or current_run.id)
     staged = stage_task(target, paths, remote_dir, folder, names=names, is_live=run_is_live)

@@ -9,7 +9,6 @@ the run's error; the other feeds' items still go all the way through, then the r
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.futures import wait
@@ -26,7 +25,7 @@ from tasks.extract.feeds import FeedOutcome
 from tasks.extract.feeds.constants import MAX_PARALLEL_FETCHES, REQUEST_TIMEOUT_SECONDS
 from tasks.feeds_batches import FeedFiles, FeedsExtractResult, FeedsPersistResult, FeedsTransformResult
 from tasks.staging.batches import Span
-from tasks.staging.files import split_spans
+from tasks.staging.files import file_size, reset, split_spans, within
 
 FLOW_NAME = "feeds-etl"
 APPROX_ITEM_BYTES = 2_000  # only sizes transform spans when nothing was extracted
@@ -39,13 +38,14 @@ class FeedsFailedError(RuntimeError):
 @flow(name="feeds-extract", task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_FETCHES))  # type: ignore[arg-type]
 def extract(
     run_id: str,
-    run_dir: str,
+    files_root: str,
     file_time: str,
     feed_urls: list[str],
     database_block: str | None = None,
     request_timeout: float = REQUEST_TIMEOUT_SECONDS,
 ) -> FeedsExtractResult:
-    """Every feed fetched concurrently (one task each, conditional GET); items staged as one raw JSONL file.
+    """Every feed fetched concurrently (one task each, conditional GET); items staged as one raw JSONL file under
+    `files_root` (the run's folder in the staging store).
     304s and failures are checkpointed here; fetched feeds once their items are persisted."""
     settings, logger = get_settings(), get_run_logger()
     engine = resolve_engine(database_block)
@@ -54,10 +54,10 @@ def extract(
         retry_delay_seconds=exponential_backoff(backoff_factor=settings.extract_retry_base_seconds),
     )
     validators = feed_source.load_validators(engine, feed_urls)
-    parts_dir = Path(run_dir) / "raw_feed_items" / f"parts_{file_time}"
+    parts_dir = within(files_root, "raw_feed_items", f"parts_{file_time}")
     futures = [
         fetch.submit(
-            url, validators=validators[url], part_path=str(parts_dir / f"{i:05d}.jsonl"), timeout=request_timeout
+            url, validators=validators[url], part_path=within(parts_dir, f"{i:05d}.jsonl"), timeout=request_timeout
         )
         for i, url in enumerate(feed_urls)
     ]
@@ -69,8 +69,8 @@ def extract(
             outcomes.append(future.result())
         else:  # the outcome names the feed and its task's error
             outcomes.append(FeedOutcome.failed(url, state.result(raise_on_failure=False)))
-    raw_path = Path(run_dir) / "raw_feed_items" / f"feed_records_{file_time}.jsonl"
-    result = FeedsExtractResult(str(raw_path), feed_source.merge_parts(outcomes, parts_dir, raw_path))
+    raw_path = within(files_root, "raw_feed_items", f"feed_records_{file_time}.jsonl")
+    result = FeedsExtractResult(raw_path, feed_source.merge_parts(outcomes, parts_dir, raw_path))
     feed_source.record_outcomes(engine, run_id=run_id, outcomes=[o for o in result.feeds if o.status != "fetched"])
     for o in result.with_status("failed"):
         logger.error("feed failed: %s", o.error)
@@ -81,18 +81,15 @@ def extract(
 
 @flow(name="feeds-transform")
 def transform(
-    raw_path: str, run_dir: str, file_time: str, records: int, batch_records: int = 10_000
+    raw_path: str, files_root: str, file_time: str, records: int, batch_records: int = 10_000
 ) -> FeedsTransformResult:
-    """Raw JSONL -> processed + DLQ JSONL, span by span."""
+    """Raw JSONL -> processed + DLQ JSONL under `files_root`, span by span."""
     files = FeedFiles(
         raw=raw_path,
-        processed=str(Path(run_dir) / "feed_items" / f"feed_items_{file_time}.jsonl"),
-        dlq=str(Path(run_dir) / "dlq" / f"invalid_feed_items_{file_time}.jsonl"),
+        processed=reset(within(files_root, "feed_items", f"feed_items_{file_time}.jsonl")),
+        dlq=reset(within(files_root, "dlq", f"invalid_feed_items_{file_time}.jsonl")),
     )
-    for path in (files.processed, files.dlq):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_bytes(b"")
-    size = Path(raw_path).stat().st_size
+    size = file_size(raw_path)
     span_bytes = max(1 << 20, (size // records if records else APPROX_ITEM_BYTES) * batch_records)
     result = FeedsTransformResult(
         files, [feeds.transform_batch(files, Span(*span)) for span in split_spans(raw_path, span_bytes)]
@@ -136,12 +133,12 @@ def feeds_etl(
 ) -> dict:
     """Parameters override the environment (FEED_URLS, DATABASE_BLOCK)."""
     run = begin_run(FLOW_NAME, database_block)
-    engine, run_id, run_dir, stages = run.engine, run.run_id, run.run_dir, run.stages
+    engine, run_id, files_root, stages = run.engine, run.run_id, run.files_root, run.stages
     try:
         urls = _feed_list(feed_urls)
-        ex = stages.run("extract", extract, run_id, run_dir, run.file_time, urls, database_block, request_timeout)
+        ex = stages.run("extract", extract, run_id, files_root, run.file_time, urls, database_block, request_timeout)
         runs.update_run(engine, run_id=run_id, extracted=ex.records)
-        tr = stages.run("transform", transform, ex.raw_path, run_dir, run.file_time, ex.records, batch_records)
+        tr = stages.run("transform", transform, ex.raw_path, files_root, run.file_time, ex.records, batch_records)
         files = tr.files.by_kind()
         runs.update_run(engine, run_id=run_id, valid=tr.valid, invalid=tr.invalid, files=files, dlq_reasons=tr.reasons)
         ps = stages.run("persist", persist, run_id, tr, ex.with_status("fetched"), database_block)

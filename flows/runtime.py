@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from uuid import UUID
 
 from prefect import Flow, flow, get_client, get_run_logger
@@ -24,8 +25,9 @@ from models.db import resolve_engine
 from models.migrate import SchemaOutOfDate
 from models.settings import get_settings
 from tasks import runs
-from tasks.retention import prune_run_dirs
+from tasks.retention import prune_run_dirs, prune_store_runs
 from tasks.staging import handoff
+from tasks.staging.parts import staging_store
 from tasks.staging.runner import StageRunner
 
 STOP_SECONDS = 20.0  # an interrupted run waits this long for its stages to stop (Prefect's runner kills at 30 s)
@@ -134,7 +136,8 @@ def mark_stale_runs(engine, *, run_id: str) -> None:
 
 @dataclass
 class RunStart:
-    """What a parent flow knows once its run is open: engine, run id, start time, staging folder, stage runner."""
+    """What a parent flow knows once its run is open: engine, run id, start time, its folder (the stages'
+    manifests, on this host), where its staged files go (a location in STAGING_URL), stage runner."""
 
     engine: Engine
     run_id: str
@@ -144,6 +147,10 @@ class RunStart:
     stages: StageRunner
     flow_name: str = ""
     heartbeat: runs.Heartbeat | None = None
+    files_root: str = ""
+
+    def __post_init__(self) -> None:
+        self.files_root = self.files_root or self.run_dir
 
 
 def begin_run(flow_name: str, database_block: str | None) -> RunStart:
@@ -154,10 +161,14 @@ def begin_run(flow_name: str, database_block: str | None) -> RunStart:
     runs.start_run(engine, run_id=run_id, flow_name=flow_name)
     mark_stale_runs(engine, run_id=run_id)
     settings, started = get_settings(), datetime.now(UTC)
+    store = staging_store()
     if settings.run_files_keep_days:  # before this run stages its own files
-        prune_run_dirs(
-            engine, runs_dir=settings.data_dir / "runs", keep_days=settings.run_files_keep_days, logger=get_run_logger()
-        )
+        keep, logger = settings.run_files_keep_days, get_run_logger()
+        prune_run_dirs(engine, runs_dir=settings.data_dir / "runs", keep_days=keep, logger=logger)
+        if not store.is_local:
+            prune_store_runs(engine, store=store, keep_days=keep, logger=logger)
+        elif store.url != str(settings.data_dir.resolve()):  # a staging folder apart from DATA_DIR
+            prune_run_dirs(engine, runs_dir=Path(store.url) / "runs", keep_days=keep, logger=logger)
     run_dir = str((settings.data_dir / "runs" / run_id).resolve())
     run = RunStart(
         engine=engine,
@@ -167,6 +178,7 @@ def begin_run(flow_name: str, database_block: str | None) -> RunStart:
         run_dir=run_dir,
         stages=StageRunner(run_dir),
         flow_name=flow_name,
+        files_root=store.location(f"runs/{run_id}"),
     )
     api_url = get_current_settings().api.url
     run.heartbeat = runs.Heartbeat(engine, run_id, also=_ApiWatch(run, api_url) if api_url else None).start()

@@ -68,7 +68,17 @@ def users_etl(
     csv = str(csv_dir or settings.users_csv_dir or "") or None
     uploading = False
     try:
-        stages.start("extract", extract, run_dir, run.file_time, sources, database_block, csv, manifest=extracted)
+        stages.start(
+            "extract",
+            extract,
+            run_dir,
+            run.file_time,
+            sources,
+            database_block,
+            csv,
+            manifest=extracted,
+            files_root=run.files_root,
+        )
         if settings.users_extract_first if extract_first is None else extract_first:
             stages.result("extract")
         departments, after_extract = str(settings.departments_csv), ("extract", extracted)
@@ -84,6 +94,7 @@ def users_etl(
             run.run_id,
             manifest=transformed,
             after=after_extract,
+            files_root=run.files_root,
         )
         stages.start(
             "persist",

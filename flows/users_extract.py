@@ -25,8 +25,10 @@ def extract(
     csv_dir: str | None = None,
     manifest: str | None = None,
     plugins: bool = True,
+    files_root: str | None = None,
 ) -> ExtractResult:
-    """Sources -> staged raw JSONL files. Each API is paged and checkpointed after every page (an interrupted
+    """Sources -> staged raw JSONL files under `files_root` (the run's folder in the staging store; default
+    `run_dir`, which holds the stages' manifests). Each API is paged and checkpointed after every page (an interrupted
     run resumes there); CSV files in `csv_dir` are staged when new or changed (unless `plugins` is false: the
     shards of a sharded run but its last)."""
     settings, logger = get_settings(), get_run_logger()
@@ -36,14 +38,27 @@ def extract(
     result = ExtractResult()
     for source in sources:
         walk = extract_api(
-            engine, source, run_id=run_id, run_dir=run_dir, file_time=file_time, manifest=manifest, logger=logger
+            engine,
+            source,
+            run_id=run_id,
+            run_dir=run_dir,
+            file_time=file_time,
+            manifest=manifest,
+            logger=logger,
+            files_root=files_root,
         )
         result.apis.append(walk)
     if csv_dir:
         settings = settings.model_copy(update={"users_csv_dir": Path(csv_dir)})
     if plugins:
         result.others = stage_plugins(
-            engine, settings, run_dir=run_dir, file_time=file_time, manifest=manifest, logger=logger
+            engine,
+            settings,
+            run_dir=run_dir,
+            file_time=file_time,
+            manifest=manifest,
+            logger=logger,
+            files_root=files_root,
         )
     logger.info("extract: %d staged input(s) besides the APIs", len(result.others))
     if manifest:  # persist marks users absent from an API deleted only after its complete walk

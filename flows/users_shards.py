@@ -6,12 +6,13 @@ run's files and results, as one walk would have staged them; the parent then che
 from __future__ import annotations
 
 import contextvars
+import functools
 import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from pathlib import Path
+from typing import BinaryIO
 from uuid import UUID
 
 import polars as pl
@@ -27,15 +28,16 @@ from tasks.extract.users_api import ApiSource
 from tasks.extract.users_api.pages import walk_findings
 from tasks.extract.users_api.paging import WalkRange
 from tasks.extract.users_api.shards import source_total, split_walk
-from tasks.shard_resume import mirrored
-from tasks.shards import RESULT, ShardResult, pulse_age, run_prefix, shard_prefix
+from tasks.shards import RESULT, ShardResult, pulse_age, shard_prefix
 from tasks.staging import handoff
 from tasks.staging.batches import ApiWalk, ExtractResult, PersistResult, Span, StagedInput, TransformResult
-from tasks.staging.files import read_frame
+from tasks.staging.files import append_with, file_size, read_frame, read_pieces, reset, within
+from tasks.staging.parts import staging_store
 from tasks.staging.store import StagingStore
 from tasks.users.sync import mark_absent_task
 
 POLL_SECONDS = 1.0  # how often the parent asks the Prefect API about its shards
+JOIN_PIECE_BYTES = 8 << 20  # the join copies a shard's file in pieces this big (in the store, one part each)
 
 
 class ShardFailedError(RuntimeError):
@@ -61,7 +63,7 @@ def run_sharded(run: RunStart, sources: list[ApiSource], *, shards: int, paramet
     source, logger = sources[0], get_run_logger()
     parts = split_walk(source_total(source), shards, source.config.page_size)
     logger.info("users-etl: %d shard(s) of %s: %s", len(parts), source.name, [(p.start, p.stop) for p in parts])
-    store, stop = StagingStore.from_settings(get_settings()), threading.Event()
+    store, stop = staging_store(), threading.Event()
     watch = [_ShardWatch(run, store, index, len(parts), part, parameters, stop) for index, part in enumerate(parts)]
     try:
         with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="shard") as pool:
@@ -70,10 +72,12 @@ def run_sharded(run: RunStart, sources: list[ApiSource], *, shards: int, paramet
             if any(f.done() and f.exception() for f in futures):
                 stop.set()  # the run fails: the other shards are cancelled
             results = [f.result() for f in futures]
-        return _join(run, store, source, results)
+        joined = _join(run, store, source, results)
     finally:
         stop.set()
-        store.remove(run_prefix(run.run_id))  # a run started again stages its shards anew
+    for index in range(len(parts)):  # joined: the shards' files go (a failed run's stay for its ranges to resume)
+        store.remove(shard_prefix(run.run_id, index))
+    return joined
 
 
 class _ShardWatch:
@@ -176,20 +180,18 @@ def _join(run: RunStart, store: StagingStore, source: ApiSource, results: list[S
     """The shards' files joined in range order into the run's folder, their counts summed, the schema each saw
     merged and judged against the snapshot, and, when every range was walked whole, the users absent from all
     of them marked deleted."""
-    settings, run_dir = get_settings(), Path(run.run_dir)
+    settings = get_settings()
     files: dict[str, str] = {}
     for result in results:
-        prefix = shard_prefix(run.run_id, result.index)
-        for kind, rel in result.files.items():
-            target = run_dir / rel
-            if kind not in files:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(b"")
-                files[kind] = str(target)
-            with open(files[kind], "ab") as fh:
-                keys = _mirrored_raw(store, prefix, result) if kind == "raw" else [f"{prefix}/{rel}"]
-                for key in keys:
-                    store.copy_range_to(key, fh)
+        for kind, key in result.files.items():
+            if kind not in files:  # under the folder (raw_users, processed_users, dlq) the shard staged it in
+                files[kind] = reset(within(run.files_root, *key.split("/")[-2:]))
+            copied = _append_file(files[kind], store.location(key))
+            if kind == "raw" and copied != result.raw_bytes:
+                raise ShardFailedError(
+                    f"shard {result.index + 1} of {result.count}: its raw file in the staging store holds {copied} "
+                    f"bytes, not the {result.raw_bytes} it staged"
+                )
     records, totals = sum(r.records for r in results), _totals(results)
     api_records = records - sum(o["records"] for r in results for o in r.others)
     # what one walk would have found (shards that saw different totals: the source changed on the way), then
@@ -199,7 +201,7 @@ def _join(run: RunStart, store: StagingStore, source: ApiSource, results: list[S
         source=source.name,
         as_of=results[0].as_of,
         raw_path=files["raw"],
-        span=Span(0, Path(files["raw"]).stat().st_size),
+        span=Span(0, file_size(files["raw"])),
         records=api_records,
     )
     others = [
@@ -237,15 +239,16 @@ def _names(results: list[ShardResult]) -> list[str]:
     return list(dict.fromkeys(name for r in results for name in r.observed_schema))
 
 
-def _mirrored_raw(store: StagingStore, prefix: str, result: ShardResult) -> list[str]:
-    """The keys of the parts the shard mirrored its raw lines in, in order; all of them, or an error."""
-    parts = mirrored(store, prefix)
-    if sum(p.length for p in parts) != result.raw_bytes:
-        raise ShardFailedError(
-            f"shard {result.index + 1} of {result.count}: its mirrored raw lines hold "
-            f"{sum(p.length for p in parts)} bytes, not the {result.raw_bytes} it staged"
-        )
-    return [p.key for p in parts]
+def _append_file(target: str, source: str) -> int:
+    """The staged file at `source` appended to the one at `target`, a piece at a time; the bytes copied."""
+    copied = 0
+    for piece in read_pieces(source, JOIN_PIECE_BYTES):
+        copied += append_with(target, functools.partial(_write, piece))[1]
+    return copied
+
+
+def _write(data: bytes, fh: BinaryIO) -> None:
+    fh.write(data)
 
 
 def _totals(results: list[ShardResult]) -> list[int]:

@@ -26,14 +26,16 @@ def transform(
     database_block: str | None = None,
     run_id: str | None = None,
     manifest: str | None = None,
+    files_root: str | None = None,
 ) -> TransformResult:
-    """Staged raw JSONL -> processed + DLQ JSONL, batch by batch as extract posts them to `extracted`. A
-    source whose drift policy is `fail` has its batches posted only after its schema check."""
+    """Staged raw JSONL -> processed + DLQ JSONL under `files_root` (default `run_dir`), batch by batch as
+    extract posts them to `extracted`. A source whose drift policy is `fail` has its batches posted only after
+    its schema check."""
     settings, logger = get_settings(), get_run_logger()
     if manifest:
         handoff.mark_started(manifest)
     departments = load_departments(departments_csv, file_sha256(departments_csv))
-    files, tally = run_files(run_dir, file_time), TransformTally()
+    files, tally = run_files(files_root or run_dir, file_time), TransformTally()
     relay = BatchRelay(manifest, settings.drift_policy)
     for entry in handoff.follow(extracted, StagedInput, stage="transform", run_dir=run_dir):
         for batch in transform_input(entry, departments, files, batch_records, tally):

@@ -85,12 +85,12 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr("sqlite:///var/app.db")
     database_block: str | None = None
     data_dir: Path = Path("var/data")
-    # a run starting removes the staged folders (DATA_DIR/runs/<run id>) of runs over for more than this
+    # a run starting removes the staged folders (STAGING_URL's runs/<run id>) of runs over for more than this
     # many days (tasks/retention.py); 0 keeps them all
     run_files_keep_days: int = Field(0, ge=0)
     departments_csv: Path = BUNDLED_DEPARTMENTS
-    # where a sharded run's shards leave their files for the run (tasks/staging/store.py): a folder (default
-    # DATA_DIR/shared), or s3://bucket/prefix for workers on several hosts; the S3 credentials come from the
+    # where runs stage their files, runs/<run id>/... (tasks/staging/store.py): a folder (default DATA_DIR), or
+    # s3://bucket/prefix for the shards of a run on several hosts; the S3 credentials come from the
     # environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or STAGING_SECRET_BLOCK, a Prefect Secret block
     # holding {"key": ..., "secret": ...}; STAGING_ENDPOINT_URL names an S3-compatible store (MinIO...)
     staging_url: str | None = None

@@ -22,10 +22,6 @@ def shard_prefix(run_id: str, index: int) -> str:
     return f"runs/{run_id}/shard-{index + 1}"
 
 
-def run_prefix(run_id: str) -> str:
-    return f"runs/{run_id}"
-
-
 @dataclass(frozen=True)
 class ShardResult:
     """A finished shard: its range, what each stage counted, the files it left (kind -> store key, in the order
@@ -50,7 +46,7 @@ class ShardResult:
     stage_seconds: dict[str, float]
     seconds: float
     attempts: int = 1
-    raw_bytes: int = 0  # the API's raw lines the shard staged (mirrored to the store in parts)
+    raw_bytes: int = 0  # the bytes of the API's raw lines the shard staged (the parent checks its join)
     api_source: str = ""
     as_of: str = ""
     others: list[dict] = field(default_factory=list)  # the plug-ins' inputs staged (StagedInput fields)

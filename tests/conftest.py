@@ -150,7 +150,18 @@ def settings_env(monkeypatch, tmp_path):
     """Set configuration through the environment, as a user would; the settings cache follows."""
     for name in list(os.environ):
         if name.startswith(
-            ("USERS_", "SFTP_", "DATABASE_", "DATA_DIR", "DEPARTMENTS_", "EXTRACT_", "API_", "FEED_", "RATE_LIMIT_")
+            (
+                "USERS_",
+                "SFTP_",
+                "DATABASE_",
+                "DATA_DIR",
+                "DEPARTMENTS_",
+                "EXTRACT_",
+                "API_",
+                "FEED_",
+                "RATE_LIMIT_",
+                "STAGING_",
+            )
         ):
             monkeypatch.delenv(name)
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))

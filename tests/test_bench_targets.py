@@ -166,3 +166,28 @@ def test_the_sharded_column_shows_each_shard_and_its_orchestration_overhead():
     assert "| records/s end to end | 6,667 | 4,000 |" in table
     assert "| shard 2: records, extract / transform / persist (s) | | 50,000, 3.0 / 5.0 / 10.0 |" in table
     assert "| shard 1: orchestration overhead (s): its flow run beyond its work | | 4.4 of 16.8 |" in table
+
+
+def test_the_s3_staging_run_is_a_column_of_its_own_beside_the_folder_one():
+    from bench.sharded import render_sharded
+
+    def run(wall: float, overhead: float) -> dict:
+        shard = {"records": 50_000, "stage_seconds": {"extract": 3.0, "transform": 5.0, "persist": 10.0}}
+        return {
+            "wall_seconds": wall,
+            "stage_seconds": {"shards": 18.0, "deliver": 3.0},
+            "shards": [{**shard, "shard": i, "flow_run_seconds": 16.8, "overhead_seconds": overhead} for i in (1, 2)],
+        }
+
+    unsharded = {"wall_seconds": 15.0, "stage_seconds": {"deliver": 4.8}}
+    table = "\n".join(render_sharded(100_000, unsharded, run(25.0, 4.4), run(40.0, 6.1)))
+    assert "| | PostgreSQL | PostgreSQL, 2 shards | PostgreSQL, 2 shards, S3 staging |\n|---|---:|---:|---:|" in table
+    assert "| end to end (s) | 15.0 | 25.0 | 40.0 |" in table
+    assert "| records/s end to end | 6,667 | 4,000 | 2,500 |" in table
+    assert "| the shards, submitted to joined (s) | | 18.0 | 18.0 |" in table
+    assert (
+        "| shard 2: orchestration overhead (s): its flow run beyond its work | | 4.4 of 16.8 | 6.1 of 16.8 |" in table
+    )
+    folder_only = "\n".join(render_sharded(100_000, unsharded, run(25.0, 4.4)))
+    assert "S3" not in folder_only
+    assert "| end to end (s) | 15.0 | 25.0 |\n" in folder_only

@@ -198,7 +198,7 @@ def test_minio_init_makes_the_bucket_the_workers_stage_in(services):
     assert init_env["MINIO_URL"] == worker_env["STAGING_ENDPOINT_URL"]
     for env in ({}, {"SLUICE_STAGING_BUCKET": "acme-shards"}):
         bucket = interpolate(init_env["STAGING_BUCKET"], env)
-        assert interpolate(worker_env["STAGING_URL"], env) == f"s3://{bucket}/runs"
+        assert interpolate(worker_env["STAGING_URL"], env) == f"s3://{bucket}"
     assert interpolate(init_env["STAGING_BUCKET"]) == "sluice-staging"
     init_targets, worker_targets = secret_targets(init), secret_targets(worker)
     assert init_env["MINIO_ROOT_USER_FILE"] == init_targets["minio_root_user"]
@@ -220,7 +220,7 @@ def test_two_workers_share_a_sharded_run_through_the_store(services):
     assert runs_workers == ["worker"], "one worker service, or --scale worker=N no longer counts them all"
     assert interpolate(env["USERS_SHARDS"]) == "2" and interpolate(env["USERS_SHARDS"], {"USERS_SHARDS": "4"}) == "4"
     staging = urlsplit(interpolate(env["STAGING_URL"]))
-    assert (staging.scheme, staging.netloc, staging.path) == ("s3", "sluice-staging", "/runs")
+    assert (staging.scheme, staging.netloc, staging.path) == ("s3", "sluice-staging", "")
     endpoint = urlsplit(env["STAGING_ENDPOINT_URL"])
     minio = services["minio"]
     api_port = int(next(p for p in minio["ports"] if p.endswith(":9000")).rsplit(":", 1)[1])

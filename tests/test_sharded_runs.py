@@ -96,11 +96,11 @@ class Cluster:
             self.start_worker(len(self.workers) + 1)
             self.start_worker(len(self.workers) + 1)
 
-    def mirrored(self, run_id: str, *, shard: int) -> list[str]:
-        """The keys of the raw pages shard `shard` of run `run_id` has mirrored to the S3 staging store."""
+    def staged(self, folder: str) -> list[str]:
+        """The keys under `folder` (e.g. 'runs/<run id>/shard-2/raw_users/') of the S3 staging store."""
         bucket, prefix = self.s3_url.removeprefix("s3://").split("/", 1)
-        listed = self.s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/runs/{run_id}/shard-{shard}/raw-parts/")
-        return [o["Key"] for o in listed.get("Contents", [])]
+        listed = self.s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{folder}")
+        return [o["Key"].removeprefix(f"{prefix}/{folder}") for o in listed.get("Contents", [])]
 
     def logs_tail(self) -> str:
         return "\n".join(f"--- {log.name}\n{tail(log, 80)}" for log in self.logs)
@@ -233,11 +233,36 @@ def test_sharded_run_equals_unsharded_run(cluster, source, sshd_server, staging)
         assert sharded[name] == single[name], name
 
 
+def test_a_run_staged_in_s3_equals_one_staged_in_a_folder_and_leaves_no_data_on_its_worker(
+    cluster, source, sshd_server
+):
+    """With STAGING_URL=s3://..., an unsharded run's stages append, read and deliver their files in the bucket (a
+    part per append); the worker's own data folder holds only the stages' manifests; the stored rows and the
+    delivered files are those of the same run staged in a folder."""
+    results = {}
+    for staging in ("folder", "s3"):
+        cluster.use_staging(staging)
+        _fresh(cluster, sshd_server)
+        run_id = _trigger(cluster, source, shards=1)
+        _wait(cluster, run_id)
+        results[staging] = _result(cluster, run_id, sshd_server)
+    staged = cluster.staged(f"runs/{run_id}/")
+    for folder in ("raw_users/", "processed_users/", "dlq/", "deliver/"):
+        assert any(k.startswith(folder) and k.rsplit("/", 1)[-1].isdigit() for k in staged), (folder, staged)
+    on_hosts = [p for p in cluster.tmp.glob(f"host-*/data/runs/{run_id}/**/*") if p.is_file()]
+    assert on_hosts and {p.parent.name for p in on_hosts} == {"stages"}, on_hosts
+    assert {p.name for p in on_hosts} <= {"extracted.jsonl", "transformed.jsonl"} | {
+        f"{m}.started" for m in ("extracted.jsonl", "transformed.jsonl")
+    }
+    for name in ("raw_users", "processed_users", "dlq_users", "delivered", "extracted"):
+        assert results["s3"][name] == results["folder"][name], name
+
+
 def test_killed_shard_runs_again_and_the_result_is_the_same(cluster, source, sshd_server):
     """The worker running shard 2 dies with its flow run and its disk (SIGKILL to its process group, its data
     folder removed, as when its host goes): nobody reports the crash, the parent notices the shard's pulse
-    stopped, another worker runs the shard again and resumes its range after the pages the shard had mirrored to
-    the staging store; the run's result is the unsharded one's."""
+    stopped, another worker runs the shard again and resumes its range after the pages the shard had staged in
+    the staging store (its checkpoint names its file there); the run's result is the unsharded one's."""
     cluster.use_staging("s3")
     _fresh(cluster, sshd_server)
     one = _trigger(cluster, source, shards=1)
@@ -261,7 +286,7 @@ def test_killed_shard_runs_again_and_the_result_is_the_same(cluster, source, ssh
             cluster.start_worker(parent_worker + 2)
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_="-shard-2-of-2")))
         running = [r for r in runs if r.state is not None and r.state.is_running() and r.infrastructure_pid]
-        if not running or len(cluster.mirrored(two, shard=2)) < 2:
+        if not running or len(cluster.staged(f"runs/{two}/shard-2/raw_users/")) < 3:  # (a mark, two pages)
             return
         pid = int(str(running[0].infrastructure_pid).rsplit(":", 1)[-1])
         owner = next(w for w in cluster.workers[parent_worker:] if w.poll() is None and _is_child(pid, w.pid))
@@ -272,14 +297,14 @@ def test_killed_shard_runs_again_and_the_result_is_the_same(cluster, source, ssh
 
     try:
         source.requests.clear()
-        two = _trigger(cluster, source, shards=2, batch_records=PAGE_SIZE)  # a batch, so a mirrored part, a page
+        two = _trigger(cluster, source, shards=2, batch_records=PAGE_SIZE)
         _wait(cluster, two, during=kill_shard_two)
     finally:
         source.fail_when = None
     assert killed, "shard 2 was never seen running"
     sharded = _result(cluster, two, sshd_server)
     assert sharded["shards"][1]["attempts"] >= 2  # (shard 1 too, when the same worker ran both)
-    assert source.requests.count((PAGE_SIZE, 100)) == 1, "shard 2 resumed after its mirrored pages"
+    assert source.requests.count((PAGE_SIZE, 100)) == 1, "shard 2 resumed after the pages it had staged"
     for name in ("raw_users", "processed_users", "dlq_users", "delivered", "extracted"):
         assert sharded[name] == single[name], name
 

@@ -39,7 +39,7 @@ def use_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *, keys: bool 
 def where(request, tmp_path, monkeypatch):
     """(store, what a user lists to see the stored objects: key -> bytes)."""
     if request.param == "folder":
-        root = tmp_path / "data" / "shared"
+        root = tmp_path / "data"  # the default: DATA_DIR, which holds runs/<run id> as ever
         store = StagingStore.from_settings(settings(data_dir=tmp_path / "data"))
 
         def listing() -> dict[str, bytes]:

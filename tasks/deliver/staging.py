@@ -29,6 +29,7 @@ from tasks.deliver.session import SftpOperation, SftpSession
 from tasks.deliver.target import SftpTarget
 from tasks.deliver.transfer import (
     SFTP_RETRIES,
+    Location,
     check_local_files,
     makedirs,
     replace,
@@ -36,6 +37,7 @@ from tasks.deliver.transfer import (
     stat_or_none,
     write_verified,
 )
+from tasks.staging import files as staged_files
 from tasks.staging.runner import timed_work
 
 INCOMING_DIR = ".sluice-incoming"  # under SFTP_REMOTE_BASE: this deployment's uploads until published
@@ -49,7 +51,8 @@ SAFE_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 @dataclass(frozen=True)
 class StagedFile:
-    """One uploaded file waiting to be published: where it is, where it goes, and how the server had it."""
+    """One uploaded file waiting to be published: where it is (`local_path`: a path or a location in the staging
+    store), where it goes, and how the server had it."""
 
     local_path: str
     temp_path: str
@@ -123,7 +126,7 @@ def _remove_legacy_parts(sftp: paramiko.SFTPClient, folder: str) -> int:
 
 def stage_files(
     target: SftpTarget,
-    files: list[Path],
+    files: list[Path | str],
     remote_dir: str,
     run_id: str,
     names: list[str] | None = None,
@@ -131,8 +134,8 @@ def stage_files(
 ) -> list[StagedFile]:
     """Phase 1: `files` uploaded to this run's incoming folder, each meant for ``<remote_dir>/<name>``
     (`names`: the remote names, default the files' own). Stale folders of runs that are over go first."""
-    paths = check_local_files(files, names)
-    names = names or [p.name for p in paths]
+    paths: list[Location] = check_local_files(files, names)
+    names = names or [staged_files.name(p) for p in paths]
     incoming, logger = incoming_dir(target.remote_base, run_id), run_logger()
     staged: list[StagedFile] = []
     with SftpSession(target) as session, SftpOperation(session) as op:
@@ -147,12 +150,12 @@ def stage_files(
         makedirs(sftp, incoming)
         for path, name in zip(paths, names, strict=True):
             temp, final = posixpath.join(incoming, name + PART_SUFFIX), posixpath.join(remote_dir, name)
-            op.step = f"uploading {path.name} to {temp}"
+            op.step = f"uploading {staged_files.name(path)} to {temp}"
             started = time.perf_counter()
             written = write_verified(sftp, path, temp, final)
             logger.info(
                 "staged %s -> %s:%s (%d bytes, %.1f MB/s, sha256 %s)",
-                path.name,
+                staged_files.name(path),
                 target.address,
                 temp,
                 written.size,
@@ -225,7 +228,11 @@ def publish_files(
             replace(sftp, f.temp_path, f.remote_path)
             landed = [g for g in staged if g in landed or g == f]
             logger.info(
-                "delivered %s -> %s:%s (%d bytes)", Path(f.local_path).name, target.address, f.remote_path, f.bytes
+                "delivered %s -> %s:%s (%d bytes)",
+                staged_files.name(f.local_path),
+                target.address,
+                f.remote_path,
+                f.bytes,
             )
             if record is not None:
                 record(landed)

@@ -4,7 +4,9 @@ benchmark and the demo use. The flows deliver in two phases instead (`tasks.deli
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -14,6 +16,7 @@ import secrets
 import socket
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,8 @@ from tasks.deliver.errors import SftpRemoteError, SftpVerificationError, is_tran
 from tasks.deliver.session import SftpOperation, SftpSession
 from tasks.deliver.target import SftpTarget
 from tasks.retry import retry_when
+from tasks.staging import files as staged
+from tasks.staging.parts import is_remote
 from tasks.staging.runner import timed_work
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 # request adds ~30 bytes of header. A 32 KiB payload would spill into a second tiny packet.
 WRITE_CHUNK = 32 * 1024 - 256
 READ_BLOCK = 1024 * 1024
+STORE_READ_BLOCK = 8 * 1024 * 1024  # a file in the staging store is read a ranged GET at a time: fewer, larger
 TEMP_MARKER = ".part-"  # upload_files' temporaries: `.<name>.part-<12 hex>` beside the final name
 SFTP_RETRIES = dict(  # network trouble is retried, never trust or configuration errors
     retries=3,
@@ -45,6 +51,30 @@ SFTP_RETRIES = dict(  # network trouble is retried, never trust or configuration
     retry_condition_fn=retry_when(is_transient),
     cache_policy=NO_CACHE,  # a side effect, and the target holds a secret: never hash/cache
 )
+
+
+Location = Path | str  # a file to deliver: a local path, or s3://... in the staging store (tasks/staging/files.py)
+
+
+def as_location(file: Path | str) -> Location:
+    """A file to deliver as the stages name it: a local one as a Path, one in the staging store as its
+    `s3://` string (a Path would collapse `s3://` to `s3:/`)."""
+    return file if is_remote(file) else Path(file)
+
+
+@contextlib.contextmanager
+def read_blocks(location: Location) -> Iterator[Iterator[bytes]]:
+    """The file's bytes a block at a time (never the whole file), opened before anything is sent: a local
+    file read through, a file in the staging store as consecutive ranges of the size it has now."""
+    if is_remote(location):
+        size = staged.file_size(location)
+        yield (
+            staged.read_span(location, offset, min(STORE_READ_BLOCK, size - offset))
+            for offset in range(0, size, STORE_READ_BLOCK)
+        )
+        return
+    with open(location, "rb") as source:
+        yield iter(functools.partial(source.read, READ_BLOCK), b"")
 
 
 @dataclass(frozen=True)
@@ -117,13 +147,14 @@ def _await_write_acks(remote: paramiko.SFTPFile) -> None:
             raise paramiko.SFTPError("unexpected reply to an SFTP write")
 
 
-def write_verified(sftp: paramiko.SFTPClient, local: Path, remote: str, final: str) -> Written:
-    """`local` written to `remote` (pipelined), every write acknowledged, then its size on the server checked
-    (`final` is the name the file is meant for, for the message)."""
+def write_verified(sftp: paramiko.SFTPClient, local: Location, remote: str, final: str) -> Written:
+    """`local` (a path or a location in the staging store) written to `remote` (pipelined), every write
+    acknowledged, then its size on the server checked (`final` is the name the file is meant for, for the
+    message)."""
     digest, sent = hashlib.sha256(), 0
-    with local.open("rb") as source, sftp.open(remote, "wb") as out:
+    with read_blocks(local) as blocks, sftp.open(remote, "wb") as out:
         out.set_pipelined(True)
-        while block := source.read(READ_BLOCK):
+        for block in blocks:
             digest.update(block)
             view = memoryview(block)
             for offset in range(0, len(view), WRITE_CHUNK):
@@ -133,7 +164,8 @@ def write_verified(sftp: paramiko.SFTPClient, local: Path, remote: str, final: s
     attrs = sftp.stat(remote)
     if attrs.st_size != sent:
         raise SftpVerificationError(
-            f"upload of {local.name} to {final} is incomplete: the server has {attrs.st_size} bytes, {sent} were sent"
+            f"upload of {staged.name(local)} to {final} is incomplete: the server has {attrs.st_size} bytes, "
+            f"{sent} were sent"
         )
     return Written(size=sent, sha256=digest.hexdigest(), mtime=int(attrs.st_mtime or 0))
 
@@ -154,27 +186,31 @@ def replace(sftp: paramiko.SFTPClient, source: str, dest: str) -> None:
     sftp.rename(source, dest)
 
 
-def check_local_files(files: list[Path], names: list[str] | None = None) -> list[Path]:
-    """The files as paths, each readable; their remote `names` (default: their own) distinct."""
-    paths = [Path(f) for f in files]
-    seen: dict[str, Path] = {}
-    for path, name in zip(paths, names or [p.name for p in paths], strict=True):
-        if not path.is_file():
+def check_local_files(files: list[Path | str], names: list[str] | None = None) -> list[Location]:
+    """The files as locations (`as_location`), each there and readable; their remote `names` (default: their
+    own) distinct."""
+    locations = [as_location(f) for f in files]
+    seen: dict[str, Location] = {}
+    for path, name in zip(locations, names or [staged.name(p) for p in locations], strict=True):
+        if isinstance(path, str):  # in the staging store (`as_location` leaves only those strings)
+            if not staged.exists(path):
+                raise FileNotFoundError(f"file to deliver is not in the staging store: {path}")
+        elif not path.is_file():
             raise FileNotFoundError(f"file to deliver does not exist or is not a file: {path}")
-        if not os.access(path, os.R_OK):
+        elif not os.access(path, os.R_OK):
             raise PermissionError(f"file to deliver is not readable: {path}")
         if name in seen:
             raise ValueError(f"two files to deliver share the name {name!r}: {seen[name]} and {path}")
         seen[name] = path
-    return paths
+    return locations
 
 
 def _temp_pattern(name: str) -> re.Pattern[str]:
     return re.compile(rf"^\.{re.escape(name)}{re.escape(TEMP_MARKER)}[0-9a-f]{{12}}$")
 
 
-def _upload_one(sftp: paramiko.SFTPClient, local: Path, remote_dir: str, listing: list[str]) -> dict[str, Any]:
-    name = local.name
+def _upload_one(sftp: paramiko.SFTPClient, local: Location, remote_dir: str, listing: list[str]) -> dict[str, Any]:
+    name = staged.name(local)
     final = posixpath.join(remote_dir, name)
     stale = [e for e in listing if _temp_pattern(name).match(e)]
     for entry in stale:
@@ -206,7 +242,7 @@ def _upload_one(sftp: paramiko.SFTPClient, local: Path, remote_dir: str, listing
     return {"local_path": str(local), "remote_path": final, "bytes": written.size, "sha256": written.sha256}
 
 
-def upload_files(target: SftpTarget, files: list[Path], remote_dir: str) -> list[dict[str, Any]]:
+def upload_files(target: SftpTarget, files: list[Path | str], remote_dir: str) -> list[dict[str, Any]]:
     """Upload ``files`` into ``remote_dir`` (created with parents if missing).
 
     Each file goes to a temporary ``.<name>.part-<random>`` in ``remote_dir``, its size is
@@ -214,10 +250,10 @@ def upload_files(target: SftpTarget, files: list[Path], remote_dir: str) -> list
     earlier copy). Leftover temporaries of the same name from an interrupted attempt are
     removed first. Returns, per file, ``local_path``, ``remote_path``, ``bytes``, ``sha256``.
     """
-    paths = check_local_files(files)
+    locations = check_local_files(files)
     logger = run_logger()
     results: list[dict[str, Any]] = []
-    if not paths:
+    if not locations:
         logger.info("nothing to deliver to %s", target.address)
         return results
     remote_dir = remote_dir.rstrip("/") or "/"
@@ -227,13 +263,13 @@ def upload_files(target: SftpTarget, files: list[Path], remote_dir: str) -> list
         op.step = f"creating {remote_dir}"
         makedirs(sftp, remote_dir)
         listing = sftp.listdir(remote_dir)
-        for path in paths:
-            op.step = f"uploading {path.name} to {remote_dir}"
+        for path in locations:
+            op.step = f"uploading {staged.name(path)} to {remote_dir}"
             started = time.perf_counter()
             result = _upload_one(sftp, path, remote_dir, listing)
             logger.info(
                 "delivered %s -> %s:%s (%d bytes, %.1f MB/s, sha256 %s)",
-                path.name,
+                staged.name(path),
                 target.address,
                 result["remote_path"],
                 result["bytes"],

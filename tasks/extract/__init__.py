@@ -10,12 +10,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import replace
 from logging import Logger, LoggerAdapter
-from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
 from tasks.staging import handoff
 from tasks.staging.batches import StagedInput
+from tasks.staging.files import within
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -42,15 +42,17 @@ def stage_plugins(
     file_time: str,
     manifest: str | None,
     logger: Logger | LoggerAdapter,
+    files_root: str | None = None,
 ) -> list[StagedInput]:
-    """Every USERS_SOURCES plug-in's pending inputs staged (each posted to `manifest` once on disk)."""
+    """Every USERS_SOURCES plug-in's pending inputs staged under `files_root` (default `run_dir`), each posted
+    to `manifest` once staged."""
     staged = []
     for name in settings.users_sources:
         plugin = source_module(name)
         for item in plugin.pending(engine, settings):
             handoff.check_cancelled(run_dir, "extract")
             out = plugin.stage(
-                item, str(Path(run_dir) / "raw_users" / f"{plugin.SOURCE}_{item.name}_{file_time}.jsonl")
+                item, within(files_root or run_dir, "raw_users", f"{plugin.SOURCE}_{item.name}_{file_time}.jsonl")
             )
             if out.error:
                 logger.error("%s input rejected, sent to the DLQ: %s", plugin.SOURCE, out.error)

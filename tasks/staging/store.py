@@ -1,5 +1,6 @@
-"""The staging store: where a sharded run's shards leave their files for the parent run, a local folder or an
-S3 prefix (STAGING_URL), read back by byte range. Both go through fsspec; the filesystem is made on first use.
+"""The staging store: where runs stage their files (and a sharded run's shards leave theirs for the parent), a
+local folder or an S3 prefix (STAGING_URL), read back by byte range. Both go through fsspec; the filesystem is
+made on first use.
 
 Keys are relative posix paths ('runs/<run id>/shard-1/processed.jsonl'). A missing bucket, refused credentials
 or an unreachable endpoint raise `StagingError`, whose message names the setting to fix and never a secret."""
@@ -105,7 +106,7 @@ class StagingStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StagingStore:
-        url = (settings.staging_url or "").strip() or str(settings.data_dir / "shared")
+        url = (settings.staging_url or "").strip() or str(settings.data_dir)
         return cls(url, endpoint_url=settings.staging_endpoint_url, secret_block=settings.staging_secret_block)
 
     def __repr__(self) -> str:
@@ -203,6 +204,18 @@ class StagingStore:
     def _path(self, key: str) -> str:
         return f"{self._root}/{_check_key(key)}"
 
+    def location(self, key: str) -> str:
+        """Where `key` is, as the stages name a staged file: a local path, or s3://bucket/prefix/key."""
+        return self._path(key) if self.is_local else f"s3://{self._path(key)}"
+
+    def key_of(self, location: str) -> str | None:
+        """The key of a `location` under this store (None: it is elsewhere)."""
+        root = self.url.rstrip("/") + "/"
+        if not self.is_local:
+            return location[len(root) :] if location.startswith(root) else None
+        resolved = str(Path(location).resolve())
+        return Path(resolved).relative_to(self.url).as_posix() if resolved.startswith(root) else None
+
     def _write(self, key: str, write: Callable[[Any, str], None]) -> None:
         """Write `key` whole: on S3 a PUT is atomic already; in the folder, a temporary file renamed."""
         path = self._path(key)
@@ -281,14 +294,22 @@ class StagingStore:
 
     def keys(self, prefix: str) -> list[str]:
         """The keys under the folder `prefix`, sorted; none there is an empty list."""
+        return sorted(self.sizes(prefix))
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """Each key under the folder `prefix` with its size in bytes (one listing)."""
         path = self._path(prefix.rstrip("/"))
         with self._errors("list", prefix):
             try:
-                found = self._filesystem().find(path)
+                found = self._filesystem().find(path, detail=True)
             except FileNotFoundError:
-                return []
+                return {}
         root = self._root.rstrip("/") + "/"
-        return sorted(p[len(root) :] for p in found if p.startswith(root) and not p.endswith(".tmp"))
+        return {
+            p[len(root) :]: int(info["size"])
+            for p, info in found.items()
+            if p.startswith(root) and not p.endswith(".tmp")
+        }
 
     def remove(self, prefix: str) -> None:
         """Everything under the folder `prefix` (or the one key it names); nothing there is no error."""

@@ -6,14 +6,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import polars as pl
 
 from tasks.extract import source_module
 from tasks.staging import handoff
 from tasks.staging.batches import PersistResult, RunFiles, Span, StagedInput, TransformedBatch
-from tasks.staging.files import split_spans
+from tasks.staging.files import reset, split_spans, within
 from tasks.users.dlq import append_failure
 from tasks.users.persist import BATCH_COUNTS
 from tasks.users.sync import Absence
@@ -23,16 +22,15 @@ RUN_COUNTS = (*BATCH_COUNTS, "deleted")  # what persist adds to the run's record
 SOURCE_COUNTS = ("inserted", "updated", "unchanged", "restored", "invalidated")  # and to each source's
 
 
-def run_files(run_dir: str, file_time: str) -> RunFiles:
-    """The run's transform outputs, created empty."""
+def run_files(files_root: str, file_time: str) -> RunFiles:
+    """The run's transform outputs under `files_root` (a location: tasks/staging/files.py), created empty."""
     files = RunFiles(
-        processed=str(Path(run_dir) / "processed_users" / f"etl_{file_time}.jsonl"),
-        dlq=str(Path(run_dir) / "dlq" / f"invalid_users_{file_time}.jsonl"),
-        raw_keys=str(Path(run_dir) / "stages" / f"raw_keys_{file_time}.arrows"),  # for persist; never delivered
+        processed=within(files_root, "processed_users", f"etl_{file_time}.jsonl"),
+        dlq=within(files_root, "dlq", f"invalid_users_{file_time}.jsonl"),
+        raw_keys=within(files_root, "stages", f"raw_keys_{file_time}.arrows"),  # for persist; never delivered
     )
     for path in (files.processed, files.dlq, files.raw_keys):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_bytes(b"")
+        reset(path)
     return files
 
 

@@ -24,6 +24,7 @@ from models.runs import EtlCheckpoint
 from models.settings import Settings
 from tasks.extract.csv_drop.constants import FAILURE_REASON, FIELDS, SOURCE
 from tasks.extract.csv_drop.reader import CsvFile, CsvFormatError, pending_files, read_users_csv
+from tasks.staging import files
 from tasks.staging.batches import Span, StagedInput
 from tasks.staging.runner import timed_work
 
@@ -64,9 +65,9 @@ def stage(item: CsvFile, raw_path: str) -> StagedInput:
         df = read_users_csv(item.path)
     except CsvFormatError as exc:
         return replace(base, error=str(exc))
-    Path(raw_path).parent.mkdir(parents=True, exist_ok=True)
-    df.write_ndjson(raw_path)
-    return replace(base, raw_path=raw_path, span=Span(0, Path(raw_path).stat().st_size), records=df.height)
+    files.reset(raw_path)
+    span = Span(*files.append_lines(raw_path, df))
+    return replace(base, raw_path=raw_path, span=span, records=df.height)
 
 
 def failure_record(failure: StagedInput) -> str:

@@ -9,10 +9,10 @@ stage): a run that dies in between refetches the whole feed next time instead of
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
-import shutil
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 import orjson
@@ -34,6 +34,7 @@ from tasks.extract.feeds.constants import (
     USER_AGENT,
 )
 from tasks.extract.feeds.outcome import FeedOutcome
+from tasks.staging import files
 from tasks.staging.runner import timed_work
 
 
@@ -72,9 +73,8 @@ def fetch_feed(
     items, warning = parse_items(body, url=url, content_type=resp.headers.get("content-type"), base_url=str(resp.url))
     if warning:
         _logger().warning("GET %s: the feed has errors feedparser recovered from (%s)", url, warning)
-    path = Path(part_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"".join(orjson.dumps(item) + b"\n" for item in items))
+    files.reset(part_path)
+    files.append_with(part_path, functools.partial(_write_items, items))
     got = Validators(resp.headers.get("etag"), resp.headers.get("last-modified"))
     _logger().info(
         "GET %s: HTTP %d, %d items, %d bytes%s",
@@ -90,23 +90,31 @@ def fetch_feed(
         http_status=resp.status_code,
         items=len(items),
         bytes=len(body),
-        path=str(path),
+        path=part_path,
         validators=got,
         warning=warning,
     )
 
 
-def merge_parts(outcomes: list[FeedOutcome], parts_dir: Path, target: Path) -> list[FeedOutcome]:
+def _write_items(items: list, fh: BinaryIO) -> None:
+    fh.write(b"".join(orjson.dumps(item) + b"\n" for item in items))
+
+
+def merge_parts(outcomes: list[FeedOutcome], parts_dir: str, target: str) -> list[FeedOutcome]:
     """The fetched feeds' staged parts (in `parts_dir`), in feed order, as the run's one raw file `target`
-    (bytes copied, nothing parsed); the outcomes, the fetched ones now pointing at `target`."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "wb") as out:
-        for o in outcomes:
-            if o.status == "fetched" and o.path:
-                with open(o.path, "rb") as fh:
-                    shutil.copyfileobj(fh, out)
-    shutil.rmtree(parts_dir, ignore_errors=True)
+    (bytes copied a piece at a time, nothing parsed); the outcomes, the fetched ones now pointing at `target`.
+    Both are locations (tasks/staging/files.py)."""
+    files.reset(target)
+    for o in outcomes:
+        if o.status == "fetched" and o.path:
+            for piece in files.read_pieces(o.path, files.PIECE_BYTES):
+                files.append_with(target, functools.partial(_write_bytes, piece))
+    files.remove(parts_dir)
     return [dataclasses.replace(o, path=str(target)) if o.status == "fetched" else o for o in outcomes]
+
+
+def _write_bytes(data: bytes, fh: BinaryIO) -> None:
+    fh.write(data)
 
 
 # ---------------------------------------------------------------- checkpoints

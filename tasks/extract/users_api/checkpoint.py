@@ -4,12 +4,10 @@ starts a new staged file, `CheckpointWriter` stores the position after every pag
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import orjson
 from sqlalchemy import Engine, update
@@ -18,6 +16,7 @@ from sqlmodel import Session, col
 from models.runs import EtlCheckpoint
 from tasks.extract.users_api.constants import CHECKPOINT_EVERY_SECONDS, CHECKPOINT_KEY
 from tasks.extract.users_api.paging import START, Position
+from tasks.staging import files
 
 
 @dataclass(frozen=True)
@@ -56,29 +55,26 @@ def begin_extract(
     *,
     run_id: str,
     fingerprint: str,
-    new_path: Path,
+    new_path: str,
     key: str = CHECKPOINT_KEY,
     first: Position = START,
 ) -> ExtractPlan:
-    """Resume an interrupted extraction of the same source (checkpoint `key`), or start a new staged file at
-    `first`."""
+    """Resume an interrupted extraction of the same source (checkpoint `key`), or start a new staged file (a
+    location: tasks/staging/files.py) at `first`. The interrupted file may be on another host's disk: only
+    one this process can read (a local path here, or the staging store) is resumed."""
     with Session(engine) as session:
         cp = session.get(EtlCheckpoint, key) or EtlCheckpoint(source=key)
-        staged = Path(cp.staged_path) if cp.staged_path else None
         if (
             cp.status in ("in_progress", "failed")
             and cp.fingerprint == fingerprint
-            and staged is not None
-            and staged.exists()
-            and staged.stat().st_size >= cp.staged_bytes
+            and cp.staged_path
+            and _readable(cp.staged_path, cp.staged_bytes)
         ):
             token = orjson.loads(cp.state or "{}").get("token")
             at = Position(cp.cursor, token)
-            plan = ExtractPlan(str(staged), at, cp.staged_bytes, cp.staged_records, True, cp.total)
+            plan = ExtractPlan(cp.staged_path, at, cp.staged_bytes, cp.staged_records, True, cp.total)
         else:
-            new_path.parent.mkdir(parents=True, exist_ok=True)
-            new_path.write_bytes(b"")
-            plan = ExtractPlan(str(new_path), first, 0, 0, False)
+            plan = ExtractPlan(files.reset(new_path), first, 0, 0, False)
             cp.total = None
         cp.status, cp.run_id, cp.fingerprint = "in_progress", run_id, fingerprint
         cp.cursor, cp.state = plan.position.number, _state(plan.position)
@@ -104,19 +100,18 @@ def finish_extract(engine: Engine, *, error: str | None = None, key: str = CHECK
         session.commit()
 
 
-def _sync(path: str) -> None:
-    """The file's written bytes on disk, so that a stored position never points past them after a power loss."""
-    fd = os.open(path, os.O_RDONLY)
+def _readable(location: str, length: int) -> bool:
+    """The staged file is there and holds at least `length` bytes (a store this process cannot use: no)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return files.exists(location) and files.file_size(location) >= length
+    except (OSError, RuntimeError):  # the staging store moved (StagingError) or is unreachable
+        return False
 
 
 def _advance(engine: Engine, key: str, done: Progress) -> None:
     """One UPDATE statement: it may run after every page, and a Session's load and flush cost twice its CPU."""
-    if done.staged_path is not None:
-        _sync(done.staged_path)
+    if done.staged_path is not None:  # so that a stored position never points past them after a power loss
+        files.sync(done.staged_path)
     with engine.begin() as conn:
         conn.execute(
             update(EtlCheckpoint)

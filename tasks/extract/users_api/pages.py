@@ -3,6 +3,7 @@ the checkpoint after each; `walk_findings` says what the totals the source repor
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import httpx
@@ -14,7 +15,7 @@ from tasks.extract.users_api.checkpoint import CheckpointWriter
 from tasks.extract.users_api.client import fetch_page_retried, tls_context
 from tasks.extract.users_api.lines import write_lines
 from tasks.extract.users_api.paging import Paging, Position, WalkRange
-from tasks.staging import handoff
+from tasks.staging import files, handoff
 from tasks.staging.runner import timed_work
 
 
@@ -74,26 +75,22 @@ def fetch_batch(
     run_dir: str | None = None,
 ) -> FetchedPages:
     """Fetch pages from `position` until `max_records` are in hand or the source has no more, append them to
-    the staged file at `offset`, handing the new position and the total the source reported to `checkpoints`
-    after each page: a killed run refetches only the pages in flight.
-    Each page is written as it arrives (one page in memory at a time) and flushed to the kernel before its
-    position is given, so the process dying cannot lose it. A page the source fails for a moment is retried
+    the staged file (a location: tasks/staging/files.py) at `offset`, handing the new position and the total
+    the source reported to `checkpoints` after each page: a killed run refetches only the pages in flight.
+    Each page is appended as it arrives (one page in memory at a time; in the staging store, a part of its
+    own) before its position is given, so the process dying cannot lose it. A page the source fails for a moment is retried
     on its own (`fetch_page_retried`); one that fails past its retries fails the task, and the next run
     resumes at it from the checkpoint (retrying the task too would only multiply the same page's tries). With
     `run_dir` it stops before the next page once the run is cancelled (what it staged is checkpointed)."""
     paging, at, total, got = fetching.paging, position, None, 0
     after: Position | None = position
-    with (
-        httpx.Client(
-            timeout=httpx.Timeout(fetching.timeout),
-            headers={"Accept": "application/json"},
-            verify=tls_context(),
-            auth=fetching.auth,
-        ) as client,
-        open(staged_path, "r+b") as fh,
-    ):
-        fh.truncate(offset)
-        fh.seek(offset)
+    files.truncate(staged_path, offset)
+    with httpx.Client(
+        timeout=httpx.Timeout(fetching.timeout),
+        headers={"Accept": "application/json"},
+        verify=tls_context(),
+        auth=fetching.auth,
+    ) as client:
         while got < max_records:
             handoff.check_cancelled(run_dir, "extract")  # a failed stage or a SIGTERM stops it within a page
             page = fetch_page_retried(
@@ -107,14 +104,14 @@ def fetch_batch(
             )
             total = page.total if page.total is not None else total
             if page.records:
-                write_lines(fh, page.records)
-                fh.flush()
+                start, length = files.append_with(staged_path, functools.partial(write_lines, users=page.records))
+                offset = start + length
                 got += len(page.records)
             after = paging.after(at, page)
             checkpoints.advance(
                 position=after or paging.last(at, page),
                 total=page.total,
-                offset=fh.tell(),
+                offset=offset,
                 records=records_before + got,
                 staged_path=staged_path,
             )
@@ -122,9 +119,8 @@ def fetch_batch(
             if after is None:
                 break
             at = after
-        new_offset = fh.tell()
     _logger().info("pages from %s: %d records staged (total %s)", _where(position), got, total)
-    return FetchedPages(records=got, next=after, total=total, offset=new_offset)
+    return FetchedPages(records=got, next=after, total=total, offset=offset)
 
 
 def _where(position: Position) -> str:

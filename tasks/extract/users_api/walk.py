@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from sqlalchemy import Engine
 
@@ -16,7 +15,7 @@ from tasks.extract.users_api.auth import client_auth
 from tasks.extract.users_api.checkpoint import CheckpointWriter, begin_extract, finish_extract
 from tasks.extract.users_api.pages import Fetching, fetch_batch, walk_findings
 from tasks.extract.users_api.paging import Paging, WalkRange
-from tasks.staging import handoff
+from tasks.staging import files, handoff
 from tasks.staging.batches import ApiWalk, Span, StagedInput
 
 
@@ -88,9 +87,11 @@ def extract_api(
     file_time: str,
     manifest: str | None,
     logger: logging.Logger | logging.LoggerAdapter,
+    files_root: str | None = None,
 ) -> ApiWalk:
-    """The source's pages into `raw_users/<staged name>` (or the interrupted run's file, resumed at its
-    checkpoint); what that run staged goes through the stages again. Raises once its checkpoint is stored."""
+    """The source's pages into `raw_users/<staged name>` under `files_root` (a location: the run's folder in
+    the staging store; default `run_dir`), or the interrupted run's file, resumed at its checkpoint; what that
+    run staged goes through the stages again. Raises once its checkpoint is stored."""
     config = source.config
     fetching = fetching_for(source)
     paging = fetching.paging
@@ -100,7 +101,7 @@ def extract_api(
         engine,
         run_id=run_id,
         fingerprint=source.fingerprint,
-        new_path=Path(run_dir) / "raw_users" / source.staged_name(file_time),
+        new_path=files.within(files_root or run_dir, "raw_users", source.staged_name(file_time)),
         key=key,
         first=paging.first(),
     )
