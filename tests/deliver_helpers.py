@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from tasks.deliver import SftpTarget
+from tasks.deliver import SftpSession, SftpTarget
 from tests.servers.sshd import SshdServer
 
 RUN_DATE = date(2024, 5, 17)
@@ -37,3 +37,15 @@ def tree(root: Path) -> dict[str, bytes]:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def download(server: SshdServer, remote_dir: str) -> dict[str, bytes]:
+    """Every file in `remote_dir`, fetched over SFTP as the receiving side would."""
+    with SftpSession(make_target(server)) as session:
+        sftp = session.sftp
+        assert sftp is not None
+        out = {}
+        for name in sorted(sftp.listdir(remote_dir)):
+            with sftp.open(f"{remote_dir}/{name}", "rb") as fh:
+                out[name] = fh.read()
+        return out

@@ -11,11 +11,10 @@ import pytest
 
 from flows.deliver import deliver
 from models.settings import BUNDLED_DEPARTMENTS
-from tasks.deliver import SftpSession
 from tasks.deliver_files import files_to_deliver, write_masked_copy
 from tasks.staging.files import split_spans
 from tasks.users.transform import read_departments, transform_batch
-from tests.deliver_helpers import DAY, make_target
+from tests.deliver_helpers import DAY, download
 from tests.servers.dummyjson import break_users, load_real_users, staged_lines
 from tests.servers.sshd import SshdServer
 
@@ -23,17 +22,6 @@ from tests.servers.sshd import SshdServer
 def sftp_env(set_env, server: SshdServer, **more: object) -> None:
     """The SFTP settings pointing at `server`, through the environment as a user sets them."""
     set_env(**server.sftp_settings(), **more)
-
-
-def download(server: SshdServer, remote_dir: str) -> dict[str, bytes]:
-    """Every file in `remote_dir`, fetched over SFTP as the receiving side would."""
-    with SftpSession(make_target(server)) as session:
-        sftp = session.sftp
-        out = {}
-        for name in sorted(sftp.listdir(remote_dir)):
-            with sftp.open(f"{remote_dir}/{name}", "rb") as fh:
-                out[name] = fh.read()
-        return out
 
 
 @pytest.fixture()

@@ -10,12 +10,12 @@ import pytest
 
 from flows.deliver import deliver
 from models.settings import BUNDLED_DEPARTMENTS
-from tasks.deliver import SftpSession, transfer, upload_files
+from tasks.deliver import transfer, upload_files
 from tasks.deliver.transfer import check_local_files
 from tasks.deliver_files import masked_path
 from tasks.staging import files
 from tasks.users.transform import read_departments, transform_batch
-from tests.deliver_helpers import make_target, sha256
+from tests.deliver_helpers import download, make_target, sha256
 from tests.servers.dummyjson import break_users, load_real_users, staged_lines
 from tests.servers.s3 import MotoS3, S3Bucket
 from tests.servers.sshd import SshdServer
@@ -56,17 +56,6 @@ def part_keys(moto_s3: MotoS3, s3: S3Bucket, location: str) -> list[str]:
 
 def store_bytes(location: str) -> bytes:
     return files.read_span(location, 0, files.file_size(location))
-
-
-def download(server: SshdServer, remote_dir: str) -> dict[str, bytes]:
-    with SftpSession(make_target(server)) as session:
-        sftp = session.sftp
-        assert sftp is not None
-        out = {}
-        for name in sorted(sftp.listdir(remote_dir)):
-            with sftp.open(f"{remote_dir}/{name}", "rb") as fh:
-                out[name] = fh.read()
-        return out
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -24,8 +24,6 @@ from models.settings import ConfigError
 if TYPE_CHECKING:
     from models.settings import Settings
 
-# an upload to S3 goes in parts of this size (one part in memory at a time); a smaller file is one PUT
-PART_BYTES = 8 << 20
 CREDENTIAL_VARS = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
 
 
@@ -233,16 +231,8 @@ class StagingStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(temporary)
 
-    def put_file(self, local_path: str | Path, key: str) -> None:
-        """Upload a whole file, streamed (to S3 in parts of PART_BYTES, one in memory at a time)."""
-        source = str(local_path)
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"no file to stage at {source}")
-        options = {} if self.is_local else {"chunksize": PART_BYTES}
-        self._write(key, lambda fs, path: fs.put_file(source, path, **options))
-
     def write_bytes(self, key: str, data: bytes) -> None:
-        """A small object (a shard's result JSON)."""
+        """An object, whole (a part of a staged file, a shard's result)."""
         self._write(key, lambda fs, path: fs.pipe_file(path, data))
 
     def read_bytes(self, key: str) -> bytes:
@@ -265,22 +255,6 @@ class StagingStore:
                 f"got {len(data)} bytes"
             )
         return data
-
-    def copy_range_to(
-        self, key: str, fh: BinaryIO, offset: int = 0, length: int | None = None, chunk: int = 8 << 20
-    ) -> int:
-        """Append `length` bytes from `offset` (None: to the end) to the open file `fh`, a ranged read of at
-        most `chunk` bytes at a time; the bytes copied."""
-        if chunk <= 0:
-            raise ValueError(f"chunk must be positive, got {chunk}")
-        if length is None:
-            length = max(self.size(key) - offset, 0)
-        copied = 0
-        while copied < length:
-            data = self.read_range(key, offset + copied, min(chunk, length - copied))
-            fh.write(data)
-            copied += len(data)
-        return copied
 
     def size(self, key: str) -> int:
         path = self._path(key)
