@@ -148,7 +148,7 @@ def test_store_credentials_are_files_and_the_workers_key_is_not_root(
     assert not [key for key in env if key.endswith("_FILE")]
     settings_env(**{key: env[key] for key in ("STAGING_URL", "STAGING_ENDPOINT_URL", "USERS_SHARDS")})
     settings = get_settings()
-    assert settings.staging_url == "s3://sluice-staging/runs" and settings.staging_endpoint_url == "http://minio:9000"
+    assert settings.staging_url == "s3://sluice-staging" and settings.staging_endpoint_url == "http://minio:9000"
     assert settings.users_shards == 2
 
 
