@@ -6,13 +6,11 @@ run's files and results, as one walk would have staged them; the parent then che
 from __future__ import annotations
 
 import contextvars
-import functools
 import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from typing import BinaryIO
 from uuid import UUID
 
 import polars as pl
@@ -31,7 +29,7 @@ from tasks.extract.users_api.shards import source_total, split_walk
 from tasks.shards import RESULT, ShardResult, pulse_age, shard_prefix
 from tasks.staging import handoff
 from tasks.staging.batches import ApiWalk, ExtractResult, PersistResult, Span, StagedInput, TransformResult
-from tasks.staging.files import append_with, file_size, read_frame, read_pieces, reset, within
+from tasks.staging.files import append_bytes, file_size, read_frame, read_pieces, reset, within
 from tasks.staging.parts import staging_store
 from tasks.staging.store import StagingStore
 from tasks.users.sync import mark_absent_task
@@ -243,12 +241,8 @@ def _append_file(target: str, source: str) -> int:
     """The staged file at `source` appended to the one at `target`, a piece at a time; the bytes copied."""
     copied = 0
     for piece in read_pieces(source, JOIN_PIECE_BYTES):
-        copied += append_with(target, functools.partial(_write, piece))[1]
+        copied += append_bytes(target, piece)[1]
     return copied
-
-
-def _write(data: bytes, fh: BinaryIO) -> None:
-    fh.write(data)
 
 
 def _totals(results: list[ShardResult]) -> list[int]:

@@ -145,24 +145,16 @@ def database_url(request, tmp_path) -> str:
     return url
 
 
+# Sluice's settings a developer's shell may carry: the tests set their own
+SETTINGS_PREFIXES = ("USERS_", "SFTP_", "DATABASE_", "DATA_DIR", "DEPARTMENTS_", "EXTRACT_", "API_", "FEED_")
+SETTINGS_PREFIXES += ("RATE_LIMIT_", "STAGING_")
+
+
 @pytest.fixture
 def settings_env(monkeypatch, tmp_path):
     """Set configuration through the environment, as a user would; the settings cache follows."""
     for name in list(os.environ):
-        if name.startswith(
-            (
-                "USERS_",
-                "SFTP_",
-                "DATABASE_",
-                "DATA_DIR",
-                "DEPARTMENTS_",
-                "EXTRACT_",
-                "API_",
-                "FEED_",
-                "RATE_LIMIT_",
-                "STAGING_",
-            )
-        ):
+        if name.startswith(SETTINGS_PREFIXES):
             monkeypatch.delenv(name)
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("EXTRACT_RETRY_BASE_SECONDS", "0")

@@ -8,7 +8,10 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from models.settings import BUNDLED_DEPARTMENTS
 from tasks.deliver import SftpSession, SftpTarget
+from tasks.users.transform import read_departments, transform_batch
+from tests.servers.dummyjson import break_users, load_real_users, staged_lines
 from tests.servers.sshd import SshdServer
 
 RUN_DATE = date(2024, 5, 17)
@@ -49,3 +52,24 @@ def download(server: SshdServer, remote_dir: str) -> dict[str, bytes]:
             with sftp.open(f"{remote_dir}/{name}", "rb") as fh:
                 out[name] = fh.read()
         return out
+
+
+def stage_real_run(run_dir: Path) -> tuple[list[dict], Path, Path, Path]:
+    """A run's folder as users-etl leaves it: the real users (some broken) staged, then transformed; the users
+    and the raw, processed and DLQ files."""
+    users, _ = break_users(load_real_users())
+    raw = run_dir / "raw_users" / "records_20240517_120000.jsonl"
+    processed = run_dir / "processed_users" / "etl_20240517_120000.jsonl"
+    dlq = run_dir / "dlq" / "invalid_users_20240517_120000.jsonl"
+    for path in (raw, processed, dlq):
+        path.parent.mkdir(parents=True)
+    raw.write_bytes(staged_lines(users))
+    transform_batch.fn(
+        read_departments(BUNDLED_DEPARTMENTS),
+        raw_path=str(raw),
+        offset=0,
+        length=raw.stat().st_size,
+        processed_path=str(processed),
+        dlq_path=str(dlq),
+    )
+    return users, raw, processed, dlq

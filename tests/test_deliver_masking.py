@@ -10,12 +10,9 @@ import polars as pl
 import pytest
 
 from flows.deliver import deliver
-from models.settings import BUNDLED_DEPARTMENTS
 from tasks.deliver_files import files_to_deliver, write_masked_copy
 from tasks.staging.files import split_spans
-from tasks.users.transform import read_departments, transform_batch
-from tests.deliver_helpers import DAY, download
-from tests.servers.dummyjson import break_users, load_real_users, staged_lines
+from tests.deliver_helpers import DAY, download, stage_real_run
 from tests.servers.sshd import SshdServer
 
 
@@ -27,23 +24,7 @@ def sftp_env(set_env, server: SshdServer, **more: object) -> None:
 @pytest.fixture()
 def staged_run(tmp_path: Path) -> tuple[list[dict], Path, Path, Path]:
     """A run's folder as users-etl leaves it: the real users (some broken) staged, then transformed."""
-    run_dir = tmp_path / "runs" / "run-1"
-    users, _ = break_users(load_real_users())
-    raw = run_dir / "raw_users" / "records_20240517_120000.jsonl"
-    processed = run_dir / "processed_users" / "etl_20240517_120000.jsonl"
-    dlq = run_dir / "dlq" / "invalid_users_20240517_120000.jsonl"
-    for path in (raw, processed, dlq):
-        path.parent.mkdir(parents=True)
-    raw.write_bytes(staged_lines(users))
-    transform_batch.fn(
-        read_departments(BUNDLED_DEPARTMENTS),
-        raw_path=str(raw),
-        offset=0,
-        length=raw.stat().st_size,
-        processed_path=str(processed),
-        dlq_path=str(dlq),
-    )
-    return users, raw, processed, dlq
+    return stage_real_run(tmp_path / "runs" / "run-1")
 
 
 def sensitive_values(users: list[dict]) -> list[str]:

@@ -9,14 +9,11 @@ from pathlib import Path
 import pytest
 
 from flows.deliver import deliver
-from models.settings import BUNDLED_DEPARTMENTS
 from tasks.deliver import transfer, upload_files
 from tasks.deliver.transfer import check_local_files
 from tasks.deliver_files import masked_path
 from tasks.staging import files
-from tasks.users.transform import read_departments, transform_batch
-from tests.deliver_helpers import download, make_target, sha256
-from tests.servers.dummyjson import break_users, load_real_users, staged_lines
+from tests.deliver_helpers import download, make_target, sha256, stage_real_run
 from tests.servers.s3 import MotoS3, S3Bucket
 from tests.servers.sshd import SshdServer
 
@@ -62,19 +59,7 @@ def store_bytes(location: str) -> bytes:
 def local_run(tmp_path: Path) -> tuple[list[dict], Path]:
     """A run's folder on the local disk: the real users (some broken) staged raw, then transformed."""
     run_dir = tmp_path / "runs" / "run-1"
-    users, _ = break_users(load_real_users())
-    raw, processed = run_dir / RAW, run_dir / PROCESSED
-    for folder in (raw.parent, processed.parent, run_dir / "dlq"):
-        folder.mkdir(parents=True)
-    raw.write_bytes(staged_lines(users))
-    transform_batch.fn(
-        read_departments(BUNDLED_DEPARTMENTS),
-        raw_path=str(raw),
-        offset=0,
-        length=raw.stat().st_size,
-        processed_path=str(processed),
-        dlq_path=str(run_dir / "dlq" / "invalid.jsonl"),
-    )
+    users, *_ = stage_real_run(run_dir)
     return users, run_dir
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 
 from dev.prefect_helpers import make_server, stop
 from dev.prefect_server import log_tail as tail
-from tests.conftest import skip_or_fail
+from tests.conftest import SETTINGS_PREFIXES, skip_or_fail
 from tests.servers.dummyjson import DummyJsonServer, load_real_users
 
 pytestmark = pytest.mark.e2e
@@ -33,19 +33,7 @@ STEP_TIMEOUT = 180
 STAGES = ("extract", "transform", "persist", "deliver")
 
 # configuration the developer's shell may carry that would change what the flow does
-_CLEARED_PREFIXES = (
-    "USERS_",
-    "SFTP_",
-    "DATABASE_",
-    "DATA_DIR",
-    "DEPARTMENTS_",
-    "EXTRACT_",
-    "FEED_",
-    "PREFECT_API_",
-    "PREFECT_PROFILE",
-    "SLUICE_WORK_POOL",
-    "WORK_POOL",
-)
+_CLEARED_PREFIXES = (*SETTINGS_PREFIXES, "PREFECT_API_", "PREFECT_PROFILE", "SLUICE_WORK_POOL", "WORK_POOL")
 
 
 def _make(*args: str) -> list[str]:

@@ -165,6 +165,15 @@ def name(path: Path | str) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1]
 
 
+def append_bytes(path: Path | str, data: bytes) -> tuple[int, int]:
+    """Append bytes as they are (whole lines: a piece of another staged file)."""
+    return append_with(path, functools.partial(_write, data))
+
+
+def _write(data: bytes, fh: BinaryIO) -> None:
+    fh.write(data)
+
+
 def append_lines(path: Path | str, df: pl.DataFrame) -> tuple[int, int]:
     """Append a frame as JSONL."""
     return append_with(path, df.write_ndjson if df.height else None)

@@ -108,13 +108,9 @@ def merge_parts(outcomes: list[FeedOutcome], parts_dir: str, target: str) -> lis
     for o in outcomes:
         if o.status == "fetched" and o.path:
             for piece in files.read_pieces(o.path, files.PIECE_BYTES):
-                files.append_with(target, functools.partial(_write_bytes, piece))
+                files.append_bytes(target, piece)
     files.remove(parts_dir)
     return [dataclasses.replace(o, path=str(target)) if o.status == "fetched" else o for o in outcomes]
-
-
-def _write_bytes(data: bytes, fh: BinaryIO) -> None:
-    fh.write(data)
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -47,6 +47,16 @@ class Fetching:
     retry_base_seconds: float = 2.0
 
 
+def page_client(fetching: Fetching) -> httpx.Client:
+    """The HTTP client a source's pages are fetched with: its timeout, TLS trust and credentials."""
+    return httpx.Client(
+        timeout=httpx.Timeout(fetching.timeout),
+        headers={"Accept": "application/json"},
+        verify=tls_context(),
+        auth=fetching.auth,
+    )
+
+
 def walk_findings(totals: list[int], records: int, part: WalkRange | None = None) -> list[str]:
     """What is wrong with a page walk (or its range `part`) that staged `records` while the source reported
     `totals` (in order, repeats dropped): a total that changed on the way, or a walk that ended short of one
@@ -85,12 +95,7 @@ def fetch_batch(
     paging, at, total, got = fetching.paging, position, None, 0
     after: Position | None = position
     files.truncate(staged_path, offset)
-    with httpx.Client(
-        timeout=httpx.Timeout(fetching.timeout),
-        headers={"Accept": "application/json"},
-        verify=tls_context(),
-        auth=fetching.auth,
-    ) as client:
+    with page_client(fetching) as client:
         while got < max_records:
             handoff.check_cancelled(run_dir, "extract")  # a failed stage or a SIGTERM stops it within a page
             page = fetch_page_retried(

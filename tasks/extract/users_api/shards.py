@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import httpx
-
 from tasks.extract.errors import SourceError
-from tasks.extract.users_api.client import fetch_page_retried, tls_context
+from tasks.extract.users_api.client import fetch_page_retried
+from tasks.extract.users_api.pages import page_client
 from tasks.extract.users_api.paging import WalkRange
 from tasks.extract.users_api.walk import ApiSource, fetching_for
 
@@ -21,12 +20,7 @@ def source_total(source: ApiSource) -> int:
             f"{source.name}: USERS_SHARDS needs an offset-paged source (USERS_API_PAGINATION=offset), "
             f"not {config.pagination}: only an offset walk can be cut into ranges"
         )
-    with httpx.Client(
-        timeout=httpx.Timeout(source.timeout),
-        headers={"Accept": "application/json"},
-        verify=tls_context(),
-        auth=fetching.auth,
-    ) as client:
+    with page_client(fetching) as client:
         page = fetch_page_retried(
             client,
             fetching.paging,
