@@ -124,8 +124,7 @@ def prune_store_runs(
 ) -> dict:
     """`prune_run_dirs` for the staging store (an S3 prefix, STAGING_URL): removes the expired `runs/<run id>`
     folders, says how many and how many bytes, and returns it. Never fails the run: a store that cannot be
-    listed, or a folder that cannot be removed (or is not gone after: S3's bulk delete reports a key it
-    refused only in its answer), is named in a warning."""
+    listed, or a folder that cannot be removed, is named in a warning."""
     removed: list[str] = []
     freed = 0
     try:
@@ -136,15 +135,9 @@ def prune_store_runs(
     for run, size in expired.items():
         folder = f"runs/{run}"
         try:
-            store.remove(folder)
-            left = len(store.keys(folder))
+            store.remove(folder)  # (which says what it could not remove)
         except (StagingError, OSError) as exc:
             logger.warning("could not remove the expired run folder %s: %s", store.location(folder), exc)
-            continue
-        if left:
-            logger.warning(
-                "could not remove the expired run folder %s: %d object(s) left", store.location(folder), left
-            )
             continue
         freed += size
         removed.append(run)

@@ -286,8 +286,15 @@ class StagingStore:
         }
 
     def remove(self, prefix: str) -> None:
-        """Everything under the folder `prefix` (or the one key it names); nothing there is no error."""
+        """Everything under the folder `prefix` (or the one key it names); nothing there is no error. S3's bulk
+        delete tells a key it refused only in its answer, which s3fs drops: what is left is listed after."""
         path = self._path(prefix.rstrip("/"))
         fs = self._filesystem()
         with self._errors("remove", prefix), contextlib.suppress(FileNotFoundError):
             fs.rm(path, recursive=True)
+        left = [] if self.is_local else self.keys(prefix)
+        if left:
+            raise StagingError(
+                f"staging store {self.url}: {len(left)} object(s) left under {prefix} after removing them: "
+                f"{self._credentials_hint()} (the key needs s3:DeleteObject)"
+            )
