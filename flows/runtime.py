@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from uuid import UUID
 
 from prefect import Flow, flow, get_client, get_run_logger
@@ -165,10 +164,8 @@ def begin_run(flow_name: str, database_block: str | None) -> RunStart:
     if settings.run_files_keep_days:  # before this run stages its own files
         keep, logger = settings.run_files_keep_days, get_run_logger()
         prune_run_dirs(engine, runs_dir=settings.data_dir / "runs", keep_days=keep, logger=logger)
-        if not store.is_local:
+        if store.url != str(settings.data_dir.resolve()):  # the staged files are elsewhere: a folder or S3
             prune_store_runs(engine, store=store, keep_days=keep, logger=logger)
-        elif store.url != str(settings.data_dir.resolve()):  # a staging folder apart from DATA_DIR
-            prune_run_dirs(engine, runs_dir=Path(store.url) / "runs", keep_days=keep, logger=logger)
     run_dir = str((settings.data_dir / "runs" / run_id).resolve())
     run = RunStart(
         engine=engine,

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from pathlib import Path
 
 from prefect import get_run_logger
 
 from flows.deliver import deliver, discard_delivery, publish_delivery
 from flows.runtime import RunStart, begin_run, parent_flow, record_failure
-from flows.users_extract import extract
-from flows.users_persist import persist
 from flows.users_shards import Sharded, run_sharded
-from flows.users_transform import transform
+from flows.users_stream import Streaming, run_files, start_streaming
 from models.settings import ConfigError, get_settings
 from models.sources import api_sources
 from tasks import runs
@@ -63,49 +60,11 @@ def users_etl(
         options |= {"database_block": database_block, "csv_dir": csv_dir}
         return sharded_run(run, sources, shards or settings.users_shards, options, deliver_files=deliver_files)
     stages, run_dir = run.stages, run.run_dir
-    extracted = handoff.open_manifest(Path(run_dir) / "stages" / "extracted.jsonl")
-    transformed = handoff.open_manifest(Path(run_dir) / "stages" / "transformed.jsonl")
-    csv = str(csv_dir or settings.users_csv_dir or "") or None
+    on = Streaming(run.run_id, run_dir, run.files_root, run.file_time, batch_records, database_block, csv_dir)
     uploading = False
     try:
-        stages.start(
-            "extract",
-            extract,
-            run_dir,
-            run.file_time,
-            sources,
-            database_block,
-            csv,
-            manifest=extracted,
-            files_root=run.files_root,
-        )
-        if settings.users_extract_first if extract_first is None else extract_first:
-            stages.result("extract")
-        departments, after_extract = str(settings.departments_csv), ("extract", extracted)
-        stages.start(
-            "transform",
-            transform,
-            extracted,
-            run_dir,
-            run.file_time,
-            departments,
-            batch_records,
-            database_block,
-            run.run_id,
-            manifest=transformed,
-            after=after_extract,
-            files_root=run.files_root,
-        )
-        stages.start(
-            "persist",
-            persist,
-            run.run_id,
-            transformed,
-            extracted,
-            run_dir,
-            database_block,
-            after=("transform", transformed),
-        )
+        first = settings.users_extract_first if extract_first is None else extract_first
+        start_streaming(stages, on, sources, extract_first=first)
         ex: ExtractResult = stages.result("extract")
         runs.update_run(run.engine, run_id=run.run_id, extracted=ex.records)
         tr: TransformResult = stages.result("transform")
@@ -174,14 +133,6 @@ def delivery(run: RunStart, files: dict[str, str], tr: TransformResult, database
         publish=False,
         daily_names=True,
     )
-
-
-def run_files(ex: ExtractResult, tr: TransformResult) -> dict[str, str]:
-    """The run's staged files by kind: the API's raw file, transform's files, each other input's raw file."""
-    default, *more = ex.apis
-    files = {"raw": str(default.staged.raw_path), **tr.files}
-    files |= {f"{a.staged.source}:raw": str(a.staged.raw_path) for a in more}
-    return files | {f"{s.source}:{s.label or n}": s.raw_path for n, s in enumerate(ex.others) if s.raw_path}
 
 
 def finish(

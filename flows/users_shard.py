@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import polars as pl
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_run
 
-from flows.users_extract import extract
-from flows.users_persist import persist
-from flows.users_transform import transform
+from flows.users_stream import Streaming, run_files, start_streaming
 from models.settings import ConfigError, get_settings
 from models.sources import api_sources
 from tasks.extract.users_api import ApiSource
@@ -61,10 +57,10 @@ def users_shard(
     store, prefix, me = staging_store(), shard_prefix(run_id, index), str(current_run.id)
     # this host's folder holds the stages' manifests; the staged files go to the store
     run_dir = str((settings.data_dir / "runs" / run_id / f"shard-{index + 1}").resolve())
-    where = _Where(run_dir, store.location(prefix), file_time)
+    on = Streaming(run_id, run_dir, store.location(prefix), file_time, batch_records, database_block, csv_dir)
     t0 = time.perf_counter()
     with Pulse(store, prefix, me):
-        ex, tr, ps, stages = _stages(where, source, batch_records, database_block, csv_dir, run_id, index == count - 1)
+        ex, tr, ps, stages = _stages(on, source, plugins=index == count - 1)
         files = _keys(store, ex, tr)
         seen = _upload_ids(store, prefix, ps, source.name)
         result = ShardResult(
@@ -86,13 +82,9 @@ def users_shard(
             seen_ids=seen,
             stage_seconds=stages.seconds,
             seconds=round(time.perf_counter() - t0, 3),
-            api_source=source.name,
             raw_bytes=ex.apis[0].staged.span.length,
             as_of=ex.apis[0].staged.as_of,
-            others=[
-                {"kind": f"{s.source}:{s.label or n}", "source": s.source, "label": s.label, "records": s.records}
-                for n, s in enumerate(ex.others)
-            ],
+            others=ex.others,
         )
         store.write_bytes(f"{prefix}/result.json", result.to_json())  # last: the shard is done once it is there
     logger.info(
@@ -101,81 +93,28 @@ def users_shard(
     return result.summary()
 
 
-@dataclass(frozen=True)
-class _Where:
-    run_dir: str  # the stages' manifests, on this host
-    files_root: str  # the shard's staged files, in the staging store
-    file_time: str
-
-
 def _stages(
-    where: _Where,
-    source: ApiSource,
-    batch_records: int,
-    database_block: str | None,
-    csv_dir: str | None,
-    run_id: str,
-    plugins: bool,
+    on: Streaming, source: ApiSource, *, plugins: bool
 ) -> tuple[ExtractResult, TransformResult, PersistResult, StageRunner]:
     """Extract, transform and persist streaming into each other, as in an unsharded run."""
-    settings, run_dir, file_time = get_settings(), where.run_dir, where.file_time
-    stages = StageRunner(run_dir)
-    handoff.reopen(run_dir)
-    extracted = handoff.open_manifest(Path(run_dir) / "stages" / "extracted.jsonl")
-    transformed = handoff.open_manifest(Path(run_dir) / "stages" / "transformed.jsonl")
-    csv = str(csv_dir or settings.users_csv_dir or "") or None
+    stages = StageRunner(on.run_dir)
+    handoff.reopen(on.run_dir)
     try:
-        stages.start(
-            "extract",
-            extract,
-            run_dir,
-            file_time,
-            [source],
-            database_block,
-            csv,
-            manifest=extracted,
-            plugins=plugins,
-            files_root=where.files_root,
-        )
-        stages.start(
-            "transform",
-            transform,
-            extracted,
-            run_dir,
-            file_time,
-            str(settings.departments_csv),
-            batch_records,
-            database_block,
-            run_id,
-            manifest=transformed,
-            after=("extract", extracted),
-            files_root=where.files_root,
-        )
-        stages.start(
-            "persist",
-            persist,
-            run_id,
-            transformed,
-            extracted,
-            run_dir,
-            database_block,
-            after=("transform", transformed),
-        )
+        start_streaming(stages, on, [source], plugins=plugins)
         ex, tr, ps = stages.result("extract"), stages.result("transform"), stages.result("persist")
     except BaseException:
-        handoff.cancel(run_dir, handoff.RUN)
+        handoff.cancel(on.run_dir, handoff.RUN)
         raise
     finally:
         stages.close()
-        handoff.forget(run_dir)
+        handoff.forget(on.run_dir)
     return ex, tr, ps, stages
 
 
 def _keys(store: StagingStore, ex: ExtractResult, tr: TransformResult) -> dict[str, str]:
     """The shard's staged files by kind, as keys of the store (raw, processed, dlq, then each other input's raw
     file): the parent joins them in this order."""
-    located = {"raw": str(ex.apis[0].staged.raw_path), **tr.files}
-    located |= {f"{s.source}:{s.label or n}": s.raw_path for n, s in enumerate(ex.others) if s.raw_path}
+    located = run_files(ex, tr)
     keys = {kind: store.key_of(location) for kind, location in located.items()}
     outside = [located[kind] for kind, key in keys.items() if key is None]
     if outside:

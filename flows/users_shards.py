@@ -28,7 +28,15 @@ from tasks.extract.users_api.paging import WalkRange
 from tasks.extract.users_api.shards import source_total, split_walk
 from tasks.shards import RESULT, ShardResult, pulse_age, shard_prefix
 from tasks.staging import handoff
-from tasks.staging.batches import ApiWalk, ExtractResult, PersistResult, Span, StagedInput, TransformResult
+from tasks.staging.batches import (
+    ApiWalk,
+    ExtractResult,
+    PersistResult,
+    Span,
+    StagedInput,
+    TransformResult,
+    input_kind,
+)
 from tasks.staging.files import append_bytes, file_size, read_frame, read_pieces, reset, within
 from tasks.staging.parts import staging_store
 from tasks.staging.store import StagingStore
@@ -191,7 +199,7 @@ def _join(run: RunStart, store: StagingStore, source: ApiSource, results: list[S
                     f"bytes, not the {result.raw_bytes} it staged"
                 )
     records, totals = sum(r.records for r in results), _totals(results)
-    api_records = records - sum(o["records"] for r in results for o in r.others)
+    api_records = records - sum(o.records for r in results for o in r.others)
     # what one walk would have found (shards that saw different totals: the source changed on the way), then
     # what each shard found in its range
     findings = walk_findings(totals, api_records) + [f"shard {r.index + 1}: {f}" for r in results for f in r.findings]
@@ -202,13 +210,7 @@ def _join(run: RunStart, store: StagingStore, source: ApiSource, results: list[S
         span=Span(0, file_size(files["raw"])),
         records=api_records,
     )
-    others = [
-        StagedInput(
-            source=o["source"], as_of=r.as_of, raw_path=files.get(o["kind"]), label=o["label"], records=o["records"]
-        )
-        for r in results
-        for o in r.others
-    ]
+    others = [replace(o, raw_path=files.get(input_kind(o, n))) for r in results for n, o in enumerate(r.others)]
     ex = ExtractResult(apis=[ApiWalk(staged=raw, findings=findings, totals=totals)], others=others)
     # the schema every shard saw, judged as one run's (a field typed apart in two ranges is `mixed`)
     drift = check_sources(

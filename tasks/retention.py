@@ -122,7 +122,7 @@ def expired_store_runs(
 def prune_store_runs(
     engine: Engine, *, store: StagingStore, keep_days: int, logger: Logger, now: datetime | None = None
 ) -> dict:
-    """`prune_run_dirs` for the staging store (an S3 prefix, STAGING_URL): removes the expired `runs/<run id>`
+    """`prune_run_dirs` for the staging store (STAGING_URL: an S3 prefix, or a folder apart from DATA_DIR): removes the expired `runs/<run id>`
     folders, says how many and how many bytes, and returns it. Never fails the run: a store that cannot be
     listed, or a folder that cannot be removed, is named in a warning."""
     removed: list[str] = []

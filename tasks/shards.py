@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import msgspec
 import orjson
 
+from tasks.staging.batches import StagedInput
 from tasks.staging.store import StagingStore
 
 PULSE_SECONDS = 5.0  # a running shard rewrites its pulse this often
@@ -47,12 +48,11 @@ class ShardResult:
     seconds: float
     attempts: int = 1
     raw_bytes: int = 0  # the bytes of the API's raw lines the shard staged (the parent checks its join)
-    api_source: str = ""
     as_of: str = ""
-    others: list[dict] = field(default_factory=list)  # the plug-ins' inputs staged (StagedInput fields)
+    others: list[StagedInput] = field(default_factory=list)  # the plug-ins' inputs the shard staged
 
     def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return msgspec.json.encode(self)
 
     @classmethod
     def from_json(cls, data: bytes) -> ShardResult:

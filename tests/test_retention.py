@@ -245,3 +245,12 @@ def test_a_store_that_refuses_is_named_and_the_run_goes_on(database_url, s3, mot
     assert f"2 object(s) left under runs/{stuck} after removing them" in caplog.text
     assert key["SecretAccessKey"] not in caplog.text
     assert prune_store_runs(engine, store=store, keep_days=7, logger=log, now=NOW)["removed"] == [stuck]
+
+
+def test_a_staging_folder_apart_from_data_dir_is_pruned_as_the_store(database_url, tmp_path):
+    store = StagingStore(str(tmp_path / "staging"))
+    expired = store_run(database_url, store, status="completed", ended_days_ago=10)
+    recent = store_run(database_url, store, status="completed", ended_days_ago=2)
+    out = prune_store_runs(engine_for(database_url), store=store, keep_days=7, logger=logging.getLogger("t"), now=NOW)
+    assert out == {"removed": [expired], "bytes": 1000}
+    assert not (tmp_path / "staging" / "runs" / expired).exists() and store.keys(f"runs/{recent}")

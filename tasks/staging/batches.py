@@ -30,6 +30,11 @@ class StagedInput:
     fields: dict[str, list[str]] | None = None  # staging column -> path in a record (None: DummyJSON's)
 
 
+def input_kind(staged: StagedInput, n: int) -> str:
+    """The kind a run's files give the raw file of its `n`th input besides the APIs: `<source>:<label>`."""
+    return f"{staged.source}:{staged.label or n}"
+
+
 @dataclass(frozen=True)
 class RunFiles:
     """The files transform writes for a run: processed and DLQ JSONL (delivered), raw keys (for persist)."""

@@ -29,9 +29,7 @@ def _store(url: str, endpoint_url: str | None, secret_block: str | None) -> Stag
 
 def staging_store() -> StagingStore:
     """The store STAGING_URL names, one per process and setting (its filesystem and client are made once)."""
-    settings = get_settings()
-    url = (settings.staging_url or "").strip() or str(settings.data_dir)
-    return _store(url, settings.staging_endpoint_url, settings.staging_secret_block)
+    return _store(*StagingStore.settings_of(get_settings()))
 
 
 @dataclass(frozen=True)
@@ -104,8 +102,10 @@ class PartsFile:
         if data:
             key = f"{self.key}/{start:0{OFFSET_DIGITS}d}"
             self.store.write_bytes(key, data)
-            with _lock:
-                _known[self.location] = [*parts, _Part(start, len(data), key)]
+            with _lock:  # the known list grows in place: an append costs no copy of it
+                if _known.get(self.location) is not parts:
+                    _known[self.location] = parts = list(parts)
+                parts.append(_Part(start, len(data), key))
                 _mine.add(self.location)
         return start, len(data)
 
@@ -135,7 +135,7 @@ class PartsFile:
             raise StagingError(
                 f"{self.location} ends before the span asked ({length} bytes from {offset}): it holds {_end(parts)}"
             )
-        at = bisect.bisect_right([p.offset for p in parts], offset) - 1
+        at = bisect.bisect_right(parts, offset, key=_offset) - 1
         out, end = [], offset + length
         while offset < end:
             part = parts[at]
@@ -143,6 +143,10 @@ class PartsFile:
             out.append(self.store.read_range(part.key, offset - part.offset, take))
             offset, at = offset + take, at + 1
         return b"".join(out)
+
+
+def _offset(part: _Part) -> int:
+    return part.offset
 
 
 def _end(parts: list[_Part]) -> int:

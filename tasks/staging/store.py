@@ -104,8 +104,14 @@ class StagingStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StagingStore:
+        url, endpoint_url, secret_block = cls.settings_of(settings)
+        return cls(url, endpoint_url=endpoint_url, secret_block=secret_block)
+
+    @staticmethod
+    def settings_of(settings: Settings) -> tuple[str, str | None, str | None]:
+        """The store's URL (STAGING_URL, default DATA_DIR), endpoint and Secret block."""
         url = (settings.staging_url or "").strip() or str(settings.data_dir)
-        return cls(url, endpoint_url=settings.staging_endpoint_url, secret_block=settings.staging_secret_block)
+        return url, settings.staging_endpoint_url, settings.staging_secret_block
 
     def __repr__(self) -> str:
         return f"StagingStore({self.url!r})"
